@@ -1,0 +1,80 @@
+"""Reading and writing 3D images with SimpleITK (NIfTI, NRRD, MHA, ...), validated at the edge.
+
+Images stay SimpleITK images so spacing, origin and direction are never lost; use
+``ImageGeometry.from_image`` and ``sitk.GetArrayFromImage`` (axes z, y, x) inside.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from lmkreg.errors import InputError
+from lmkreg.geometry.spaces import ImageGeometry
+from lmkreg.io.atomic import atomic_path, split_suffix
+
+PathLike = Union[str, Path]
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def is_image_file(path: PathLike) -> bool:
+    """True for a file name with a supported image suffix."""
+    return str(path).lower().endswith(IMAGE_SUFFIXES)
+
+
+def read_image(path: PathLike, *, is_mask: bool = False, check_values: bool = True) -> sitk.Image:
+    """Read a 3D scalar image and check it is usable; raise InputError naming the file if not.
+
+    Checks: file exists and is not empty, SimpleITK can read it, it is 3D with one
+    component, spacing positive, direction orthonormal, and (check_values) all voxels
+    finite and, for images (not masks), not constant.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(p, "file not found")
+    if p.stat().st_size == 0:
+        raise InputError(p, "file is empty")
+    try:
+        image = sitk.ReadImage(str(p))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = next((line.strip() for line in first if "Description" in line or "Could not" in line), "")
+        raise InputError(p, f"not a readable image ({detail or 'SimpleITK could not read it'})") from None
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+    if image.GetDimension() != 3:
+        raise InputError(p, f"expected a 3D volume, got a {image.GetDimension()}D image of size {image.GetSize()}")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(p, f"expected one value per voxel, got {image.GetNumberOfComponentsPerPixel()} components")
+    problem = ImageGeometry.from_image(image).problem()
+    if problem:
+        raise InputError(p, problem)
+    if check_values:
+        arr = sitk.GetArrayViewFromImage(image)
+        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+            n_bad = int(np.count_nonzero(~np.isfinite(arr)))
+            raise InputError(p, f"{n_bad} voxel(s) are NaN or infinite")
+        if not is_mask and arr.size and np.ptp(arr) == 0:
+            raise InputError(p, f"image is constant (every voxel is {arr.flat[0]})")
+    return image
+
+
+def write_image(image: sitk.Image, path: PathLike, *, compress: bool = True) -> Path:
+    """Write an image atomically (temporary file, then rename); the format follows the suffix."""
+    p = Path(path)
+    if not is_image_file(p):
+        raise InputError(p, f"unsupported image file ending {split_suffix(p)[1]!r}; use one of {IMAGE_SUFFIXES}")
+    try:
+        with atomic_path(p) as tmp:
+            sitk.WriteImage(image, str(tmp), compress)
+    except (RuntimeError, OSError) as exc:
+        raise InputError(p, f"could not write image: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}") from None
+    return p
+
+
+def image_from_array(array_zyx: np.ndarray, geometry: ImageGeometry) -> sitk.Image:
+    """SimpleITK image with `geometry` holding the (z, y, x) array."""
+    return geometry.make_image(array_zyx)

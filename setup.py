@@ -12,6 +12,7 @@ setup(
         "numpy>=1.23",
         "scipy>=1.9",
         "SimpleITK>=2.2",
+        "nibabel>=4",
         "torch>=2.1",
         "scikit-image>=0.20",
         "trimesh>=3.20",

@@ -37,6 +37,8 @@ def read_image(path: PathLike, *, is_mask: bool = False, check_values: bool = Tr
         raise InputError(p, "file not found")
     if p.stat().st_size == 0:
         raise InputError(p, "file is empty")
+    if str(p).lower().endswith((".nii", ".nii.gz")):
+        _check_nifti_payload(p, check_values)
     try:
         image = sitk.ReadImage(str(p))
     except RuntimeError as exc:
@@ -60,6 +62,22 @@ def read_image(path: PathLike, *, is_mask: bool = False, check_values: bool = Tr
         if not is_mask and arr.size and np.ptp(arr) == 0:
             raise InputError(p, f"image is constant (every voxel is {arr.flat[0]})")
     return image
+
+
+def _check_nifti_payload(path: Path, check_values: bool) -> None:
+    """Check a NIfTI file's voxel data with nibabel before ITK reads it.
+
+    ITK's NIfTI reader silently zero-fills a truncated file and returns NaN voxels as 0,
+    so neither problem would be visible after ``sitk.ReadImage``.
+    """
+    import nibabel
+
+    try:
+        data = np.asanyarray(nibabel.load(str(path)).dataobj)
+    except (OSError, EOFError, ValueError, nibabel.filebasedimages.ImageFileError) as exc:
+        raise InputError(path, f"not a readable image (truncated or damaged: {str(exc).splitlines()[0]})") from None
+    if check_values and np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
+        raise InputError(path, f"{int(np.count_nonzero(~np.isfinite(data)))} voxel(s) are NaN or infinite")
 
 
 def write_image(image: sitk.Image, path: PathLike, *, compress: bool = True) -> Path:

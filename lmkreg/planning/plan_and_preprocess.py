@@ -1,0 +1,121 @@
+"""``lmkreg_plan_and_preprocess -d ID``: fingerprint -> plans -> preprocessed data -> splits.
+
+Output in ``$LMKREG_preprocessed/DatasetNNN_Name/``: ``dataset_fingerprint.json``,
+``plans.json``, ``splits_final.json`` and one folder of preprocessed cases per modality.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Optional, Sequence
+
+from lmkreg.cli_utils import friendly_errors
+from lmkreg.dataset.layout import Dataset, open_dataset
+from lmkreg.errors import ConfigurationError
+from lmkreg.paths import preprocessed_root
+from lmkreg.planning.fingerprint import compute_fingerprint, save_fingerprint
+from lmkreg.planning.planner import Budget, plan_dataset
+from lmkreg.planning.plans import PLANS_FILE, Configuration, Plans
+from lmkreg.planning.splits import load_or_create_splits
+from lmkreg.parallel import parallel_map
+from lmkreg.preprocessing.preprocessor import CaseFiles, is_up_to_date, preprocess_case
+
+
+def preprocessed_folder(dataset: Dataset) -> Path:
+    return preprocessed_root() / dataset.name
+
+
+def plan(dataset: Dataset, budget: Optional[Budget] = None, workers: Optional[int] = None,
+         overwrite_plans: bool = False) -> Plans:
+    """Fingerprint the dataset and write plans.json (an existing, possibly hand-edited plans
+    file is kept unless overwrite_plans)."""
+    out = preprocessed_folder(dataset)
+    plans_path = out / PLANS_FILE
+    if plans_path.is_file() and not overwrite_plans:
+        print(f"using existing plans {plans_path} (pass --overwrite-plans to plan again)")
+        return Plans.load(plans_path)
+    fingerprint = compute_fingerprint(dataset, workers)
+    save_fingerprint(fingerprint, out)
+    plans = plan_dataset(fingerprint, budget or Budget.default())
+    plans.save(plans_path)
+    return plans
+
+
+@dataclass(frozen=True)
+class _Job:
+    files: CaseFiles
+    out_dir: Path
+
+
+def _run_job(job: _Job, conf: Configuration, names: list[str]) -> str:
+    if is_up_to_date(job.files, job.out_dir, conf):
+        return "skipped"
+    preprocess_case(job.files, conf, names, job.out_dir)
+    return "done"
+
+
+def preprocess(dataset: Dataset, plans: Plans, modalities: Optional[Sequence[str]] = None,
+               workers: Optional[int] = None, split: str = "Tr") -> dict[str, dict[str, int]]:
+    """Preprocess every case of each modality; cases already up to date are skipped."""
+    counts = {}
+    for modality in modalities or list(plans.configurations):
+        conf = plans.configuration(modality)
+        out_dir = preprocessed_folder(dataset) / conf.data_identifier
+        jobs = [_Job(CaseFiles(c, dataset.image_path(c, modality, split), dataset.mask_path(c, modality, split),
+                               dataset.landmarks_path(c, modality, split)), out_dir)
+                for c in dataset.cases(split, modality)]
+        results = parallel_map(partial(_run_job, conf=conf, names=list(plans.landmarks)), jobs, workers,
+                               desc=f"preprocess {modality}")
+        counts[modality] = {"done": results.count("done"), "skipped": results.count("skipped")}
+    return counts
+
+
+def plan_and_preprocess(dataset_id: str, budget: Optional[Budget] = None, workers: Optional[int] = None,
+                        num_folds: int = 5, overwrite_plans: bool = False, skip_preprocessing: bool = False) -> Path:
+    dataset = open_dataset(dataset_id)
+    plans = plan(dataset, budget, workers, overwrite_plans)
+    cases = sorted(set.intersection(*[set(dataset.cases("Tr", m)) for m in plans.configurations]))
+    load_or_create_splits(preprocessed_folder(dataset), cases, num_folds)
+    if not skip_preprocessing:
+        for modality, c in preprocess(dataset, plans, workers=workers).items():
+            print(f"{modality}: {c['done']} case(s) preprocessed, {c['skipped']} already up to date")
+    return preprocessed_folder(dataset)
+
+
+def describe(plans: Plans) -> str:
+    lines = []
+    for m, c in plans.configurations.items():
+        lines.append(f"{m}: spacing {[round(s, 3) for s in c.spacing_zyx]} mm, input {c.input_size_zyx} voxels "
+                     f"(FOV {[round(f, 1) for f in c.field_of_view_mm_zyx]} mm), {len(c.network.strides)} stages, "
+                     f"batch {c.batch_size}, est. step {c.estimated_step_seconds:.2f} s")
+        lines += [f"    note: {n}" for n in c.notes]
+    return "\n".join(lines)
+
+
+@friendly_errors
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="lmkreg_plan_and_preprocess", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-d", "--dataset", required=True, help="dataset id (e.g. 1) or name (Dataset001_Phantom)")
+    parser.add_argument("--budget", default=None,
+                        help="'cpu' or a GPU memory size in GB (default: cpu unless a CUDA device is present)")
+    parser.add_argument("-j", "--workers", type=int, default=None, help="processes (default: available cores)")
+    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    parser.add_argument("--overwrite-plans", action="store_true", help="plan again even if plans.json exists")
+    parser.add_argument("--plan-only", action="store_true", help="write plans and splits, do not preprocess")
+    args = parser.parse_args(argv)
+    try:
+        budget = Budget.parse(args.budget) if args.budget else None
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+    out = plan_and_preprocess(args.dataset, budget, args.workers, args.folds, args.overwrite_plans, args.plan_only)
+    print(describe(Plans.load(out / PLANS_FILE)))
+    print(f"plans and preprocessed data in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""``plans.json``: the single source of truth for preprocessing, training and inference.
+
+One file per dataset, one *configuration* per modality.  It is meant to be read and edited
+by people, so loading validates every key and names the one that is wrong.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from lmkreg.errors import ConfigurationError
+from lmkreg.io.atomic import atomic_write_json
+from lmkreg.training.network import UNetSpec
+
+PathLike = Union[str, Path]
+PLANS_FILE = "plans.json"
+PLANS_VERSION = 1
+NORMALIZATION_SCHEMES = ("zscore", "percentile_clip")
+
+
+@dataclass
+class Normalization:
+    """How intensities are normalised.  zscore: per image, over the foreground (non-zero or
+    mask).  percentile_clip: dataset percentiles [lower, upper] -> [0, 1], zeros stay zero."""
+
+    scheme: str
+    lower: Optional[float] = None
+    upper: Optional[float] = None
+
+
+@dataclass
+class Configuration:
+    """Everything needed to preprocess, train and predict one modality."""
+
+    modality: str
+    spacing_zyx: list[float]
+    input_size_zyx: list[int]
+    fov_offset_lps: list[float]
+    normalization: Normalization
+    network: UNetSpec
+    batch_size: int
+    training: dict[str, Any]
+    data_identifier: str
+    estimated_step_seconds: float = 0.0
+    estimated_memory_gb: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def field_of_view_mm_zyx(self) -> list[float]:
+        return [s * n for s, n in zip(self.spacing_zyx, self.input_size_zyx)]
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["network"] = self.network.to_dict()
+        d["field_of_view_mm_zyx"] = self.field_of_view_mm_zyx
+        return d
+
+
+@dataclass
+class Plans:
+    dataset_name: str
+    landmarks: list[str]
+    budget: dict[str, Any]
+    configurations: dict[str, Configuration]
+    plans_version: int = PLANS_VERSION
+
+    def configuration(self, modality: str) -> Configuration:
+        if modality not in self.configurations:
+            raise ConfigurationError(f"plans for {self.dataset_name} have no configuration {modality!r}; "
+                                     f"available: {sorted(self.configurations)}")
+        return self.configurations[modality]
+
+    def to_json(self) -> dict:
+        return {"plans_version": self.plans_version, "dataset_name": self.dataset_name,
+                "landmarks": list(self.landmarks), "budget": dict(self.budget),
+                "configurations": {m: c.to_json() for m, c in self.configurations.items()}}
+
+    def save(self, path: PathLike) -> Path:
+        atomic_write_json(path, self.to_json())
+        return Path(path)
+
+    @staticmethod
+    def load(path: PathLike) -> "Plans":
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigurationError(f"{p}: plans file not found (run lmkreg_plan_and_preprocess first)")
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ConfigurationError(f"{p}: not valid JSON ({exc})") from None
+        return Plans.from_json(data, p)
+
+    @staticmethod
+    def from_json(data: Any, source: PathLike = "plans.json") -> "Plans":
+        v = _Validator(source)
+        v.mapping(data, "")
+        version = v.key(data, "plans_version", int)
+        if version != PLANS_VERSION:
+            v.fail("plans_version", f"is {version}, this lmkreg reads version {PLANS_VERSION}")
+        names = v.key(data, "landmarks", list)
+        if not names or not all(isinstance(n, str) for n in names):
+            v.fail("landmarks", "must be a non-empty list of names")
+        confs = v.key(data, "configurations", dict)
+        if not confs:
+            v.fail("configurations", "must hold at least one modality")
+        return Plans(dataset_name=v.key(data, "dataset_name", str), landmarks=list(names),
+                     budget=v.key(data, "budget", dict),
+                     configurations={m: _configuration(v, c, f"configurations.{m}") for m, c in confs.items()},
+                     plans_version=version)
+
+
+class _Validator:
+    """Checks keys and types, failing with the dotted path of the offending key."""
+
+    def __init__(self, source: PathLike):
+        self.source = source
+
+    def fail(self, key: str, problem: str) -> None:
+        raise ConfigurationError(f"{self.source}: key '{key}' {problem}")
+
+    def mapping(self, obj: Any, where: str) -> None:
+        if not isinstance(obj, dict):
+            self.fail(where or "<top level>", "must be a JSON object")
+
+    def key(self, obj: dict, key: str, kind: type, where: str = "") -> Any:
+        path = f"{where}.{key}" if where else key
+        if key not in obj:
+            self.fail(path, "is missing")
+        value = obj[key]
+        ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            self.fail(path, f"must be of type {kind.__name__}, got {value!r}")
+        return value
+
+    def vector(self, obj: dict, key: str, where: str, kind: type = float, positive: bool = True) -> list:
+        value = self.key(obj, key, list, where)
+        good = len(value) == 3 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)
+        if kind is int:
+            good = good and all(isinstance(x, int) for x in value)
+        if good and positive:
+            good = all(x > 0 for x in value)
+        if not good:
+            self.fail(f"{where}.{key}", f"must be 3 {'positive ' if positive else ''}{kind.__name__}s "
+                                        f"in (z, y, x) order, got {value!r}")
+        return [kind(x) for x in value]
+
+
+def _configuration(v: _Validator, c: Any, where: str) -> Configuration:
+    v.mapping(c, where)
+    norm = v.key(c, "normalization", dict, where)
+    scheme = v.key(norm, "scheme", str, f"{where}.normalization")
+    if scheme not in NORMALIZATION_SCHEMES:
+        v.fail(f"{where}.normalization.scheme", f"must be one of {NORMALIZATION_SCHEMES}, got {scheme!r}")
+    if scheme == "percentile_clip":
+        lo = v.key(norm, "lower", float, f"{where}.normalization")
+        hi = v.key(norm, "upper", float, f"{where}.normalization")
+        if not hi > lo:
+            v.fail(f"{where}.normalization.upper", f"must be greater than lower ({lo}), got {hi}")
+    net = v.key(c, "network", dict, where)
+    nw = f"{where}.network"
+    feats = v.key(net, "features_per_stage", list, nw)
+    strides = v.key(net, "strides", list, nw)
+    kernels = v.key(net, "kernel_sizes", list, nw)
+    if not feats or not all(isinstance(f, int) and f > 0 for f in feats):
+        v.fail(f"{nw}.features_per_stage", "must be a non-empty list of positive integers")
+    for key, lst in (("strides", strides), ("kernel_sizes", kernels)):
+        if len(lst) != len(feats):
+            v.fail(f"{nw}.{key}", f"must have one entry per stage ({len(feats)}), got {len(lst)}")
+        for i, s in enumerate(lst):
+            if not (isinstance(s, list) and len(s) == 3 and all(isinstance(x, int) and x > 0 for x in s)):
+                v.fail(f"{nw}.{key}[{i}]", f"must be 3 positive integers, got {s!r}")
+    if any(k % 2 == 0 for ks in kernels for k in ks):
+        v.fail(f"{nw}.kernel_sizes", "must be odd")
+    batch = v.key(c, "batch_size", int, where)
+    if batch < 1:
+        v.fail(f"{where}.batch_size", f"must be at least 1, got {batch}")
+    spec = UNetSpec.from_dict(net)
+    size = v.vector(c, "input_size_zyx", where, int)
+    for axis, (n, f) in enumerate(zip(size, spec.total_downsampling)):
+        if n % f:
+            v.fail(f"{where}.input_size_zyx", f"axis {'zyx'[axis]} size {n} must be a multiple of the "
+                                              f"network's total stride {f}")
+    return Configuration(
+        modality=v.key(c, "modality", str, where),
+        spacing_zyx=v.vector(c, "spacing_zyx", where),
+        input_size_zyx=size,
+        fov_offset_lps=v.vector(c, "fov_offset_lps", where, float, positive=False),
+        normalization=Normalization(scheme, norm.get("lower"), norm.get("upper")),
+        network=spec,
+        batch_size=batch,
+        training=v.key(c, "training", dict, where),
+        data_identifier=v.key(c, "data_identifier", str, where),
+        estimated_step_seconds=float(c.get("estimated_step_seconds", 0.0)),
+        estimated_memory_gb=float(c.get("estimated_memory_gb", 0.0)),
+        notes=list(c.get("notes", [])),
+    )

@@ -1,0 +1,1 @@
+"""Preprocessing: planned resampling, normalisation and storage of training cases."""

@@ -1,0 +1,145 @@
+"""Preprocessing of one case for one modality configuration.
+
+Resampling onto the planned grid *is* the reorientation to the canonical orientation: the
+grid has the identity direction (array z, y, x = world S, P, L), so every case, whatever its
+scanner orientation or obliquity, reaches the network the same way round.  The grid is
+centred on the image centre plus the planned offset, has the planned spacing and size, and
+its exact index->world affine is stored with the case, so predictions map back to world
+LPS without loss.
+
+Order: intensities are normalised on the original grid (statistics from the real voxels,
+not from padding), then resampled (linear for images, nearest for masks) with 0 outside.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from lmkreg.geometry import ImageGeometry
+from lmkreg.io.atomic import atomic_write_json
+from lmkreg.io.images import read_image
+from lmkreg.io.landmarks import LandmarkSet, read_lmkreg_json
+from lmkreg.planning.fingerprint import image_centre_world
+from lmkreg.planning.plans import Configuration, Normalization
+from lmkreg.preprocessing.storage import ARRAY_SUFFIX, save_array
+
+PREPROCESSING_VERSION = 1
+
+
+def normalize(array: np.ndarray, norm: Normalization, mask: Optional[np.ndarray] = None) -> np.ndarray:
+    """Normalised float32 copy of `array` (see Normalization for the schemes)."""
+    a = array.astype(np.float32)
+    if norm.scheme == "zscore":
+        region = a[mask > 0] if mask is not None and np.any(mask) else a[a != 0]
+        if region.size == 0:
+            region = a.ravel()
+        std = float(region.std())
+        return (a - float(region.mean())) / (std if std > 0 else 1.0)
+    if norm.scheme == "percentile_clip":
+        lo, hi = float(norm.lower), float(norm.upper)
+        out = np.clip((a - lo) / (hi - lo), 0.0, 1.0)
+        out[a == 0] = 0.0  # outside the ultrasound fan stays exactly zero
+        return out
+    raise ValueError(f"unknown normalization scheme {norm.scheme!r}")
+
+
+def target_geometry(source: ImageGeometry, conf: Configuration) -> ImageGeometry:
+    """Planned grid for one image: identity direction, planned spacing and size, centred on
+    the image centre plus the planned offset (all in world LPS mm)."""
+    spacing_xyz = np.asarray(conf.spacing_zyx[::-1], float)
+    size_xyz = np.asarray(conf.input_size_zyx[::-1], float)
+    centre = image_centre_world(source) + np.asarray(conf.fov_offset_lps, float)
+    origin = centre - (size_xyz - 1) / 2 * spacing_xyz
+    return ImageGeometry.create(conf.input_size_zyx, spacing_xyz, origin, np.eye(3))
+
+
+def resample(image: sitk.Image, target: ImageGeometry, nearest: bool = False) -> np.ndarray:
+    """Array (z, y, x) of `image` sampled on `target` (SimpleITK; 0 outside the image)."""
+    ref = target.make_image(np.zeros(target.shape_zyx, np.uint8))
+    interp = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
+    out = sitk.Resample(image, ref, sitk.Transform(), interp, 0.0, image.GetPixelID())
+    return sitk.GetArrayFromImage(out)
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    case: str
+    image: Path
+    mask: Optional[Path]
+    landmarks: Optional[Path]
+
+
+def configuration_hash(conf: Configuration) -> str:
+    """Fingerprint of what preprocessing depends on, to tell when a case is out of date."""
+    relevant = {"v": PREPROCESSING_VERSION, "spacing": conf.spacing_zyx, "size": conf.input_size_zyx,
+                "offset": conf.fov_offset_lps, "norm": conf.normalization.__dict__}
+    return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _source_stamp(files: CaseFiles) -> dict:
+    stamp = {}
+    for key in ("image", "mask", "landmarks"):
+        p = getattr(files, key)
+        if p is not None and Path(p).is_file():
+            st = Path(p).stat()
+            stamp[key] = {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return stamp
+
+
+def is_up_to_date(files: CaseFiles, out_dir: Path, conf: Configuration) -> bool:
+    meta = out_dir / f"{files.case}.json"
+    if not meta.is_file() or not (out_dir / f"{files.case}{ARRAY_SUFFIX}").is_file():
+        return False
+    try:
+        d = json.loads(meta.read_text())
+    except json.JSONDecodeError:
+        return False
+    return d.get("configuration_hash") == configuration_hash(conf) and d.get("source") == _source_stamp(files)
+
+
+def preprocess_case(files: CaseFiles, conf: Configuration, landmark_names: list[str], out_dir: Path) -> dict:
+    """Preprocess one case and write ``CASE.b2nd`` (image), ``CASE_mask.b2nd`` and ``CASE.json``.
+
+    The JSON holds the landmarks both in world LPS mm and as continuous (z, y, x) indices of
+    the preprocessed grid, and the 4x4 index->world affine of that grid.
+    """
+    image = read_image(files.image)
+    source_geom = ImageGeometry.from_image(image)
+    mask_img = read_image(files.mask, is_mask=True) if files.mask is not None and files.mask.is_file() else None
+    mask_arr = sitk.GetArrayFromImage(mask_img) if mask_img is not None else None
+    normalised = normalize(sitk.GetArrayFromImage(image), conf.normalization, mask_arr)
+    norm_img = source_geom.make_image(normalised)
+    target = target_geometry(source_geom, conf)
+    array = resample(norm_img, target).astype(np.float32)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_array(array[None], out_dir / f"{files.case}{ARRAY_SUFFIX}")
+    if mask_img is not None:
+        save_array(resample(sitk.Cast(mask_img, sitk.sitkUInt8), target, nearest=True)[None],
+                   out_dir / f"{files.case}_mask{ARRAY_SUFFIX}")
+    landmarks = (read_lmkreg_json(files.landmarks).select(landmark_names, source=files.landmarks)
+                 if files.landmarks is not None and files.landmarks.is_file() else
+                 LandmarkSet({n: None for n in landmark_names}))
+    world = landmarks.to_array(landmark_names)
+    voxel = target.world_to_index(world)
+    meta = {
+        "case": files.case,
+        "modality": conf.modality,
+        "configuration_hash": configuration_hash(conf),
+        "source": _source_stamp(files),
+        "source_geometry": source_geom.to_json(),
+        "geometry": target.to_json(),
+        "index_to_world": target.index_to_world_affine().tolist(),
+        "landmark_names": list(landmark_names),
+        "landmarks_world_lps": [None if np.isnan(w).any() else w.tolist() for w in world],
+        "landmarks_voxel_zyx": [None if np.isnan(v).any() else v.tolist() for v in voxel],
+        "landmarks_inside": [bool(not np.isnan(v).any() and target.contains_index(v)) for v in voxel],
+        "has_mask": mask_img is not None,
+    }
+    atomic_write_json(out_dir / f"{files.case}.json", meta)
+    return meta

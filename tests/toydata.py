@@ -1,0 +1,47 @@
+"""Small synthetic datasets for tests: oblique, anisotropic images whose intensity is a known
+affine function of the world position, so any interpolated value has an exact reference."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from lmkreg.dataset.layout import Dataset, DatasetSpec, dataset_folder_name
+from lmkreg.geometry import ImageGeometry, rotation_direction
+from lmkreg.io.images import write_image
+from lmkreg.io.landmarks import DEFAULT_LANDMARK_NAMES, LandmarkSet, write_lmkreg_json
+
+RAMP = np.array([0.8, -0.5, 1.3])  # intensity gradient per world mm (L, P, S)
+
+
+def ramp_value(points_lps: np.ndarray) -> np.ndarray:
+    """The toy image intensity at world LPS points: an affine function of position."""
+    return 100.0 + np.asarray(points_lps) @ RAMP
+
+
+def make_toy_dataset(raw_root: Path, n_cases: int = 6, dataset_id: int = 7, modalities: Sequence[str] = ("MR", "US"),
+                     shape_zyx=(20, 24, 28), spacing_xyz=(1.5, 1.2, 2.4), seed: int = 0, with_masks: bool = True) -> Dataset:
+    """Toy dataset: every case has its own oblique direction and origin; landmarks inside."""
+    rng = np.random.default_rng(seed)
+    spec = DatasetSpec(name=dataset_folder_name(dataset_id, "Toy"), modalities=list(modalities), num_training=n_cases)
+    ds = Dataset.create(Path(raw_root) / spec.name, spec)
+    for i in range(n_cases):
+        case = f"toy{i:03d}"
+        for m in modalities:
+            geom = ImageGeometry.create(shape_zyx, spacing_xyz, rng.uniform(-40, 40, 3),
+                                        rotation_direction(rng.uniform(-25, 25, 3)))
+            world = geom.voxel_centres_world()
+            arr = ramp_value(world).astype(np.float32)
+            if m == "US":
+                arr = np.clip(arr, 1.0, None)  # keep it non-zero: zeros mean 'outside the fan'
+            write_image(geom.make_image(arr), ds.image_path(case, m))
+            centre_idx = (np.asarray(shape_zyx) - 1) / 2
+            idx = centre_idx + rng.uniform(-0.3, 0.3, (3, 3)) * np.asarray(shape_zyx)
+            lms = LandmarkSet(dict(zip(DEFAULT_LANDMARK_NAMES, geom.index_to_world(idx))))
+            write_lmkreg_json(lms, ds.landmarks_path(case, m))
+            if with_masks:
+                d = np.linalg.norm((np.indices(shape_zyx).transpose(1, 2, 3, 0) - centre_idx) / np.asarray(shape_zyx),
+                                   axis=-1)
+                write_image(geom.make_image((d < 0.3).astype(np.uint8)), ds.mask_path(case, m))
+    return ds

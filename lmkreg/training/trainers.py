@@ -1,0 +1,355 @@
+"""Trainer classes, found by name (``-tr``), one per method of the paper.
+
+``LandmarkTrainer`` is the paper's DSNT baseline; a variant changes a class attribute or
+overrides one of the three method hooks:
+
+* ``build_network(conf, n_landmarks)``: the model (classmethod: inference uses it too);
+* ``compute_loss(outputs, target_mm, present)``: the training objective;
+* ``decode(outputs, spacing_zyx)``: outputs -> landmark positions and spread in grid mm
+  (classmethod: inference uses it too).
+
+Positions inside the trainer are millimetres of the preprocessed grid, ``index_zyx *
+spacing_zyx`` (see lmkreg.training.dsnt); they go back to world LPS through each case's
+stored affine.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from lmkreg.geometry.spaces import apply_affine
+from lmkreg.io.atomic import atomic_write_json
+from lmkreg.io.landmarks import LandmarkSet, write_lmkreg_json
+from lmkreg.planning.planner import modality_kind
+from lmkreg.planning.plans import Configuration, Plans
+from lmkreg.training.checkpoint import load_checkpoint, save_checkpoint
+from lmkreg.training.dsnt import dsnt, flat_softmax, heatmap_variance
+from lmkreg.training.losses import coordinate_loss, dsnt_loss, masked_mean
+from lmkreg.training.network import UNet3D
+from lmkreg.training.progress import TrainingLog
+from lmkreg.training.runtime import (Distributed, average_across_processes, barrier, init_distributed,
+                                     seed_everything, select_device)
+
+GRAD_CLIP = 12.0
+
+
+class LandmarkTrainer:
+    """3D U-Net + DSNT, loss ||P-G||_1 + lambda1 ||P-G||_2 (+ lambda2 R(H) in subclasses)."""
+
+    regularizer = "none"
+
+    def __init__(self, plans: Plans, modality: str, fold: Union[int, str], preprocessed_folder: Path,
+                 output_folder: Path, splits: list[dict], device: Optional[str] = None,
+                 num_epochs: Optional[int] = None, iterations_per_epoch: Optional[int] = None,
+                 num_workers: int = 2, seed: Optional[int] = None, progress_bar: bool = True):
+        self.plans = plans
+        self.conf: Configuration = plans.configuration(modality)
+        self.modality = modality
+        self.kind = modality_kind(modality)
+        self.fold = fold
+        self.names = list(plans.landmarks)
+        self.data_folder = Path(preprocessed_folder) / self.conf.data_identifier
+        self.output_folder = Path(output_folder)
+        self.train_cases, self.val_cases = self._split(splits, fold)
+        t = self.conf.training
+        self.num_epochs = int(num_epochs if num_epochs is not None else t.get("num_epochs", 100))
+        self.iterations_per_epoch = int(iterations_per_epoch if iterations_per_epoch is not None
+                                        else t.get("iterations_per_epoch", 50))
+        self.seed = int(seed if seed is not None else t.get("seed", 12345))
+        self.lambda1 = float(t.get("lambda1", 1.0))
+        self.lambda2 = float(t.get(f"lambda2_{self.regularizer}", 0.0))
+        self.num_workers = num_workers
+        self.progress_bar = progress_bar
+        self.device = select_device(device)
+        self.ddp = init_distributed(self.device)
+        self.amp = self.device.type == "cuda"
+        self.spacing = [float(s) for s in self.conf.spacing_zyx]
+
+    # ---- hooks ---------------------------------------------------------------------------
+
+    @classmethod
+    def build_network(cls, conf: Configuration, n_landmarks: int) -> nn.Module:
+        return UNet3D(1, n_landmarks, conf.network)
+
+    def compute_loss(self, outputs: torch.Tensor, target_mm: torch.Tensor,
+                     present: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        heatmaps = flat_softmax(outputs)
+        pred = dsnt(heatmaps, self.spacing)
+        return dsnt_loss(heatmaps, pred, target_mm, present, self.spacing, self.lambda1, self.lambda2,
+                         self.regularizer)
+
+    @classmethod
+    def decode(cls, outputs: torch.Tensor, spacing_zyx: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions (B, L, 3) in grid mm and spread (B, L): the heatmap's RMS radius in mm."""
+        heatmaps = flat_softmax(outputs)
+        pred = dsnt(heatmaps, spacing_zyx)
+        return pred, torch.sqrt(heatmap_variance(heatmaps, spacing_zyx, pred).clamp(min=0))
+
+    # ---- setup ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _split(splits: list[dict], fold: Union[int, str]) -> tuple[list[str], list[str]]:
+        if fold == "all":
+            cases = sorted({c for s in splits for c in s["train"] + s["val"]})
+            return cases, cases
+        f = int(fold)
+        if not 0 <= f < len(splits):
+            raise ValueError(f"fold {fold} does not exist; splits_final.json has folds 0..{len(splits) - 1}")
+        return list(splits[f]["train"]), list(splits[f]["val"])
+
+    def _setup(self) -> None:
+        from lmkreg.training.data import PreprocessedCases, build_augmentation
+
+        seed_everything(self.seed + self.ddp.rank)
+        self.network = self.build_network(self.conf, len(self.names)).to(self.device)
+        self.model: nn.Module = self.network
+        if self.ddp.enabled:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.network, device_ids=[self.ddp.local_rank] if self.device.type == "cuda" else None)
+        t = self.conf.training
+        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=float(t.get("learning_rate", 1e-4)),
+                                          weight_decay=float(t.get("weight_decay", 0.0)))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.train_data = PreprocessedCases(self.data_folder, self.train_cases)
+        self.val_data = PreprocessedCases(self.data_folder, self.val_cases)
+        self.augmentation = build_augmentation(self.kind, t.get("augmentation"))
+        self.log = TrainingLog(self.output_folder / "training_log.txt", self.names)
+        self.start_epoch = 0
+        self.best_mre = math.inf
+
+    def learning_rate(self, epoch: int) -> float:
+        """Polynomial decay from the planned rate (nnU-Net's schedule)."""
+        lr0 = float(self.conf.training.get("learning_rate", 1e-4))
+        return lr0 * (1 - epoch / self.num_epochs) ** 0.9
+
+    # ---- checkpoints ---------------------------------------------------------------------
+
+    def _state(self, epoch: int) -> dict[str, Any]:
+        return {"trainer": type(self).__name__, "modality": self.modality, "fold": str(self.fold),
+                "epoch": epoch, "best_mre": self.best_mre, "network": self.network.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "grad_scaler": self.scaler.state_dict(),
+                "history": self.log.history, "configuration": self.conf.to_json(), "landmarks": self.names,
+                "torch_rng": torch.get_rng_state()}
+
+    def save(self, name: str, epoch: int) -> None:
+        if self.ddp.is_main:
+            save_checkpoint(self._state(epoch), self.output_folder / f"checkpoint_{name}.pth")
+
+    def resume(self) -> None:
+        path = self.output_folder / "checkpoint_latest.pth"
+        if not path.is_file():
+            self.log.write(f"--c given but {path} does not exist: starting from scratch")
+            return
+        state = load_checkpoint(path, self.device)
+        if state.get("trainer") != type(self).__name__:
+            raise ValueError(f"{path}: written by {state.get('trainer')}, not {type(self).__name__}")
+        self.network.load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["grad_scaler"])
+        self.log.history = state["history"]
+        self.best_mre = float(state["best_mre"])
+        self.start_epoch = int(state["epoch"])
+        torch.set_rng_state(state["torch_rng"])
+        self.log.write(f"resumed from {path} at epoch {self.start_epoch}")
+
+    # ---- loop ----------------------------------------------------------------------------
+
+    def _to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        image = batch["image"].to(self.device, non_blocking=True)
+        target_mm = batch["landmarks"].to(self.device).float() * torch.tensor(self.spacing, device=self.device)
+        present = batch["present"].to(self.device).bool()
+        return image, torch.nan_to_num(target_mm), present
+
+    def train_step(self, batch: dict) -> float:
+        image, target_mm, present = self._to_device(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, enabled=self.amp):
+            outputs = self.model(image)
+        loss, _ = self.compute_loss(outputs.float(), target_mm, present)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        nn.utils.clip_grad_norm_(self.network.parameters(), GRAD_CLIP)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def validate(self) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
+        """Validation loss, per-landmark MRE in world mm, and each case's predicted world points."""
+        self.network.eval()
+        losses, errors, predictions = [], [], {}
+        for case in self.val_data.cases:
+            sample = self.val_data.get(case)
+            image = torch.from_numpy(sample["image"][None]).to(self.device)
+            with torch.autocast(self.device.type, enabled=self.amp):
+                outputs = self.network(image)
+            outputs = outputs.float()
+            target_vox = torch.from_numpy(sample["landmarks"][None]).float()
+            present = ~torch.isnan(target_vox).any(-1)
+            target_mm = torch.nan_to_num(target_vox).to(self.device) * torch.tensor(self.spacing, device=self.device)
+            loss, _ = self.compute_loss(outputs, target_mm, present.to(self.device))
+            losses.append(float(loss))
+            pred_mm, _ = self.decode(outputs, self.spacing)
+            world = apply_affine(np.asarray(sample["index_to_world"]),
+                                 pred_mm[0].cpu().double().numpy() / np.asarray(self.spacing))
+            predictions[case] = world
+            true_world = apply_affine(np.asarray(sample["index_to_world"]), sample["landmarks"])
+            errors.append(np.linalg.norm(world - true_world, axis=-1))  # NaN for missing
+        self.network.train()
+        err = np.array(errors)
+        per_landmark = np.nanmean(err, axis=0) if len(err) else np.full(len(self.names), np.nan)
+        return float(np.mean(losses)) if losses else math.nan, per_landmark, predictions
+
+    def run(self, resume: bool = False) -> dict:
+        """Train, validate each epoch, checkpoint; at the end write validation predictions."""
+        from lmkreg.training.data import iterate_batches, make_train_loader
+
+        self.output_folder.mkdir(parents=True, exist_ok=True)
+        self._setup()
+        if resume:
+            self.resume()
+        self.log.write(f"{type(self).__name__} {self.modality} fold {self.fold}: {len(self.train_cases)} training, "
+                       f"{len(self.val_cases)} validation cases, device {self.device}, epochs {self.num_epochs}, "
+                       f"{self.iterations_per_epoch} iterations of batch {self.conf.batch_size}")
+        per_process_batch = max(1, self.conf.batch_size // self.ddp.world_size)
+        bar = tqdm(range(self.start_epoch, self.num_epochs), desc=f"{type(self).__name__} {self.modality} "
+                   f"fold {self.fold}", unit="epoch", disable=not (self.progress_bar and self.ddp.is_main),
+                   initial=self.start_epoch, total=self.num_epochs)
+        for epoch in bar:
+            t0 = time.time()
+            lr = self.learning_rate(epoch)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            loader = make_train_loader(self.train_data, per_process_batch, self.augmentation, self.num_workers,
+                                       seed=self.seed + 1000 * epoch + self.ddp.rank,
+                                       iterations_per_epoch=self.iterations_per_epoch)
+            self.network.train()
+            train_losses = [self.train_step(batch) for batch in iterate_batches(loader)]
+            train_loss = average_across_processes(float(np.mean(train_losses)), self.ddp)
+            if self.ddp.is_main:
+                val_loss, per_landmark, _ = self.validate()
+                mre = float(np.nanmean(per_landmark))
+                self.log.add_epoch(train_loss, val_loss, mre, per_landmark, lr, time.time() - t0)
+                self.log.write(f"epoch {epoch}: train loss {train_loss:.3f}, val loss {val_loss:.3f}, val MRE "
+                               f"{mre:.2f} mm ({', '.join(f'{n} {v:.2f}' for n, v in zip(self.names, per_landmark))}), "
+                               f"lr {lr:.2e}, {time.time() - t0:.1f} s")
+                if mre < self.best_mre:
+                    self.best_mre = mre
+                    self.save("best", epoch + 1)
+                self.save("latest", epoch + 1)
+                self.log.plot(self.output_folder / "progress.png")
+                bar.set_postfix(loss=f"{train_loss:.2f}", val_mre=f"{mre:.2f}mm")
+            barrier(self.ddp)
+        self.save("final", self.num_epochs)
+        summary = self.write_validation() if self.ddp.is_main else {}
+        barrier(self.ddp)
+        return summary
+
+    def write_validation(self) -> dict:
+        """Predictions of the final model for the fold's validation cases, in world LPS, and MREs."""
+        _, per_landmark, predictions = self.validate()
+        folder = self.output_folder / "validation"
+        for case, world in predictions.items():
+            write_lmkreg_json(LandmarkSet.from_array(self.names, world), folder / f"{case}.json")
+        summary = {"trainer": type(self).__name__, "modality": self.modality, "fold": str(self.fold),
+                   "num_cases": len(predictions),
+                   "mre_per_landmark_mm": {n: float(v) for n, v in zip(self.names, per_landmark)},
+                   "mre_mm": float(np.nanmean(per_landmark)), "epochs": self.num_epochs}
+        atomic_write_json(folder / "summary.json", summary)
+        self.log.write(f"final validation MRE {summary['mre_mm']:.2f} mm")
+        return summary
+
+
+class LandmarkTrainer_Variance(LandmarkTrainer):
+    """DSNT + variance regulariser sum H ||v - P||^2 (paper eq. 4)."""
+
+    regularizer = "variance"
+
+
+class LandmarkTrainer_Distance(LandmarkTrainer):
+    """DSNT + distance-map regulariser sum H ||v - G|| (paper eq. 5)."""
+
+    regularizer = "distance"
+
+
+class RegressionNet(nn.Module):
+    """U-Net encoder + fully connected head regressing coordinates (grid mm) directly."""
+
+    def __init__(self, conf: Configuration, n_landmarks: int):
+        super().__init__()
+        unet = UNet3D(1, n_landmarks, conf.network)
+        self.encoder = unet.encoder
+        size = np.asarray(conf.input_size_zyx) // np.asarray(conf.network.total_downsampling)
+        features = conf.network.features_per_stage[-1] * int(np.prod(size))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(features, 256), nn.LeakyReLU(0.2), nn.Linear(256, n_landmarks * 3))
+        centre = (np.asarray(conf.input_size_zyx) - 1) / 2 * np.asarray(conf.spacing_zyx)
+        with torch.no_grad():  # start at the grid centre rather than at 0 mm
+            self.head[-1].bias.copy_(torch.tensor(np.tile(centre, n_landmarks), dtype=torch.float32))
+        self.n_landmarks = n_landmarks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.encoder:
+            x = stage(x)
+        return self.head(x).reshape(x.shape[0], self.n_landmarks, 3)
+
+
+class DirectRegressionTrainer(LandmarkTrainer):
+    """Paper's comparison: coordinates from a fully connected layer (no heatmap)."""
+
+    @classmethod
+    def build_network(cls, conf: Configuration, n_landmarks: int) -> nn.Module:
+        return RegressionNet(conf, n_landmarks)
+
+    def compute_loss(self, outputs, target_mm, present):
+        return coordinate_loss(outputs, target_mm, present, self.lambda1)
+
+    @classmethod
+    def decode(cls, outputs, spacing_zyx):
+        return outputs, torch.full(outputs.shape[:2], float("nan"), device=outputs.device)
+
+
+class HeatmapMatchingTrainer(LandmarkTrainer):
+    """Paper's comparison: regress Gaussian target heatmaps (MSE), decode by the peak."""
+
+    sigma_voxels = 2.0
+    amplitude = 100.0  # keeps the few foreground voxels from being drowned by the background
+
+    def _targets(self, shape: Sequence[int], target_mm: torch.Tensor) -> torch.Tensor:
+        sigma = self.sigma_voxels * max(self.spacing)
+        z, y, x = [torch.arange(n, device=target_mm.device, dtype=torch.float32) * s
+                   for n, s in zip(shape, self.spacing)]
+        g = target_mm[..., None, None, None, :]
+        d2 = (z[:, None, None] - g[..., 0]) ** 2 + (y[None, :, None] - g[..., 1]) ** 2 + (x[None, None, :] - g[..., 2]) ** 2
+        return self.amplitude * torch.exp(-d2 / (2 * sigma ** 2))
+
+    def compute_loss(self, outputs, target_mm, present):
+        target = self._targets(outputs.shape[2:], target_mm)
+        mse = ((outputs - target) ** 2).flatten(2).mean(-1)
+        loss = masked_mean(mse, present)
+        return loss, {"mse": loss.detach()}
+
+    @classmethod
+    def decode(cls, outputs, spacing_zyx):
+        """Peak voxel, refined by the centroid of the positive response in its 3x3x3 neighbourhood."""
+        b, l = outputs.shape[:2]
+        shape = outputs.shape[2:]
+        flat = outputs.reshape(b, l, -1)
+        peak = torch.stack(torch.unravel_index(flat.argmax(-1), shape), -1)  # (B, L, 3)
+        offsets = torch.stack(torch.meshgrid(*[torch.arange(-1, 2, device=outputs.device)] * 3, indexing="ij"),
+                              -1).reshape(-1, 3)
+        idx = peak[:, :, None, :] + offsets[None, None]
+        for a, n in enumerate(shape):
+            idx[..., a] = idx[..., a].clamp(0, n - 1)
+        lin = (idx[..., 0] * shape[1] + idx[..., 1]) * shape[2] + idx[..., 2]
+        w = torch.gather(flat, 2, lin).clamp(min=0) + 1e-12
+        centre = (idx.float() * w[..., None]).sum(2) / w.sum(2)[..., None]
+        spacing = torch.tensor(list(spacing_zyx), device=outputs.device, dtype=torch.float32)
+        spread = torch.sqrt((w * (((idx.float() - centre[:, :, None]) * spacing) ** 2).sum(-1)).sum(2) / w.sum(2))
+        return centre * spacing, spread

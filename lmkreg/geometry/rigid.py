@@ -68,8 +68,10 @@ class RigidTransform:
                               first.source, self.target)
 
     def rotation_angle_deg(self) -> float:
-        cos = np.clip((np.trace(self.rotation) - 1.0) / 2.0, -1.0, 1.0)
-        return float(np.degrees(np.arccos(cos)))
+        """Angle of the rotation (degrees), accurate near 0 (unlike arccos of the trace)."""
+        from scipy.spatial.transform import Rotation
+
+        return float(np.degrees(Rotation.from_matrix(self.rotation).magnitude()))
 
     def to_json(self) -> dict:
         return {"type": "rigid", "source": self.source, "target": self.target, "coordinate_system": "LPS",

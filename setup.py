@@ -28,6 +28,7 @@ setup(
             "lmkreg_import=lmkreg.dataset.cli:import_main",
             "lmkreg_verify_dataset=lmkreg.dataset.cli:verify_main",
             "lmkreg_plan_and_preprocess=lmkreg.planning.plan_and_preprocess:main",
+            "lmkreg_train=lmkreg.training.run:main",
         ],
     },
 )

@@ -1,0 +1,386 @@
+"""Paired MR/TRUS phantom cases with ground truth, and whole datasets on disk.
+
+Chain of spaces (all LPS mm):
+
+    patient frame --(+ gland_centre_mr)--> MR world --T (rigid)--> pre-compression US world
+                  --compression (smooth, probe push)--> US world (what the TRUS image shows)
+
+Images are made by sampling: each voxel's world point is pulled back to the patient frame
+(inverting the compression by fixed-point iteration) and the anatomy is evaluated there.
+Landmarks are pushed forward along the same chain, so ``T`` maps MR landmarks onto US
+landmarks up to the compression magnitude.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from lmkreg.dataset.layout import Dataset, DatasetSpec, dataset_folder_name
+from lmkreg.errors import ConfigurationError
+from lmkreg.geometry.rigid import RigidTransform
+from lmkreg.geometry.spaces import ImageGeometry
+from lmkreg.io.atomic import atomic_write_json
+from lmkreg.io.images import write_image
+from lmkreg.io.landmarks import DEFAULT_LANDMARK_NAMES, LandmarkSet, write_lmkreg_json
+from lmkreg.parallel import default_workers, parallel_map
+from lmkreg.paths import raw_root
+from lmkreg.phantoms.anatomy import GLAND_TISSUES, Anatomy, place_rectum, sample_anatomy
+from lmkreg.phantoms.mr import render_mr
+from lmkreg.phantoms.presets import PhantomPreset, get_preset
+from lmkreg.phantoms.us import Probe, ProbeCompression, beam_grid, render_beam_image, scan_convert
+
+E_Y = np.array([0.0, 1.0, 0.0])
+E_Z = np.array([0.0, 0.0, 1.0])
+PROBE_BEHIND_GRID_MM = 5.0  # probe axis distance from the posterior face of the US grid
+CHUNK_POINTS = 600_000
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """The random, non-anatomical part of a case: pose, grids, probe push, flags."""
+
+    rotation: np.ndarray  # R of T (MR world -> US world), rotation about the gland centre
+    translation_mm: np.ndarray  # gland-centre displacement of T (|t_i| <= max_translation_mm)
+    gland_centre_mr: np.ndarray  # patient-frame origin in MR world
+    compression_mm: float
+    mr_direction: np.ndarray
+    us_direction: np.ndarray
+    mr_jitter: np.ndarray
+    us_jitter: np.ndarray
+    axial_shift_mm: float  # probe + US grid shifted along the probe axis (partial views)
+    partial_view: bool
+
+
+@dataclass
+class PhantomCase:
+    """One generated case in memory: images, gland masks, landmarks and the true transform."""
+
+    seed: int
+    preset: PhantomPreset
+    mr_image: sitk.Image
+    us_image: sitk.Image
+    mr_mask: sitk.Image
+    us_mask: sitk.Image
+    mr_landmarks: LandmarkSet  # MR world LPS mm
+    us_landmarks: LandmarkSet  # US world LPS mm; None where outside the US volume
+    transform: RigidTransform  # MR world -> US world
+    anatomy: Anatomy
+    acquisition: Acquisition
+    probe: Probe  # US world
+    compression: ProbeCompression  # US world
+
+    @property
+    def mr_oblique(self) -> bool:
+        return not np.allclose(self.acquisition.mr_direction, np.eye(3))
+
+    @property
+    def us_oblique(self) -> bool:
+        return not np.allclose(self.acquisition.us_direction, np.eye(3))
+
+    def mr_to_patient(self, points_mr: np.ndarray) -> np.ndarray:
+        """MR world LPS points (..., 3) -> patient frame (gland centre at 0)."""
+        return np.asarray(points_mr, float) - self.acquisition.gland_centre_mr
+
+    def us_to_patient(self, points_us: np.ndarray) -> np.ndarray:
+        """US world LPS points (..., 3) (compressed, as imaged) -> patient frame."""
+        return self.mr_to_patient(self.transform.inverse().apply(self.compression.inverse(points_us)))
+
+    def summary(self) -> dict:
+        """Small JSON-able description (flags, missing landmarks) for logs and dataset notes."""
+        return {"seed": self.seed, "preset": self.preset.name, "partial_view": self.acquisition.partial_view,
+                "mr_oblique": self.mr_oblique, "us_oblique": self.us_oblique,
+                "compression_mm": self.acquisition.compression_mm,
+                "missing_us_landmarks": self.us_landmarks.missing(),
+                "gland_diameters_mm": [round(float(v), 2) for v in self.anatomy.diameters()],
+                "probe": self.probe.to_json()}
+
+
+# -- random acquisition -------------------------------------------------------------------
+
+
+def _rotation(angles_deg: Sequence[float]) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.from_euler("xyz", angles_deg, degrees=True).as_matrix()
+
+
+def _oblique_direction(rng: np.random.Generator, preset: PhantomPreset, force: Optional[bool]) -> np.ndarray:
+    """Identity, or (with the preset's probability, or when forced) a rotated voxel grid."""
+    oblique = rng.random() < preset.oblique_fraction if force is None else force
+    angles = rng.uniform(-preset.max_oblique_deg, preset.max_oblique_deg, 3)
+    if oblique and np.max(np.abs(angles)) < 3:  # keep 'oblique' clearly oblique
+        angles[0] = 3 * np.sign(angles[0] or 1)
+    return _rotation(angles) if oblique else np.eye(3)
+
+
+def sample_acquisition(rng: np.random.Generator, preset: PhantomPreset, oblique: Optional[bool] = None,
+                       partial_view: Optional[bool] = None) -> Acquisition:
+    """Random pose, grids and probe push for a case (oblique/partial_view None = random)."""
+    rot_max = np.asarray(preset.max_rotation_deg)
+    rotation = _rotation(rng.uniform(-rot_max, rot_max))
+    translation = rng.uniform(-preset.max_translation_mm, preset.max_translation_mm, 3)
+    centre = rng.uniform(-20, 20, 3)
+    compression = float(rng.uniform(*preset.compression_mm))
+    mr_dir = _oblique_direction(rng, preset, oblique)
+    us_dir = _oblique_direction(rng, preset, oblique)
+    jit = preset.grid_jitter_mm
+    mr_jitter, us_jitter = rng.uniform(-jit, jit, 3), rng.uniform(-jit, jit, 3)
+    partial = bool(rng.random() < preset.partial_view_fraction) if partial_view is None else partial_view
+    length = preset.us_size_xyz[2] * preset.us_spacing_xyz[2]
+    shift = float(rng.choice([-1.0, 1.0]) * rng.uniform(0.25, 0.4) * length) if partial else 0.0
+    return Acquisition(rotation, translation, centre, compression, mr_dir, us_dir, mr_jitter, us_jitter, shift, partial)
+
+
+def _grid(size_xyz: Sequence[int], spacing_xyz: Sequence[float], centre: np.ndarray,
+          direction: np.ndarray) -> ImageGeometry:
+    """Voxel grid of the given size/spacing/direction whose centre is the world point `centre`."""
+    half = (np.asarray(size_xyz, float) - 1) / 2 * np.asarray(spacing_xyz, float)
+    origin = np.asarray(centre, float) - direction @ half
+    return ImageGeometry.create(tuple(reversed(size_xyz)), spacing_xyz, origin, direction)
+
+
+# -- one case -----------------------------------------------------------------------------
+
+
+def generate_case(seed: int, preset: str | PhantomPreset = "mu_regpro", *, oblique: Optional[bool] = None,
+                  partial_view: Optional[bool] = None) -> PhantomCase:
+    """Generate one paired MR/TRUS case in memory; the same seed gives identical arrays.
+
+    `oblique` / `partial_view` force the oblique grids / the partly-in-view gland on or off
+    (None: random with the preset's probabilities).
+    """
+    p = get_preset(preset)
+    rng_anat, rng_acq, rng_mr, rng_us = (np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(4))
+    anatomy = sample_anatomy(rng_anat)
+    acq = sample_acquisition(rng_acq, p, oblique, partial_view)
+    anatomy, transform, probe, compression = _place_probe(anatomy, acq, p)
+    mr_geom = _grid(p.mr_size_xyz, p.mr_spacing_xyz, acq.gland_centre_mr + acq.mr_jitter, acq.mr_direction)
+    us_centre = probe.origin - probe.posterior * (p.us_size_xyz[1] * p.us_spacing_xyz[1] / 2 - PROBE_BEHIND_GRID_MM)
+    us_geom = _grid(p.us_size_xyz, p.us_spacing_xyz, us_centre + acq.us_jitter, acq.us_direction)
+    case = PhantomCase(int(seed), p, None, None, None, None, None, None, transform, anatomy, acq, probe,  # type: ignore[arg-type]
+                       compression)
+    case.mr_image, case.mr_mask = _make_mr(case, mr_geom, rng_mr)
+    case.us_image, case.us_mask = _make_us(case, us_geom, rng_us)
+    case.mr_landmarks, case.us_landmarks = _make_landmarks(case, mr_geom, us_geom)
+    return case
+
+
+def _place_probe(anatomy: Anatomy, acq: Acquisition, p: PhantomPreset
+                 ) -> tuple[Anatomy, RigidTransform, Probe, ProbeCompression]:
+    """Rectum along the probe, the rigid T, and the probe and its push in US world.
+
+    US world is the probe's world: the probe axis is US +z (superior) and the fan opens
+    anteriorly.  So the rectum, in the patient frame, runs along R^T e_z.
+    """
+    r, c = acq.rotation, acq.gland_centre_mr
+    transform = RigidTransform(r, c + acq.translation_mm - r @ c)
+    posterior_us = r @ E_Y - (r @ E_Y @ E_Z) * E_Z
+    posterior_us /= np.linalg.norm(posterior_us)
+    lumen = p.probe_radius_mm - acq.compression_mm  # the probe dilates the rectum by the push
+    anatomy = place_rectum(anatomy, r.T @ E_Z, r.T @ posterior_us, lumen)
+    axis_point = transform.apply(c + anatomy.rectum_point)
+    gland_us = transform.apply(c)
+    origin = axis_point + ((gland_us - axis_point) @ E_Z + acq.axial_shift_mm) * E_Z
+    half_len = p.fan_length_fraction * p.us_size_xyz[2] * p.us_spacing_xyz[2] / 2
+    probe = Probe(origin, E_Z.copy(), posterior_us, p.probe_radius_mm, p.fan_depth_mm, p.fan_half_angle_deg,
+                  (-half_len, half_len))
+    compression = ProbeCompression(axis_point, E_Z.copy(), -posterior_us, acq.compression_mm, lumen,
+                                   p.compression_falloff_mm)
+    return anatomy, transform, probe, compression
+
+
+def _grid_map(geometry: ImageGeometry, fn: Callable[[np.ndarray], tuple[np.ndarray, ...]],
+              dtypes: Sequence[type]) -> list[np.ndarray]:
+    """Evaluate fn(world LPS points (N, 3)) over all voxel centres, in z-slabs to bound memory."""
+    nz, ny, nx = geometry.shape_zyx
+    per_slab = max(1, CHUNK_POINTS // (ny * nx))
+    outs = [np.empty(geometry.shape_zyx, d) for d in dtypes]
+    jj, ii = np.meshgrid(np.arange(ny, dtype=float), np.arange(nx, dtype=float), indexing="ij")
+    for k0 in range(0, nz, per_slab):
+        kk = np.arange(k0, min(nz, k0 + per_slab), dtype=float)
+        idx = np.stack(np.broadcast_arrays(kk[:, None, None], jj[None], ii[None]), axis=-1)
+        results = fn(geometry.index_to_world(idx).reshape(-1, 3))
+        for out, res in zip(outs, results):
+            out[k0:k0 + len(kk)] = res.reshape(len(kk), ny, nx)
+    return outs
+
+
+def _make_mr(case: PhantomCase, geom: ImageGeometry, rng: np.random.Generator) -> tuple[sitk.Image, sitk.Image]:
+    """T2-like MR image and its gland mask on the MR grid."""
+    labels, fine, coarse = _grid_map(geom, lambda w: case.anatomy.evaluate(case.mr_to_patient(w)),
+                                     (np.uint8, np.float32, np.float32))
+    image = render_mr(labels, fine, coarse, rng)
+    mask = np.isin(labels, GLAND_TISSUES).astype(np.uint8)
+    return geom.make_image(image), geom.make_image(mask)
+
+
+def _make_us(case: PhantomCase, geom: ImageGeometry, rng: np.random.Generator) -> tuple[sitk.Image, sitk.Image]:
+    """TRUS image (simulated on the beam grid, scan-converted) and its gland mask on the US grid."""
+    step = case.preset.us_scan_step_mm
+    grid = beam_grid(case.probe, step)
+    a, phi, rho = np.meshgrid(*grid, indexing="ij")
+    points = case.probe.beam_points(a, phi, rho).reshape(-1, 3)
+    labels, fine, coarse = case.anatomy.evaluate(case.us_to_patient(points))
+    shape = a.shape
+    beam = render_beam_image(labels.reshape(shape), fine.reshape(shape), coarse.reshape(shape), grid[2], rng, step)
+    image = np.zeros(geom.shape_zyx, np.float32)
+    slab = _slabs(geom)
+    for k0, k1 in slab:
+        sub = _sub_geometry(geom, k0, k1)
+        image[k0:k1] = scan_convert(beam, grid, case.probe, sub)
+    (mask,) = _grid_map(geom, lambda w: (case.anatomy.gland_mask(case.us_to_patient(w)),), (np.uint8,))
+    return geom.make_image(image), geom.make_image(mask)
+
+
+def _slabs(geom: ImageGeometry) -> list[tuple[int, int]]:
+    nz, ny, nx = geom.shape_zyx
+    per = max(1, CHUNK_POINTS // (ny * nx))
+    return [(k, min(nz, k + per)) for k in range(0, nz, per)]
+
+
+def _sub_geometry(geom: ImageGeometry, k0: int, k1: int) -> ImageGeometry:
+    """The z-slab k0..k1-1 of a grid, as a grid of its own."""
+    origin = geom.index_to_world(np.array([float(k0), 0.0, 0.0]))
+    return ImageGeometry.create((k1 - k0,) + tuple(geom.shape_zyx[1:]), geom.spacing_xyz, origin, geom.direction)
+
+
+def _make_landmarks(case: PhantomCase, mr_geom: ImageGeometry, us_geom: ImageGeometry
+                    ) -> tuple[LandmarkSet, LandmarkSet]:
+    """MR landmarks = patient landmarks + gland centre; US = compression(T(MR)), None outside the volume."""
+    truth = case.anatomy.landmarks()
+    mr, us = {}, {}
+    for name in DEFAULT_LANDMARK_NAMES:
+        x = truth[name] + case.acquisition.gland_centre_mr
+        y = case.compression.forward(case.transform.apply(x))
+        mr[name] = x if mr_geom.contains_world(x) else None
+        us[name] = y if us_geom.contains_world(y) else None
+    return LandmarkSet(mr), LandmarkSet(us)
+
+
+# -- datasets -----------------------------------------------------------------------------
+
+
+def case_seed(dataset_seed: int, case_index: int) -> int:
+    """Seed of case `case_index` of a dataset: independent of worker order and of other cases."""
+    return int(np.random.SeedSequence([int(dataset_seed), int(case_index)]).generate_state(1, np.uint32)[0])
+
+
+def case_id(name: str, case_index: int) -> str:
+    return f"{name}_{case_index:03d}"
+
+
+@dataclass(frozen=True)
+class _Job:
+    folder: str
+    case: str
+    split: str
+    seed: int
+    preset: str
+    single_thread_blas: bool = False
+
+
+def _case_files(ds: Dataset, case: str, split: str) -> list[Path]:
+    files = [ds.transform_path(case, split)]
+    for m in ("MR", "US"):
+        files += [ds.image_path(case, m, split), ds.mask_path(case, m, split), ds.landmarks_path(case, m, split)]
+    return files
+
+
+def _run_job(job: _Job) -> dict:
+    """Generate one case and write its 7 files (runs in a worker process)."""
+    start = time.perf_counter()
+    with _blas_threads(1 if job.single_thread_blas else None):
+        case = generate_case(job.seed, job.preset)
+    write_case(case, Dataset(job.folder), job.case, job.split)
+    return {"case": job.case, "split": job.split, **case.summary(), "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _blas_threads(limit: Optional[int]):
+    """Cap BLAS threads (parallel case workers would otherwise oversubscribe the cores: 2x slower)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: only a speed-up
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=limit, user_api="blas") if limit else contextlib.nullcontext()
+
+
+def write_case(case: PhantomCase, ds: Dataset, case_name: str, split: str = "Tr") -> None:
+    """Write a case's images, masks, landmarks and transform into the dataset layout."""
+    for modality, image, mask, lms in (("MR", case.mr_image, case.mr_mask, case.mr_landmarks),
+                                       ("US", case.us_image, case.us_mask, case.us_landmarks)):
+        write_image(image, ds.image_path(case_name, modality, split))
+        write_image(mask, ds.mask_path(case_name, modality, split))
+        write_lmkreg_json(lms, ds.landmarks_path(case_name, modality, split))
+    case.transform.save(ds.transform_path(case_name, split))
+
+
+def generate_dataset(dataset_id: int, n_train: int, n_test: int = 0, name: str = "Phantom",
+                     preset: str = "mu_regpro", seed: int = 0, workers: Optional[int] = None, *,
+                     overwrite: bool = False, root: Optional[Path] = None, progress: bool = True) -> Path:
+    """Write DatasetNNN_name (in `root`, default $LMKREG_raw) with n_train + n_test phantom cases.
+
+    Refuses to touch another dataset with the same number, and to replace existing case
+    files unless `overwrite`.  Returns the dataset folder.
+    """
+    if not isinstance(preset, str):
+        raise ConfigurationError("generate_dataset needs a preset name (workers look it up by name)")
+    p = get_preset(preset)
+    if n_train < 0 or n_test < 0 or n_train + n_test == 0:
+        raise ConfigurationError(f"need at least one case (got {n_train} training, {n_test} test)")
+    base = Path(root) if root is not None else raw_root()
+    folder = base / dataset_folder_name(dataset_id, name)
+    _check_no_other_dataset(base, dataset_id, folder.name)
+    spec = DatasetSpec(name=folder.name, modalities=["MR", "US"], landmarks=list(DEFAULT_LANDMARK_NAMES),
+                       file_ending=".nii.gz", num_training=n_train, num_test=n_test,
+                       description=f"Synthetic paired MR/TRUS phantoms, preset {p.name}, seed {seed}",
+                       extra={"generator": "lmkreg.phantoms", "preset": p.name, "seed": int(seed)})
+    spec.validate()
+    workers = min(2, default_workers()) if workers is None else max(1, int(workers))
+    parallel = workers > 1 and n_train + n_test > 1
+    jobs = [_Job(str(folder), case_id(name, i), "Tr" if i < n_train else "Ts", case_seed(seed, i), p.name, parallel)
+            for i in range(n_train + n_test)]
+    if folder.exists() and not overwrite:
+        _refuse_existing_cases(folder, spec, jobs)
+    ds = Dataset.create(folder, spec)
+    results = parallel_map(_run_job, jobs, workers=workers, desc=f"phantoms {folder.name}",
+                           disable_progress=not progress)
+    stale = sorted(set(ds.cases("Tr") + ds.cases("Ts")) - {j.case for j in jobs})
+    if stale:
+        warnings.warn(f"{ds.folder} also holds {len(stale)} older case(s) not generated now (e.g. {stale[0]}); "
+                      "dataset.json counts only the new ones", stacklevel=2)
+    atomic_write_json(ds.folder / "phantom_cases.json", {"preset": p.to_json(), "dataset_seed": int(seed),
+                                                         "cases": results})
+    return ds.folder
+
+
+def _check_no_other_dataset(base: Path, dataset_id: int, folder_name: str) -> None:
+    """Refuse when the dataset number is taken by a differently named dataset."""
+    prefix = dataset_folder_name(dataset_id, "")
+    others = sorted(q.name for q in base.glob(prefix + "*") if q.is_dir() and q.name != folder_name) \
+        if base.is_dir() else []
+    if others:
+        raise ConfigurationError(f"dataset id {int(dataset_id)} is already used by {others[0]} in {base}; "
+                                 f"choose another -d or the same --name")
+
+
+def _refuse_existing_cases(folder: Path, spec: DatasetSpec, jobs: list[_Job]) -> None:
+    """Raise if a file that would be written already exists (never overwrite silently)."""
+    probe_ds = Dataset.__new__(Dataset)  # path arithmetic only; dataset.json may not exist yet
+    probe_ds.folder, probe_ds.spec = folder, spec
+    existing = [f for j in jobs for f in _case_files(probe_ds, j.case, j.split) if f.exists()]
+    if existing:
+        raise ConfigurationError(f"{len(existing)} case file(s) already exist in {folder} (e.g. {existing[0]}); "
+                                 "use --overwrite (overwrite=True) to replace them")
+
+
+def load_summary(folder: Path) -> dict:
+    """The per-case notes written next to dataset.json (flags, seeds, timings)."""
+    return json.loads((Path(folder) / "phantom_cases.json").read_text(encoding="utf-8"))

@@ -20,6 +20,8 @@ setup(
         "tqdm>=4.60",
         "batchgenerators>=0.25",
         "acvl-utils>=0.2",
+        "blosc2>=2.5",
+        "threadpoolctl>=3",
     ],
     extras_require={"test": ["pytest>=7", "pytest-timeout>=2"]},
     entry_points={

@@ -1,0 +1,227 @@
+"""Training data: preprocessed cases in memory, augmented batches from background workers.
+
+Reproducibility: sample ``i`` of a loader is drawn from ``np.random.default_rng([seed, i])`` (the
+case choice and every augmentation parameter), so a batch depends only on (seed, epoch, position)
+and not on how many worker processes made it or in which order they finished.  The trainer
+passes a different seed per epoch; re-iterating the same loader continues the index count, so it
+gives new (still reproducible) samples rather than repeating the first pass.
+
+A worker process that dies (killed by the OOM killer, a segfault in a library) makes
+``iterate_batches`` raise ``LmkregError`` instead of hanging; a worker that hangs hits the
+loader's ``timeout``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from lmkreg.errors import InputError, LmkregError
+from lmkreg.preprocessing.storage import ARRAY_SUFFIX, load_array
+from lmkreg.training.augmentation import (DEFAULT_AUGMENTATION, Compose, Sample,  # noqa: F401  (re-exported)
+                                          build_augmentation, inside_grid)
+
+PathLike = Union[str, Path]
+Augmentation = Any  # callable (sample, rng) -> sample, e.g. a Compose
+DEFAULT_TIMEOUT_S = 300.0  # generous: the first batch includes worker start-up on a busy machine
+
+
+# ---- cases in memory ------------------------------------------------------------------------
+
+def load_case(folder: PathLike, case: str) -> dict[str, Any]:
+    """One preprocessed case: image (C, Z, Y, X) float32, landmarks (L, 3) voxel (z, y, x) with NaN
+    for missing ones, spacing (3,) zyx mm, index_to_world (4, 4), landmark_names, case.
+
+    Landmarks outside the preprocessed grid are NaN as well: the network cannot point there, so
+    for training and validation they count as missing.
+    """
+    folder = Path(folder)
+    meta_path, image_path = folder / f"{case}.json", folder / f"{case}{ARRAY_SUFFIX}"
+    for p in (meta_path, image_path):
+        if not p.is_file():
+            raise InputError(p, f"preprocessed file of case {case!r} is missing; run preprocessing again")
+    try:
+        meta = json.loads(meta_path.read_text())
+        image = np.ascontiguousarray(load_array(image_path), dtype=np.float32)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise InputError(meta_path, f"cannot read preprocessed case {case!r}: {e}") from e
+    if image.ndim == 3:
+        image = image[None]
+    if image.ndim != 4:
+        raise InputError(image_path, f"expected an array (C, Z, Y, X), got shape {image.shape}")
+    affine = np.asarray(meta["index_to_world"], float)
+    # column j of the index->world matrix is the world step of array axis j: its length is the spacing
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    names = list(meta["landmark_names"])
+    voxels = meta["landmarks_voxel_zyx"]
+    if len(voxels) != len(names):
+        raise InputError(meta_path, f"{len(voxels)} landmark positions for {len(names)} landmark names")
+    landmarks = np.array([[np.nan] * 3 if v is None else v for v in voxels], float).reshape(len(names), 3)
+    landmarks[~inside_grid(landmarks, image.shape[1:])] = np.nan
+    return {"case": case, "image": image, "landmarks": landmarks, "spacing": spacing,
+            "index_to_world": affine, "landmark_names": names}
+
+
+class PreprocessedCases:
+    """All listed cases of one preprocessed folder, loaded into memory once (they are small:
+    one planned grid each).  Worker processes inherit them instead of re-reading the files."""
+
+    def __init__(self, folder: PathLike, cases: Sequence[str]):
+        self.folder = Path(folder)
+        self.cases = list(cases)
+        self._data = {c: load_case(self.folder, c) for c in self.cases}
+        shapes = {self._data[c]["image"].shape for c in self.cases}
+        if len(shapes) > 1:
+            raise InputError(self.folder, f"preprocessed cases have different array shapes {sorted(shapes)}; "
+                                          "they must all be on the planned grid")
+        names = {tuple(self._data[c]["landmark_names"]) for c in self.cases}
+        if len(names) > 1:
+            raise InputError(self.folder, f"preprocessed cases have different landmark lists {sorted(names)}")
+        self.landmark_names = list(next(iter(names))) if names else []
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def get(self, case: str) -> dict[str, Any]:
+        """The stored sample of `case` (do not modify its arrays in place)."""
+        return self._data[case]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._data[self.cases[index]]
+
+
+# ---- torch side -----------------------------------------------------------------------------
+
+def to_tensors(sample: dict[str, Any]) -> dict[str, Any]:
+    """Tensors for the network: image float32, landmarks float32 voxel zyx (NaN = missing), present bool."""
+    landmarks = np.asarray(sample["landmarks"], np.float32)
+    return {"image": torch.from_numpy(np.ascontiguousarray(sample["image"], dtype=np.float32)),
+            "landmarks": torch.from_numpy(landmarks),
+            "present": torch.from_numpy(~np.isnan(landmarks).any(axis=1)),
+            "case": sample.get("case", "")}
+
+
+class AugmentedSamples(Dataset):
+    """Item i: a random case, augmented, both drawn from np.random.default_rng([seed, i])."""
+
+    def __init__(self, cases: PreprocessedCases, augmentation: Optional[Augmentation], seed: int):
+        if len(cases) == 0:
+            raise LmkregError(f"no training cases in {cases.folder}")
+        self.cases = cases
+        self.augmentation = augmentation
+        self.seed = int(seed)
+
+    def rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, int(index)])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rng = self.rng(index)
+        sample = self.cases[int(rng.integers(len(self.cases)))]
+        if self.augmentation is not None:
+            sample = self.augmentation(sample, rng)
+        return to_tensors(sample)
+
+
+class EpochIndexSampler(Sampler[int]):
+    """Yields n consecutive indices, continuing from where the previous pass stopped."""
+
+    def __init__(self, n: int):
+        self.n = int(n)
+        self.passes = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        start = self.passes * self.n
+        self.passes += 1
+        return iter(range(start, start + self.n))
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """One thread per worker (the workers already run in parallel) and numpy's legacy global
+    generator seeded from torch's per-worker seed, for any library code that still uses it.
+    Our own randomness never uses it: it comes from the per-sample generator."""
+    torch.set_num_threads(1)
+    np.random.seed(torch.initial_seed() % 2 ** 32)
+
+
+def make_train_loader(cases: PreprocessedCases, batch_size: int, augmentation: Optional[Augmentation],
+                      num_workers: int, seed: int, iterations_per_epoch: int, pin_memory: bool = False,
+                      timeout: float = DEFAULT_TIMEOUT_S, dataset: Optional[Dataset] = None) -> DataLoader:
+    """DataLoader of `iterations_per_epoch` augmented batches.
+
+    num_workers > 0: persistent background worker processes and a `timeout` (seconds) per batch;
+    num_workers = 0: everything in this process (tests, debugging).  `dataset` replaces the
+    augmented-sample dataset (tests).  Iterate it with `iterate_batches` for clear errors.
+    """
+    if batch_size < 1 or iterations_per_epoch < 1 or num_workers < 0:
+        raise ValueError(f"batch_size {batch_size}, iterations_per_epoch {iterations_per_epoch} must be >= 1 "
+                         f"and num_workers {num_workers} >= 0")
+    ds = dataset if dataset is not None else AugmentedSamples(cases, augmentation, seed)
+    workers = num_workers > 0
+    return DataLoader(ds, batch_size=batch_size, sampler=EpochIndexSampler(batch_size * iterations_per_epoch),
+                      num_workers=num_workers, pin_memory=pin_memory, drop_last=False,
+                      persistent_workers=workers, timeout=timeout if workers else 0,
+                      worker_init_fn=worker_init_fn if workers else None,
+                      prefetch_factor=2 if workers else None)
+
+
+_WORKER_FAILURES = ("DataLoader worker", "exited unexpectedly", "killed by signal")
+
+
+def iterate_batches(loader: DataLoader) -> Iterator[dict[str, Any]]:
+    """Batches of `loader`; a dead or hung worker becomes LmkregError instead of a hang or an
+    obscure RuntimeError, and the remaining workers are shut down.
+
+    Caveat: torch reports a dead worker from a SIGCHLD handler, which can also fire while the
+    caller is busy with a batch; then torch's own RuntimeError surfaces from the caller's code.
+    """
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except RuntimeError as e:
+            text = str(e)
+            if "timed out" in text:
+                _shutdown(iterator)
+                raise LmkregError(f"data loader timed out: no batch within {loader.timeout:g} s from "
+                                  f"{loader.num_workers} worker process(es); a worker may be stuck ({text})") from e
+            if any(s in text for s in _WORKER_FAILURES):
+                _shutdown(iterator)
+                raise LmkregError(f"data loader worker died: {text}. Often the machine ran out of memory "
+                                  f"(fewer workers with --workers, or a smaller batch, may help)") from e
+            raise
+        yield batch
+
+
+def _shutdown(iterator: Any) -> None:
+    """Stop the workers of a failed iterator now rather than at garbage collection."""
+    stop = getattr(iterator, "_shutdown_workers", None)
+    if callable(stop):
+        try:
+            stop()
+        except Exception:  # best effort: the original error matters more
+            pass
+
+
+def make_val_batches(cases: PreprocessedCases, batch_size: int) -> Iterator[dict[str, Any]]:
+    """Unaugmented batches of the cases in their listed order (the last one may be smaller)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, len(cases), batch_size):
+        items = [to_tensors(cases[i]) for i in range(start, min(start + batch_size, len(cases)))]
+        yield {"image": torch.stack([t["image"] for t in items]),
+               "landmarks": torch.stack([t["landmarks"] for t in items]),
+               "present": torch.stack([t["present"] for t in items]),
+               "case": [t["case"] for t in items]}
+
+
+__all__ = ["load_case", "PreprocessedCases", "AugmentedSamples", "make_train_loader", "iterate_batches",
+           "make_val_batches", "build_augmentation", "DEFAULT_AUGMENTATION", "to_tensors", "worker_init_fn"]

@@ -169,3 +169,17 @@ def test_stuck_worker_hits_the_timeout(cases):
     with pytest.raises(LmkregError, match="timed out"):
         list(iterate_batches(loader))
     assert time.monotonic() - start < 15
+
+
+def test_distributed_shards_reassemble_the_single_process_batches():
+    """Two processes with batch B each see exactly the samples of one process with batch 2B."""
+    from lmkreg.training.data import EpochIndexSampler
+
+    single = EpochIndexSampler(n_batches=3, batch_size=4)
+    ranks = [EpochIndexSampler(n_batches=3, batch_size=2, rank=r, world_size=2) for r in range(2)]
+    for _ in range(2):  # two epochs: the second continues the sequence in both set-ups
+        s = list(single)
+        parts = [list(r) for r in ranks]
+        for k in range(3):
+            assert parts[0][2 * k:2 * k + 2] + parts[1][2 * k:2 * k + 2] == s[4 * k:4 * k + 4]
+    assert len(set(s)) == 12 and min(s) == 12

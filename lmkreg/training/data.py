@@ -127,19 +127,30 @@ class AugmentedSamples(Dataset):
 
 
 class EpochIndexSampler(Sampler[int]):
-    """Yields n consecutive indices, continuing from where the previous pass stopped."""
+    """Sample indices for one epoch of `n_batches` batches, continuing from the previous pass.
 
-    def __init__(self, n: int):
-        self.n = int(n)
+    Distributed training: the global batch ``k`` holds indices ``k*B*W .. (k+1)*B*W - 1`` of one
+    sample sequence (``B`` per-process batch, ``W`` processes); process ``rank`` takes its slice
+    ``rank*B .. (rank+1)*B - 1`` of it.  The W processes together therefore see exactly the
+    samples a single process with batch ``B*W`` would see, which makes a torchrun job reproduce
+    the single-process run (gradients are averaged across processes).
+    """
+
+    def __init__(self, n_batches: int, batch_size: int, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} must be in [0, {world_size})")
+        self.n_batches, self.batch_size = int(n_batches), int(batch_size)
+        self.rank, self.world_size = int(rank), int(world_size)
         self.passes = 0
 
     def __len__(self) -> int:
-        return self.n
+        return self.n_batches * self.batch_size
 
     def __iter__(self) -> Iterator[int]:
-        start = self.passes * self.n
+        global_batch = self.batch_size * self.world_size
+        start = self.passes * self.n_batches * global_batch + self.rank * self.batch_size
         self.passes += 1
-        return iter(range(start, start + self.n))
+        return iter([start + k * global_batch + j for k in range(self.n_batches) for j in range(self.batch_size)])
 
 
 def worker_init_fn(worker_id: int) -> None:
@@ -152,19 +163,21 @@ def worker_init_fn(worker_id: int) -> None:
 
 def make_train_loader(cases: PreprocessedCases, batch_size: int, augmentation: Optional[Augmentation],
                       num_workers: int, seed: int, iterations_per_epoch: int, pin_memory: bool = False,
-                      timeout: float = DEFAULT_TIMEOUT_S, dataset: Optional[Dataset] = None) -> DataLoader:
+                      timeout: float = DEFAULT_TIMEOUT_S, dataset: Optional[Dataset] = None,
+                      rank: int = 0, world_size: int = 1) -> DataLoader:
     """DataLoader of `iterations_per_epoch` augmented batches.
 
     num_workers > 0: persistent background worker processes and a `timeout` (seconds) per batch;
     num_workers = 0: everything in this process (tests, debugging).  `dataset` replaces the
-    augmented-sample dataset (tests).  Iterate it with `iterate_batches` for clear errors.
+    augmented-sample dataset (tests).  `rank`/`world_size`: this process's share of each global
+    batch under torchrun (see EpochIndexSampler); every process passes the same `seed`.  Iterate it with `iterate_batches` for clear errors.
     """
     if batch_size < 1 or iterations_per_epoch < 1 or num_workers < 0:
         raise ValueError(f"batch_size {batch_size}, iterations_per_epoch {iterations_per_epoch} must be >= 1 "
                          f"and num_workers {num_workers} >= 0")
     ds = dataset if dataset is not None else AugmentedSamples(cases, augmentation, seed)
     workers = num_workers > 0
-    return DataLoader(ds, batch_size=batch_size, sampler=EpochIndexSampler(batch_size * iterations_per_epoch),
+    return DataLoader(ds, batch_size=batch_size, sampler=EpochIndexSampler(iterations_per_epoch, batch_size, rank, world_size),
                       num_workers=num_workers, pin_memory=pin_memory, drop_last=False,
                       persistent_workers=workers, timeout=timeout if workers else 0,
                       worker_init_fn=worker_init_fn if workers else None,

@@ -59,14 +59,17 @@ def _norm(kind: str, channels: int) -> nn.Module:
 
 
 class ConvBlock(nn.Sequential):
-    """conv (optionally strided) -> norm -> LeakyReLU, repeated n times."""
+    """conv (optionally strided) -> norm -> LeakyReLU, repeated n times.
+
+    No convolution bias before an instance or batch norm: the norm subtracts it again, so its
+    gradient is pure rounding noise, which Adam would turn into full-size random steps."""
 
     def __init__(self, c_in: int, c_out: int, kernel: Sequence[int], stride: Sequence[int], n: int,
                  norm: str, slope: float):
         layers: list[nn.Module] = []
         for i in range(n):
             layers += [nn.Conv3d(c_in if i == 0 else c_out, c_out, tuple(kernel), stride=tuple(stride) if i == 0 else 1,
-                                 padding=tuple(k // 2 for k in kernel)),
+                                 padding=tuple(k // 2 for k in kernel), bias=norm in ("none", "group")),
                        _norm(norm, c_out), nn.LeakyReLU(slope, inplace=True)]
         super().__init__(*layers)
 
@@ -74,7 +77,7 @@ class ConvBlock(nn.Sequential):
 class UNet3D(nn.Module):
     """Encoder of strided conv stages, decoder of transposed convs with skip connections."""
 
-    def __init__(self, in_channels: int, out_channels: int, spec: UNetSpec):
+    def __init__(self, in_channels: int, out_channels: int, spec: UNetSpec, head_bias: bool = True):
         super().__init__()
         f, st, ks = spec.features_per_stage, spec.strides, spec.kernel_sizes
         if not (len(f) == len(st) == len(ks)):
@@ -91,7 +94,8 @@ class UNet3D(nn.Module):
             self.upsample.append(nn.ConvTranspose3d(f[i], f[i - 1], tuple(st[i]), stride=tuple(st[i])))
             self.decoder.append(ConvBlock(2 * f[i - 1], f[i - 1], ks[i - 1], (1, 1, 1), spec.n_conv_per_stage,
                                           spec.norm, spec.negative_slope))
-        self.head = nn.Conv3d(f[0], out_channels, 1)
+        # head_bias=False for DSNT: a softmax over the volume ignores a per-channel constant
+        self.head = nn.Conv3d(f[0], out_channels, 1, bias=head_bias)
         self.bottleneck_channels = f[-1]
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from lmkreg.io.atomic import atomic_path  # noqa: E402
 
@@ -18,8 +19,10 @@ class TrainingLog:
 
     KEYS = ("train_loss", "val_loss", "val_mre", "lr", "epoch_seconds")
 
-    def __init__(self, log_file: Path, landmark_names: Sequence[str], history: Optional[dict] = None):
+    def __init__(self, log_file: Path, landmark_names: Sequence[str], history: Optional[dict] = None,
+                 echo: bool = False):
         self.log_file = Path(log_file)
+        self.echo = echo  # also print each line (above the progress bar) for people watching the run
         self.names = list(landmark_names)
         self.history: dict[str, list] = history or {k: [] for k in self.KEYS}
         self.history.setdefault("val_mre_per_landmark", [])
@@ -29,6 +32,8 @@ class TrainingLog:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "a", encoding="utf-8") as f:
             f.write(line + "\n")
+        if self.echo:
+            tqdm.write(line)
 
     def add_epoch(self, train_loss: float, val_loss: float, val_mre: float, per_landmark: Sequence[float],
                   lr: float, seconds: float) -> None:

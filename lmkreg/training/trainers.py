@@ -76,7 +76,7 @@ class LandmarkTrainer:
 
     @classmethod
     def build_network(cls, conf: Configuration, n_landmarks: int) -> nn.Module:
-        return UNet3D(1, n_landmarks, conf.network)
+        return UNet3D(1, n_landmarks, conf.network, head_bias=False)
 
     def compute_loss(self, outputs: torch.Tensor, target_mm: torch.Tensor,
                      present: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -107,7 +107,7 @@ class LandmarkTrainer:
     def _setup(self) -> None:
         from lmkreg.training.data import PreprocessedCases, build_augmentation
 
-        seed_everything(self.seed + self.ddp.rank)
+        seed_everything(self.seed)  # same initial weights everywhere (DDP also broadcasts rank 0's)
         self.network = self.build_network(self.conf, len(self.names)).to(self.device)
         self.model: nn.Module = self.network
         if self.ddp.enabled:
@@ -120,7 +120,8 @@ class LandmarkTrainer:
         self.train_data = PreprocessedCases(self.data_folder, self.train_cases)
         self.val_data = PreprocessedCases(self.data_folder, self.val_cases)
         self.augmentation = build_augmentation(self.kind, t.get("augmentation"))
-        self.log = TrainingLog(self.output_folder / "training_log.txt", self.names)
+        self.log = TrainingLog(self.output_folder / "training_log.txt", self.names,
+                               echo=self.progress_bar and self.ddp.is_main)
         self.start_epoch = 0
         self.best_mre = math.inf
 
@@ -218,7 +219,10 @@ class LandmarkTrainer:
         self.log.write(f"{type(self).__name__} {self.modality} fold {self.fold}: {len(self.train_cases)} training, "
                        f"{len(self.val_cases)} validation cases, device {self.device}, epochs {self.num_epochs}, "
                        f"{self.iterations_per_epoch} iterations of batch {self.conf.batch_size}")
-        per_process_batch = max(1, self.conf.batch_size // self.ddp.world_size)
+        per_process_batch = -(-self.conf.batch_size // self.ddp.world_size)
+        if per_process_batch * self.ddp.world_size != self.conf.batch_size:
+            self.log.write(f"batch {self.conf.batch_size} does not split over {self.ddp.world_size} processes: "
+                           f"using {per_process_batch} per process")
         bar = tqdm(range(self.start_epoch, self.num_epochs), desc=f"{type(self).__name__} {self.modality} "
                    f"fold {self.fold}", unit="epoch", disable=not (self.progress_bar and self.ddp.is_main),
                    initial=self.start_epoch, total=self.num_epochs)
@@ -228,8 +232,8 @@ class LandmarkTrainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             loader = make_train_loader(self.train_data, per_process_batch, self.augmentation, self.num_workers,
-                                       seed=self.seed + 1000 * epoch + self.ddp.rank,
-                                       iterations_per_epoch=self.iterations_per_epoch)
+                                       seed=self.seed + 1000 * epoch, iterations_per_epoch=self.iterations_per_epoch,
+                                       rank=self.ddp.rank, world_size=self.ddp.world_size)
             self.network.train()
             train_losses = [self.train_step(batch) for batch in iterate_batches(loader)]
             train_loss = average_across_processes(float(np.mean(train_losses)), self.ddp)
@@ -320,6 +324,10 @@ class HeatmapMatchingTrainer(LandmarkTrainer):
 
     sigma_voxels = 2.0
     amplitude = 100.0  # keeps the few foreground voxels from being drowned by the background
+
+    @classmethod
+    def build_network(cls, conf: Configuration, n_landmarks: int) -> nn.Module:
+        return UNet3D(1, n_landmarks, conf.network, head_bias=True)  # MSE on heatmaps needs the offset
 
     def _targets(self, shape: Sequence[int], target_mm: torch.Tensor) -> torch.Tensor:
         sigma = self.sigma_voxels * max(self.spacing)

@@ -1,0 +1,90 @@
+"""``lmkreg_train DATASET MODALITY FOLD [-tr TRAINER] [--device cpu|cuda] [--c]``.
+
+Trains one fold (0-4, or 'all') of one modality from the plans.  Results go to
+``$LMKREG_results/DatasetNNN_Name/TRAINER__MODALITY/fold_F/``.  Multi-GPU / multi-node:
+launch the same command with ``torchrun --nproc_per_node N``.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from lmkreg.cli_utils import friendly_errors
+from lmkreg.dataset.layout import open_dataset
+from lmkreg.errors import ConfigurationError
+from lmkreg.io.atomic import atomic_write_text
+from lmkreg.paths import results_root
+from lmkreg.planning.plan_and_preprocess import preprocessed_folder
+from lmkreg.planning.plans import PLANS_FILE, Plans
+from lmkreg.planning.splits import SPLITS_FILE, load_or_create_splits
+from lmkreg.training.registry import find_trainer
+
+DEFAULT_TRAINER = "LandmarkTrainer"
+
+
+def model_folder(dataset_name: str, trainer: str, modality: str) -> Path:
+    return results_root() / dataset_name / f"{trainer}__{modality}"
+
+
+def train(dataset_id: str, modality: str, fold: Union[int, str], trainer: str = DEFAULT_TRAINER,
+          device: Optional[str] = None, resume: bool = False, num_epochs: Optional[int] = None,
+          iterations_per_epoch: Optional[int] = None, num_workers: int = 2, seed: Optional[int] = None,
+          trainer_modules: Sequence[str] = (), progress_bar: bool = True) -> dict:
+    """Train one fold; returns the validation summary (MRE per landmark in world mm)."""
+    dataset = open_dataset(dataset_id)
+    pre = preprocessed_folder(dataset)
+    plans = Plans.load(pre / PLANS_FILE)
+    if not (pre / SPLITS_FILE).is_file():
+        raise ConfigurationError(f"{pre / SPLITS_FILE} not found: run lmkreg_plan_and_preprocess -d {dataset_id}")
+    splits = load_or_create_splits(pre, dataset.cases("Tr"))
+    cls = find_trainer(trainer, trainer_modules)
+    out_root = model_folder(dataset.name, trainer, modality)
+    out = out_root / (f"fold_{fold}")
+    out.mkdir(parents=True, exist_ok=True)
+    # the model folder is self-contained for inference: plans and dataset description travel with it
+    atomic_write_text(out_root / PLANS_FILE, (pre / PLANS_FILE).read_text())
+    shutil.copyfile(dataset.folder / "dataset.json", out_root / "dataset.json")
+    t = cls(plans, modality, fold, pre, out, splits, device=device, num_epochs=num_epochs,
+            iterations_per_epoch=iterations_per_epoch, num_workers=num_workers, seed=seed, progress_bar=progress_bar)
+    return t.run(resume=resume)
+
+
+def _fold(text: str) -> Union[int, str]:
+    if text == "all":
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"fold must be a number or 'all', got {text!r}")
+    return int(text)
+
+
+@friendly_errors
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="lmkreg_train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset", help="dataset id or name")
+    p.add_argument("modality", help="modality as named in dataset.json, e.g. MR or US")
+    p.add_argument("fold", type=_fold, help="fold 0-4, or 'all' to train on every case")
+    p.add_argument("-tr", "--trainer", default=DEFAULT_TRAINER, help=f"trainer class (default {DEFAULT_TRAINER})")
+    p.add_argument("--trainer-module", action="append", default=[], help="extra module (file.py or dotted) with trainers")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"], help="default: cuda if available")
+    p.add_argument("--c", dest="resume", action="store_true", help="continue from checkpoint_latest.pth")
+    p.add_argument("--epochs", type=int, default=None, help="override the planned number of epochs")
+    p.add_argument("--iterations", type=int, default=None, help="override iterations per epoch")
+    p.add_argument("--workers", type=int, default=2, help="data augmentation worker processes (default 2)")
+    p.add_argument("--seed", type=int, default=None, help="override the planned seed")
+    args = p.parse_args(argv)
+    try:
+        summary = train(args.dataset, args.modality, args.fold, args.trainer, args.device, args.resume, args.epochs,
+                        args.iterations, args.workers, args.seed, args.trainer_module)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+    if summary:
+        print(f"validation MRE {summary['mre_mm']:.2f} mm over {summary['num_cases']} case(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

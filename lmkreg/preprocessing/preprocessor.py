@@ -29,7 +29,7 @@ from lmkreg.planning.fingerprint import image_centre_world
 from lmkreg.planning.plans import Configuration, Normalization
 from lmkreg.preprocessing.storage import ARRAY_SUFFIX, save_array
 
-PREPROCESSING_VERSION = 1
+PREPROCESSING_VERSION = 2  # 2: normalisation no longer uses the mask
 
 
 def normalize(array: np.ndarray, norm: Normalization, mask: Optional[np.ndarray] = None) -> np.ndarray:
@@ -112,8 +112,8 @@ def preprocess_case(files: CaseFiles, conf: Configuration, landmark_names: list[
     image = read_image(files.image)
     source_geom = ImageGeometry.from_image(image)
     mask_img = read_image(files.mask, is_mask=True) if files.mask is not None and files.mask.is_file() else None
-    mask_arr = sitk.GetArrayFromImage(mask_img) if mask_img is not None else None
-    normalised = normalize(sitk.GetArrayFromImage(image), conf.normalization, mask_arr)
+    # never normalise with the mask: prediction has no mask, and the statistics must match
+    normalised = normalize(sitk.GetArrayFromImage(image), conf.normalization)
     norm_img = source_geom.make_image(normalised)
     target = target_geometry(source_geom, conf)
     array = resample(norm_img, target).astype(np.float32)

@@ -174,3 +174,12 @@ def test_two_process_gloo_run_matches_single_process(env, tmp_path):
     h1 = load_checkpoint(single, torch.device("cpu"))["history"]
     h2 = load_checkpoint(ddp, torch.device("cpu"))["history"]
     assert h2["train_loss"] == pytest.approx(h1["train_loss"], rel=1e-5)  # same samples, same losses
+
+
+def test_time_budget_cuts_the_number_of_epochs(env):
+    summary = train("1", "MR", 0, num_epochs=50, iterations_per_epoch=2, num_workers=0, progress_bar=False,
+                    time_budget_s=1e-3)
+    folder = model_folder("Dataset001_Phantom", "LandmarkTrainer", "MR") / "fold_0"
+    history = load_checkpoint(folder / "checkpoint_final.pth", torch.device("cpu"))["history"]
+    assert summary["epochs"] == 1 and len(history["val_mre"]) == 1
+    assert "time budget" in (folder / "training_log.txt").read_text()

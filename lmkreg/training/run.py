@@ -32,7 +32,8 @@ def model_folder(dataset_name: str, trainer: str, modality: str) -> Path:
 def train(dataset_id: str, modality: str, fold: Union[int, str], trainer: str = DEFAULT_TRAINER,
           device: Optional[str] = None, resume: bool = False, num_epochs: Optional[int] = None,
           iterations_per_epoch: Optional[int] = None, num_workers: int = 2, seed: Optional[int] = None,
-          trainer_modules: Sequence[str] = (), progress_bar: bool = True) -> dict:
+          trainer_modules: Sequence[str] = (), progress_bar: bool = True,
+          time_budget_s: Optional[float] = None) -> dict:
     """Train one fold; returns the validation summary (MRE per landmark in world mm)."""
     dataset = open_dataset(dataset_id)
     pre = preprocessed_folder(dataset)
@@ -48,7 +49,8 @@ def train(dataset_id: str, modality: str, fold: Union[int, str], trainer: str = 
     atomic_write_text(out_root / PLANS_FILE, (pre / PLANS_FILE).read_text())
     shutil.copyfile(dataset.folder / "dataset.json", out_root / "dataset.json")
     t = cls(plans, modality, fold, pre, out, splits, device=device, num_epochs=num_epochs,
-            iterations_per_epoch=iterations_per_epoch, num_workers=num_workers, seed=seed, progress_bar=progress_bar)
+            iterations_per_epoch=iterations_per_epoch, num_workers=num_workers, seed=seed, progress_bar=progress_bar,
+            time_budget_s=time_budget_s)
     return t.run(resume=resume)
 
 
@@ -75,10 +77,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--iterations", type=int, default=None, help="override iterations per epoch")
     p.add_argument("--workers", type=int, default=2, help="data augmentation worker processes (default 2)")
     p.add_argument("--seed", type=int, default=None, help="override the planned seed")
+    p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                   help="fit the number of epochs into this many minutes (measured on the first epoch)")
     args = p.parse_args(argv)
     try:
         summary = train(args.dataset, args.modality, args.fold, args.trainer, args.device, args.resume, args.epochs,
-                        args.iterations, args.workers, args.seed, args.trainer_module)
+                        args.iterations, args.workers, args.seed, args.trainer_module,
+                        time_budget_s=None if args.time_budget is None else 60 * args.time_budget)
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
     if summary:

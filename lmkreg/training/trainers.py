@@ -48,7 +48,8 @@ class LandmarkTrainer:
     def __init__(self, plans: Plans, modality: str, fold: Union[int, str], preprocessed_folder: Path,
                  output_folder: Path, splits: list[dict], device: Optional[str] = None,
                  num_epochs: Optional[int] = None, iterations_per_epoch: Optional[int] = None,
-                 num_workers: int = 2, seed: Optional[int] = None, progress_bar: bool = True):
+                 num_workers: int = 2, seed: Optional[int] = None, progress_bar: bool = True,
+                 time_budget_s: Optional[float] = None):
         self.plans = plans
         self.conf: Configuration = plans.configuration(modality)
         self.modality = modality
@@ -67,6 +68,9 @@ class LandmarkTrainer:
         self.lambda2 = float(t.get(f"lambda2_{self.regularizer}", 0.0))
         self.num_workers = num_workers
         self.progress_bar = progress_bar
+        # wall-clock budget: after the first epoch the number of epochs is cut to fit it (the
+        # learning-rate schedule follows); the run is then no longer bit-reproducible
+        self.time_budget_s = time_budget_s
         self.device = select_device(device)
         self.ddp = init_distributed(self.device)
         self.amp = self.device.type == "cuda"
@@ -223,10 +227,11 @@ class LandmarkTrainer:
         if per_process_batch * self.ddp.world_size != self.conf.batch_size:
             self.log.write(f"batch {self.conf.batch_size} does not split over {self.ddp.world_size} processes: "
                            f"using {per_process_batch} per process")
-        bar = tqdm(range(self.start_epoch, self.num_epochs), desc=f"{type(self).__name__} {self.modality} "
-                   f"fold {self.fold}", unit="epoch", disable=not (self.progress_bar and self.ddp.is_main),
-                   initial=self.start_epoch, total=self.num_epochs)
-        for epoch in bar:
+        bar = tqdm(desc=f"{type(self).__name__} {self.modality} fold {self.fold}", unit="epoch",
+                   disable=not (self.progress_bar and self.ddp.is_main), initial=self.start_epoch,
+                   total=self.num_epochs)
+        epoch = self.start_epoch
+        while epoch < self.num_epochs:  # num_epochs may shrink to fit a time budget
             t0 = time.time()
             lr = self.learning_rate(epoch)
             for group in self.optimizer.param_groups:
@@ -251,10 +256,25 @@ class LandmarkTrainer:
                 self.log.plot(self.output_folder / "progress.png")
                 bar.set_postfix(loss=f"{train_loss:.2f}", val_mre=f"{mre:.2f}mm")
             barrier(self.ddp)
+            if self.time_budget_s is not None and epoch == self.start_epoch:
+                # every process must agree on the new count: use the mean epoch time of all of them
+                self._fit_budget(epoch, average_across_processes(time.time() - t0, self.ddp), bar)
+            bar.update(1)
+            epoch += 1
+        bar.close()
         self.save("final", self.num_epochs)
         summary = self.write_validation() if self.ddp.is_main else {}
         barrier(self.ddp)
         return summary
+
+    def _fit_budget(self, epoch: int, epoch_seconds: float, bar: tqdm) -> None:
+        fits = max(epoch + 1, int(self.time_budget_s / max(epoch_seconds, 1e-6)))
+        if fits < self.num_epochs:
+            self.log.write(f"time budget {self.time_budget_s:.0f} s at {epoch_seconds:.1f} s per epoch: "
+                           f"{fits} epochs instead of {self.num_epochs}")
+            self.num_epochs = fits
+            bar.total = fits
+            bar.refresh()
 
     def write_validation(self) -> dict:
         """Predictions of the final model for the fold's validation cases, in world LPS, and MREs."""

@@ -20,3 +20,12 @@ class InputError(LmkregError):
 
 class ConfigurationError(LmkregError):
     """An environment variable, plans file or dataset.json is missing or wrong."""
+
+
+class OutputError(LmkregError):
+    """An output could not be written (folder not writable, disk full); nothing was half-written."""
+
+    def __init__(self, path: Optional[Union[str, Path]], problem: str):
+        self.path = None if path is None else str(path)
+        self.problem = problem
+        super().__init__(problem if path is None else f"{path}: {problem}")

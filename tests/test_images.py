@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from lmkreg.errors import InputError
+from lmkreg.errors import InputError, OutputError
 from lmkreg.geometry import ImageGeometry
 from lmkreg.io.atomic import atomic_write_text
 from lmkreg.io.images import read_image, write_image
@@ -38,7 +38,7 @@ def test_failed_write_keeps_the_existing_file(tmp_path, monkeypatch, oblique_geo
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(sitk, "WriteImage", disk_full)
-    with pytest.raises(InputError, match="keep.nii.gz"):
+    with pytest.raises(OutputError, match="keep.nii.gz.*No space left"):
         write_image(oblique_geometry.make_image(np.zeros(oblique_geometry.shape_zyx, np.float32)), target)
     monkeypatch.undo()
     assert sitk.GetArrayFromImage(sitk.ReadImage(str(target))).max() == 7

@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Union
 
+from lmkreg.errors import OutputError
+
 PathLike = Union[str, Path]
 
 
@@ -32,14 +34,20 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     The suffix is kept because writers such as SimpleITK choose the format by extension.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _, suffix = split_suffix(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + suffix, dir=target.parent)
-    os.close(fd)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _, suffix = split_suffix(target)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + suffix, dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise OutputError(target, f"cannot write here ({exc.strerror or exc})") from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, target)
+    except OSError as exc:  # disk full, quota, permissions: the old file (if any) is untouched
+        raise OutputError(target, f"could not be written ({exc.strerror or exc}); any previous version is "
+                                  f"unchanged") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

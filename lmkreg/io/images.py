@@ -11,7 +11,7 @@ from typing import Union
 import numpy as np
 import SimpleITK as sitk
 
-from lmkreg.errors import InputError
+from lmkreg.errors import InputError, OutputError
 from lmkreg.geometry.spaces import ImageGeometry
 from lmkreg.io.atomic import atomic_path, split_suffix
 
@@ -88,8 +88,8 @@ def write_image(image: sitk.Image, path: PathLike, *, compress: bool = True) -> 
     try:
         with atomic_path(p) as tmp:
             sitk.WriteImage(image, str(tmp), compress)
-    except (RuntimeError, OSError) as exc:
-        raise InputError(p, f"could not write image: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}") from None
+    except RuntimeError as exc:  # SimpleITK's writer failed (OSErrors become OutputError in atomic_path)
+        raise OutputError(p, f"could not write image: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}") from None
     return p
 
 

@@ -183,3 +183,30 @@ def test_time_budget_cuts_the_number_of_epochs(env):
     history = load_checkpoint(folder / "checkpoint_final.pth", torch.device("cpu"))["history"]
     assert summary["epochs"] == 1 and len(history["val_mre"]) == 1
     assert "time budget" in (folder / "training_log.txt").read_text()
+
+
+class _DyingWorkerTrainer(LandmarkTrainer):
+    """Its augmentation kills the data worker process that runs it."""
+
+    def _setup(self) -> None:
+        super()._setup()
+
+        def die(sample, rng):
+            os._exit(3)
+
+        self.augmentation = die
+
+
+def test_dead_data_worker_stops_training_with_a_clear_message(env, tmp_path):
+    from lmkreg.errors import LmkregError
+
+    ds = open_dataset(1)
+    pre = preprocessed_folder(ds)
+    trainer = _DyingWorkerTrainer(Plans.load(pre / "plans.json"), "MR", 0, pre, tmp_path / "run",
+                                  load_or_create_splits(pre, ds.cases("Tr")), num_epochs=2, iterations_per_epoch=5,
+                                  num_workers=2, progress_bar=False)
+    started = time.time()
+    with pytest.raises(LmkregError, match="worker"):
+        trainer.run()
+    assert time.time() - started < 60  # stopped, not hung until the loader's long timeout
+    assert not (tmp_path / "run" / "checkpoint_final.pth").exists()

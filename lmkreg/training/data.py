@@ -184,7 +184,7 @@ def make_train_loader(cases: PreprocessedCases, batch_size: int, augmentation: O
                       prefetch_factor=2 if workers else None)
 
 
-_WORKER_FAILURES = ("DataLoader worker", "exited unexpectedly", "killed by signal")
+WORKER_FAILURES = ("DataLoader worker", "exited unexpectedly", "killed by signal")
 
 
 def iterate_batches(loader: DataLoader) -> Iterator[dict[str, Any]]:
@@ -206,7 +206,7 @@ def iterate_batches(loader: DataLoader) -> Iterator[dict[str, Any]]:
                 _shutdown(iterator)
                 raise LmkregError(f"data loader timed out: no batch within {loader.timeout:g} s from "
                                   f"{loader.num_workers} worker process(es); a worker may be stuck ({text})") from e
-            if any(s in text for s in _WORKER_FAILURES):
+            if any(s in text for s in WORKER_FAILURES):
                 _shutdown(iterator)
                 raise LmkregError(f"data loader worker died: {text}. Often the machine ran out of memory "
                                   f"(fewer workers with --workers, or a smaller batch, may help)") from e

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from lmkreg.errors import LmkregError
 from lmkreg.geometry.spaces import apply_affine
 from lmkreg.io.atomic import atomic_write_json
 from lmkreg.io.landmarks import LandmarkSet, write_lmkreg_json
@@ -214,7 +215,7 @@ class LandmarkTrainer:
 
     def run(self, resume: bool = False) -> dict:
         """Train, validate each epoch, checkpoint; at the end write validation predictions."""
-        from lmkreg.training.data import iterate_batches, make_train_loader
+        from lmkreg.training.data import make_train_loader
 
         self.output_folder.mkdir(parents=True, exist_ok=True)
         self._setup()
@@ -240,7 +241,7 @@ class LandmarkTrainer:
                                        seed=self.seed + 1000 * epoch, iterations_per_epoch=self.iterations_per_epoch,
                                        rank=self.ddp.rank, world_size=self.ddp.world_size)
             self.network.train()
-            train_losses = [self.train_step(batch) for batch in iterate_batches(loader)]
+            train_losses = self._train_epoch(loader)
             train_loss = average_across_processes(float(np.mean(train_losses)), self.ddp)
             if self.ddp.is_main:
                 val_loss, per_landmark, _ = self.validate()
@@ -266,6 +267,19 @@ class LandmarkTrainer:
         summary = self.write_validation() if self.ddp.is_main else {}
         barrier(self.ddp)
         return summary
+
+    def _train_epoch(self, loader) -> list[float]:
+        """One pass over the loader; a dead data worker stops training with a clear message
+        (torch may report it from a signal handler while a step runs, so catch it here too)."""
+        from lmkreg.training.data import WORKER_FAILURES, iterate_batches
+
+        try:
+            return [self.train_step(batch) for batch in iterate_batches(loader)]
+        except RuntimeError as exc:
+            if any(s in str(exc) for s in WORKER_FAILURES):
+                raise LmkregError(f"training stopped: a data loader worker died ({exc}). Often the machine ran "
+                                  f"out of memory; fewer --workers may help. Resume with --c.") from exc
+            raise
 
     def _fit_budget(self, epoch: int, epoch_seconds: float, bar: tqdm) -> None:
         fits = max(epoch + 1, int(self.time_budget_s / max(epoch_seconds, 1e-6)))

@@ -232,6 +232,7 @@ class LandmarkTrainer:
                    disable=not (self.progress_bar and self.ddp.is_main), initial=self.start_epoch,
                    total=self.num_epochs)
         epoch = self.start_epoch
+        run_start = time.time()
         while epoch < self.num_epochs:  # num_epochs may shrink to fit a time budget
             t0 = time.time()
             lr = self.learning_rate(epoch)
@@ -257,9 +258,9 @@ class LandmarkTrainer:
                 self.log.plot(self.output_folder / "progress.png")
                 bar.set_postfix(loss=f"{train_loss:.2f}", val_mre=f"{mre:.2f}mm")
             barrier(self.ddp)
-            if self.time_budget_s is not None and epoch == self.start_epoch:
-                # every process must agree on the new count: use the mean epoch time of all of them
-                self._fit_budget(epoch, average_across_processes(time.time() - t0, self.ddp), bar)
+            if self.time_budget_s is not None:
+                # every process must agree on the new count: use the mean elapsed time of all of them
+                self._fit_budget(epoch, average_across_processes(time.time() - run_start, self.ddp), bar)
             bar.update(1)
             epoch += 1
         bar.close()
@@ -281,10 +282,13 @@ class LandmarkTrainer:
                                   f"out of memory; fewer --workers may help. Resume with --c.") from exc
             raise
 
-    def _fit_budget(self, epoch: int, epoch_seconds: float, bar: tqdm) -> None:
-        fits = max(epoch + 1, int(self.time_budget_s / max(epoch_seconds, 1e-6)))
+    def _fit_budget(self, epoch: int, elapsed_s: float, bar: tqdm) -> None:
+        """Shrink num_epochs so the run ends within the budget, from the mean epoch time so far
+        (re-checked every epoch, so a machine that gets busier still stops on time)."""
+        done = epoch + 1 - self.start_epoch
+        fits = max(epoch + 1, self.start_epoch + int(self.time_budget_s / max(elapsed_s / done, 1e-6)))
         if fits < self.num_epochs:
-            self.log.write(f"time budget {self.time_budget_s:.0f} s at {epoch_seconds:.1f} s per epoch: "
+            self.log.write(f"time budget {self.time_budget_s:.0f} s at {elapsed_s / done:.1f} s per epoch: "
                            f"{fits} epochs instead of {self.num_epochs}")
             self.num_epochs = fits
             bar.total = fits

@@ -31,6 +31,8 @@ setup(
             "lmkreg_verify_dataset=lmkreg.dataset.cli:verify_main",
             "lmkreg_plan_and_preprocess=lmkreg.planning.plan_and_preprocess:main",
             "lmkreg_train=lmkreg.training.run:main",
+            "lmkreg_predict=lmkreg.inference.predict_folder:main",
+            "lmkreg_register=lmkreg.registration.cli:main",
         ],
     },
 )

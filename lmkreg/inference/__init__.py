@@ -1,0 +1,1 @@
+"""Prediction of landmarks with trained models."""

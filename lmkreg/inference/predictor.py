@@ -1,0 +1,143 @@
+"""Landmark prediction for one image with the models of one trainer: folds ensembled, optional
+left-right mirroring as test-time augmentation, confidence per landmark.
+
+Input: any 3D SimpleITK image in any orientation.  It goes through exactly the planned
+preprocessing (normalise, resample onto the canonical planned grid), the networks' outputs
+are decoded to grid mm, then mapped to world LPS mm through the grid's affine.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from lmkreg.errors import ConfigurationError
+from lmkreg.geometry import ImageGeometry
+from lmkreg.io.landmarks import LandmarkSet
+from lmkreg.planning.plans import PLANS_FILE, Plans
+from lmkreg.preprocessing.preprocessor import normalize, resample, target_geometry
+from lmkreg.training.checkpoint import load_checkpoint
+from lmkreg.training.registry import find_trainer
+from lmkreg.training.runtime import select_device
+
+# a landmark is flagged when its heatmap is this wide or the folds disagree this much (mm)
+SPREAD_FLAG_MM = 10.0
+DISAGREEMENT_FLAG_MM = 5.0
+
+
+@dataclass
+class Prediction:
+    """Landmarks in world LPS mm with per-landmark confidence measures (mm)."""
+
+    landmarks: LandmarkSet
+    spread_mm: dict[str, float]
+    fold_disagreement_mm: dict[str, float]
+    flags: list[str] = field(default_factory=list)
+
+    @property
+    def reliable(self) -> bool:
+        return not self.flags
+
+    def with_extras(self) -> LandmarkSet:
+        """The landmark set carrying its confidence as extras (for the lmkreg JSON)."""
+        extras = {"confidence": {n: {"heatmap_spread_mm": _finite(self.spread_mm.get(n)),
+                                     "fold_disagreement_mm": _finite(self.fold_disagreement_mm.get(n))}
+                                 for n in self.landmarks.names},
+                  "reliable": self.reliable, "flags": list(self.flags)}
+        return LandmarkSet(dict(self.landmarks.points), extras)
+
+
+def _finite(v: Optional[float]) -> Optional[float]:
+    return None if v is None or not np.isfinite(v) else round(float(v), 4)
+
+
+def available_folds(model_folder: Path, checkpoint: str) -> list[str]:
+    return sorted(p.parent.name.removeprefix("fold_") for p in model_folder.glob(f"fold_*/checkpoint_{checkpoint}.pth"))
+
+
+class LandmarkPredictor:
+    """Loads the networks once; ``predict(image)`` for every image of a folder."""
+
+    def __init__(self, model_folder: Union[str, Path], folds: Optional[Sequence[str]] = None,
+                 checkpoint: str = "final", device: Optional[str] = None, mirror_tta: bool = False,
+                 trainer_modules: Sequence[str] = ()):
+        self.model_folder = Path(model_folder)
+        self.plans = Plans.load(self.model_folder / PLANS_FILE)
+        trainer_name, _, modality = self.model_folder.name.partition("__")
+        self.modality = modality
+        self.conf = self.plans.configuration(modality)
+        self.names = list(self.plans.landmarks)
+        self.trainer = find_trainer(trainer_name, trainer_modules)
+        self.device = select_device(device)
+        self.mirror_tta = mirror_tta
+        folds = [str(f) for f in folds] if folds else available_folds(self.model_folder, checkpoint)
+        if not folds:
+            raise ConfigurationError(f"{self.model_folder}: no fold_*/checkpoint_{checkpoint}.pth found; train first")
+        self.networks = []
+        for f in folds:
+            path = self.model_folder / f"fold_{f}" / f"checkpoint_{checkpoint}.pth"
+            state = load_checkpoint(path, self.device)
+            if state.get("trainer") != trainer_name:
+                raise ConfigurationError(f"{path}: written by {state.get('trainer')}, expected {trainer_name}")
+            net = self.trainer.build_network(self.conf, len(self.names))
+            net.load_state_dict(state["network"])
+            self.networks.append(net.to(self.device).eval())
+        self.folds = folds
+
+    def preprocess(self, image: sitk.Image) -> tuple[np.ndarray, ImageGeometry]:
+        """Planned preprocessing: normalised array (1, Z, Y, X) and its grid."""
+        source = ImageGeometry.from_image(image)
+        norm = source.make_image(normalize(sitk.GetArrayFromImage(image), self.conf.normalization))
+        grid = target_geometry(source, self.conf)
+        return resample(norm, grid).astype(np.float32)[None], grid
+
+    @torch.no_grad()
+    def predict_array(self, array: np.ndarray, grid: ImageGeometry) -> Prediction:
+        """Run every fold (and mirror) on a preprocessed array and ensemble in world space."""
+        x = torch.from_numpy(array[None]).to(self.device)
+        spacing = list(self.conf.spacing_zyx)
+        worlds, spreads = [], []
+        affine = grid.index_to_world_affine()
+        for net in self.networks:
+            variants = [(x, False)] + ([(torch.flip(x, dims=[-1]), True)] if self.mirror_tta else [])
+            for xi, flipped in variants:
+                with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+                    out = net(xi)
+                mm, spread = self.trainer.decode(out.float(), spacing)
+                vox = mm[0].double().cpu().numpy() / np.asarray(spacing)
+                if flipped:
+                    vox[:, 2] = array.shape[-1] - 1 - vox[:, 2]
+                worlds.append(vox @ affine[:3, :3].T + affine[:3, 3])
+                spreads.append(spread[0].double().cpu().numpy())
+        worlds_arr = np.stack(worlds)  # (n_models, L, 3)
+        mean = worlds_arr.mean(0)
+        disagreement = np.sqrt(((worlds_arr - mean) ** 2).sum(-1).mean(0)) if len(worlds_arr) > 1 else np.full(len(self.names), np.nan)
+        spread = np.nanmean(np.stack(spreads), 0) if np.isfinite(np.stack(spreads)).any() else np.full(len(self.names), np.nan)
+        flags = []
+        inside = grid.contains_world(mean)
+        for i, n in enumerate(self.names):
+            if not inside[i]:
+                flags.append(f"{n}: outside the planned field of view")
+            if np.isfinite(spread[i]) and spread[i] > SPREAD_FLAG_MM:
+                flags.append(f"{n}: heatmap spread {spread[i]:.1f} mm > {SPREAD_FLAG_MM} mm")
+            if np.isfinite(disagreement[i]) and disagreement[i] > DISAGREEMENT_FLAG_MM:
+                flags.append(f"{n}: folds disagree by {disagreement[i]:.1f} mm > {DISAGREEMENT_FLAG_MM} mm")
+        return Prediction(LandmarkSet.from_array(self.names, mean), dict(zip(self.names, map(float, spread))),
+                          dict(zip(self.names, map(float, disagreement))), flags)
+
+    def predict(self, image: sitk.Image) -> Prediction:
+        array, grid = self.preprocess(image)
+        return self.predict_array(array, grid)
+
+
+def model_folder_for(results_dataset_folder: Path, trainer: str, modality: str) -> Path:
+    folder = Path(results_dataset_folder) / f"{trainer}__{modality}"
+    if not folder.is_dir():
+        options = sorted(p.name for p in Path(results_dataset_folder).glob("*__*")) if Path(results_dataset_folder).is_dir() else []
+        raise ConfigurationError(f"no trained model {folder.name} in {results_dataset_folder}; found: {options or 'none'}")
+    return folder

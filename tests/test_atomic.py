@@ -31,3 +31,14 @@ def test_a_file_where_a_folder_should_be_is_named(tmp_path):
     with pytest.raises(OutputError, match="out/x.json"):
         atomic_write_json(blocker / "x.json", {})
     assert blocker.read_text() == "I am a file"
+
+
+def test_errors_survive_pickling_between_processes():
+    """Errors raised in worker processes (parallel preprocessing) must reach the user intact."""
+    import pickle
+
+    from lmkreg.errors import InputError
+
+    for err in (InputError("/data/a.nii.gz", "image is constant"), OutputError("/out/x.json", "disk full")):
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err) and back.path == err.path

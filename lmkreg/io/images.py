@@ -5,8 +5,9 @@ Images stay SimpleITK images so spacing, origin and direction are never lost; us
 """
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -39,6 +40,7 @@ def read_image(path: PathLike, *, is_mask: bool = False, check_values: bool = Tr
         raise InputError(p, "file is empty")
     if str(p).lower().endswith((".nii", ".nii.gz")):
         _check_nifti_payload(p, check_values)
+    _check_header_spacing(p)
     try:
         image = sitk.ReadImage(str(p))
     except RuntimeError as exc:
@@ -64,6 +66,39 @@ def read_image(path: PathLike, *, is_mask: bool = False, check_values: bool = Tr
     return image
 
 
+def _check_header_spacing(path: Path) -> None:
+    """Refuse zero or negative spacing as written in the header: ITK would fail obscurely on
+    zero and silently turn a negative spacing into a flipped axis, which may not be what the
+    writer meant."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        spacing = _metaimage_spacing(path)  # ITK refuses zero spacing before we can see it
+    else:
+        spacing = reader.GetSpacing()
+    if spacing is not None and any(s <= 0 for s in spacing):
+        raise InputError(path, f"spacing {tuple(spacing)} in the header is not positive; store positive spacings "
+                               f"(a flipped axis belongs in the direction matrix)")
+
+
+def _metaimage_spacing(path: Path) -> Optional[tuple]:
+    """ElementSpacing of a MetaImage header, if the file is one (text header lines)."""
+    if not str(path).lower().endswith((".mha", ".mhd")):
+        return None
+    with open(path, "rb") as f:
+        head = f.read(4096).decode("latin-1")
+    for line in head.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() in ("ElementSpacing", "ElementSize"):
+            try:
+                return tuple(float(v) for v in value.split())
+            except ValueError:
+                return None
+    return None
+
+
 def _check_nifti_payload(path: Path, check_values: bool) -> None:
     """Check a NIfTI file's voxel data with nibabel before ITK reads it.
 
@@ -74,7 +109,7 @@ def _check_nifti_payload(path: Path, check_values: bool) -> None:
 
     try:
         data = np.asanyarray(nibabel.load(str(path)).dataobj)
-    except (OSError, EOFError, ValueError, nibabel.filebasedimages.ImageFileError) as exc:
+    except (OSError, EOFError, ValueError, zlib.error, nibabel.filebasedimages.ImageFileError) as exc:
         raise InputError(path, f"not a readable image (truncated or damaged: {str(exc).splitlines()[0]})") from None
     if check_values and np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
         raise InputError(path, f"{int(np.count_nonzero(~np.isfinite(data)))} voxel(s) are NaN or infinite")

@@ -69,7 +69,9 @@ def markups_from_document(doc: Any, source: PathLike) -> LandmarkSet:
     for markup in doc["markups"]:
         if not isinstance(markup, dict):
             raise InputError(source, "each entry of 'markups' must be an object")
-        system = _system(markup.get("coordinateSystem", "LPS"), source)
+        if "coordinateSystem" not in markup:  # never guess between RAS and LPS
+            raise InputError(source, "markup has no coordinateSystem (LPS or RAS); refusing to guess")
+        system = _system(markup["coordinateSystem"], source)
         units = markup.get("coordinateUnits", "mm")
         if units != "mm":
             raise InputError(source, f"coordinateUnits must be 'mm', got {units!r}")
@@ -124,7 +126,7 @@ def read_fcsv(path: PathLike) -> LandmarkSet:
         raise InputError(p, "file not found") from None
     except UnicodeDecodeError:
         raise InputError(p, "not a text file") from None
-    system, columns, rows = "RAS", list(_FCSV_COLUMNS), []
+    system, columns, rows = None, list(_FCSV_COLUMNS), []
     for line in text.splitlines():
         if line.startswith("#"):
             key, _, value = line[1:].partition("=")
@@ -134,6 +136,8 @@ def read_fcsv(path: PathLike) -> LandmarkSet:
                 columns = [c.strip() for c in value.split(",")]
         elif line.strip():
             rows.append(line)
+    if system is None:  # never guess between RAS and LPS
+        raise InputError(p, "no '# CoordinateSystem = LPS|RAS' header line; refusing to guess")
     if not {"x", "y", "z", "label"} <= set(columns):
         raise InputError(p, f"the columns line must name x, y, z and label, got {columns}")
     points: dict[str, Optional[np.ndarray]] = {}

@@ -21,6 +21,7 @@ from typing import Optional
 import numpy as np
 import SimpleITK as sitk
 
+from lmkreg.errors import InputError
 from lmkreg.geometry import ImageGeometry
 from lmkreg.io.atomic import atomic_write_json
 from lmkreg.io.images import read_image
@@ -112,6 +113,9 @@ def preprocess_case(files: CaseFiles, conf: Configuration, landmark_names: list[
     image = read_image(files.image)
     source_geom = ImageGeometry.from_image(image)
     mask_img = read_image(files.mask, is_mask=True) if files.mask is not None and files.mask.is_file() else None
+    if mask_img is not None and not ImageGeometry.from_image(mask_img).same_as(source_geom):
+        raise InputError(files.mask, f"mask grid differs from its image {Path(files.image).name} (size, spacing, "
+                                     f"origin or direction); masks must share the image's voxel grid")
     # never normalise with the mask: prediction has no mask, and the statistics must match
     normalised = normalize(sitk.GetArrayFromImage(image), conf.normalization)
     norm_img = source_geom.make_image(normalised)

@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 import SimpleITK as sitk
 
 from lmkreg.cli_utils import friendly_errors
+from lmkreg.dataset.layout import check_case_id
 from lmkreg.errors import ConfigurationError, InputError, LmkregError
 from lmkreg.io.atomic import atomic_write_json, split_suffix
 from lmkreg.io.images import read_image, write_image
@@ -146,7 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not (args.mr_image and args.us_image):
             p.error("one shot needs --mr-image and --us-image")
         args.output.mkdir(parents=True, exist_ok=True)
-        name = args.name or case_name(args.mr_image)
+        name = check_case_id(args.name or case_name(args.mr_image), "--name")
         trainers = {"MR": args.mr_trainer or args.trainer, "US": args.us_trainer or args.trainer}
         args.mr, args.us = predict_pair(args.dataset, args.mr_image, args.us_image, args.output, name, trainers,
                                         args.folds)
@@ -158,13 +159,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if single:
         if args.mr is None or args.us is None:
             p.error("--mr and --us go together")
-        name = args.name or case_name(args.mr)
+        name = check_case_id(args.name or case_name(args.mr), "--name")
+        if (args.mr_image or args.mr_mask) and args.us_image is None:
+            p.error("--mr-image/--mr-mask need --us-image for the output grid")
+        for image, is_mask in ((args.mr_image, False), (args.mr_mask, True), (args.us_image, False)):
+            if image is not None:  # check every input before any output is written
+                read_image(image, is_mask=is_mask)
         reg = register_pair(args.mr, args.us, args.output, name, args.weighted)
         print(f"{name}: rotation {reg.transform.rotation_angle_deg():.1f} deg, RMS residual {reg.rms_mm:.2f} mm "
               f"-> {args.output / (name + '_MR_to_US.json')}")
         if args.mr_image or args.mr_mask:
-            if args.us_image is None:
-                p.error("--mr-image/--mr-mask need --us-image for the output grid")
             for src, mask, suffix in ((args.mr_image, False, "MR_in_US"), (args.mr_mask, True, "MRmask_in_US")):
                 if src is not None:
                     print(f"  wrote {resample_into_us(reg, src, args.us_image, args.output / f'{name}_{suffix}.nii.gz', mask)}")

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from lmkreg.cli_utils import friendly_errors
 from lmkreg.dataset.layout import find_dataset
 from lmkreg.errors import ConfigurationError, LmkregError
-from lmkreg.io.atomic import split_suffix
+from lmkreg.io.atomic import remove_stale_temporaries, split_suffix
 from lmkreg.io.images import is_image_file, read_image
 from lmkreg.io.landmarks import write_lmkreg_json
 from lmkreg.paths import results_root
@@ -68,6 +68,9 @@ def predict_folder(predictor: LandmarkPredictor, input_folder: Path, output_fold
     from lmkreg.io.landmark_files import write_landmarks
 
     check_writable(output_folder)
+    stale = remove_stale_temporaries(output_folder)
+    if stale:
+        tqdm.write(f"removed {len(stale)} temporary file(s) left by an interrupted run", file=sys.stderr)
     report = FolderReport()
     todo = []
     for image in list_images(input_folder, num_parts, part_id):

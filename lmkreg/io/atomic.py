@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Union
@@ -27,6 +29,46 @@ def split_suffix(path: PathLike) -> tuple[str, str]:
     return p.stem, p.suffix
 
 
+def _owner_tag() -> str:
+    """'host-pid' of this process, so a later run can tell a dead writer's temporary from a live one."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
+    return f"{host}-{os.getpid()}"
+
+
+_TEMP_RE = re.compile(r"^\.(?P<target>.+)\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[^.]+\.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: PathLike) -> list[Path]:
+    """Delete temporaries left in `folder` by writers on this host that were killed (SIGKILL,
+    power loss) before renaming; return what was removed.
+
+    Temporaries of live processes, and of other hosts sharing the folder (``--num-parts``
+    over machines), are left alone: they may still be written.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    host = _owner_tag().rsplit("-", 1)[0]
+    removed = []
+    for p in folder.iterdir():
+        m = _TEMP_RE.match(p.name)
+        if m and p.is_file() and m["host"] == host and not _pid_alive(int(m["pid"])):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path with the same suffix; move it onto `path` on success.
@@ -37,7 +79,8 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         _, suffix = split_suffix(target)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + suffix, dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{_owner_tag()}.", suffix=".tmp" + suffix,
+                                   dir=target.parent)
         os.close(fd)
     except OSError as exc:
         raise OutputError(target, f"cannot write here ({exc.strerror or exc})") from None

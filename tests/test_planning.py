@@ -12,11 +12,17 @@ from lmkreg.errors import ConfigurationError
 from lmkreg.geometry import ImageGeometry
 from lmkreg.geometry.spaces import apply_affine
 from lmkreg.paths import preprocessed_root
+from lmkreg.phantoms.presets import PRESETS as PHANTOM_PRESETS
+from lmkreg.planning.cost import main as cost_main, measure_cpu_step_times, step_cost
 from lmkreg.planning.plan_and_preprocess import main as plan_main, plan_and_preprocess
-from lmkreg.planning.planner import Budget, coarsen, plan_configuration, target_spacing, topology
+from lmkreg.planning.planner import (FOV_MARGIN_MM, Budget, coarsen, plan_configuration, target_spacing,
+                                     topology)
 from lmkreg.planning.plans import PLANS_FILE, Plans
 from lmkreg.planning.splits import SPLITS_FILE, load_or_create_splits, make_splits
+from lmkreg.preprocessing.preprocessor import normalize
 from lmkreg.preprocessing.storage import load_array
+from lmkreg.training.augmentation import DEFAULT_AUGMENTATION, build_augmentation
+from lmkreg.training.network import UNetSpec
 from toydata import make_toy_dataset, ramp_value
 
 
@@ -51,20 +57,49 @@ def test_landmark_world_to_preprocessed_voxel_and_back(planned):
             assert np.linalg.norm(np.array(ref) - world) < 1e-4
 
 
-def test_preprocessed_value_at_landmark_matches_original(planned):
+@pytest.mark.parametrize("modality", ["MR", "US"])
+def test_preprocessed_value_at_landmark_matches_original(planned, modality):
     ds, out, plans = planned
-    conf = plans.configuration("MR")
-    for case in ds.cases("Tr", "MR"):
+    conf = plans.configuration(modality)
+    checked = 0
+    for case in ds.cases("Tr", modality):
         meta = json.loads((out / conf.data_identifier / f"{case}.json").read_text())
         arr = load_array(out / conf.data_identifier / f"{case}.b2nd")[0]
-        # independent reference: the analytic image value, z-scored with numpy over the non-zero
-        # voxels (not the mask: prediction has no mask, so preprocessing must not use it)
-        raw = sitk.GetArrayFromImage(sitk.ReadImage(str(ds.image_path(case, "MR")))).astype(np.float64)
-        fg = raw[raw != 0]
+        original = sitk.ReadImage(str(ds.image_path(case, modality)))
+        raw = sitk.GetArrayFromImage(original).astype(np.float64)
         for world, voxel in zip(meta["landmarks_world_lps"], meta["landmarks_voxel_zyx"]):
-            expected = (ramp_value(np.array(world)) - fg.mean()) / fg.std()
+            # independent reference: SimpleITK's linear interpolation of the *original* (oblique,
+            # anisotropic) image at the world point, normalised as the plans say (numpy z-score
+            # over the non-zero voxels for MR: prediction has no mask, so neither may training)
+            value = original.EvaluateAtPhysicalPoint(tuple(world), sitk.sitkLinear)
+            if conf.normalization.scheme == "zscore":
+                fg = raw[raw != 0]
+                expected = (value - fg.mean()) / fg.std()
+                # the toy image is an affine function of the world position: exact reference too
+                assert value == pytest.approx(ramp_value(np.array(world)), abs=1e-3)
+            else:
+                lo, hi = conf.normalization.lower, conf.normalization.upper
+                expected = (value - lo) / (hi - lo)
+                if not 0.02 < expected < 0.98:  # near a clip bound the clip's kink is interpolated
+                    continue
             got = map_coordinates(arr, np.array(voxel)[:, None], order=1)[0]
             assert got == pytest.approx(expected, abs=1e-3)
+            checked += 1
+    assert checked >= len(ds.cases("Tr", modality))
+
+
+def test_field_of_view_holds_every_training_landmark_with_the_margin(planned):
+    ds, out, plans = planned
+    for modality, conf in plans.configurations.items():
+        spacing = np.asarray(conf.spacing_zyx)
+        size = np.asarray(conf.input_size_zyx)
+        for case in ds.cases("Tr", modality):
+            meta = json.loads((out / conf.data_identifier / f"{case}.json").read_text())
+            for v in meta["landmarks_voxel_zyx"]:
+                v = np.asarray(v)
+                # distance in mm from the landmark to the grid's outer voxel faces
+                assert np.all((v + 0.5) * spacing >= FOV_MARGIN_MM - 1e-6)
+                assert np.all((size - 0.5 - v) * spacing >= FOV_MARGIN_MM - 1e-6)
 
 
 def test_us_normalization_keeps_zero_and_clips(planned):
@@ -108,6 +143,22 @@ def test_rerun_skips_up_to_date_cases(planned, capsys, monkeypatch):
     (lambda d: d["configurations"]["MR"]["network"]["strides"].pop(), "configurations.MR.network.strides"),
     (lambda d: d["configurations"]["MR"].__setitem__("input_size_zyx", [33, 32, 32]), "configurations.MR.input_size_zyx"),
     (lambda d: d.pop("landmarks"), "landmarks"),
+    (lambda d: d["configurations"]["MR"]["training"].__setitem__("learning_rate", "fast"),
+     "configurations.MR.training.learning_rate"),
+    (lambda d: d["configurations"]["US"]["training"]["augmentation"]["spatial"].__setitem__("scale", [1.2, 0.8]),
+     "configurations.US.training.augmentation.spatial.scale"),
+    (lambda d: d["configurations"]["MR"]["training"]["augmentation"]["gaussian_noise"].__setitem__("p", 1.5),
+     "configurations.MR.training.augmentation.gaussian_noise.p"),
+    (lambda d: d["configurations"]["US"]["training"]["augmentation"]["spatial"].__setitem__("rotation_deg", [[-5, 5]]),
+     "configurations.US.training.augmentation.spatial.rotation_deg"),
+    (lambda d: d["configurations"]["US"]["training"]["augmentation"]["speckle"].__setitem__("keep_zero", "yes"),
+     "configurations.US.training.augmentation.speckle.keep_zero"),
+    (lambda d: d["configurations"]["MR"]["training"]["augmentation"]["mirror"].__setitem__("probability", 0.5),
+     "configurations.MR.training.augmentation.mirror.probability"),
+    (lambda d: d["configurations"]["MR"]["training"]["augmentation"].__setitem__("elastic", {"p": 0.2}),
+     "configurations.MR.training.augmentation.elastic"),
+    (lambda d: d["configurations"]["MR"]["training"]["augmentation"].__setitem__("gamma", 0.3),
+     "configurations.MR.training.augmentation.gamma"),
 ])
 def test_hand_broken_plans_name_the_key(planned, tmp_path, edit, key):
     _, out, _ = planned
@@ -120,6 +171,52 @@ def test_hand_broken_plans_name_the_key(planned, tmp_path, edit, key):
     assert f"'{key}'" in str(info.value) and str(broken) in str(info.value)
 
 
+def test_plans_carry_the_augmentation_per_modality_kind(planned):
+    _, out, plans = planned
+    data = json.loads((out / PLANS_FILE).read_text())
+    for modality, kind in (("MR", "MR"), ("US", "US")):
+        aug = data["configurations"][modality]["training"]["augmentation"]
+        assert aug == DEFAULT_AUGMENTATION[kind]
+        # what the trainer builds from the plans is exactly the default pipeline of that kind
+        assert build_augmentation(kind, plans.configuration(modality).training["augmentation"]) == \
+            build_augmentation(kind)
+    assert data["configurations"]["US"]["training"]["augmentation"]["speckle"] is not None
+    assert data["configurations"]["MR"]["training"]["augmentation"]["speckle"] is None
+
+
+def test_hand_edited_augmentation_is_what_training_uses(planned, tmp_path):
+    _, out, _ = planned
+    data = json.loads((out / PLANS_FILE).read_text())
+    aug = data["configurations"]["US"]["training"]["augmentation"]
+    aug["mirror"] = None  # switched off
+    aug["spatial"]["translation_mm"] = 4
+    aug["acoustic_shadow"]["p"] = 0.0
+    edited = tmp_path / PLANS_FILE
+    edited.write_text(json.dumps(data, indent=2))
+    conf = Plans.load(edited).configuration("US")
+    pipeline = build_augmentation("US", conf.training["augmentation"])
+    names = [type(t).__name__ for t in pipeline.transforms]
+    assert "MirrorLeftRight" not in names and len(names) == len(build_augmentation("US").transforms) - 1
+    assert pipeline.transforms[0].translation_mm == 4
+    assert next(t for t in pipeline.transforms if type(t).__name__ == "AcousticShadow").p == 0.0
+    # a plans file written before the augmentation was planned still loads (defaults apply)
+    del data["configurations"]["US"]["training"]["augmentation"]
+    edited.write_text(json.dumps(data))
+    assert "augmentation" not in Plans.load(edited).configuration("US").training
+
+
+def test_estimated_and_measured_step_of_the_planned_network(planned, capsys):
+    _, out, plans = planned
+    conf = plans.configuration("MR")
+    # one torch thread: two threads on a machine shared with other jobs stall each other
+    times = measure_cpu_step_times(conf.network, conf.input_size_zyx, conf.batch_size, len(plans.landmarks),
+                                   conf.spacing_zyx, repeats=1, threads=1)
+    assert len(times) == 1 and times[0] > 0
+    assert cost_main([str(out / PLANS_FILE), "--repeats", "1", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "MR: input" in printed and "US: input" in printed and "estimated" in printed and "measured" in printed
+
+
 def test_cli_plan_only_on_missing_dataset_fails_cleanly(capsys):
     assert plan_main(["-d", "42"]) == 2
     assert "no dataset with id 42" in capsys.readouterr().err
@@ -127,44 +224,92 @@ def test_cli_plan_only_on_missing_dataset_fails_cleanly(capsys):
 
 # ---- planning rules ----------------------------------------------------------------------
 
-def _summary(spacing_zyx, extent_zyx, spread_lps=(50.0, 40.0, 45.0)):
-    half = np.asarray(spread_lps) / 2
+def _summary(spacing_zyx, extent_zyx, offset_min_lps, offset_max_lps):
     return {"median_spacing_zyx": list(spacing_zyx), "spacing_percentile_10_zyx": list(spacing_zyx),
-            "max_extent_mm_zyx": list(extent_zyx), "landmark_offset_min_lps": (-half).tolist(),
-            "landmark_offset_max_lps": half.tolist(), "intensity": {"percentile_00_5": 0.0, "percentile_99_5": 200.0}}
+            "max_extent_mm_zyx": list(extent_zyx), "landmark_offset_min_lps": list(offset_min_lps),
+            "landmark_offset_max_lps": list(offset_max_lps),
+            "intensity": {"percentile_00_5": 0.0, "percentile_99_5": 200.0}}
 
 
-PRESETS = {  # grids of the two phantom presets (array (z, y, x) spacing and extent in mm)
-    "mu_regpro_MR": _summary((0.8, 0.8, 0.8), (128 * 0.8, 128 * 0.8, 120 * 0.8)),
-    "paper_MR": _summary((1.0, 0.5, 0.5), (128 * 1.0, 256 * 0.5, 256 * 0.5)),
-    "mu_regpro_US": _summary((0.8, 0.8, 0.8), (88 * 0.8, 118 * 0.8, 81 * 0.8)),
-    "paper_US": _summary((0.4, 0.4, 0.4), (256 * 0.4,) * 3),
-}
+def _preset_summary(preset: str, modality: str) -> dict:
+    """A fingerprint summary synthesised from a phantom preset's grids (no volumes generated).
+
+    Landmark offsets from the image centre are those of the fingerprints of the generated
+    datasets in documentation/planning.md (12 mu_regpro, 8 paper cases), rounded outwards."""
+    p = PHANTOM_PRESETS[preset]
+    size_xyz, spacing_xyz = (p.mr_size_xyz, p.mr_spacing_xyz) if modality == "MR" else (p.us_size_xyz, p.us_spacing_xyz)
+    spacing_zyx = np.asarray(spacing_xyz[::-1], float)
+    offsets = {("mu_regpro", "MR"): ((-2, -6, -26), (5, 19, 31)), ("paper", "MR"): ((-2, -6, -26), (5, 19, 31)),
+               ("mu_regpro", "US"): ((-8, -14, -30), (6, 16, 26)), ("paper", "US"): ((-10, 4, -25), (8, 35, 26))}
+    lo, hi = offsets[preset, modality]
+    return _summary(spacing_zyx, spacing_zyx * np.asarray(size_xyz[::-1]), lo, hi)
+
+
+PRESETS = {f"{preset}_{modality}": _preset_summary(preset, modality)
+           for preset in ("mu_regpro", "paper") for modality in ("MR", "US")}
+NAMES = ["apex", "bladder_neck", "posterior_median"]
+
+
+def _plan(name: str, budget: Budget = Budget("cpu")):
+    return plan_configuration(name.split("_")[-1], PRESETS[name], NAMES, budget, "Dataset001_X")
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_presets_fit_the_cpu_budget(name):
-    conf = plan_configuration(name.split("_")[-1], PRESETS[name], ["a", "b", "c"], Budget("cpu"), "Dataset001_X")
-    assert conf.estimated_step_seconds <= Budget("cpu").max_step_seconds
-    fov = np.asarray(conf.field_of_view_mm_zyx)
-    assert np.all(fov >= np.minimum(np.array([45.0, 40.0, 50.0]) + 30, PRESETS[name]["max_extent_mm_zyx"]) - 1e-6)
+    conf = _plan(name)
+    budget = Budget("cpu").max_step_seconds
+    assert budget < 1.0 and conf.estimated_step_seconds <= budget
+    spec = conf.network
+    assert conf.estimated_step_seconds == pytest.approx(
+        step_cost(spec, conf.input_size_zyx, 1, len(NAMES)).cpu_seconds(conf.batch_size), abs=1e-3)
+    for n, f in zip(conf.input_size_zyx, spec.total_downsampling):
+        assert n % f == 0
+    # the field of view spans every landmark offset plus the margin on both sides
+    s = PRESETS[name]
+    spread_zyx = (np.asarray(s["landmark_offset_max_lps"]) - np.asarray(s["landmark_offset_min_lps"]))[::-1]
+    assert np.all(np.asarray(conf.field_of_view_mm_zyx) >= spread_zyx + 2 * FOV_MARGIN_MM - 1e-6)
+    assert conf.fov_offset_lps == pytest.approx(
+        ((np.asarray(s["landmark_offset_max_lps"]) + np.asarray(s["landmark_offset_min_lps"])) / 2).tolist())
+    # every preset is finer than the CPU budget allows: the plan coarsens and says so
+    assert max(conf.spacing_zyx) > max(s["median_spacing_zyx"])
+    assert any("coarsened" in n and "per step > 0.5 s" in n for n in conf.notes)
 
 
 def test_presets_differ_where_their_spacings_differ():
-    mu = plan_configuration("MR", PRESETS["mu_regpro_MR"], ["a", "b", "c"], Budget("cpu"), "Dataset001_X")
-    paper = plan_configuration("MR", PRESETS["paper_MR"], ["a", "b", "c"], Budget("cpu"), "Dataset001_X")
-    # the paper's MR has slices twice as thick as its pixels; the plan keeps that anisotropy
-    assert paper.spacing_zyx[0] == pytest.approx(2 * paper.spacing_zyx[1])
-    assert mu.spacing_zyx[0] == pytest.approx(mu.spacing_zyx[1])
-    assert paper.spacing_zyx != mu.spacing_zyx
-    assert any("coarsened" in n for n in paper.notes)
+    plans = {name: _plan(name) for name in PRESETS}
+    mu_mr, paper_mr = plans["mu_regpro_MR"], plans["paper_MR"]
+    # the paper's MR has slices twice as thick as its pixels; the plan keeps that anisotropy,
+    # the isotropic muRegPro MR stays isotropic
+    assert paper_mr.spacing_zyx[0] == pytest.approx(2 * paper_mr.spacing_zyx[1])
+    assert paper_mr.spacing_zyx[1] == pytest.approx(paper_mr.spacing_zyx[2])
+    assert np.ptp(mu_mr.spacing_zyx) == pytest.approx(0)
+    assert paper_mr.spacing_zyx != mu_mr.spacing_zyx
+    assert paper_mr.input_size_zyx != mu_mr.input_size_zyx
+    # with 2:1 spacing every axis is pooled from the first stage on, and all kernels are 3
+    assert paper_mr.network.strides[1] == (2, 2, 2)
+    assert all(k == (3, 3, 3) for k in paper_mr.network.kernel_sizes)
+    # the paper's 0.4 mm TRUS is coarsened by a larger factor than muRegPro's 0.8 mm TRUS
+    mu_us, paper_us = plans["mu_regpro_US"], plans["paper_US"]
+    assert np.ptp(paper_us.spacing_zyx) == pytest.approx(0) and np.ptp(mu_us.spacing_zyx) == pytest.approx(0)
+    assert paper_us.spacing_zyx[0] / 0.4 > mu_us.spacing_zyx[0] / 0.8 > 1
+    assert paper_us.fov_offset_lps != mu_us.fov_offset_lps
 
 
-def test_gpu_budget_keeps_finer_spacing_and_larger_batch():
-    cpu = plan_configuration("MR", PRESETS["paper_MR"], ["a", "b", "c"], Budget("cpu"), "Dataset001_X")
-    gpu = plan_configuration("MR", PRESETS["paper_MR"], ["a", "b", "c"], Budget.parse("24"), "Dataset001_X")
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_gpu_budget_keeps_finer_spacing_and_larger_batch(name):
+    cpu = _plan(name)
+    gpu = _plan(name, Budget.parse("24"))
     assert max(gpu.spacing_zyx) < max(cpu.spacing_zyx)
     assert gpu.batch_size >= 4 and gpu.estimated_memory_gb <= 24
+    assert gpu.network.features_per_stage[0] == 32 and cpu.network.features_per_stage[0] == 8
+    small = _plan(name, Budget.parse("8"))
+    assert small.estimated_memory_gb <= 8 and max(small.spacing_zyx) >= max(gpu.spacing_zyx)
+
+
+def test_plans_of_both_kinds_carry_their_augmentation():
+    for name in PRESETS:
+        kind = name.split("_")[-1]
+        assert _plan(name).training["augmentation"] == DEFAULT_AUGMENTATION[kind]
 
 
 def test_anisotropy_rule():
@@ -176,6 +321,13 @@ def test_anisotropy_rule():
 def test_coarsen_fine_axes_first():
     assert coarsen([3.0, 1.0, 1.0]) == pytest.approx([3.0, 1.1, 1.1])
     assert coarsen([2.0, 1.0, 1.0]) == pytest.approx([2.2, 1.1, 1.1])
+
+
+def test_topology_treats_spacings_equal_up_to_rounding_as_equal():
+    # 1.6 read as float32 is 1.6000000238..., a hair more than twice 0.8: still pooled at once
+    spec = topology([40, 80, 80], [float(np.float32(1.6)), 0.8, 0.8], 8, 128)
+    assert spec.strides[1] == (2, 2, 2) and spec.kernel_sizes[0] == (3, 3, 3)
+    assert coarsen([float(np.float32(1.6)), 0.8, 0.8]) == pytest.approx([1.76, 0.88, 0.88])
 
 
 def test_topology_pools_thick_axis_later():

@@ -62,10 +62,12 @@ def case_fingerprint(job: _CaseJob) -> dict:
     """Fingerprint of one image (and its optional mask and landmarks)."""
     image = read_image(job.image)
     geom = ImageGeometry.from_image(image)
-    array = sitk.GetArrayViewFromImage(image).astype(np.float32)
+    array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
     mask = None
     if job.mask is not None and job.mask.is_file():
-        mask = sitk.GetArrayViewFromImage(read_image(job.mask, is_mask=True))
+        # a copy, not GetArrayViewFromImage: a view of a temporary image points to freed memory
+        # once the image is garbage collected (garbage statistics, or a segfault on large volumes)
+        mask = sitk.GetArrayFromImage(read_image(job.mask, is_mask=True))
         if mask.shape != array.shape:
             mask = None
     values = _intensity_region(array, mask)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -37,8 +38,11 @@ def plan(dataset: Dataset, budget: Optional[Budget] = None, workers: Optional[in
     if plans_path.is_file() and not overwrite_plans:
         print(f"using existing plans {plans_path} (pass --overwrite-plans to plan again)")
         return Plans.load(plans_path)
+    start = time.perf_counter()
     fingerprint = compute_fingerprint(dataset, workers)
     save_fingerprint(fingerprint, out)
+    n = sum(len(m["cases"]) for m in fingerprint["modalities"].values())
+    print(f"fingerprint: {n} image(s) in {time.perf_counter() - start:.1f} s")
     plans = plan_dataset(fingerprint, budget or Budget.default())
     plans.save(plans_path)
     return plans
@@ -58,8 +62,10 @@ def _run_job(job: _Job, conf: Configuration, names: list[str]) -> str:
 
 
 def preprocess(dataset: Dataset, plans: Plans, modalities: Optional[Sequence[str]] = None,
-               workers: Optional[int] = None, split: str = "Tr") -> dict[str, dict[str, int]]:
-    """Preprocess every case of each modality; cases already up to date are skipped."""
+               workers: Optional[int] = None, split: str = "Tr") -> dict[str, dict[str, float]]:
+    """Preprocess every case of each modality; cases already up to date are skipped.
+
+    Returns per modality the number of cases done and skipped and the wall time in seconds."""
     counts = {}
     for modality in modalities or list(plans.configurations):
         conf = plans.configuration(modality)
@@ -67,9 +73,11 @@ def preprocess(dataset: Dataset, plans: Plans, modalities: Optional[Sequence[str
         jobs = [_Job(CaseFiles(c, dataset.image_path(c, modality, split), dataset.mask_path(c, modality, split),
                                dataset.landmarks_path(c, modality, split)), out_dir)
                 for c in dataset.cases(split, modality)]
+        start = time.perf_counter()
         results = parallel_map(partial(_run_job, conf=conf, names=list(plans.landmarks)), jobs, workers,
                                desc=f"preprocess {modality}")
-        counts[modality] = {"done": results.count("done"), "skipped": results.count("skipped")}
+        counts[modality] = {"done": results.count("done"), "skipped": results.count("skipped"),
+                            "seconds": time.perf_counter() - start}
     return counts
 
 
@@ -81,7 +89,9 @@ def plan_and_preprocess(dataset_id: str, budget: Optional[Budget] = None, worker
     load_or_create_splits(preprocessed_folder(dataset), cases, num_folds)
     if not skip_preprocessing:
         for modality, c in preprocess(dataset, plans, workers=workers).items():
-            print(f"{modality}: {c['done']} case(s) preprocessed, {c['skipped']} already up to date")
+            rate = f" ({c['done'] / c['seconds']:.2f} cases/s)" if c["done"] and c["seconds"] > 0 else ""
+            print(f"{modality}: {c['done']} case(s) preprocessed, {c['skipped']} already up to date "
+                  f"in {c['seconds']:.1f} s{rate}")
     return preprocessed_folder(dataset)
 
 

@@ -5,6 +5,7 @@ Each rule is a small pure function so it can be read, tested and documented on i
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -12,7 +13,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from lmkreg.planning.cost import step_cost
-from lmkreg.planning.plans import Configuration, Normalization, Plans
+from lmkreg.planning.plans import Configuration, Normalization, Plans, modality_kind
+from lmkreg.training.augmentation import DEFAULT_AUGMENTATION
 from lmkreg.training.network import UNetSpec
 
 ANISOTROPY_THRESHOLD = 3.0
@@ -21,6 +23,7 @@ MIN_FEATURE_MAP = 4
 MAX_STAGES = 6
 CPU_MAX_STEP_SECONDS = 0.5
 COARSEN_FACTOR = 1.1
+SPACING_TOLERANCE = 1e-6  # relative: spacings equal up to float rounding compare as equal
 
 PAPER_LAMBDAS = {  # Fang et al. 2023, section 3.1, in mm units
     "MR": {"lambda1": 1.0, "lambda2_variance": 5e-4, "lambda2_distance": 5e-3},
@@ -67,12 +70,6 @@ class Budget:
         return {"device": "cuda", "gpu_memory_gb": self.gpu_memory_gb}
 
 
-def modality_kind(modality: str) -> str:
-    """'US' for ultrasound names (US, TRUS, ultrasound...), otherwise 'MR'."""
-    m = modality.upper()
-    return "US" if m.startswith(("US", "TRUS")) or "ULTRASOUND" in m else "MR"
-
-
 def target_spacing(median_zyx: Sequence[float], p10_zyx: Sequence[float]) -> tuple[list[float], Optional[str]]:
     """Median spacing; for thick-slice data (max/min > 3) the coarse axis takes its 10th
     percentile instead, so most images are not upsampled across slices (nnU-Net's rule)."""
@@ -92,7 +89,10 @@ def field_of_view(offset_min_lps: Sequence[float], offset_max_lps: Sequence[floa
 
     DSNT normalises each heatmap over the whole input, so the input must contain every
     training landmark: the box spans all landmark offsets plus `margin_mm` on each side
-    (room for augmentation and unseen cases), no larger than the largest image.
+    (room for augmentation and unseen cases).  It is never cut back to the image extent: a
+    landmark near the edge of a small image (the TRUS fan) would otherwise lose its margin
+    and augmentation would push it out of the grid.  Where the box is larger than the largest
+    image the excess is zero padding, and a note says so.
     """
     lo = np.asarray(offset_min_lps, float)[::-1]
     hi = np.asarray(offset_max_lps, float)[::-1]
@@ -102,9 +102,15 @@ def field_of_view(offset_min_lps: Sequence[float], offset_max_lps: Sequence[floa
     extent = np.asarray(max_extent_zyx, float)
     for a in range(3):
         if fov[a] > extent[a]:
-            notes.append(f"field of view along {'zyx'[a]} clipped from {fov[a]:.1f} to the largest image extent {extent[a]:.1f} mm")
-            fov[a] = extent[a]
+            notes.append(f"field of view along {'zyx'[a]} ({fov[a]:.1f} mm = landmark spread {hi[a] - lo[a]:.1f} + "
+                         f"2 x {margin_mm:g} mm margin) is larger than the largest image ({extent[a]:.1f} mm): "
+                         f"the excess is zero padding")
     return fov.tolist(), centre_zyx[::-1].tolist(), notes
+
+
+def _not_coarser(spacing: np.ndarray, limit: float) -> np.ndarray:
+    """spacing <= limit, with equality up to float rounding (0.5 * 1.1**n * 2 vs 1.0 * 1.1**n)."""
+    return spacing <= limit * (1 + SPACING_TOLERANCE)
 
 
 def topology(size_zyx: Sequence[float], spacing_zyx: Sequence[float], base_features: int,
@@ -115,15 +121,16 @@ def topology(size_zyx: Sequence[float], spacing_zyx: Sequence[float], base_featu
     size = np.asarray(size_zyx, float)
     spacing = np.asarray(spacing_zyx, float)
     strides = [[1, 1, 1]]
-    kernels = [[3 if s <= 2 * spacing.min() else 1 for s in spacing]]
+    kernels = [[3 if k else 1 for k in _not_coarser(spacing, 2 * spacing.min())]]
     while len(strides) < MAX_STAGES:
-        pool = [bool(size[a] >= 2 * MIN_FEATURE_MAP and spacing[a] <= 2 * spacing.min()) for a in range(3)]
+        fine = _not_coarser(spacing, 2 * spacing.min())
+        pool = [bool(size[a] >= 2 * MIN_FEATURE_MAP and fine[a]) for a in range(3)]
         if not any(pool):
             break
         strides.append([2 if p else 1 for p in pool])
         size = np.where(pool, size / 2, size)
         spacing = np.where(pool, spacing * 2, spacing)
-        kernels.append([3 if s <= 2 * spacing.min() else 1 for s in spacing])
+        kernels.append([3 if k else 1 for k in _not_coarser(spacing, 2 * spacing.min())])
     features = tuple(min(base_features * 2 ** i, max_features) for i in range(len(strides)))
     return UNetSpec(features, tuple(tuple(s) for s in strides), tuple(tuple(k) for k in kernels))
 
@@ -137,7 +144,7 @@ def coarsen(spacing_zyx: Sequence[float]) -> list[float]:
     """One coarsening step: the fine axes of strongly anisotropic data first (until no axis is
     more than twice finer than the coarsest), then all axes, keeping the anisotropy."""
     s = np.asarray(spacing_zyx, float)
-    fine = s.max() / s > 2
+    fine = s.max() / s > 2 * (1 + SPACING_TOLERANCE)
     if np.any(fine):
         s[fine] *= COARSEN_FACTOR
     else:
@@ -161,10 +168,15 @@ def plan_configuration(modality: str, summary: dict, landmarks: Sequence[str], b
     base, max_feat = (8, 128) if cpu else (32, 320)
     batch = 2 if cpu else 4
     original = list(spacing)
+    at_original = ""
     for _ in range(200):
         spec = topology(np.asarray(fov) / np.asarray(spacing), spacing, base, max_feat)
         size = input_size(fov, spacing, spec.total_downsampling)
         cost = step_cost(spec, size, 1, len(landmarks))
+        if not at_original:
+            at_original = (f"input {size} at the original spacing: " +
+                           (f"{cost.cpu_seconds(batch):.2f} s per step > {budget.max_step_seconds:g} s" if cpu else
+                            f"{cost.gpu_memory_gb(batch):.1f} GB at batch {batch} > {budget.gpu_memory_gb:g} GB"))
         fits = (cost.cpu_seconds(batch) <= budget.max_step_seconds if cpu
                 else cost.gpu_memory_gb(batch) <= budget.gpu_memory_gb)
         if fits:
@@ -177,14 +189,14 @@ def plan_configuration(modality: str, summary: dict, landmarks: Sequence[str], b
             batch += 1
     if not np.allclose(spacing, original):
         notes.append(f"spacing coarsened from {np.round(original, 3).tolist()} to {np.round(spacing, 3).tolist()} mm "
-                     f"to fit the {budget.device} budget")
+                     f"to fit the {budget.device} budget ({at_original})")
     kind = modality_kind(modality)
     normalization = (Normalization("zscore") if kind == "MR" else
                      Normalization("percentile_clip", summary["intensity"]["percentile_00_5"],
                                    summary["intensity"]["percentile_99_5"]))
     training = {"optimizer": "Adam", "learning_rate": 1e-4 if not cpu else 1e-3, "weight_decay": 0.0,
                 **PAPER_LAMBDAS[kind], "num_epochs": 100 if cpu else 500, "iterations_per_epoch": 50 if cpu else 250,
-                "seed": 12345}
+                "seed": 12345, "augmentation": copy.deepcopy(DEFAULT_AUGMENTATION[kind])}
     if cpu:
         notes.append("CPU budget: learning rate 1e-3 instead of the paper's 1e-4 so short CPU runs converge")
     return Configuration(

@@ -1,0 +1,215 @@
+"""``lmkreg_evaluate``: landmark and registration accuracy of predictions against ground truth.
+
+    lmkreg_evaluate -d 5 --mr-pred pred_MR/ --us-pred pred_US/ -o report/ [--split Ts|Tr]
+                    [--cases C1 C2 ...] [--qc 5] [--workers 2]
+
+Every case of the split with true landmarks in both modalities is evaluated: MRE per landmark
+(paper Table 1), SRE / Dice / residual rotation of the registration from the predicted
+landmarks and from the true ones against the ICP reference (Table 2), and their histograms
+(Tables 3 and 4).  Prediction files are found by case name (``CASE_MR.json`` as lmkreg_predict
+writes them, or ``CASE.json``; ``.mrk.json`` and ``.fcsv`` too).  Writes ``evaluation.md``,
+``evaluation.csv`` (one row per case), ``evaluation.json`` and ``histograms.png``, and for the
+``--qc`` worst cases by SRE ``qc/CASE_landmarks_MR.png``, ``qc/CASE_landmarks_US.png`` and
+``qc/CASE_fusion.png``.  A case without a prediction is listed in the report, not fatal; the
+exit status is 1 if no case could be evaluated.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from lmkreg.cli_utils import friendly_errors
+from lmkreg.dataset.layout import Dataset, check_case_id, open_dataset
+from lmkreg.errors import ConfigurationError
+from lmkreg.evaluation.evaluate import MODALITIES, CaseResult, evaluate_cases, find_prediction, summarize
+
+QC_FOLDER = "qc"
+
+
+@dataclass
+class EvaluationRun:
+    """What an evaluation produced: per-case results, their summary, the cases left out and why."""
+
+    dataset: str
+    split: str
+    results: list[CaseResult]
+    summary: dict
+    missing: dict[str, str] = field(default_factory=dict)  # case -> why it was not evaluated
+    failed: dict[str, str] = field(default_factory=dict)  # case -> error while evaluating it
+    qc: dict[str, list[str]] = field(default_factory=dict)  # case -> QC pictures (relative to the report)
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def ground_truth_cases(dataset: Dataset, split: str) -> list[str]:
+    """Cases with a landmark file of at least one modality in landmarks{split}/, sorted."""
+    folder = dataset.folder / f"landmarks{split}"
+    found = set()
+    if folder.is_dir():
+        for f in folder.iterdir():
+            for m in MODALITIES:
+                if f.name.endswith(f"_{m}.json"):
+                    found.add(f.name[: -len(f"_{m}.json")])
+    return sorted(found)
+
+
+def select_cases(dataset: Dataset, split: str, predictions: dict[str, Path],
+                 cases: Optional[Sequence[str]] = None) -> tuple[list[str], dict[str, str]]:
+    """(cases to evaluate, {case: why not}) — a case needs true landmarks and a prediction in
+    both modalities."""
+    wanted = sorted(set(ground_truth_cases(dataset, split))) if cases is None else [check_case_id(c) for c in cases]
+    todo, skipped = [], {}
+    for case in wanted:
+        no_truth = [m for m in MODALITIES if not dataset.landmarks_path(case, m, split).is_file()]
+        if no_truth:
+            skipped[case] = f"no ground truth ({' and '.join(no_truth)} landmarks{split})"
+            continue
+        no_pred = [m for m in MODALITIES if find_prediction(predictions[m], case, m) is None]
+        if no_pred:
+            skipped[case] = "no " + " and ".join(f"{m} prediction in {predictions[m]}" for m in no_pred)
+            continue
+        todo.append(case)
+    return todo, skipped
+
+
+def _qc_case(result: CaseResult, dataset_folder: str, split: str, predictions: dict[str, str], out_dir: str,
+             names: Sequence[str]) -> list[str]:
+    """QC pictures of one case (in a worker): landmarks on MR and US slices, MR fused on US."""
+    from lmkreg.evaluation.qc import fusion_figure, landmark_figure
+    from lmkreg.geometry.rigid import RigidTransform
+    from lmkreg.io.images import read_image
+    from lmkreg.io.landmark_files import read_landmarks
+    from lmkreg.io.landmarks import read_lmkreg_json
+
+    ds = Dataset(dataset_folder)
+    qc_dir = Path(out_dir) / QC_FOLDER
+    case = result.case
+    written = []
+    images = {}
+    for m in MODALITIES:
+        path = ds.image_path(case, m, split)
+        if not path.is_file():
+            continue
+        images[m] = read_image(path)
+        truth = read_lmkreg_json(ds.landmarks_path(case, m, split))
+        pred_file = find_prediction(Path(predictions[m]), case, m)
+        pred = read_landmarks(pred_file) if pred_file is not None else None
+        errs = ", ".join(f"{n} {e:.1f}" for n, e in result.errors_mm.get(m, {}).items() if e == e)
+        landmark_figure(images[m], truth, pred, names, f"{case} {m} (error mm: {errs})",
+                        qc_dir / f"{case}_landmarks_{m}.png")
+        written.append(f"{QC_FOLDER}/{case}_landmarks_{m}.png")
+    if result.predicted_transform is not None and len(images) == 2:
+        masks = {}
+        for m in MODALITIES:
+            p = ds.mask_path(case, m, split)
+            masks[m] = read_image(p, is_mask=True) if p.is_file() else None
+        sre = f"SRE {result.sre_predicted_mm:.1f} mm, " if result.sre_predicted_mm == result.sre_predicted_mm else ""
+        fusion_figure(images["MR"], images["US"], RigidTransform.from_matrix(result.predicted_transform),
+                      f"{case}: MR on US through the predicted registration ({sre}"
+                      f"Dice {result.dice_predicted:.2f}); green US prostate, magenta MR prostate",
+                      qc_dir / f"{case}_fusion.png", us_mask=masks["US"], mr_mask=masks["MR"])
+        written.append(f"{QC_FOLDER}/{case}_fusion.png")
+    return written
+
+
+def write_qc(run: EvaluationRun, dataset: Dataset, predictions: dict[str, Path], out_dir: Path, n: int,
+             names: Sequence[str], workers: int = 1, progress: bool = True) -> dict[str, list[str]]:
+    """QC pictures of the n worst cases by SRE; returns {case: [relative picture paths]}."""
+    from lmkreg.evaluation.report import worst_cases
+    from lmkreg.parallel import parallel_map
+
+    worst = worst_cases(run.results, n)
+    fn = functools.partial(_qc_case, dataset_folder=str(dataset.folder), split=run.split,
+                           predictions={m: str(p) for m, p in predictions.items()}, out_dir=str(out_dir),
+                           names=list(names))
+    pictures = parallel_map(fn, worst, workers=workers, desc="QC pictures", disable_progress=not progress)
+    return {r.case: p for r, p in zip(worst, pictures)}
+
+
+def evaluate_predictions(dataset_id: str, mr_pred: Path, us_pred: Path, out_dir: Optional[Path], split: str = "Ts",
+                         cases: Optional[Sequence[str]] = None, qc: int = 5, workers: Optional[int] = None,
+                         progress: bool = True) -> EvaluationRun:
+    """Evaluate every selected case and (with out_dir) write the report and QC pictures."""
+    from lmkreg.evaluation.report import write_report
+    from lmkreg.parallel import default_workers
+
+    dataset = open_dataset(dataset_id)
+    names = list(dataset.spec.landmarks)
+    predictions = {"MR": Path(mr_pred), "US": Path(us_pred)}
+    for m, folder in predictions.items():
+        if not folder.is_dir():
+            raise ConfigurationError(f"{folder}: {m} prediction folder not found")
+    todo, missing = select_cases(dataset, split, predictions, cases)
+    workers = default_workers() if workers is None else max(1, int(workers))
+    results, failed = evaluate_cases(dataset, todo, split, predictions, names, workers, progress) if todo else ([], {})
+    run = EvaluationRun(dataset.name, split, results, summarize(results, names), missing, failed)
+    if out_dir is not None and results:
+        out_dir = Path(out_dir)
+        if qc > 0:
+            run.qc = write_qc(run, dataset, predictions, out_dir, qc, names, workers, progress)
+        run.paths = write_report(results, run.summary, names, out_dir,
+                                 title=f"lmkreg evaluation: {dataset.name}, split {split}", missing=missing,
+                                 failed=failed, qc=run.qc,
+                                 extra={"dataset": dataset.name, "split": split,
+                                        "predictions": {m: str(p) for m, p in predictions.items()},
+                                        "landmarks": names})
+    return run
+
+
+def summary_table(summary: dict) -> str:
+    """A few lines for the terminal."""
+    def f(s: dict, digits: int = 2) -> str:
+        return "n/a" if not s or s.get("n", 0) == 0 else f"{s['mean']:.{digits}f} ± {s['sd']:.{digits}f}"
+
+    rows = [("", "predicted", "manual"),
+            ("MRE MR (mm)", f(summary["mre"]["MR"]["per_case"]), ""),
+            ("MRE US (mm)", f(summary["mre"]["US"]["per_case"]), ""),
+            ("SRE (mm)", f(summary["sre_predicted_mm"]), f(summary["sre_manual_mm"])),
+            ("Dice", f(summary["dice_predicted"]), f(summary["dice_manual"])),
+            ("rotation (deg)", f(summary["rotation_predicted_deg"], 1), f(summary["rotation_manual_deg"], 1))]
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(f"{a:<{w[0]}}  {b:>{w[1]}}  {c:>{w[2]}}".rstrip() for a, b, c in rows)
+
+
+@friendly_errors
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="lmkreg_evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-d", "--dataset", required=True, help="dataset id or name (ground truth)")
+    p.add_argument("--mr-pred", type=Path, required=True, help="folder of predicted MR landmark files")
+    p.add_argument("--us-pred", type=Path, required=True, help="folder of predicted US landmark files")
+    p.add_argument("-o", "--output", type=Path, required=True, help="report folder")
+    p.add_argument("--split", default="Ts", choices=["Ts", "Tr"], help="ground truth split (default Ts)")
+    p.add_argument("--cases", nargs="+", default=None, help="only these cases (default: all with ground truth)")
+    p.add_argument("--qc", type=int, default=5, metavar="N", help="QC pictures of the N worst cases by SRE "
+                                                                  "(default 5, 0: none)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: available cores, max 8)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    if args.qc < 0:
+        p.error("--qc must be >= 0")
+    run = evaluate_predictions(args.dataset, args.mr_pred, args.us_pred, args.output, args.split, args.cases,
+                               args.qc, args.workers, not args.no_progress)
+    for case, why in sorted(run.missing.items()):
+        print(f"not evaluated: {case}: {why}", file=sys.stderr)
+    for case, why in sorted(run.failed.items()):
+        print(f"failed: {case}: {why}", file=sys.stderr)
+    if not run.results:
+        print(f"error: no case could be evaluated ({len(run.missing)} without ground truth or prediction, "
+              f"{len(run.failed)} failed)", file=sys.stderr)
+        return 1
+    print(f"{run.dataset} {run.split}: {len(run.results)} case(s) evaluated"
+          + (f", {len(run.missing)} not evaluated" if run.missing else "")
+          + (f", {len(run.failed)} failed" if run.failed else ""))
+    print(summary_table(run.summary))
+    print(f"report: {run.paths['markdown']}")
+    if run.qc:
+        print(f"QC pictures of the {len(run.qc)} worst case(s): {Path(args.output) / QC_FOLDER}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

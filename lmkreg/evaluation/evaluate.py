@@ -1,0 +1,290 @@
+"""Evaluate predicted landmarks and the registrations they give, per case and in summary.
+
+For every test case with MR and US ground truth:
+
+* MRE per landmark and modality (predicted vs true landmarks, world mm);
+* registration from predicted landmarks (Kabsch) and from the true ("manual") landmarks;
+* reference rigid map = ICP between the MR and US prostate meshes, started from the manual
+  landmark registration (the paper's ground truth).  When the manual registration is
+  impossible (fewer than 3 landmarks annotated in both modalities, e.g. a partial TRUS view)
+  ICP is started from several poses built from the meshes alone and the best fit is kept;
+* SRE and residual rotation of both registrations against the reference; Dice of the MR mask
+  mapped into US space against the US mask.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from lmkreg.dataset.layout import Dataset
+from lmkreg.errors import InputError, LmkregError
+from lmkreg.evaluation.metrics import (icp_rigid, mask_to_mesh, radial_errors, registration_dice,
+                                       residual_rotation_deg, surface_points, surface_registration_error)
+from lmkreg.geometry.rigid import RigidTransform
+from lmkreg.io.images import read_image
+from lmkreg.io.landmarks import LandmarkSet, read_lmkreg_json
+from lmkreg.registration.landmark_fit import register_landmarks
+
+MODALITIES = ("MR", "US")
+METRIC_KEYS = ("sre_predicted_mm", "sre_manual_mm", "rotation_predicted_deg", "rotation_manual_deg",
+               "dice_predicted", "dice_manual", "dice_reference", "reference_fit_mm", "icp_vs_true_transform_mm")
+TRANSFORM_KEYS = ("predicted_transform", "manual_transform", "reference_transform")
+
+
+@dataclass
+class CaseResult:
+    case: str
+    errors_mm: dict[str, dict[str, float]]  # modality -> landmark -> radial error
+    sre_predicted_mm: float = float("nan")
+    sre_manual_mm: float = float("nan")
+    rotation_predicted_deg: float = float("nan")
+    rotation_manual_deg: float = float("nan")
+    dice_predicted: float = float("nan")
+    dice_manual: float = float("nan")
+    dice_reference: float = float("nan")
+    reference_fit_mm: float = float("nan")  # mean distance of the ICP-mapped MR surface to the US surface
+    icp_vs_true_transform_mm: float = float("nan")  # phantoms only: how good the ICP reference is
+    predicted_transform: Optional[list] = None  # 4x4 MR->US (world LPS mm) from predicted landmarks
+    manual_transform: Optional[list] = None  # 4x4 from the true landmarks
+    reference_transform: Optional[list] = None  # 4x4 ICP reference
+    notes: list[str] = field(default_factory=list)
+
+    def mre_mm(self, modality: str) -> float:
+        """Mean radial error of this case in one modality (mean over landmarks that have an error)."""
+        e = np.asarray(list(self.errors_mm.get(modality, {}).values()), float)
+        e = e[np.isfinite(e)]
+        return float(e.mean()) if e.size else float("nan")
+
+
+def find_prediction(folder: Path, case: str, modality: str) -> Optional[Path]:
+    """The predicted landmark file of a case in `folder`: CASE_MOD.* (as lmkreg_predict names them)
+    or CASE.* (as the trainers' validation folders do), lmkreg .json preferred, else .mrk.json, .fcsv."""
+    from lmkreg.io.landmark_files import LANDMARK_SUFFIXES
+
+    folder = Path(folder)
+    for stem in (f"{case}_{modality}", case):
+        for suffix in (".json",) + tuple(s for s in LANDMARK_SUFFIXES if s != ".json"):
+            p = folder / f"{stem}{suffix}"
+            if p.is_file():
+                return p
+    return None
+
+
+_predicted = find_prediction  # old private name
+
+
+def _mesh_starts(mr_mesh, us_mesh) -> list[RigidTransform]:
+    """ICP starting poses from the meshes alone: centroids matched, and the principal axes of the
+    MR surface turned onto those of the US surface in the 4 proper (det +1) sign combinations."""
+    def axes(mesh) -> np.ndarray:
+        v = mesh.vertices - mesh.centroid
+        _, vecs = np.linalg.eigh(v.T @ v)
+        return vecs[:, ::-1]  # columns: major, middle, minor
+
+    a_mr, a_us = axes(mr_mesh), axes(us_mesh)
+    starts = [RigidTransform(np.eye(3), us_mesh.centroid - mr_mesh.centroid)]
+    for signs in ((1, 1, 1), (-1, -1, 1), (-1, 1, -1), (1, -1, -1)):
+        r = a_us @ np.diag(signs) @ a_mr.T
+        if np.linalg.det(r) < 0:  # eigenvector bases of opposite handedness: flip the minor axis
+            r = a_us @ np.diag(signs) @ np.diag([1, 1, -1]) @ a_mr.T
+        starts.append(RigidTransform(r, us_mesh.centroid - r @ mr_mesh.centroid))
+    return starts
+
+
+def _pair_starts(mr_pts: np.ndarray, us_pts: np.ndarray, steps: int = 6) -> list[RigidTransform]:
+    """ICP starting poses from two landmark pairs: the MR segment turned onto the US segment
+    (midpoints matched), then `steps` turns about it (two points leave that angle free)."""
+    from scipy.spatial.transform import Rotation
+
+    a, b = mr_pts[1] - mr_pts[0], us_pts[1] - us_pts[0]
+    align = Rotation.align_vectors([b], [a])[0]
+    axis = b / np.linalg.norm(b)
+    starts = []
+    for k in range(steps):
+        r = (Rotation.from_rotvec(axis * 2 * np.pi * k / steps) * align).as_matrix()
+        starts.append(RigidTransform(r, us_pts.mean(0) - r @ mr_pts.mean(0)))
+    return starts
+
+
+def surface_fit_mm(mr_points: np.ndarray, us_tree, transform: RigidTransform) -> float:
+    """Mean distance from the mapped MR surface points to the nearest US surface sample."""
+    d, _ = us_tree.query(transform.apply(mr_points))
+    return float(np.mean(d))
+
+
+LANDMARK_TOLERANCE_MM = 5.0
+
+
+def reference_registration(mr_mesh, us_mesh, manual: Optional[RigidTransform] = None,
+                           mr_landmarks: Optional[np.ndarray] = None, us_landmarks: Optional[np.ndarray] = None,
+                           seed: int = 0) -> tuple[RigidTransform, float]:
+    """The paper's ground truth: ICP of the MR onto the US prostate surface.
+
+    Started from the manual-landmark registration when there is one.  Otherwise (fewer than
+    3 landmarks annotated in both modalities) ICP runs from several starts: turns about the
+    segment of two common landmarks if there are two, else poses from the meshes alone
+    (centroids, principal axes).  A smooth gland fits itself nearly as well upside down, so
+    the surface fit alone cannot choose: only results that keep the common landmarks within
+    LANDMARK_TOLERANCE_MM of the best landmark agreement are eligible, and of those the best
+    surface fit wins.  Returns the map and its fit (mean MR-surface to US-surface distance, mm).
+    """
+    import trimesh
+    from scipy.spatial import cKDTree
+
+    us_pts, _ = trimesh.sample.sample_surface(us_mesh, 30000, seed=seed + 7)
+    tree = cKDTree(np.asarray(us_pts))
+    mr_pts = surface_points(mr_mesh, 3000, seed + 8)
+    if manual is not None:
+        t = icp_rigid(mr_mesh, us_mesh, initial=manual, seed=seed)
+        return t, surface_fit_mm(mr_pts, tree, t)
+    lm_mr = np.empty((0, 3)) if mr_landmarks is None else np.asarray(mr_landmarks, float).reshape(-1, 3)
+    lm_us = np.empty((0, 3)) if us_landmarks is None else np.asarray(us_landmarks, float).reshape(-1, 3)
+    separated = len(lm_mr) >= 2 and min(np.linalg.norm(lm_mr[1] - lm_mr[0]), np.linalg.norm(lm_us[1] - lm_us[0])) > 1
+    starts = _pair_starts(lm_mr[:2], lm_us[:2]) if separated else _mesh_starts(mr_mesh, us_mesh)
+    found = []
+    for start in starts:  # a coarse ICP from every start, then the chosen one refined
+        t = icp_rigid(mr_mesh, us_mesh, initial=start, samples=800, target_samples=8000, max_iterations=30,
+                      tolerance=1e-5, seed=seed)
+        lm = float(np.sqrt(np.mean(np.sum((t.apply(lm_mr) - lm_us) ** 2, 1)))) if len(lm_mr) else 0.0
+        found.append((t, surface_fit_mm(mr_pts, tree, t), lm))
+    best_lm = min(f[2] for f in found)
+    coarse, _, _ = min((f for f in found if f[2] <= best_lm + LANDMARK_TOLERANCE_MM), key=lambda f: f[1])
+    t = icp_rigid(mr_mesh, us_mesh, initial=coarse, seed=seed)
+    return t, surface_fit_mm(mr_pts, tree, t)
+
+
+def evaluate_case(dataset: Dataset, case: str, split: str, predictions: dict[str, Path],
+                  names: Sequence[str], surface_samples: int = 5000) -> CaseResult:
+    """All metrics for one case; `predictions` maps modality -> folder of predicted landmark files.
+
+    A modality without a prediction file is noted (its MRE and the predicted registration are
+    then NaN).  Raises InputError if a ground-truth or prediction file is unreadable.
+    """
+    from lmkreg.io.landmark_files import read_landmarks
+
+    truth = {m: read_lmkreg_json(dataset.landmarks_path(case, m, split)) for m in MODALITIES}
+    pred: dict[str, LandmarkSet] = {}
+    result = CaseResult(case, {})
+    for m in MODALITIES:
+        f = find_prediction(predictions[m], case, m) if m in predictions else None
+        if f is None:
+            result.notes.append(f"no {m} prediction")
+            continue
+        pred[m] = read_landmarks(f)
+        errors = radial_errors(pred[m], truth[m], names)
+        result.errors_mm[m] = dict(zip(names, map(float, errors)))
+        lost = [n for n in names if truth[m].points.get(n) is not None and pred[m].points.get(n) is None]
+        if lost:
+            result.notes.append(f"{m} prediction lacks {', '.join(lost)}")
+    mr_mask_path, us_mask_path = dataset.mask_path(case, "MR", split), dataset.mask_path(case, "US", split)
+    if not (mr_mask_path.is_file() and us_mask_path.is_file()):
+        result.notes.append("no masks: SRE and Dice skipped")
+        return result
+    mr_mask, us_mask = read_image(mr_mask_path, is_mask=True), read_image(us_mask_path, is_mask=True)
+    try:
+        mr_mesh, us_mesh = mask_to_mesh(mr_mask), mask_to_mesh(us_mask)
+    except ValueError as exc:
+        result.notes.append(f"{exc}: SRE and Dice skipped")
+        return result
+    common = [n for n in names if truth["MR"].points.get(n) is not None and truth["US"].points.get(n) is not None]
+    try:
+        manual: Optional[RigidTransform] = register_landmarks(truth["MR"], truth["US"], names).transform
+    except InputError as exc:
+        manual = None
+        result.notes.append(f"no manual registration ({exc.problem}); ICP reference from several starts")
+    reference, result.reference_fit_mm = reference_registration(
+        mr_mesh, us_mesh, manual, truth["MR"].to_array(common), truth["US"].to_array(common))
+    result.reference_transform = reference.matrix().tolist()
+    pts = surface_points(mr_mesh, surface_samples)
+    result.dice_reference = registration_dice(mr_mask, us_mask, reference)
+    if manual is not None:
+        result.manual_transform = manual.matrix().tolist()
+        result.sre_manual_mm = surface_registration_error(pts, reference, manual)
+        result.rotation_manual_deg = residual_rotation_deg(reference, manual)
+        result.dice_manual = registration_dice(mr_mask, us_mask, manual)
+    true_path = dataset.transform_path(case, split)
+    if true_path.is_file():
+        result.icp_vs_true_transform_mm = surface_registration_error(pts, RigidTransform.load(true_path), reference)
+    if "MR" in pred and "US" in pred:
+        try:
+            predicted = register_landmarks(pred["MR"], pred["US"], names).transform
+        except InputError as exc:
+            result.notes.append(f"no registration from predictions: {exc.problem}")
+        else:
+            result.predicted_transform = predicted.matrix().tolist()
+            result.sre_predicted_mm = surface_registration_error(pts, reference, predicted)
+            result.rotation_predicted_deg = residual_rotation_deg(reference, predicted)
+            result.dice_predicted = registration_dice(mr_mask, us_mask, predicted)
+    return result
+
+
+def _evaluate_or_error(case: str, dataset_folder: str, split: str, predictions: dict[str, str],
+                       names: Sequence[str]):
+    """Worker: a CaseResult, or (case, message) when a file of the case is unusable."""
+    try:
+        return evaluate_case(Dataset(dataset_folder), case, split, {m: Path(p) for m, p in predictions.items()}, names)
+    except LmkregError as exc:
+        return case, str(exc)
+
+
+def evaluate_cases(dataset: Dataset, cases: Sequence[str], split: str, predictions: dict[str, Path],
+                   names: Sequence[str], workers: int = 1, progress: bool = True
+                   ) -> tuple[list[CaseResult], dict[str, str]]:
+    """evaluate_case over `cases` in `workers` processes; returns (results, {case: error}) in case order."""
+    from lmkreg.parallel import parallel_map
+
+    fn = functools.partial(_evaluate_or_error, dataset_folder=str(dataset.folder), split=split,
+                           predictions={m: str(p) for m, p in predictions.items()}, names=list(names))
+    out = parallel_map(fn, list(cases), workers=workers, desc="evaluating", disable_progress=not progress)
+    results = [r for r in out if isinstance(r, CaseResult)]
+    failed = {r[0]: r[1] for r in out if not isinstance(r, CaseResult)}
+    return results, failed
+
+
+def stats(values: Sequence[float]) -> dict:
+    """n, mean, sd (ddof 1), median and max of the finite values; {"n": 0} if there are none."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], float)
+    if not v.size:
+        return {"n": 0}
+    return {"n": int(v.size), "mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+            "median": float(np.median(v)), "max": float(v.max())}
+
+
+def summarize(results: Sequence[CaseResult], names: Sequence[str]) -> dict:
+    """Mean, sd and median of every metric; success detection rates of landmark errors.
+
+    ``mre[MOD]["all"]`` pools every landmark error; ``mre[MOD]["per_case"]`` is over the
+    per-case MREs (the mean of a case's landmark errors): same mean when no landmark is
+    missing, but its sd is the between-case spread the paper reports.
+    """
+    from lmkreg.evaluation.metrics import success_rates
+
+    out: dict = {"num_cases": len(results), "mre": {}}
+    for m in MODALITIES:
+        per = {n: [r.errors_mm[m][n] for r in results if m in r.errors_mm] for n in names}
+        allv = [e for n in names for e in per[n]]
+        out["mre"][m] = {"all": stats(allv), "per_case": stats([r.mre_mm(m) for r in results]),
+                         **{n: stats(per[n]) for n in names}, **success_rates(np.array(allv, float))}
+    for key in METRIC_KEYS:
+        out[key] = stats([getattr(r, key) for r in results])
+    return out
+
+
+def case_rows(results: Sequence[CaseResult], names: Sequence[str]) -> list[dict]:
+    """One flat row per case (the CSV): landmark errors, per-case MRE, registration metrics, notes."""
+    rows = []
+    for r in results:
+        row: dict = {"case": r.case}
+        for m in MODALITIES:
+            for n in names:
+                row[f"{m}_{n}_mm"] = r.errors_mm.get(m, {}).get(n, float("nan"))
+            row[f"{m}_mre_mm"] = r.mre_mm(m)
+        d = asdict(r)
+        row.update({k: d[k] for k in METRIC_KEYS})
+        row["notes"] = "; ".join(r.notes)
+        rows.append(row)
+    return rows

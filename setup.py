@@ -33,6 +33,9 @@ setup(
             "lmkreg_train=lmkreg.training.run:main",
             "lmkreg_predict=lmkreg.inference.predict_folder:main",
             "lmkreg_register=lmkreg.registration.cli:main",
+            "lmkreg_evaluate=lmkreg.evaluation.cli:main",
+            "lmkreg_find_best_configuration=lmkreg.evaluation.model_selection:main",
+            "lmkreg_demo=lmkreg.demo:main",
         ],
     },
 )

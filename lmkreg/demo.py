@@ -1,0 +1,176 @@
+"""``lmkreg_demo``: the whole path on built-in phantom data, in one command.
+
+generate paired MR/TRUS phantoms -> plan and preprocess -> train one model per modality ->
+predict the held-out test volumes -> register every MR/US pair -> evaluate (MRE, SRE, Dice,
+histograms, QC pictures) -> print where the report is.
+
+Default: a µ-RegPro-like dataset, about 15 minutes on 2 CPU cores.  ``--quick``: the tiny
+preset and short training, about 3 minutes, to see every stage work (not to judge accuracy).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from lmkreg.cli_utils import friendly_errors
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """One scale of the demo: data size and wall-clock training budget per modality."""
+
+    preset: str
+    num_train: int
+    num_test: int
+    train_minutes: float
+    iterations_per_epoch: int
+
+
+SETTINGS = {
+    "default": DemoSettings("mu_regpro", 40, 10, 5.0, 50),
+    "quick": DemoSettings("tiny", 16, 6, 1.0, 20),
+}
+DEMO_DATASET_ID = {"default": 900, "quick": 901}  # one id per scale: both may live side by side
+DEMO_NAME = "DemoPhantom"
+
+
+def _stage(i: int, n: int, text: str) -> float:
+    print(f"\n[{i}/{n}] {text}", flush=True)
+    return time.perf_counter()
+
+
+def _done(t0: float, what: str = "") -> None:
+    print(f"      done in {time.perf_counter() - t0:.0f} s{(': ' + what) if what else ''}", flush=True)
+
+
+def _ensure_dataset(settings: DemoSettings, dataset_id: int, seed: int) -> Path:
+    """Generate the demo dataset unless an identical one is already there."""
+    from lmkreg.dataset.layout import Dataset, dataset_folder_name
+    from lmkreg.paths import raw_root
+    from lmkreg.phantoms.generator import generate_dataset
+
+    name = f"{DEMO_NAME}_{settings.preset}"
+    folder = raw_root() / dataset_folder_name(dataset_id, name)
+    if (folder / "dataset.json").is_file():
+        ds = Dataset(folder)
+        if len(ds.cases("Tr")) == settings.num_train and len(ds.cases("Ts")) == settings.num_test:
+            print(f"      reusing {folder}")
+            return folder
+    return generate_dataset(dataset_id, settings.num_train, settings.num_test, name=name, preset=settings.preset,
+                            seed=seed, root=raw_root(), overwrite=True, progress=True)
+
+
+def run_demo(quick: bool = False, output: Path = Path("lmkreg_demo"), dataset_id: Optional[int] = None,
+             trainer: str = "LandmarkTrainer_Variance", train_minutes: Optional[float] = None, seed: int = 0,
+             workers: int = 2, settings: Optional[DemoSettings] = None) -> dict:
+    """Run every stage; returns the evaluation summary (see lmkreg.evaluation).  `settings`
+    replaces the default/quick scale (tests use a smaller one)."""
+    from lmkreg.dataset.layout import Dataset
+    from lmkreg.evaluation.cli import main as evaluate_main
+    from lmkreg.inference.predict_folder import predict_folder
+    from lmkreg.inference.predictor import LandmarkPredictor
+    from lmkreg.planning.plan_and_preprocess import describe, plan_and_preprocess
+    from lmkreg.planning.plans import Plans
+    from lmkreg.registration.cli import main as register_main
+    from lmkreg.training.run import model_folder, train
+
+    settings = settings or SETTINGS["quick" if quick else "default"]
+    dataset_id = DEMO_DATASET_ID["quick" if quick else "default"] if dataset_id is None else dataset_id
+    minutes = settings.train_minutes if train_minutes is None else train_minutes
+    output = Path(output)
+    start = time.perf_counter()
+    n = 6
+
+    t = _stage(1, n, f"generating {settings.num_train} training + {settings.num_test} test phantom pairs "
+                     f"(preset {settings.preset})")
+    folder = _ensure_dataset(settings, dataset_id, seed)
+    ds = Dataset(folder)
+    _done(t, str(folder))
+
+    t = _stage(2, n, "fingerprint, plans and preprocessing")
+    pre = plan_and_preprocess(str(dataset_id), workers=workers)
+    plans = Plans.load(pre / "plans.json")
+    print(describe(plans))
+    _done(t, str(pre / "plans.json"))
+
+    t = _stage(3, n, f"training {trainer} for MR and US, fold 0, about {minutes:g} min each")
+    summaries = {}
+    for modality in ("MR", "US"):
+        summaries[modality] = train(str(dataset_id), modality, 0, trainer, num_workers=workers, seed=seed,
+                                    iterations_per_epoch=settings.iterations_per_epoch,
+                                    time_budget_s=60 * minutes)
+        print(f"      {modality}: validation MRE {summaries[modality]['mre_mm']:.2f} mm "
+              f"({summaries[modality]['epochs']} epochs)")
+    _done(t)
+
+    t = _stage(4, n, f"predicting landmarks of the {settings.num_test} test volumes per modality")
+    predictions = {}
+    for modality in ("MR", "US"):
+        images = output / "test_images" / modality
+        images.mkdir(parents=True, exist_ok=True)
+        for case in ds.cases("Ts", modality):
+            src = ds.image_path(case, modality, "Ts")
+            dst = images / src.name
+            if not dst.exists():
+                dst.symlink_to(src.resolve())
+        predictor = LandmarkPredictor(model_folder(ds.name, trainer, modality), folds=["0"])
+        predictions[modality] = output / "predictions" / modality
+        report = predict_folder(predictor, images, predictions[modality], overwrite=True)
+        if report.failed:
+            raise RuntimeError(f"prediction failed for {sorted(report.failed)}")
+    _done(t, str(output / "predictions"))
+
+    t = _stage(5, n, "rigid MR->US registration of every test pair")
+    transforms = output / "transforms"
+    rc = register_main(["--mr-dir", str(predictions["MR"]), "--us-dir", str(predictions["US"]), "-o",
+                        str(transforms)])
+    if rc != 0:
+        print("      some pairs could not be registered (see above)")
+    _done(t, str(transforms))
+
+    t = _stage(6, n, "evaluation against the phantoms' ground truth")
+    report_dir = output / "evaluation"
+    rc = evaluate_main(["-d", str(dataset_id), "--mr-pred", str(predictions["MR"]), "--us-pred",
+                        str(predictions["US"]), "-o", str(report_dir), "--split", "Ts", "--qc", "3"])
+    if rc != 0:
+        raise RuntimeError("evaluation failed (see above)")
+    summary = json.loads((report_dir / "evaluation.json").read_text())["summary"]
+    _done(t)
+
+    total = time.perf_counter() - start
+    print(f"\nlmkreg demo finished in {total / 60:.1f} min.")
+    print(f"  report:       {report_dir / 'evaluation.md'}")
+    print(f"  QC pictures:  {report_dir / 'qc'}")
+    print(f"  transforms:   {transforms}")
+    print(f"  models:       {model_folder(ds.name, trainer, 'MR').parent}")
+    if quick:
+        print("  (--quick trains for seconds: the numbers show the path works, not the accuracy)")
+    return summary
+
+
+@friendly_errors
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="lmkreg_demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny phantoms and short training (about 3 min)")
+    p.add_argument("-o", "--output", type=Path, default=Path("lmkreg_demo"),
+                   help="folder for predictions, transforms and the report (default ./lmkreg_demo)")
+    p.add_argument("-d", "--dataset-id", type=int, default=None,
+                   help=f"dataset id (default {DEMO_DATASET_ID['default']}, with --quick {DEMO_DATASET_ID['quick']})")
+    p.add_argument("-tr", "--trainer", default="LandmarkTrainer_Variance",
+                   help="trainer for both modalities (default LandmarkTrainer_Variance)")
+    p.add_argument("--train-minutes", type=float, default=None, help="training budget per modality")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    args = p.parse_args(argv)
+    run_demo(args.quick, args.output, args.dataset_id, args.trainer, args.train_minutes, args.seed, args.workers)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -103,3 +103,68 @@ def test_non_orthonormal_direction_is_rejected(tmp_path):
     with pytest.raises(InputError, match="shear.nrrd") as info:
         read_image(path)
     assert "orthonormal" in str(info.value) or "readable" in str(info.value)
+
+
+def _oblique_nibabel_affine(rng) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
+
+    affine = np.eye(4)
+    affine[:3, :3] = Rotation.from_euler("xyz", [17, -9, 31], degrees=True).as_matrix() @ np.diag([0.7, 1.1, 2.5])
+    affine[:3, 3] = [-12.5, 30.25, 4.0]
+    return affine
+
+
+@pytest.mark.parametrize("writer", ["sitk", "nibabel"])
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32, np.float64])
+def test_nifti_read_equals_simpleitk_exactly(tmp_path, oblique_geometry, rng, writer, suffix, dtype):
+    """read_image reuses nibabel's decoded voxels with ITK's header geometry: it must give the
+    image sitk.ReadImage gives, voxel for voxel, type for type, geometry for geometry."""
+    import nibabel
+
+    arr = (rng.random((7, 9, 11)) * 200).astype(dtype)  # (z, y, x) for sitk; nibabel gets (i, j, k)
+    arr[0, 0, 0] = 1  # never constant
+    path = tmp_path / f"img{suffix}"
+    if writer == "sitk":
+        img = sitk.GetImageFromArray(arr)
+        img.SetOrigin((3.5, -7.25, 11.0))
+        img.SetSpacing((0.6, 0.9, 2.4))
+        img.SetDirection(tuple(np.asarray(oblique_geometry.direction, float).ravel()))
+        sitk.WriteImage(img, str(path))
+    else:
+        nibabel.save(nibabel.Nifti1Image(arr.T, _oblique_nibabel_affine(rng)), str(path))
+    ours, ref = read_image(path), sitk.ReadImage(str(path))
+    assert ours.GetPixelID() == ref.GetPixelID()
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(ours), sitk.GetArrayViewFromImage(ref))
+    np.testing.assert_allclose(ours.GetOrigin(), ref.GetOrigin(), atol=1e-9)
+    np.testing.assert_allclose(ours.GetSpacing(), ref.GetSpacing(), atol=1e-9)
+    np.testing.assert_allclose(ours.GetDirection(), ref.GetDirection(), atol=1e-9)
+    assert max(abs(d) for d in np.asarray(ref.GetDirection()).reshape(3, 3)[np.triu_indices(3, 1)]) > 0.05
+
+
+def test_scaled_nifti_is_read_by_itk_with_its_scaling(tmp_path, rng):
+    import nibabel
+
+    arr = rng.integers(0, 100, (6, 7, 8)).astype(np.int16)
+    img = nibabel.Nifti1Image(arr, np.diag([0.8, 0.8, 1.5, 1.0]))
+    img.header.set_slope_inter(2.0, 5.0)
+    path = tmp_path / "scaled.nii.gz"
+    nibabel.save(img, str(path))
+    ours, ref = read_image(path), sitk.ReadImage(str(path))
+    assert ours.GetPixelID() == ref.GetPixelID()
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(ours), sitk.GetArrayViewFromImage(ref))
+    np.testing.assert_allclose(sitk.GetArrayViewFromImage(ours), 2.0 * arr.T + 5.0)
+
+
+def test_unscaled_nifti_payload_is_decoded_once(tmp_path, rng, monkeypatch):
+    """The payload is decompressed by nibabel only: ITK's full reader is not called."""
+    import lmkreg.io.images as images
+
+    path = _write_raw(tmp_path / "a.nii.gz", rng.normal(size=(5, 6, 7)).astype(np.float32))
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("sitk.ReadImage decoded the payload a second time")
+
+    monkeypatch.setattr(images.sitk, "ReadImage", refuse)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(path)), expected)

@@ -38,15 +38,16 @@ def read_image(path: PathLike, *, is_mask: bool = False, check_values: bool = Tr
         raise InputError(p, "file not found")
     if p.stat().st_size == 0:
         raise InputError(p, "file is empty")
-    if str(p).lower().endswith((".nii", ".nii.gz")):
-        _check_nifti_payload(p, check_values)
-    _check_header_spacing(p)
-    try:
-        image = sitk.ReadImage(str(p))
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = next((line.strip() for line in first if "Description" in line or "Could not" in line), "")
-        raise InputError(p, f"not a readable image ({detail or 'SimpleITK could not read it'})") from None
+    decoded = _check_nifti_payload(p, check_values) if str(p).lower().endswith((".nii", ".nii.gz")) else None
+    reader = _check_header_spacing(p)
+    image = _image_from_decoded(decoded, reader) if decoded is not None and reader is not None else None
+    if image is None:
+        try:
+            image = sitk.ReadImage(str(p))
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()
+            detail = next((line.strip() for line in first if "Description" in line or "Could not" in line), "")
+            raise InputError(p, f"not a readable image ({detail or 'SimpleITK could not read it'})") from None
     if image.GetDimension() == 4 and image.GetSize()[3] == 1:
         image = image[:, :, :, 0]
     if image.GetDimension() != 3:
@@ -58,7 +59,8 @@ def read_image(path: PathLike, *, is_mask: bool = False, check_values: bool = Tr
         raise InputError(p, problem)
     if check_values:
         arr = sitk.GetArrayViewFromImage(image)
-        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+        checked = decoded is not None  # nibabel's voxels were checked already (the same values)
+        if not checked and np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
             n_bad = int(np.count_nonzero(~np.isfinite(arr)))
             raise InputError(p, f"{n_bad} voxel(s) are NaN or infinite")
         if not is_mask and arr.size and np.ptp(arr) == 0:
@@ -66,21 +68,41 @@ def read_image(path: PathLike, *, is_mask: bool = False, check_values: bool = Tr
     return image
 
 
-def _check_header_spacing(path: Path) -> None:
+def _check_header_spacing(path: Path) -> Optional[sitk.ImageFileReader]:
     """Refuse zero or negative spacing as written in the header: ITK would fail obscurely on
     zero and silently turn a negative spacing into a flipped axis, which may not be what the
-    writer meant."""
+    writer meant.  Returns the reader with the header information read (None if ITK could
+    not read the header)."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError:
         spacing = _metaimage_spacing(path)  # ITK refuses zero spacing before we can see it
+        reader = None
     else:
         spacing = reader.GetSpacing()
     if spacing is not None and any(s <= 0 for s in spacing):
         raise InputError(path, f"spacing {tuple(spacing)} in the header is not positive; store positive spacings "
                                f"(a flipped axis belongs in the direction matrix)")
+    return reader
+
+
+def _image_from_decoded(data: np.ndarray, reader: sitk.ImageFileReader) -> Optional[sitk.Image]:
+    """The image ITK would read, built from voxels nibabel already decoded plus ITK's own header
+    geometry: a NIfTI payload is then decompressed once instead of twice.  None when the data
+    is not a plain 3D scalar volume of the size ITK reports (the caller then lets ITK read it)."""
+    if data.ndim != 3 or reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1:
+        return None
+    if tuple(data.shape) != tuple(reader.GetSize()):
+        return None
+    image = sitk.GetImageFromArray(np.ascontiguousarray(data.T, dtype=data.dtype.newbyteorder("=")))
+    if image.GetPixelID() != reader.GetPixelID():
+        return None
+    image.SetOrigin(reader.GetOrigin())
+    image.SetSpacing(reader.GetSpacing())
+    image.SetDirection(reader.GetDirection())
+    return image
 
 
 def _metaimage_spacing(path: Path) -> Optional[tuple]:
@@ -99,20 +121,27 @@ def _metaimage_spacing(path: Path) -> Optional[tuple]:
     return None
 
 
-def _check_nifti_payload(path: Path, check_values: bool) -> None:
+def _check_nifti_payload(path: Path, check_values: bool) -> Optional[np.ndarray]:
     """Check a NIfTI file's voxel data with nibabel before ITK reads it.
 
     ITK's NIfTI reader silently zero-fills a truncated file and returns NaN voxels as 0,
-    so neither problem would be visible after ``sitk.ReadImage``.
+    so neither problem would be visible after ``sitk.ReadImage``.  Returns the decoded voxels
+    (nibabel's (i, j, k) order) when they are stored without intensity scaling, so the caller
+    can reuse them; None when scaled (ITK then reads and scales the file itself).
     """
     import nibabel
 
     try:
-        data = np.asanyarray(nibabel.load(str(path)).dataobj)
+        img = nibabel.load(str(path))
+        slope, inter = img.header.get_slope_inter()
+        unscaled = slope in (None, 1.0) and inter in (None, 0.0)
+        data = img.dataobj.get_unscaled() if unscaled else np.asanyarray(img.dataobj)
     except (OSError, EOFError, ValueError, zlib.error, nibabel.filebasedimages.ImageFileError) as exc:
         raise InputError(path, f"not a readable image (truncated or damaged: {str(exc).splitlines()[0]})") from None
     if check_values and np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
         raise InputError(path, f"{int(np.count_nonzero(~np.isfinite(data)))} voxel(s) are NaN or infinite")
+    plain = data.dtype.kind in "uif" and data.dtype.fields is None
+    return np.asarray(data) if unscaled and plain else None
 
 
 def write_image(image: sitk.Image, path: PathLike, *, compress: bool = True) -> Path:

@@ -170,6 +170,10 @@ def test_missing_model_and_bad_folders_give_clear_errors(env, tmp_path, capsys):
     assert "HeatmapMatchingTrainer__US" in capsys.readouterr().err
     assert predict_main(["-i", str(tmp_path / "nowhere"), "-o", str(tmp_path / "o"), "-d", "2", "-m", "US"]) == 2
     assert "nowhere" in capsys.readouterr().err
+    blocker = tmp_path / "results_file"  # an output "folder" that cannot be created: refused before any work
+    blocker.write_text("keep me")
+    assert predict_main(["-i", str(inp), "-o", str(blocker / "o"), "-d", "2", "-m", "US"]) == 2
+    assert "results_file" in capsys.readouterr().err and blocker.read_text() == "keep me"
 
 
 def test_one_shot_register_from_two_volumes(env, tmp_path):

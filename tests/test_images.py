@@ -1,6 +1,8 @@
 """Image I/O: geometry survives every format; bad files fail with the file named."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -114,6 +116,32 @@ def _oblique_nibabel_affine(rng) -> np.ndarray:
     return affine
 
 
+@contextlib.contextmanager
+def _itk_payload_reads_refused():
+    """Within: any ITK read of a whole image fails the test (ReadImageInformation still works)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("ITK decoded the payload a second time")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sitk, "ReadImage", refuse)
+        mp.setattr(sitk.ImageFileReader, "Execute", refuse)
+        yield
+
+
+def _set_raw_scaling(path, slope, inter):
+    """Write scl_slope and scl_inter into a NIfTI-1 header byte for byte (nibabel's save would
+    recompute them, and refuses to load some of these values)."""
+    import gzip
+    import struct
+
+    data = path.read_bytes()
+    raw = bytearray(gzip.decompress(data) if path.name.endswith(".gz") else data)
+    assert struct.unpack("<i", raw[:4])[0] == 348  # little-endian NIfTI-1
+    raw[112:120] = struct.pack("<ff", slope, inter)
+    path.write_bytes(gzip.compress(bytes(raw)) if path.name.endswith(".gz") else bytes(raw))
+    return path
+
+
 @pytest.mark.parametrize("writer", ["sitk", "nibabel"])
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32, np.float64])
@@ -133,7 +161,9 @@ def test_nifti_read_equals_simpleitk_exactly(tmp_path, oblique_geometry, rng, wr
         sitk.WriteImage(img, str(path))
     else:
         nibabel.save(nibabel.Nifti1Image(arr.T, _oblique_nibabel_affine(rng)), str(path))
-    ours, ref = read_image(path), sitk.ReadImage(str(path))
+    ref = sitk.ReadImage(str(path))
+    with _itk_payload_reads_refused():  # and on the fast path: nibabel's voxels, ITK's header only
+        ours = read_image(path)
     assert ours.GetPixelID() == ref.GetPixelID()
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(ours), sitk.GetArrayViewFromImage(ref))
     np.testing.assert_allclose(ours.GetOrigin(), ref.GetOrigin(), atol=1e-9)
@@ -156,15 +186,66 @@ def test_scaled_nifti_is_read_by_itk_with_its_scaling(tmp_path, rng):
     np.testing.assert_allclose(sitk.GetArrayViewFromImage(ours), 2.0 * arr.T + 5.0)
 
 
-def test_unscaled_nifti_payload_is_decoded_once(tmp_path, rng, monkeypatch):
-    """The payload is decompressed by nibabel only: ITK's full reader is not called."""
-    import lmkreg.io.images as images
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_unscaled_nifti_payload_is_decoded_once(tmp_path, rng, monkeypatch, suffix):
+    """The payload is decompressed by nibabel only, once: ITK's full reader is not called."""
+    import nibabel.arrayproxy
 
-    path = _write_raw(tmp_path / "a.nii.gz", rng.normal(size=(5, 6, 7)).astype(np.float32))
-    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    path = _write_raw(tmp_path / f"a{suffix}", rng.normal(size=(5, 6, 7)).astype(np.float32), (0.5, 0.7, 1.9))
+    expected = sitk.ReadImage(str(path))
+    decodes = []
+    original = nibabel.arrayproxy.ArrayProxy._get_unscaled
+    monkeypatch.setattr(nibabel.arrayproxy.ArrayProxy, "_get_unscaled",
+                        lambda self, *a, **k: decodes.append(1) or original(self, *a, **k))
+    with _itk_payload_reads_refused():
+        ours = read_image(path)
+    assert len(decodes) == 1
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(expected))
+    assert ours.GetSpacing() == pytest.approx(expected.GetSpacing(), abs=1e-9)
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("sitk.ReadImage decoded the payload a second time")
 
-    monkeypatch.setattr(images.sitk, "ReadImage", refuse)
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(path)), expected)
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+@pytest.mark.parametrize("slope,inter", [(2.0, 0.0), (1.0, 5.0), (0.0, 5.0), (np.nan, 5.0)])
+def test_nifti_header_scaling_is_applied_as_itk_applies_it(tmp_path, rng, dtype, slope, inter):
+    """Scaled files are read by ITK itself, whatever nibabel makes of the fields (it ignores the
+    intercept when the slope is 0 or NaN; ITK takes that slope as 1 and adds the intercept)."""
+    import nibabel
+
+    arr = rng.integers(1, 100, (6, 7, 8)).astype(dtype)
+    path = tmp_path / "scaled.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(arr, np.diag([0.8, 0.9, 1.5, 1.0])), str(path))
+    _set_raw_scaling(path, slope, inter)
+    ours, ref = read_image(path), sitk.ReadImage(str(path))
+    assert ours.GetPixelID() == ref.GetPixelID()
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(ours), sitk.GetArrayViewFromImage(ref))
+    assert not np.array_equal(sitk.GetArrayViewFromImage(ref), arr.T)  # ITK did scale
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+@pytest.mark.parametrize("slope,inter", [(0.0, 0.0), (np.nan, 0.0), (0.0, np.nan), (np.nan, np.nan),
+                                         (np.inf, 0.0), (1.0, 0.0)])
+def test_nifti_header_without_scaling_takes_the_fast_path(tmp_path, rng, dtype, slope, inter):
+    import nibabel
+
+    arr = rng.integers(1, 100, (6, 7, 8)).astype(dtype)
+    path = tmp_path / "unscaled.nii"
+    nibabel.save(nibabel.Nifti1Image(arr, np.diag([0.8, 0.9, 1.5, 1.0])), str(path))
+    _set_raw_scaling(path, slope, inter)
+    ref = sitk.ReadImage(str(path))
+    with _itk_payload_reads_refused():
+        ours = read_image(path)
+    assert ours.GetPixelID() == ref.GetPixelID()
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(ours), sitk.GetArrayViewFromImage(ref))
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(ours), arr.T)
+
+
+@pytest.mark.parametrize("slope,inter", [(1.0, np.nan), (2.0, np.inf)])
+def test_nifti_with_a_non_finite_intercept_names_the_file(tmp_path, rng, slope, inter):
+    """nibabel refuses a valid slope with a non-finite intercept (the voxels cannot be checked)."""
+    import nibabel
+
+    path = tmp_path / "nan_inter.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(rng.normal(size=(4, 5, 6)).astype(np.float32), np.eye(4)), str(path))
+    _set_raw_scaling(path, slope, inter)
+    with pytest.raises(InputError, match="nan_inter.nii.gz.*not a readable image"):
+        read_image(path)

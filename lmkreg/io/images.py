@@ -38,9 +38,13 @@ def read_image(path: PathLike, *, is_mask: bool = False, check_values: bool = Tr
         raise InputError(p, "file not found")
     if p.stat().st_size == 0:
         raise InputError(p, "file is empty")
-    decoded = _check_nifti_payload(p, check_values) if str(p).lower().endswith((".nii", ".nii.gz")) else None
-    reader = _check_header_spacing(p)
+    reader = _check_header_spacing(p)  # header only: before any voxel is decoded
+    nifti = str(p).lower().endswith((".nii", ".nii.gz"))
+    # NIfTI: nibabel decodes (and checks) the payload; when ITK would return exactly those
+    # voxels, they become the image with ITK's header geometry, so the file is decoded once
+    decoded = _check_nifti_payload(p, check_values) if nifti else None
     image = _image_from_decoded(decoded, reader) if decoded is not None and reader is not None else None
+    values_checked = image is not None  # nibabel checked these very voxels
     if image is None:
         try:
             image = sitk.ReadImage(str(p))
@@ -59,8 +63,7 @@ def read_image(path: PathLike, *, is_mask: bool = False, check_values: bool = Tr
         raise InputError(p, problem)
     if check_values:
         arr = sitk.GetArrayViewFromImage(image)
-        checked = decoded is not None  # nibabel's voxels were checked already (the same values)
-        if not checked and np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+        if not values_checked and np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
             n_bad = int(np.count_nonzero(~np.isfinite(arr)))
             raise InputError(p, f"{n_bad} voxel(s) are NaN or infinite")
         if not is_mask and arr.size and np.ptp(arr) == 0:
@@ -89,15 +92,16 @@ def _check_header_spacing(path: Path) -> Optional[sitk.ImageFileReader]:
 
 
 def _image_from_decoded(data: np.ndarray, reader: sitk.ImageFileReader) -> Optional[sitk.Image]:
-    """The image ITK would read, built from voxels nibabel already decoded plus ITK's own header
-    geometry: a NIfTI payload is then decompressed once instead of twice.  None when the data
-    is not a plain 3D scalar volume of the size ITK reports (the caller then lets ITK read it)."""
+    """The image ITK would read, built from voxels nibabel already decoded (unscaled, on-disk
+    type, (i, j, k) order) plus ITK's own header geometry: the payload is then decompressed
+    once instead of twice.  None unless the data is a plain 3D scalar volume of the size and
+    pixel type ITK reports (the caller then lets ITK read the file itself)."""
     if data.ndim != 3 or reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1:
         return None
     if tuple(data.shape) != tuple(reader.GetSize()):
         return None
     image = sitk.GetImageFromArray(np.ascontiguousarray(data.T, dtype=data.dtype.newbyteorder("=")))
-    if image.GetPixelID() != reader.GetPixelID():
+    if image.GetPixelID() != reader.GetPixelID() or image.GetSize() != tuple(reader.GetSize()):
         return None
     image.SetOrigin(reader.GetOrigin())
     image.SetSpacing(reader.GetSpacing())
@@ -121,27 +125,59 @@ def _metaimage_spacing(path: Path) -> Optional[tuple]:
     return None
 
 
+# voxel types ITK reads from NIfTI as they are stored (any byte order)
+_PLAIN_DTYPES = frozenset(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32,
+                                                np.uint64, np.int64, np.float32, np.float64))
+
+
+def _itk_leaves_values_unscaled(header) -> bool:
+    """True when ITK's NIfTI reader returns the stored values as they are: it takes a zero or
+    non-finite scl_slope as 1 and a non-finite scl_inter as 0, then scales unless 1 and 0
+    (checked against ITK for each case; note a zero slope with a non-zero intercept is scaled
+    by ITK but not by nibabel, so the header fields decide here, not nibabel's reading)."""
+    slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
+    slope = 1.0 if slope == 0 or not np.isfinite(slope) else slope
+    inter = 0.0 if not np.isfinite(inter) else inter
+    return slope == 1.0 and inter == 0.0
+
+
 def _check_nifti_payload(path: Path, check_values: bool) -> Optional[np.ndarray]:
-    """Check a NIfTI file's voxel data with nibabel before ITK reads it.
+    """Check a NIfTI file's header and voxel data with nibabel (the payload decoded once).
 
     ITK's NIfTI reader silently zero-fills a truncated file and returns NaN voxels as 0,
     so neither problem would be visible after ``sitk.ReadImage``.  Returns the decoded voxels
-    (nibabel's (i, j, k) order) when they are stored without intensity scaling, so the caller
-    can reuse them; None when scaled (ITK then reads and scales the file itself).
+    (nibabel's (i, j, k) order, stored type) when ITK would return exactly these values, so
+    the caller can reuse them; None otherwise (intensity scaling, an unusual voxel type: ITK
+    then reads the file itself).
     """
     import nibabel
+    from nibabel.openers import ImageOpener
 
+    damaged = (OSError, EOFError, ValueError, zlib.error, nibabel.filebasedimages.ImageFileError,
+               nibabel.spatialimages.HeaderDataError)
     try:
-        img = nibabel.load(str(path))
-        slope, inter = img.header.get_slope_inter()
-        unscaled = slope in (None, 1.0) and inter in (None, 0.0)
-        data = img.dataobj.get_unscaled() if unscaled else np.asanyarray(img.dataobj)
-    except (OSError, EOFError, ValueError, zlib.error, nibabel.filebasedimages.ImageFileError) as exc:
+        img = nibabel.load(str(path))  # header only: the payload is decoded below
+        # nibabel's loaded header has its scaling fields and a zero pixdim rewritten: read it as written
+        with ImageOpener(str(path)) as f:
+            raw = type(img.header).from_fileobj(f, check=False)
+    except damaged as exc:
+        raise InputError(path, f"not a readable image (truncated or damaged: {str(exc).splitlines()[0]})") from None
+    # nibabel and ITK both silently turn a zero pixdim into 1 mm
+    spacing = tuple(float(s) for s in raw["pixdim"][1:1 + min(max(int(raw["dim"][0]), 1), 3)])
+    if any(not s > 0 for s in spacing):
+        raise InputError(path, f"spacing {spacing} in the header is not positive; store positive spacings "
+                               f"(a flipped axis belongs in the direction matrix)")
+    reusable = _itk_leaves_values_unscaled(raw) and raw.get_data_dtype().newbyteorder("=") in _PLAIN_DTYPES
+    try:
+        # unscaled: the stored values in the stored type, as ITK returns them
+        data = np.asarray(img.dataobj.get_unscaled()) if reusable else np.asanyarray(img.dataobj)
+    except damaged as exc:
         raise InputError(path, f"not a readable image (truncated or damaged: {str(exc).splitlines()[0]})") from None
     if check_values and np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
         raise InputError(path, f"{int(np.count_nonzero(~np.isfinite(data)))} voxel(s) are NaN or infinite")
-    plain = data.dtype.kind in "uif" and data.dtype.fields is None
-    return np.asarray(data) if unscaled and plain else None
+    if not reusable or data.dtype.newbyteorder("=") != raw.get_data_dtype().newbyteorder("="):
+        return None
+    return data
 
 
 def write_image(image: sitk.Image, path: PathLike, *, compress: bool = True) -> Path:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from lmkreg.cli_utils import friendly_errors
 from lmkreg.dataset.layout import find_dataset
-from lmkreg.errors import ConfigurationError, LmkregError
+from lmkreg.errors import ConfigurationError, InputError, LmkregError
 from lmkreg.io.atomic import remove_stale_temporaries, split_suffix
 from lmkreg.io.images import is_image_file, read_image
 from lmkreg.io.landmarks import write_lmkreg_json
@@ -60,6 +60,13 @@ def list_images(folder: Path, num_parts: int = 1, part_id: int = 0) -> list[Path
     if not 0 <= part_id < num_parts:
         raise ConfigurationError(f"--part-id must be in 0..{num_parts - 1}, got {part_id}")
     images = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+    first: dict[str, Path] = {}
+    for image in images:  # a.nii.gz and a.nrrd would both be written as a.json: refuse before any work
+        other = first.setdefault(split_suffix(image)[0], image)
+        if other != image:
+            stem = split_suffix(image)[0]
+            raise InputError(image, f"same name as {other.name} apart from the file ending, so both would be "
+                                    f"written as {stem}.json and {stem}.mrk.json; rename or move one of them")
     return images[part_id::num_parts]
 
 

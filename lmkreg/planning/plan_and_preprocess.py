@@ -20,7 +20,7 @@ from lmkreg.paths import preprocessed_root
 from lmkreg.planning.fingerprint import compute_fingerprint, save_fingerprint
 from lmkreg.planning.planner import Budget, plan_dataset
 from lmkreg.planning.plans import PLANS_FILE, Configuration, Plans
-from lmkreg.planning.splits import load_or_create_splits
+from lmkreg.planning.splits import SPLITS_FILE, load_or_create_splits
 from lmkreg.parallel import parallel_map
 from lmkreg.preprocessing.preprocessor import CaseFiles, is_up_to_date, preprocess_case
 
@@ -84,6 +84,11 @@ def preprocess(dataset: Dataset, plans: Plans, modalities: Optional[Sequence[str
 def plan_and_preprocess(dataset_id: str, budget: Optional[Budget] = None, workers: Optional[int] = None,
                         num_folds: int = 5, overwrite_plans: bool = False, skip_preprocessing: bool = False) -> Path:
     dataset = open_dataset(dataset_id)
+    complete = set.intersection(*[set(dataset.cases("Tr", m)) for m in dataset.spec.modalities])
+    if len(complete) < num_folds and not (preprocessed_folder(dataset) / SPLITS_FILE).is_file():
+        # refused before the fingerprint, plans or any preprocessing (an existing splits file is reused as is)
+        raise ConfigurationError(f"{dataset.folder}: {len(complete)} training case(s) with every modality cannot make "
+                                 f"{num_folds} folds; add cases or choose fewer folds (--folds)")
     plans = plan(dataset, budget, workers, overwrite_plans)
     cases = sorted(set.intersection(*[set(dataset.cases("Tr", m)) for m in plans.configurations]))
     load_or_create_splits(preprocessed_folder(dataset), cases, num_folds)

@@ -23,7 +23,7 @@ import SimpleITK as sitk
 
 from lmkreg.cli_utils import friendly_errors
 from lmkreg.dataset.layout import check_case_id
-from lmkreg.errors import ConfigurationError, InputError, LmkregError
+from lmkreg.errors import ConfigurationError, InputError, LmkregError, OutputError
 from lmkreg.io.atomic import atomic_write_json, split_suffix
 from lmkreg.io.images import read_image, write_image
 from lmkreg.io.landmarks import LandmarkSet
@@ -80,6 +80,15 @@ def resample_into_us(reg: LandmarkRegistration, mr_image: Path, us_image: Path, 
     return write_image(moved, out)
 
 
+def _output_folder(folder: Path) -> Path:
+    """Create the output folder, or fail naming it before any work."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(folder, f"output folder cannot be created ({exc.strerror or exc})") from None
+    return folder
+
+
 def _pairs(mr_dir: Path, us_dir: Path) -> list[tuple[str, Path, Path]]:
     from lmkreg.io.landmark_files import LANDMARK_SUFFIXES
 
@@ -89,7 +98,10 @@ def _pairs(mr_dir: Path, us_dir: Path) -> list[tuple[str, Path, Path]]:
         found: dict[str, Path] = {}
         for f in sorted(folder.iterdir()):
             if f.name.lower().endswith(tuple(LANDMARK_SUFFIXES)):
-                found.setdefault(case_name(f), f)  # .json and .mrk.json of one case: first wins
+                first = found.setdefault(case_name(f), f)  # NAME.json and NAME.mrk.json (predict's twins): first wins
+                if split_suffix(first)[0] != split_suffix(f)[0]:  # two different files of one case: never guess
+                    raise InputError(f, f"a second landmark file of case {case_name(f)!r} (the other is {first.name}); "
+                                        f"rename or move one of them")
         return found
 
     mr, us = index(mr_dir), index(us_dir)
@@ -146,7 +158,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             p.error("-d (one shot from images) does not take landmark files")
         if not (args.mr_image and args.us_image):
             p.error("one shot needs --mr-image and --us-image")
-        args.output.mkdir(parents=True, exist_ok=True)
+        _output_folder(args.output)
         name = check_case_id(args.name or case_name(args.mr_image), "--name")
         trainers = {"MR": args.mr_trainer or args.trainer, "US": args.us_trainer or args.trainer}
         args.mr, args.us = predict_pair(args.dataset, args.mr_image, args.us_image, args.output, name, trainers,
@@ -155,7 +167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     single = args.mr is not None or args.us is not None
     if single == (args.mr_dir is not None or args.us_dir is not None):
         p.error("give either --mr and --us (one pair) or --mr-dir and --us-dir (folders)")
-    args.output.mkdir(parents=True, exist_ok=True)
+    _output_folder(args.output)
     if single:
         if args.mr is None or args.us is None:
             p.error("--mr and --us go together")

@@ -13,6 +13,7 @@ setup(
         "scipy>=1.9",
         "SimpleITK>=2.2",
         "nibabel>=4",
+        "zlib-ng>=0.4",
         "torch>=2.1",
         "scikit-image>=0.20",
         "trimesh>=3.20",

@@ -188,20 +188,43 @@ def test_scaled_nifti_is_read_by_itk_with_its_scaling(tmp_path, rng):
 
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
 def test_unscaled_nifti_payload_is_decoded_once(tmp_path, rng, monkeypatch, suffix):
-    """The payload is decompressed by nibabel only, once: ITK's full reader is not called."""
+    """The payload is decoded once (nibabel's proxy for .nii, one inflate call for .nii.gz):
+    ITK's full reader is not called."""
     import nibabel.arrayproxy
+
+    import lmkreg.io.images as images
 
     path = _write_raw(tmp_path / f"a{suffix}", rng.normal(size=(5, 6, 7)).astype(np.float32), (0.5, 0.7, 1.9))
     expected = sitk.ReadImage(str(path))
-    decodes = []
+    decodes, inflates = [], []
     original = nibabel.arrayproxy.ArrayProxy._get_unscaled
     monkeypatch.setattr(nibabel.arrayproxy.ArrayProxy, "_get_unscaled",
                         lambda self, *a, **k: decodes.append(1) or original(self, *a, **k))
+    inflate = images._gzip.decompress
+    monkeypatch.setattr(images._gzip, "decompress", lambda data: inflates.append(1) or inflate(data))
     with _itk_payload_reads_refused():
         ours = read_image(path)
-    assert len(decodes) == 1
+    assert (len(decodes), len(inflates)) == ((0, 1) if suffix == ".nii.gz" else (1, 0))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(expected))
     assert ours.GetSpacing() == pytest.approx(expected.GetSpacing(), abs=1e-9)
+
+
+@pytest.mark.parametrize("cut", ["truncated", "corrupt", "short_payload"])
+def test_damaged_gzipped_nifti_is_refused_naming_the_file(tmp_path, rng, cut):
+    """A damaged .nii.gz is refused (ITK would zero-fill a short payload)."""
+    import gzip
+
+    path = _write_raw(tmp_path / "a.nii.gz", rng.normal(size=(9, 8, 7)).astype(np.float32), (1.0, 1.0, 1.0))
+    data = path.read_bytes()
+    if cut == "truncated":
+        data = data[: len(data) * 2 // 3]
+    elif cut == "corrupt":
+        data = data[:40] + bytes(b ^ 0x5A for b in data[40:80]) + data[80:]
+    else:  # a complete gzip stream whose voxel data is short of what the header says
+        data = gzip.compress(gzip.decompress(data)[:-40])
+    path.write_bytes(data)
+    with pytest.raises(InputError, match="a.nii.gz"):
+        read_image(path)
 
 
 @pytest.mark.parametrize("dtype", [np.int16, np.float32])

@@ -5,6 +5,7 @@ Images stay SimpleITK images so spacing, origin and direction are never lost; us
 """
 from __future__ import annotations
 
+import gzip
 import zlib
 from pathlib import Path
 from typing import Optional, Union
@@ -17,6 +18,13 @@ from lmkreg.geometry.spaces import ImageGeometry
 from lmkreg.io.atomic import atomic_path, split_suffix
 
 PathLike = Union[str, Path]
+
+try:  # zlib-ng inflates about twice as fast as the standard library (and than ITK's reader)
+    from zlib_ng import gzip_ng as _gzip
+    from zlib_ng import zlib_ng as _zlib
+    _INFLATE_ERRORS: tuple = (zlib.error, _zlib.error)
+except ImportError:  # pragma: no cover - zlib-ng is a declared dependency
+    _gzip, _INFLATE_ERRORS = gzip, (zlib.error,)
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -153,7 +161,7 @@ def _check_nifti_payload(path: Path, check_values: bool) -> Optional[np.ndarray]
     import nibabel
     from nibabel.openers import ImageOpener
 
-    damaged = (OSError, EOFError, ValueError, zlib.error, nibabel.filebasedimages.ImageFileError,
+    damaged = (OSError, EOFError, ValueError, *_INFLATE_ERRORS, nibabel.filebasedimages.ImageFileError,
                nibabel.spatialimages.HeaderDataError)
     try:
         img = nibabel.load(str(path))  # header only: the payload is decoded below
@@ -169,8 +177,10 @@ def _check_nifti_payload(path: Path, check_values: bool) -> Optional[np.ndarray]
                                f"(a flipped axis belongs in the direction matrix)")
     reusable = _itk_leaves_values_unscaled(raw) and raw.get_data_dtype().newbyteorder("=") in _PLAIN_DTYPES
     try:
-        # unscaled: the stored values in the stored type, as ITK returns them
-        data = np.asarray(img.dataobj.get_unscaled()) if reusable else np.asanyarray(img.dataobj)
+        if reusable and str(path).lower().endswith(".gz"):
+            data = _inflate_nifti(path, img.dataobj)
+        else:  # unscaled: the stored values in the stored type, as ITK returns them
+            data = np.asarray(img.dataobj.get_unscaled()) if reusable else np.asanyarray(img.dataobj)
     except damaged as exc:
         raise InputError(path, f"not a readable image (truncated or damaged: {str(exc).splitlines()[0]})") from None
     if check_values and np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
@@ -178,6 +188,20 @@ def _check_nifti_payload(path: Path, check_values: bool) -> Optional[np.ndarray]
     if not reusable or data.dtype.newbyteorder("=") != raw.get_data_dtype().newbyteorder("="):
         return None
     return data
+
+
+def _inflate_nifti(path: Path, proxy) -> np.ndarray:
+    """Voxels of a gzipped single-file NIfTI as stored (type, byte order, (i, j, k) order): the
+    whole file inflated in one call (CRC checked, so truncation and corruption raise) and the
+    voxels viewed in place rather than copied through nibabel's file proxy, whose layout
+    (shape, stored type, offset, axis order) they follow."""
+    with open(path, "rb") as f:
+        payload = _gzip.decompress(f.read())
+    shape, dtype, offset = tuple(proxy.shape), np.dtype(proxy.dtype), int(proxy.offset)
+    count = int(np.prod(shape, dtype=np.int64))
+    if len(payload) < offset + count * dtype.itemsize:
+        raise ValueError(f"{len(payload) - offset} bytes of voxel data, the header needs {count * dtype.itemsize}")
+    return np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(shape, order=proxy.order)
 
 
 def write_image(image: sitk.Image, path: PathLike, *, compress: bool = True) -> Path:

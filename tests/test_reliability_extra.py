@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -291,3 +292,49 @@ def test_disk_full_during_register_keeps_the_previous_transform(pair, capsys, mo
     assert rc == 2
     assert "case1_MR_to_US.json" in err and "No space left on device" in err, err
     _unchanged(out)
+
+
+def test_register_moves_the_tfm_into_place_before_the_json_that_names_it(pair, monkeypatch):
+    """Both files are written to temporaries, then the .tfm is renamed first: a register killed
+    between the two renames leaves no JSON newer than the .tfm it names."""
+    mr, us, out = pair
+    out = out.parent / "fresh_out"
+    moved = []
+    replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: moved.append(Path(dst).name) or replace(src, dst))
+    assert register_main(["--mr", str(mr), "--us", str(us), "-o", str(out)]) == 0
+    finals = [m for m in moved if not m.startswith(".")]
+    assert finals == ["case1_MR_to_US.tfm", "case1_MR_to_US.json"]
+    assert json.loads((out / "case1_MR_to_US.json").read_text())["itk_file"] == "case1_MR_to_US.tfm"
+    assert sorted(p.name for p in out.iterdir()) == ["case1_MR_to_US.json", "case1_MR_to_US.tfm"]
+
+
+@pytest.mark.parametrize("failing", ["tfm", "json"])
+def test_a_failed_register_write_keeps_the_previous_transform_pair(pair, capsys, monkeypatch, failing):
+    import lmkreg.registration.cli as register_cli
+
+    mr, us, out = pair
+    (out / "case1_MR_to_US.tfm").write_text("old tfm")
+    if failing == "tfm":
+        def broken(transform, path):
+            raise register_cli.OutputError(path, "could not write transform (No space left on device)")
+        monkeypatch.setattr(register_cli, "write_itk_transform", broken)
+    else:
+        monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    rc = register_main(["--mr", str(mr), "--us", str(us), "-o", str(out)])
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert rc == 2 and "No space left on device" in err and "case1_MR_to_US.json" in err, err
+    assert (out / "case1_MR_to_US.json").read_text() == SENTINEL
+    assert (out / "case1_MR_to_US.tfm").read_text() == "old tfm"
+    assert sorted(p.name for p in out.iterdir()) == ["case1_MR_to_US.json", "case1_MR_to_US.tfm"]
+
+
+def test_register_folders_with_a_bad_pairing_create_no_output_folder(tmp_path, capsys):
+    mr_dir, us_dir, out = tmp_path / "mr", tmp_path / "us", tmp_path / "out"
+    mr_dir.mkdir(), us_dir.mkdir()
+    write_lmkreg_json(LandmarkSet.from_array(NAMES, MR_POINTS), mr_dir / "a_MR.json")
+    write_lmkreg_json(LandmarkSet.from_array(NAMES, MR_POINTS), us_dir / "b_US.json")
+    assert register_main(["--mr-dir", str(mr_dir), "--us-dir", str(us_dir), "-o", str(out)]) == 2
+    assert "no case has landmark files in both" in capsys.readouterr().err
+    assert not out.exists()

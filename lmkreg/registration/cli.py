@@ -24,7 +24,7 @@ import SimpleITK as sitk
 from lmkreg.cli_utils import friendly_errors
 from lmkreg.dataset.layout import check_case_id
 from lmkreg.errors import ConfigurationError, InputError, LmkregError, OutputError
-from lmkreg.io.atomic import atomic_write_json, split_suffix
+from lmkreg.io.atomic import atomic_path, atomic_write_json, split_suffix
 from lmkreg.io.images import read_image, write_image
 from lmkreg.io.landmarks import LandmarkSet
 from lmkreg.registration.landmark_fit import LandmarkRegistration, register_landmarks
@@ -67,9 +67,21 @@ def register_pair(mr_file: Path, us_file: Path, out_dir: Path, name: str, weight
            "rms_residual_mm": reg.rms_mm, "weights": weights, "mr_landmarks": str(mr_file), "us_landmarks": str(us_file),
            "itk_file": f"{name}_MR_to_US.tfm",
            "itk_file_direction": "US world point -> MR world point (ITK resampling convention)"}
-    atomic_write_json(out_dir / f"{name}_MR_to_US.json", doc)
-    write_itk_transform(reg.transform, out_dir / f"{name}_MR_to_US.tfm")
+    write_transform_pair(reg, doc, out_dir / f"{name}_MR_to_US.json", out_dir / f"{name}_MR_to_US.tfm")
     return reg
+
+
+def write_transform_pair(reg: LandmarkRegistration, doc: dict, json_path: Path, tfm_path: Path) -> None:
+    """Both files complete in temporaries before either replaces anything: a failed write keeps
+    the previous pair whole.  The .tfm is moved first, so a JSON (which names its .tfm) is only
+    ever newer than, never older than, its .tfm."""
+    try:
+        with atomic_path(json_path) as tmp_json, atomic_path(tfm_path) as tmp_tfm:
+            write_itk_transform(reg.transform, tmp_tfm)
+            atomic_write_json(tmp_json, doc)
+    except OutputError as exc:
+        raise OutputError(json_path, f"{exc.problem} (with {tfm_path.name}); the previous transform files are "
+                                     f"unchanged") from None
 
 
 def resample_into_us(reg: LandmarkRegistration, mr_image: Path, us_image: Path, out: Path, mask: bool) -> Path:
@@ -167,6 +179,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     single = args.mr is not None or args.us is not None
     if single == (args.mr_dir is not None or args.us_dir is not None):
         p.error("give either --mr and --us (one pair) or --mr-dir and --us-dir (folders)")
+    pairs = None if single else _pairs(args.mr_dir, args.us_dir)  # bad folders fail before any output exists
     _output_folder(args.output)
     if single:
         if args.mr is None or args.us is None:
@@ -186,7 +199,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     print(f"  wrote {resample_into_us(reg, src, args.us_image, args.output / f'{name}_{suffix}.nii.gz', mask)}")
         return 0
     failed = 0
-    for name, mr_file, us_file in _pairs(args.mr_dir, args.us_dir):
+    for name, mr_file, us_file in pairs:
         try:
             reg = register_pair(mr_file, us_file, args.output, name, args.weighted)
             print(f"{name}: rotation {reg.transform.rotation_angle_deg():.1f} deg, RMS residual {reg.rms_mm:.2f} mm")

@@ -15,7 +15,7 @@ from typing import Union
 import numpy as np
 import SimpleITK as sitk
 
-from lmkreg.errors import InputError
+from lmkreg.errors import InputError, OutputError
 from lmkreg.geometry.rigid import RigidTransform
 from lmkreg.io.atomic import atomic_path
 
@@ -38,7 +38,7 @@ def write_itk_transform(mr_to_us: RigidTransform, path: PathLike) -> Path:
         with atomic_path(p) as tmp:
             sitk.WriteTransform(to_sitk_resampling_transform(mr_to_us), str(tmp))
     except (RuntimeError, OSError) as exc:
-        raise InputError(p, f"could not write transform ({str(exc).strip().splitlines()[-1]})") from None
+        raise OutputError(p, f"could not write transform ({str(exc).strip().splitlines()[-1]})") from None
     return p
 
 

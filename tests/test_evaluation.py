@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import shutil
 import os
 import math
 from pathlib import Path
@@ -223,6 +224,20 @@ def test_cli_exit_status_when_nothing_can_be_evaluated(ds, tmp_path, capsys):
     args[3] = str(tmp_path / "nowhere")
     assert evaluate_main(args) == 2  # a prediction folder that does not exist is a usage error
     assert "prediction folder not found" in capsys.readouterr().err
+
+
+def test_two_predictions_of_one_case_are_refused_naming_both(ds, tmp_path, capsys):
+    """CASE_MR.json and CASE.mrk.json in one folder are two predictions: never pick one silently."""
+    preds = write_predictions(ds, tmp_path / "pred", ".json")
+    first = sorted(preds["MR"].glob("*_MR.json"))[0]
+    twin = first.with_name(first.name.replace("_MR.json", ".mrk.json"))
+    shutil.copy(first, twin)
+    out = tmp_path / "report"
+    rc = evaluate_main(["-d", "31", "--mr-pred", str(preds["MR"]), "--us-pred", str(preds["US"]), "-o", str(out),
+                        "--qc", "0", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and first.name in err and twin.name in err, err
+    assert not (out / "evaluation.md").exists()
 
 
 # ---------------------------------------------------------------------------------------------

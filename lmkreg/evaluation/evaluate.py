@@ -62,16 +62,22 @@ class CaseResult:
 
 def find_prediction(folder: Path, case: str, modality: str) -> Optional[Path]:
     """The predicted landmark file of a case in `folder`: CASE_MOD.* (as lmkreg_predict names them)
-    or CASE.* (as the trainers' validation folders do), lmkreg .json preferred, else .mrk.json, .fcsv."""
+    or CASE.* (as the trainers' validation folders do), lmkreg .json preferred, else .mrk.json, .fcsv.
+    Files under both names are two different predictions of one case: refused, never guessed."""
     from lmkreg.io.landmark_files import LANDMARK_SUFFIXES
 
     folder = Path(folder)
+    found = []
     for stem in (f"{case}_{modality}", case):
         for suffix in (".json",) + tuple(s for s in LANDMARK_SUFFIXES if s != ".json"):
             p = folder / f"{stem}{suffix}"
             if p.is_file():
-                return p
-    return None
+                found.append(p)
+                break
+    if len(found) == 2:
+        raise InputError(found[1], f"a second prediction of case {case!r} (the other is {found[0].name}); "
+                                   f"rename or move one of them")
+    return found[0] if found else None
 
 
 _predicted = find_prediction  # old private name

@@ -125,11 +125,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--num-parts", type=int, default=1, help="split the folder into this many parts")
     p.add_argument("--part-id", type=int, default=0, help="which part this process predicts")
     p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"])
+    p.add_argument("--no-optimize", action="store_true",
+                   help="on CPU, run the networks in eager mode instead of as optimised TorchScript modules")
     p.add_argument("--trainer-module", action="append", default=[], help="module (file.py or dotted) with a custom trainer")
     args = p.parse_args(argv)
     dataset_name = find_dataset(args.dataset).name
     folder = model_folder_for(results_root() / dataset_name, args.trainer, args.modality)
-    predictor = LandmarkPredictor(folder, args.folds, args.checkpoint, args.device, args.tta, args.trainer_module)
+    predictor = LandmarkPredictor(folder, args.folds, args.checkpoint, args.device, args.tta, args.trainer_module,
+                                  optimize=not args.no_optimize)
     report = predict_folder(predictor, args.input, args.output, args.overwrite, args.num_parts, args.part_id)
     print(f"{len(report.done)} predicted, {len(report.skipped)} skipped (outputs exist), {len(report.failed)} failed; "
           f"{len(report.unreliable)} flagged unreliable")

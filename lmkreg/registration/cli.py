@@ -136,7 +136,8 @@ def predict_pair(dataset: str, mr_image: Path, us_image: Path, out_dir: Path, na
     results = results_root() / find_dataset(dataset).name
     written = []
     for modality, image in (("MR", mr_image), ("US", us_image)):
-        predictor = LandmarkPredictor(model_folder_for(results, trainers[modality], modality), folds)
+        # one image per model: building the optimised CPU module would cost more than it saves
+        predictor = LandmarkPredictor(model_folder_for(results, trainers[modality], modality), folds, optimize=False)
         pred = predictor.predict(read_image(image))
         write_landmarks(pred.landmarks, out_dir / f"{name}_{modality}.mrk.json")
         written.append(write_lmkreg_json(pred.with_extras(), out_dir / f"{name}_{modality}.json"))

@@ -29,7 +29,7 @@ from lmkreg.errors import ConfigurationError
 from lmkreg.geometry import ImageGeometry
 from lmkreg.io.landmarks import LandmarkSet
 from lmkreg.planning.plans import PLANS_FILE, Plans
-from lmkreg.preprocessing.preprocessor import normalize, resample, target_geometry
+from lmkreg.preprocessing.preprocessor import normalized_on_grid, target_geometry
 from lmkreg.training.checkpoint import load_checkpoint
 from lmkreg.training.registry import find_trainer
 from lmkreg.training.runtime import select_device
@@ -166,10 +166,8 @@ class LandmarkPredictor:
 
     def preprocess(self, image: sitk.Image) -> tuple[np.ndarray, ImageGeometry]:
         """Planned preprocessing: normalised array (1, Z, Y, X) and its grid."""
-        source = ImageGeometry.from_image(image)
-        norm = source.make_image(normalize(sitk.GetArrayFromImage(image), self.conf.normalization))
-        grid = target_geometry(source, self.conf)
-        return resample(norm, grid).astype(np.float32)[None], grid
+        grid = target_geometry(ImageGeometry.from_image(image), self.conf)
+        return normalized_on_grid(image, grid, self.conf.normalization)[None], grid
 
     @torch.inference_mode()
     def predict_array(self, array: np.ndarray, grid: ImageGeometry) -> Prediction:

@@ -33,15 +33,23 @@ from lmkreg.preprocessing.storage import ARRAY_SUFFIX, save_array
 PREPROCESSING_VERSION = 2  # 2: normalisation no longer uses the mask
 
 
+def zscore_statistics(array: np.ndarray, mask: Optional[np.ndarray] = None) -> tuple[float, float]:
+    """(mean, std) of the z-score scheme: over the mask, else the non-zero voxels, else all
+    (a std of 0 becomes 1)."""
+    a = np.asarray(array, dtype=np.float32)
+    region = a[mask > 0] if mask is not None and np.any(mask) else a[a != 0]
+    if region.size == 0:
+        region = a.ravel()
+    std = float(region.std())
+    return float(region.mean()), (std if std > 0 else 1.0)
+
+
 def normalize(array: np.ndarray, norm: Normalization, mask: Optional[np.ndarray] = None) -> np.ndarray:
     """Normalised float32 copy of `array` (see Normalization for the schemes)."""
     a = array.astype(np.float32)
     if norm.scheme == "zscore":
-        region = a[mask > 0] if mask is not None and np.any(mask) else a[a != 0]
-        if region.size == 0:
-            region = a.ravel()
-        std = float(region.std())
-        return (a - float(region.mean())) / (std if std > 0 else 1.0)
+        mean, std = zscore_statistics(a, mask)
+        return (a - mean) / std
     if norm.scheme == "percentile_clip":
         lo, hi = float(norm.lower), float(norm.upper)
         out = np.clip((a - lo) / (hi - lo), 0.0, 1.0)
@@ -60,12 +68,49 @@ def target_geometry(source: ImageGeometry, conf: Configuration) -> ImageGeometry
     return ImageGeometry.create(conf.input_size_zyx, spacing_xyz, origin, np.eye(3))
 
 
-def resample(image: sitk.Image, target: ImageGeometry, nearest: bool = False) -> np.ndarray:
-    """Array (z, y, x) of `image` sampled on `target` (SimpleITK; 0 outside the image)."""
+def resample(image: sitk.Image, target: ImageGeometry, nearest: bool = False, default: float = 0.0) -> np.ndarray:
+    """Array (z, y, x) of `image` sampled on `target` (SimpleITK; `default` outside the image)."""
     ref = target.make_image(np.zeros(target.shape_zyx, np.uint8))
     interp = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
-    out = sitk.Resample(image, ref, sitk.Transform(), interp, 0.0, image.GetPixelID())
+    out = sitk.Resample(image, ref, sitk.Transform(), interp, float(default), image.GetPixelID())
     return sitk.GetArrayFromImage(out)
+
+
+def crop_to_grid(image: sitk.Image, target: ImageGeometry) -> sitk.Image:
+    """The part of `image` that linear interpolation onto `target` reads: the voxel box around
+    the target grid's corners plus one voxel, clamped to the image (physical geometry kept)."""
+    source = ImageGeometry.from_image(image)
+    corners = np.array([[z, y, x] for z in (0, 1) for y in (0, 1) for x in (0, 1)], float)
+    corners *= np.asarray(target.shape_zyx, float) - 1
+    index = source.world_to_index(target.index_to_world(corners))  # (8, 3) continuous z, y, x
+    shape = np.asarray(source.shape_zyx)
+    lo = np.clip(np.floor(index.min(0)) - 1, 0, shape - 1).astype(int)
+    hi = np.clip(np.ceil(index.max(0)) + 1, 0, shape - 1).astype(int)
+    if np.any(index.max(0) < -0.5) or np.any(index.min(0) > shape - 0.5) or np.all(lo == 0) and np.all(hi == shape - 1):
+        return image  # grid outside the image (nothing to read) or covering all of it
+    size = (hi - lo + 1)[::-1]
+    return sitk.RegionOfInterest(image, [int(v) for v in size], [int(v) for v in lo[::-1]])
+
+
+def normalized_on_grid(image: sitk.Image, target: ImageGeometry, norm: Normalization) -> np.ndarray:
+    """What the network sees: `image` normalised voxel by voxel, then resampled (linear) onto
+    `target`, as float32 (z, y, x); 0 outside the image.
+
+    Computed on less than the whole volume, with the same result up to float rounding:
+    z-score statistics come from every voxel, but as the scheme is affine and linear
+    interpolation weights sum to 1, the raw image is resampled first (outside value: the mean,
+    which maps to 0) and the small result normalised; percentile clipping works voxel by voxel,
+    so only the box the interpolation reads is normalised."""
+    if image.GetPixelID() != sitk.sitkFloat32:
+        image = sitk.Cast(image, sitk.sitkFloat32)
+    if norm.scheme == "zscore":
+        mean, std = zscore_statistics(sitk.GetArrayViewFromImage(image))
+        out = resample(image, target, default=mean)
+        return ((out - np.float32(mean)) / np.float32(std)).astype(np.float32, copy=False)
+    roi = crop_to_grid(image, target)
+    normalised = sitk.GetImageFromArray(normalize(sitk.GetArrayViewFromImage(roi), norm))
+    normalised.CopyInformation(roi)
+    return resample(normalised, target).astype(np.float32, copy=False)
 
 
 @dataclass(frozen=True)
@@ -117,10 +162,8 @@ def preprocess_case(files: CaseFiles, conf: Configuration, landmark_names: list[
         raise InputError(files.mask, f"mask grid differs from its image {Path(files.image).name} (size, spacing, "
                                      f"origin or direction); masks must share the image's voxel grid")
     # never normalise with the mask: prediction has no mask, and the statistics must match
-    normalised = normalize(sitk.GetArrayFromImage(image), conf.normalization)
-    norm_img = source_geom.make_image(normalised)
     target = target_geometry(source_geom, conf)
-    array = resample(norm_img, target).astype(np.float32)
+    array = normalized_on_grid(image, target, conf.normalization)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_array(array[None], out_dir / f"{files.case}{ARRAY_SUFFIX}")
     if mask_img is not None:

@@ -8,7 +8,8 @@ from lmkreg.demo import DemoSettings, run_demo
 
 
 def test_demo_runs_every_stage_and_reports_measured_metrics(tmp_path, capsys):
-    settings = DemoSettings("tiny", num_train=6, num_test=2, train_minutes=0.05, iterations_per_epoch=3)
+    # a fixed number of epochs, not a time budget: the run is the same on a busy or an idle machine
+    settings = DemoSettings("tiny", num_train=6, num_test=2, train_minutes=5.0, iterations_per_epoch=3, num_epochs=2)
     out = tmp_path / "demo"
     summary = run_demo(output=out, dataset_id=990, settings=settings, workers=1)
     captured = capsys.readouterr()
@@ -19,9 +20,10 @@ def test_demo_runs_every_stage_and_reports_measured_metrics(tmp_path, capsys):
     assert (report / "evaluation.md").is_file() and (report / "histograms.png").is_file()
     assert len(list((report / "qc").glob("*.png"))) >= 2
     # every test pair gets a transform (a proper rotation) or a named registration error: a model
-    # trained for seconds may put its three landmarks on a line, which register must refuse
+    # trained for seconds may put its three landmarks on one line or one voxel, which register must refuse
     tfms = sorted((out / "transforms").glob("*.json"))
-    refused = [line for line in printed.splitlines() if line.startswith("error:") and "collinear" in line]
+    refused = [line for line in printed.splitlines()
+               if line.startswith("error:") and ("collinear" in line or "coincide" in line)]
     assert len(tfms) + len(refused) == 2 and tfms
     for f in tfms:
         doc = json.loads(f.read_text())

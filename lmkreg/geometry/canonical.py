@@ -20,7 +20,13 @@ CANONICAL_ORIENTATION = "LPS"
 def orientation_code(image: sitk.Image) -> str:
     """Three-letter code of the closest orientation, e.g. 'LPS' or 'RAI' (ITK convention:
     the letter names the direction each array axis x, y, z points to)."""
-    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+    return orientation_code_from_direction(image.GetDirection())
+
+
+def orientation_code_from_direction(direction) -> str:
+    """orientation_code of a direction matrix (9 values, row-major, or 3x3)."""
+    d = tuple(float(v) for v in np.asarray(direction, dtype=float).ravel())
+    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(d)
 
 
 def reorient_to_canonical(image: sitk.Image) -> sitk.Image:

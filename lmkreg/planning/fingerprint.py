@@ -16,6 +16,7 @@ import SimpleITK as sitk
 
 from lmkreg.dataset.layout import Dataset
 from lmkreg.geometry import ImageGeometry, orientation_code
+from lmkreg.geometry.canonical import orientation_code_from_direction
 from lmkreg.io.atomic import atomic_write_json
 from lmkreg.io.images import read_image
 from lmkreg.io.landmarks import read_lmkreg_json
@@ -30,16 +31,25 @@ def image_centre_world(geometry: ImageGeometry) -> np.ndarray:
     return geometry.index_to_world((np.asarray(geometry.shape_zyx, float) - 1) / 2)
 
 
-def canonical_spacing_zyx(geometry: ImageGeometry) -> np.ndarray:
-    """Spacing along the world S, P, L axes: which array axis is closest to each world axis.
+def canonical_axes(geometry: ImageGeometry) -> np.ndarray:
+    """Array axis (x=0, y=1, z=2) that becomes each world axis L, P, S after reorientation.
 
-    After reorientation to LPS the array's (z, y, x) axes are (S, P, L), so this is the
-    spacing the canonical array has.
+    The same assignment SimpleITK's ``DICOMOrient(image, "LPS")`` makes (from ITK's
+    orientation code), so it is a permutation even for strongly oblique grids, where the
+    largest direction cosine of two world axes can lie in the same array axis.
     """
-    d = np.abs(geometry.direction_matrix)  # rows: world L, P, S; columns: array x, y, z
-    spacing = np.asarray(geometry.spacing_xyz)
-    axis_for_world = np.argmax(d, axis=1)  # array axis (x=0, y=1, z=2) for world L, P, S
-    return spacing[axis_for_world][::-1].astype(float)
+    code = orientation_code_from_direction(geometry.direction)
+    world_of_array = [("LPS".find(c) if c in "LPS" else "RAI".find(c)) for c in code]
+    if sorted(world_of_array) != [0, 1, 2]:  # pragma: no cover - ITK always returns a permutation
+        raise ValueError(f"orientation code {code!r} is not a permutation of the world axes")
+    return np.argsort(world_of_array)
+
+
+def canonical_spacing_zyx(geometry: ImageGeometry) -> np.ndarray:
+    """Spacing along the world S, P, L axes, i.e. the spacing (z, y, x) of the image
+    reoriented to LPS (array z, y, x = world S, P, L)."""
+    spacing = np.asarray(geometry.spacing_xyz, float)
+    return spacing[canonical_axes(geometry)][::-1].astype(float)
 
 
 def _intensity_region(array: np.ndarray, mask: Optional[np.ndarray]) -> np.ndarray:
@@ -98,9 +108,8 @@ def case_fingerprint(job: _CaseJob) -> dict:
 
 
 def _canonical_shape(geometry: ImageGeometry) -> np.ndarray:
-    d = np.abs(geometry.direction_matrix)
     shape_xyz = np.asarray(geometry.shape_zyx[::-1])
-    return shape_xyz[np.argmax(d, axis=1)][::-1].astype(float)
+    return shape_xyz[canonical_axes(geometry)][::-1].astype(float)
 
 
 def _summary(cases: list[dict], names: list[str]) -> dict:

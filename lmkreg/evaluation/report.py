@@ -32,6 +32,10 @@ def _fmt(s: Optional[dict], digits: int = 2) -> str:
     return "n/a" if not s or s.get("n", 0) == 0 else f"{s['mean']:.{digits}f} ± {s['sd']:.{digits}f}"
 
 
+def _median(s: Optional[dict], digits: int = 2) -> str:
+    return "n/a" if not s or s.get("n", 0) == 0 else f"{s['median']:.{digits}f}"
+
+
 def _bin_labels(edges: Sequence[float]) -> list[str]:
     return [f"≤{hi:g}" if lo == 0 else (f">{lo:g}" if math.isinf(hi) else f"{lo:g}–{hi:g}")
             for lo, hi in zip(edges[:-1], edges[1:])]
@@ -61,10 +65,11 @@ def markdown(summary: dict, results: Sequence[CaseResult], names: Sequence[str],
              + (f"; {len(missing)} without prediction" if missing else "")
              + (f"; {len(failed)} failed" if failed else "") + ".", "",
              "## Landmark detection (MRE, mm)", "",
-             "Mean ± sd of the radial error (distance between predicted and true landmark, world mm).", "",
-             "| landmark | MR | US |", "|---|---|---|"]
+             "Mean ± sd and median of the radial error (distance between predicted and true landmark, world mm).",
+             "", "| landmark | MR mean ± sd | MR median | US mean ± sd | US median |", "|---|---|---|---|---|"]
     for key, label in [("per_case", "MRE per case")] + [(n, n) for n in names] + [("all", "all landmarks pooled")]:
-        lines.append(f"| {label} | {_fmt(summary['mre']['MR'].get(key))} | {_fmt(summary['mre']['US'].get(key))} |")
+        cells = [f"{_fmt(s)} | {_median(s)}" for s in (summary["mre"][m].get(key) for m in ("MR", "US"))]
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
     thresholds = [k for k in summary["mre"]["MR"] if k.startswith("sdr_")]
     lines += ["", "Success detection rate (fraction of landmarks within the radius):", "",
               "| radius | MR | US |", "|---|---|---|"]

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from lmkreg.cli_utils import friendly_errors
 from lmkreg.dataset.layout import find_dataset
 from lmkreg.errors import ConfigurationError, InputError, LmkregError
-from lmkreg.io.atomic import remove_stale_temporaries, split_suffix
+from lmkreg.io.atomic import atomic_path, remove_stale_temporaries, split_suffix
 from lmkreg.io.images import is_image_file, read_image
 from lmkreg.io.landmarks import write_lmkreg_json
 from lmkreg.paths import results_root
@@ -70,6 +70,21 @@ def list_images(folder: Path, num_parts: int = 1, part_id: int = 0) -> list[Path
     return images[part_id::num_parts]
 
 
+def write_case_outputs(pred, json_path: Path, mrk_path: Path, write_landmarks) -> None:
+    """Write a case's ``NAME.mrk.json`` and ``NAME.json`` so that they always belong together.
+
+    Both are first written completely to temporaries: a failure there (disk full) leaves any
+    previous pair untouched.  Then the old ``NAME.json`` is removed, the ``.mrk.json`` moved into
+    place and the ``NAME.json`` last, since it marks the case complete.  A run killed between
+    those steps leaves the case without ``NAME.json``, so the next run predicts it again instead
+    of skipping a new ``.mrk.json`` next to an old ``.json`` (after ``--overwrite``)."""
+    with atomic_path(json_path) as tmp_json:
+        with atomic_path(mrk_path) as tmp_mrk:
+            write_landmarks(pred.landmarks, tmp_mrk)
+            write_lmkreg_json(pred.with_extras(), tmp_json)
+            json_path.unlink(missing_ok=True)
+
+
 def predict_folder(predictor: LandmarkPredictor, input_folder: Path, output_folder: Path, overwrite: bool = False,
                    num_parts: int = 1, part_id: int = 0, progress_bar: bool = True) -> FolderReport:
     from lmkreg.io.landmark_files import write_landmarks
@@ -98,8 +113,7 @@ def predict_folder(predictor: LandmarkPredictor, input_folder: Path, output_fold
                 array, grid = current.result()
                 pred = predictor.predict_array(array, grid)
                 json_path, mrk_path = output_paths(image, output_folder)
-                write_landmarks(pred.landmarks, mrk_path)
-                write_lmkreg_json(pred.with_extras(), json_path)  # written last: marks the case complete
+                write_case_outputs(pred, json_path, mrk_path, write_landmarks)
                 report.done.append(image.name)
                 if pred.flags:
                     report.unreliable[image.name] = pred.flags

@@ -14,6 +14,7 @@ points to MR points, so SimpleITK's Resample and 3D Slicer show the MR in US spa
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from pathlib import Path
@@ -38,15 +39,28 @@ def case_name(path: Path) -> str:
     return CASE_SUFFIX.sub("", stem)
 
 
-def confidence_weights(landmarks: LandmarkSet) -> Optional[dict[str, float]]:
-    """1 / spread^2 from an lmkreg prediction's confidence extras, if it has them."""
+def confidence_weights(landmarks: LandmarkSet, source: Optional[Path] = None) -> Optional[dict[str, float]]:
+    """1 / spread^2 from an lmkreg prediction's confidence extras, if it has them.
+
+    A landmark without a spread (``null``, as written for a non-finite one) gets weight 1; a
+    spread that is not a finite, non-negative number is refused naming `source`: a NaN weight
+    would make the fit fail obscurely, a made-up one would bias it silently."""
     conf = landmarks.extras.get("confidence")
     if not conf:
         return None
+    if not isinstance(conf, dict):
+        raise InputError(source, f"extras.confidence must map landmark names to confidence values, got "
+                                 f"{type(conf).__name__}")
     out = {}
     for n, c in conf.items():
         s = c.get("heatmap_spread_mm") if isinstance(c, dict) else None
-        out[n] = 1.0 / max(float(s), 0.5) ** 2 if s else 1.0
+        if s is None:
+            out[n] = 1.0
+            continue
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or s < 0:
+            raise InputError(source, f"confidence of {n!r}: heatmap_spread_mm must be a finite, non-negative "
+                                     f"number of mm, got {s!r}")
+        out[n] = 1.0 / max(float(s), 0.5) ** 2
     return out
 
 
@@ -56,7 +70,7 @@ def register_pair(mr_file: Path, us_file: Path, out_dir: Path, name: str, weight
     mr, us = read_landmarks(mr_file), read_landmarks(us_file)
     weights = None
     if weighted:
-        wm, wu = confidence_weights(mr), confidence_weights(us)
+        wm, wu = confidence_weights(mr, mr_file), confidence_weights(us, us_file)
         if wm and wu:
             weights = {n: 1.0 / (1.0 / wm.get(n, 1.0) + 1.0 / wu.get(n, 1.0)) for n in mr.names}
     try:

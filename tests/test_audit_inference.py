@@ -485,3 +485,56 @@ def test_a_run_stopped_between_the_two_renames_leaves_the_case_to_be_predicted_a
     new_json, new_mrk = read_lmkreg_json(out / "toy000_MR.json"), read_landmarks(out / "toy000_MR.mrk.json")
     np.testing.assert_allclose(new_mrk.to_array(NAMES), new_json.to_array(NAMES), atol=1e-6)
     assert not np.allclose(new_json.to_array(NAMES), old.to_array(NAMES))
+
+
+# ---------------------------------------------------------------------------------------------
+# predict: reading the next volume overlaps computing the current one (issue 5, "predict")
+# ---------------------------------------------------------------------------------------------
+
+def test_reading_the_next_volume_overlaps_the_network_of_the_current_one(tmp_path):
+    """The network of case k waits until the reading of case k+1 has started: if predict_folder
+    read and computed one after the other, case k+1 would never start and the wait would time
+    out.  A duck-typed predictor keeps the test free of torch."""
+    import threading
+
+    from lmkreg.inference.predict_folder import predict_folder
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    img = sitk.GetImageFromArray(np.arange(120, dtype=np.float32).reshape(4, 5, 6))
+    for k in range(3):
+        sitk.WriteImage(img, str(inp / f"case{k}.nii.gz"))
+    started = [threading.Event() for _ in range(3)]
+    overlapped = []
+
+    class Prediction:
+        def __init__(self, k):
+            self.landmarks = LandmarkSet({n: [float(k), 1.0 + i, 2.0] for i, n in enumerate(NAMES)})
+            self.flags = []
+
+        def with_extras(self):
+            return self.landmarks
+
+    class OverlapPredictor:
+        modality = "MR"
+        calls = 0
+
+        def preprocess(self, image):
+            k = OverlapPredictor.calls
+            OverlapPredictor.calls += 1
+            started[k].set()
+            return np.zeros((2, 2, 2), np.float32), k
+
+        def predict_array(self, array, k):
+            if k + 1 < len(started):
+                overlapped.append(started[k + 1].wait(timeout=10))
+            return Prediction(k)
+
+    report = predict_folder(OverlapPredictor(), inp, tmp_path / "out", progress_bar=False)
+    assert not report.failed, report.failed
+    assert sorted(report.done) == [f"case{k}.nii.gz" for k in range(3)]
+    assert overlapped == [True, True]
+    # and each case's landmarks are its own, not its neighbour's, despite the overlap
+    for k in range(3):
+        got = read_lmkreg_json(tmp_path / "out" / f"case{k}.json")
+        assert got["apex"][0] == pytest.approx(k)

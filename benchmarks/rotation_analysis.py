@@ -10,7 +10,8 @@ the residual rotations (Spearman correlation), case by case.
 
     python benchmarks/rotation_analysis.py --root /tmp/lmkreg_bench [--results benchmarks/results/accuracy.json]
 
-Writes benchmarks/results/rotation_analysis.json and documentation/benchmark_rotation.md.
+Writes benchmarks/results/rotation_analysis.json and documentation/benchmark_rotation.md (for
+``--results .../accuracy_NAME.json``: rotation_analysis_NAME.json, benchmark_rotation_NAME.md).
 """
 from __future__ import annotations
 
@@ -95,9 +96,11 @@ def main() -> None:
         more = f" (+{len(big) - 4} more)" if len(big) > 4 else ""
         lines.append(f"| {trainer} | {rho_est:.2f} (p = {p_est:.2g}) | {rho_h:.2f} | {rho_e:.2f} | "
                      f"{len(big)}: {listed or '–'}{more} |")
-    target = REPO / "benchmarks" / "results" / "rotation_analysis.json"
+    # accuracy.json -> rotation_analysis.json; accuracy_NAME.json -> rotation_analysis_NAME.json
+    suffix = args.results.stem[len("accuracy"):] if args.results.stem.startswith("accuracy") else f"_{args.results.stem}"
+    target = REPO / "benchmarks" / "results" / f"rotation_analysis{suffix}.json"
     target.write_text(json.dumps(out, indent=2))
-    (REPO / "documentation" / "benchmark_rotation.md").write_text("\n".join(lines) + "\n")
+    (REPO / "documentation" / f"benchmark_rotation{suffix}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -17,7 +17,6 @@ from scipy.spatial.transform import Rotation
 from lmkreg.geometry import ImageGeometry, rotation_direction
 from lmkreg.geometry.rigid import RigidTransform
 from lmkreg.io.landmarks import LandmarkSet, read_lmkreg_json, write_lmkreg_json
-from lmkreg.paths import raw_root, results_root
 from lmkreg.registration import fit_rigid
 from lmkreg.registration.cli import main as register_main
 
@@ -217,21 +216,13 @@ def test_summary_holds_the_median_and_the_report_shows_it():
 def toy_models(tmp_path_factory):
     """Toy dataset 7 planned (no preprocessing) and an untrained LandmarkTrainer__MR with folds 0
     and 1 (different random weights)."""
-    from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
     from lmkreg.planning.plans import PLANS_FILE, Plans
     from lmkreg.training.checkpoint import save_checkpoint
     from lmkreg.training.trainers import LandmarkTrainer
-    from toydata import make_toy_dataset
+    from toydata import planned_toy_mr_dataset
 
-    root = tmp_path_factory.mktemp("audit_inference")
-    env = {"LMKREG_raw": str(root / "raw"), "LMKREG_preprocessed": str(root / "pre"),
-           "LMKREG_results": str(root / "res")}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        ds = make_toy_dataset(raw_root(), n_cases=5, dataset_id=7, modalities=("MR",))
-        pre = plan_and_preprocess("7", workers=1, skip_preprocessing=True)
-        folder = results_root() / ds.name / "LandmarkTrainer__MR"
+    env, ds, pre = planned_toy_mr_dataset(tmp_path_factory.mktemp("audit_inference"))
+    folder = Path(env["LMKREG_results"]) / ds.name / "LandmarkTrainer__MR"
     folder.mkdir(parents=True)
     shutil.copy(pre / PLANS_FILE, folder / PLANS_FILE)
     conf = Plans.load(folder / PLANS_FILE).configuration("MR")

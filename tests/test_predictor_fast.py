@@ -56,21 +56,13 @@ def _sharpen(net: nn.Module, seed: int, input_size_zyx) -> None:
 def models(tmp_path_factory):
     """Toy dataset 7 planned (no preprocessing); per trainer (and per norm for LandmarkTrainer)
     a model folder with two folds of different random weights."""
-    from toydata import make_toy_dataset
+    from toydata import planned_toy_mr_dataset
 
-    from lmkreg.paths import raw_root, results_root
-    from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
     from lmkreg.planning.plans import Plans
 
     root = tmp_path_factory.mktemp("predictor_fast")
-    env = {"LMKREG_raw": str(root / "raw"), "LMKREG_preprocessed": str(root / "pre"),
-           "LMKREG_results": str(root / "res")}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        ds = make_toy_dataset(raw_root(), n_cases=5, dataset_id=7, modalities=("MR",))
-        pre = plan_and_preprocess("7", workers=1, skip_preprocessing=True)
-        results = results_root() / ds.name
+    env, ds, pre = planned_toy_mr_dataset(root)
+    results = Path(env["LMKREG_results"]) / ds.name
     plans_doc = json.loads((pre / PLANS_FILE).read_text())
     names = plans_doc["landmarks"]
     folders = {}

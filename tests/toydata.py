@@ -45,3 +45,21 @@ def make_toy_dataset(raw_root: Path, n_cases: int = 6, dataset_id: int = 7, moda
                                    axis=-1)
                 write_image(geom.make_image((d < 0.3).astype(np.uint8)), ds.mask_path(case, m))
     return ds
+
+
+def planned_toy_mr_dataset(root: Path, n_cases: int = 5, dataset_id: int = 7) -> tuple[dict, Dataset, Path]:
+    """An MR-only toy dataset planned (no preprocessing) under its own LMKREG_* folders in
+    `root`: returns those folders as environment variables, the dataset and the
+    preprocessed folder holding plans.json.  For module fixtures that build model folders."""
+    import pytest
+
+    from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
+
+    env = {"LMKREG_raw": str(root / "raw"), "LMKREG_preprocessed": str(root / "pre"),
+           "LMKREG_results": str(root / "res")}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        ds = make_toy_dataset(root / "raw", n_cases=n_cases, dataset_id=dataset_id, modalities=("MR",))
+        pre = plan_and_preprocess(str(dataset_id), workers=1, skip_preprocessing=True)
+    return env, ds, pre

@@ -29,6 +29,19 @@ def orientation_code_from_direction(direction) -> str:
     return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(d)
 
 
+def canonical_axis_order(direction) -> np.ndarray:
+    """Array axis (x=0, y=1, z=2) that becomes each world axis L, P, S in ``reorient_to_canonical``.
+
+    Taken from ITK's orientation code, the assignment ``DICOMOrient`` makes, so it is a
+    permutation even for strongly oblique grids, where the largest direction cosine of two
+    world axes can lie in the same array axis."""
+    code = orientation_code_from_direction(direction)
+    world_of_array = [("LPS".find(c) if c in "LPS" else "RAI".find(c)) for c in code]
+    if sorted(world_of_array) != [0, 1, 2]:  # pragma: no cover - ITK always returns a permutation
+        raise ValueError(f"orientation code {code!r} is not a permutation of the world axes")
+    return np.argsort(world_of_array)
+
+
 def reorient_to_canonical(image: sitk.Image) -> sitk.Image:
     """Permute/flip array axes so the image is closest to LPS.  Voxel values are not resampled."""
     if orientation_code(image) == CANONICAL_ORIENTATION:

@@ -27,7 +27,7 @@ from lmkreg.io.atomic import atomic_path, remove_stale_temporaries, split_suffix
 from lmkreg.io.images import is_image_file, read_image
 from lmkreg.io.landmarks import write_lmkreg_json
 from lmkreg.paths import results_root
-from lmkreg.inference.predictor import LandmarkPredictor, model_folder_for
+from lmkreg.inference.predictor import LandmarkPredictor, Prediction, model_folder_for
 
 
 @dataclass
@@ -70,7 +70,7 @@ def list_images(folder: Path, num_parts: int = 1, part_id: int = 0) -> list[Path
     return images[part_id::num_parts]
 
 
-def write_case_outputs(pred, json_path: Path, mrk_path: Path, write_landmarks) -> None:
+def write_case_outputs(pred: Prediction, json_path: Path, mrk_path: Path) -> None:
     """Write a case's ``NAME.mrk.json`` and ``NAME.json`` so that they always belong together.
 
     Both are first written completely to temporaries: a failure there (disk full) leaves any
@@ -78,6 +78,8 @@ def write_case_outputs(pred, json_path: Path, mrk_path: Path, write_landmarks) -
     place and the ``NAME.json`` last, since it marks the case complete.  A run killed between
     those steps leaves the case without ``NAME.json``, so the next run predicts it again instead
     of skipping a new ``.mrk.json`` next to an old ``.json`` (after ``--overwrite``)."""
+    from lmkreg.io.landmark_files import write_landmarks
+
     with atomic_path(json_path) as tmp_json:
         with atomic_path(mrk_path) as tmp_mrk:
             write_landmarks(pred.landmarks, tmp_mrk)
@@ -87,8 +89,6 @@ def write_case_outputs(pred, json_path: Path, mrk_path: Path, write_landmarks) -
 
 def predict_folder(predictor: LandmarkPredictor, input_folder: Path, output_folder: Path, overwrite: bool = False,
                    num_parts: int = 1, part_id: int = 0, progress_bar: bool = True) -> FolderReport:
-    from lmkreg.io.landmark_files import write_landmarks
-
     check_writable(output_folder)
     stale = remove_stale_temporaries(output_folder)
     if stale:
@@ -113,7 +113,7 @@ def predict_folder(predictor: LandmarkPredictor, input_folder: Path, output_fold
                 array, grid = current.result()
                 pred = predictor.predict_array(array, grid)
                 json_path, mrk_path = output_paths(image, output_folder)
-                write_case_outputs(pred, json_path, mrk_path, write_landmarks)
+                write_case_outputs(pred, json_path, mrk_path)
                 report.done.append(image.name)
                 if pred.flags:
                     report.unreliable[image.name] = pred.flags

@@ -16,7 +16,7 @@ import SimpleITK as sitk
 
 from lmkreg.dataset.layout import Dataset
 from lmkreg.geometry import ImageGeometry, orientation_code
-from lmkreg.geometry.canonical import orientation_code_from_direction
+from lmkreg.geometry.canonical import canonical_axis_order
 from lmkreg.io.atomic import atomic_write_json
 from lmkreg.io.images import read_image
 from lmkreg.io.landmarks import read_lmkreg_json
@@ -31,25 +31,11 @@ def image_centre_world(geometry: ImageGeometry) -> np.ndarray:
     return geometry.index_to_world((np.asarray(geometry.shape_zyx, float) - 1) / 2)
 
 
-def canonical_axes(geometry: ImageGeometry) -> np.ndarray:
-    """Array axis (x=0, y=1, z=2) that becomes each world axis L, P, S after reorientation.
-
-    The same assignment SimpleITK's ``DICOMOrient(image, "LPS")`` makes (from ITK's
-    orientation code), so it is a permutation even for strongly oblique grids, where the
-    largest direction cosine of two world axes can lie in the same array axis.
-    """
-    code = orientation_code_from_direction(geometry.direction)
-    world_of_array = [("LPS".find(c) if c in "LPS" else "RAI".find(c)) for c in code]
-    if sorted(world_of_array) != [0, 1, 2]:  # pragma: no cover - ITK always returns a permutation
-        raise ValueError(f"orientation code {code!r} is not a permutation of the world axes")
-    return np.argsort(world_of_array)
-
-
 def canonical_spacing_zyx(geometry: ImageGeometry) -> np.ndarray:
     """Spacing along the world S, P, L axes, i.e. the spacing (z, y, x) of the image
-    reoriented to LPS (array z, y, x = world S, P, L)."""
+    reoriented to LPS (array z, y, x = world S, P, L; axis assignment as DICOMOrient's)."""
     spacing = np.asarray(geometry.spacing_xyz, float)
-    return spacing[canonical_axes(geometry)][::-1].astype(float)
+    return spacing[canonical_axis_order(geometry.direction)][::-1].astype(float)
 
 
 def _intensity_region(array: np.ndarray, mask: Optional[np.ndarray]) -> np.ndarray:
@@ -109,7 +95,7 @@ def case_fingerprint(job: _CaseJob) -> dict:
 
 def _canonical_shape(geometry: ImageGeometry) -> np.ndarray:
     shape_xyz = np.asarray(geometry.shape_zyx[::-1])
-    return shape_xyz[canonical_axes(geometry)][::-1].astype(float)
+    return shape_xyz[canonical_axis_order(geometry.direction)][::-1].astype(float)
 
 
 def _summary(cases: list[dict], names: list[str]) -> dict:

@@ -1,9 +1,13 @@
 """``lmkreg_predict -i IN -o OUT -d ID -m MR|US``: landmarks for every image of a folder.
 
+IN may be an image file, a folder of images, a folder holding one DICOM series, or a folder
+whose subfolders each hold one DICOM series (the case is named after the folder).
+
 Writes per image ``NAME.mrk.json`` (3D Slicer markups, LPS) and ``NAME.json`` (lmkreg JSON with
 per-landmark confidence and a reliability flag).  Models are loaded once; the next image is
 read and preprocessed in a background thread while the current one runs through the networks.
-Existing outputs are skipped unless ``--overwrite``; ``--num-parts/--part-id`` shard a large
+Existing outputs are skipped unless ``--overwrite``; a same-named file lmkreg did not write
+(e.g. a dcm2niix ``NAME.json`` sidecar) stops the run before any work unless ``--overwrite``; ``--num-parts/--part-id`` shard a large
 folder over machines.  A case that fails is reported by file name and the run goes on; the
 exit status is 1 if any case failed.
 """
@@ -16,15 +20,16 @@ import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 from tqdm import tqdm
 
-from lmkreg.cli_utils import friendly_errors
+from lmkreg.cli_utils import choose_trainer, error_line, friendly_errors, make_parser
 from lmkreg.dataset.layout import find_dataset
 from lmkreg.errors import ConfigurationError, InputError, LmkregError
 from lmkreg.io.atomic import atomic_path, remove_stale_temporaries, split_suffix
-from lmkreg.io.images import is_image_file, read_image
+from lmkreg.io.inputs import InputImage, find_input_images
+from lmkreg.io.ownership import check_replaceable
 from lmkreg.io.landmarks import write_lmkreg_json
 from lmkreg.paths import results_root
 from lmkreg.inference.predictor import LandmarkPredictor, Prediction, model_folder_for
@@ -38,8 +43,8 @@ class FolderReport:
     unreliable: dict[str, list[str]] = field(default_factory=dict)
 
 
-def output_paths(image: Path, out_dir: Path) -> tuple[Path, Path]:
-    stem, _ = split_suffix(image)
+def output_paths(image: Union[Path, InputImage], out_dir: Path) -> tuple[Path, Path]:
+    stem = image.stem if isinstance(image, InputImage) else split_suffix(image)[0]
     return out_dir / f"{stem}.json", out_dir / f"{stem}.mrk.json"
 
 
@@ -54,19 +59,19 @@ def check_writable(folder: Path) -> None:
         raise ConfigurationError(f"{folder}: output folder is not writable ({exc.strerror or exc})") from None
 
 
-def list_images(folder: Path, num_parts: int = 1, part_id: int = 0) -> list[Path]:
-    if not folder.is_dir():
-        raise ConfigurationError(f"{folder}: input folder not found")
+def list_images(folder: Path, num_parts: int = 1, part_id: int = 0, series: Optional[str] = None
+                ) -> list[InputImage]:
+    """The images of `folder` (image files, DICOM series folders; see lmkreg.io.inputs), this part's share."""
     if not 0 <= part_id < num_parts:
         raise ConfigurationError(f"--part-id must be in 0..{num_parts - 1}, got {part_id}")
-    images = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
-    first: dict[str, Path] = {}
+    images = find_input_images(folder, series)
+    first: dict[str, InputImage] = {}
     for image in images:  # a.nii.gz and a.nrrd would both be written as a.json: refuse before any work
-        other = first.setdefault(split_suffix(image)[0], image)
+        other = first.setdefault(image.stem, image)
         if other != image:
-            stem = split_suffix(image)[0]
-            raise InputError(image, f"same name as {other.name} apart from the file ending, so both would be "
-                                    f"written as {stem}.json and {stem}.mrk.json; rename or move one of them")
+            stem = image.stem
+            raise InputError(image.path, f"same name as {other.label} apart from the file ending, so both would be "
+                                         f"written as {stem}.json and {stem}.mrk.json; rename or move one of them")
     return images[part_id::num_parts]
 
 
@@ -88,21 +93,25 @@ def write_case_outputs(pred: Prediction, json_path: Path, mrk_path: Path) -> Non
 
 
 def predict_folder(predictor: LandmarkPredictor, input_folder: Path, output_folder: Path, overwrite: bool = False,
-                   num_parts: int = 1, part_id: int = 0, progress_bar: bool = True) -> FolderReport:
+                   num_parts: int = 1, part_id: int = 0, progress_bar: bool = True,
+                   series: Optional[str] = None) -> FolderReport:
     check_writable(output_folder)
     stale = remove_stale_temporaries(output_folder)
     if stale:
         tqdm.write(f"removed {len(stale)} temporary file(s) left by an interrupted run", file=sys.stderr)
     report = FolderReport()
     todo = []
-    for image in list_images(input_folder, num_parts, part_id):
+    images = list_images(input_folder, num_parts, part_id, series)
+    # never replace a file lmkreg did not write (a dcm2niix NAME.json sidecar): refuse before any work
+    check_replaceable([p for image in images for p in output_paths(image, output_folder)], overwrite)
+    for image in images:
         if not overwrite and all(p.is_file() for p in output_paths(image, output_folder)):
-            report.skipped.append(image.name)
+            report.skipped.append(image.label)
         else:
             todo.append(image)
 
-    def load(path: Path):
-        return predictor.preprocess(read_image(path))
+    def load(image: InputImage):
+        return predictor.preprocess(image.read())
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         future: Optional[Future] = pool.submit(load, todo[0]) if todo else None
@@ -114,46 +123,63 @@ def predict_folder(predictor: LandmarkPredictor, input_folder: Path, output_fold
                 pred = predictor.predict_array(array, grid)
                 json_path, mrk_path = output_paths(image, output_folder)
                 write_case_outputs(pred, json_path, mrk_path)
-                report.done.append(image.name)
+                report.done.append(image.label)
                 if pred.flags:
-                    report.unreliable[image.name] = pred.flags
+                    report.unreliable[image.label] = pred.flags
             except (LmkregError, ValueError, RuntimeError, OSError) as exc:
-                report.failed[image.name] = str(exc)
-                tqdm.write(f"error: {image}: {exc}", file=sys.stderr)
+                report.failed[image.label] = error_line(image.path, exc)
+                tqdm.write(f"error: {error_line(image.path, exc)}", file=sys.stderr)
     return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser("lmkreg_predict", __doc__)
+    p.add_argument("-i", "--input", required=True, type=Path,
+                   help="an image file, a folder of images (NIfTI, NRRD, MHA), a folder holding one DICOM series, "
+                        "or a folder whose subfolders each hold one DICOM series (one case each)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="folder for landmark files")
+    p.add_argument("-d", "--dataset", required=True, help="dataset the models were trained on (id or name)")
+    p.add_argument("-m", "--modality", required=True, help="modality, e.g. MR or US")
+    p.add_argument("-tr", "--trainer", default=None,
+                   help="trainer of the model (default: the only model trained for this modality; with several, "
+                        "the error lists them)")
+    p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (default: all trained)")
+    p.add_argument("-chk", "--checkpoint", default="final", choices=["final", "best", "latest"],
+                   help="which checkpoint of each fold to use (default final)")
+    p.add_argument("--series", default=None, metavar="UID_OR_DESCRIPTION",
+                   help="DICOM folders holding several series: read the one with this SeriesInstanceUID or "
+                        "series description")
+    p.add_argument("--tta", action="store_true", help="add left-right mirrored predictions")
+    p.add_argument("--overwrite", action="store_true",
+                   help="predict again cases whose outputs exist, and replace same-named files lmkreg did not write")
+    p.add_argument("--num-parts", type=int, default=1, help="split the folder into this many parts")
+    p.add_argument("--part-id", type=int, default=0, help="which part this process predicts")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"],
+                   help="where the networks run (default: cuda if available)")
+    p.add_argument("--no-optimize", action="store_true",
+                   help="on CPU, run the networks in eager mode instead of as optimised TorchScript modules")
+    p.add_argument("--trainer-module", action="append", default=[], help="module (file.py or dotted) with a custom trainer")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
 
 
 @friendly_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="lmkreg_predict", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-i", "--input", required=True, type=Path, help="folder of images (NIfTI, NRRD, MHA)")
-    p.add_argument("-o", "--output", required=True, type=Path, help="folder for landmark files")
-    p.add_argument("-d", "--dataset", required=True, help="dataset the models were trained on (id or name)")
-    p.add_argument("-m", "--modality", required=True, help="modality, e.g. MR or US")
-    p.add_argument("-tr", "--trainer", default="LandmarkTrainer", help="trainer (default LandmarkTrainer)")
-    p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (default: all trained)")
-    p.add_argument("-chk", "--checkpoint", default="final", choices=["final", "best", "latest"])
-    p.add_argument("--tta", action="store_true", help="add left-right mirrored predictions")
-    p.add_argument("--overwrite", action="store_true", help="predict again cases whose outputs exist")
-    p.add_argument("--num-parts", type=int, default=1, help="split the folder into this many parts")
-    p.add_argument("--part-id", type=int, default=0, help="which part this process predicts")
-    p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"])
-    p.add_argument("--no-optimize", action="store_true",
-                   help="on CPU, run the networks in eager mode instead of as optimised TorchScript modules")
-    p.add_argument("--trainer-module", action="append", default=[], help="module (file.py or dotted) with a custom trainer")
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     dataset_name = find_dataset(args.dataset).name
-    folder = model_folder_for(results_root() / dataset_name, args.trainer, args.modality)
+    results = results_root() / dataset_name
+    folder = model_folder_for(results, choose_trainer(results, args.modality, args.trainer), args.modality)
+    list_images(args.input, args.num_parts, args.part_id, args.series)  # bad input fails before models load
     predictor = LandmarkPredictor(folder, args.folds, args.checkpoint, args.device, args.tta, args.trainer_module,
                                   optimize=not args.no_optimize)
-    report = predict_folder(predictor, args.input, args.output, args.overwrite, args.num_parts, args.part_id)
+    report = predict_folder(predictor, args.input, args.output, args.overwrite, args.num_parts, args.part_id,
+                            progress_bar=not args.no_progress, series=args.series)
     print(f"{len(report.done)} predicted, {len(report.skipped)} skipped (outputs exist), {len(report.failed)} failed; "
           f"{len(report.unreliable)} flagged unreliable")
     for name, flags in report.unreliable.items():
         print(f"  unreliable: {name}: {'; '.join(flags)}")
     for name, msg in report.failed.items():
-        print(f"  failed: {name}: {msg}", file=sys.stderr)
+        print(f"  failed: {msg}", file=sys.stderr)  # msg names the file
     return 1 if report.failed else 0
 
 

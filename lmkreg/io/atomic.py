@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator, Union
 
@@ -69,6 +70,25 @@ def remove_stale_temporaries(folder: PathLike) -> list[Path]:
     return removed
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it, under a lock so threads agree)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def apply_umask_mode(path: PathLike) -> None:
+    """Give `path` the mode an ordinary ``open()`` would (0666 minus the umask: 0644 under 022).
+
+    ``mkstemp`` creates 0600 files so colleagues sharing a server could not read models,
+    predictions or transforms; outputs follow the user's umask instead."""
+    os.chmod(path, 0o666 & ~current_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path with the same suffix; move it onto `path` on success.
@@ -87,6 +107,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        apply_umask_mode(tmp_path)
         os.replace(tmp_path, target)
     except OSError as exc:  # disk full, quota, permissions: the old file (if any) is untouched
         raise OutputError(target, f"could not be written ({exc.strerror or exc}); any previous version is "

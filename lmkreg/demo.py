@@ -9,7 +9,6 @@ preset and short training, about 2 minutes, to see every stage work (not to judg
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from lmkreg.cli_utils import friendly_errors
+from lmkreg.cli_utils import friendly_errors, make_parser
 
 
 @dataclass(frozen=True)
@@ -161,21 +160,20 @@ def run_demo(quick: bool = False, output: Path = Path("lmkreg_demo"), dataset_id
 
 @friendly_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="lmkreg_demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser("lmkreg_demo", __doc__)
     p.add_argument("--quick", action="store_true", help="tiny phantoms and short training (about 2 min)")
     p.add_argument("-o", "--output", type=Path, default=Path("lmkreg_demo"),
                    help="folder for predictions, transforms and the report (default ./lmkreg_demo)")
-    p.add_argument("-d", "--dataset-id", type=int, default=None,
+    p.add_argument("-d", "--dataset", type=int, default=None,
                    help=f"dataset id (default {DEMO_DATASET_ID['default']}, with --quick {DEMO_DATASET_ID['quick']})")
     p.add_argument("-tr", "--trainer", default=DEMO_TRAINER,
                    help=f"trainer for both modalities (default {DEMO_TRAINER}, the most accurate in the accuracy "
                         f"benchmark; LandmarkTrainer_Variance is the paper's DSNT method)")
     p.add_argument("--train-minutes", type=float, default=None, help="training budget per modality")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the phantoms and the training (default 0)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     args = p.parse_args(argv)
-    run_demo(args.quick, args.output, args.dataset_id, args.trainer, args.train_minutes, args.seed, args.workers)
+    run_demo(args.quick, args.output, args.dataset, args.trainer, args.train_minutes, args.seed, args.workers)
     return 0
 
 

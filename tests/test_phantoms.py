@@ -211,7 +211,7 @@ def test_calcifications_cast_acoustic_shadows():
 
 
 def test_cli_writes_a_readable_dataset(capsys):
-    argv = ["-d", "3", "-n", "2", "--num-test", "1", "--preset", "tiny", "--seed", "5", "-j", "2", "--no-progress"]
+    argv = ["-d", "3", "-n", "2", "--num-test", "1", "--preset", "tiny", "--seed", "5", "--workers", "2", "--no-progress"]
     assert cli_main(argv) == 0
     folder = raw_root() / "Dataset003_Phantom"
     assert str(folder) in capsys.readouterr().out
@@ -242,7 +242,7 @@ def test_cli_writes_a_readable_dataset(capsys):
 
 
 def test_cli_refuses_to_overwrite_or_reuse_a_dataset_id(capsys):
-    argv = ["-d", "4", "-n", "1", "--preset", "tiny", "-j", "1", "--no-progress"]
+    argv = ["-d", "4", "-n", "1", "--preset", "tiny", "--workers", "1", "--no-progress"]
     assert cli_main(argv) == 0
     image = raw_root() / "Dataset004_Phantom" / "imagesTr" / "Phantom_000_MR.nii.gz"
     before = image.stat().st_mtime_ns

@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from lmkreg.cli_utils import friendly_errors
+from lmkreg.cli_utils import friendly_errors, make_parser
 from lmkreg.errors import ConfigurationError
+from lmkreg.io.landmark_names import parse_landmark_map
 from lmkreg.io.landmarks import DEFAULT_LANDMARK_NAMES
 
 
@@ -29,16 +30,20 @@ def _modality_paths(values: Optional[Sequence[str]], option: str) -> dict[str, P
 
 
 def build_import_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lmkreg_import",
+    parser = make_parser(
+        "lmkreg_import", raw=False,
         description="Import images, landmarks (Slicer .mrk.json / .fcsv, lmkreg .json, or label maps) and optional "
                     "prostate masks into $LMKREG_raw/DatasetNNN_NAME (images converted with SimpleITK, geometry "
                     "kept; landmarks written as lmkreg JSON in LPS mm). Files are matched across folders by case "
                     "name: the file name without its suffix and without trailing tokens such as _MR, _US, _T2, "
-                    "_image, _label, _mask, _landmarks (see documentation/datasets.md), or --case-regex.",
+                    "_image, _label, _mask, _landmarks (see documentation/datasets.md), or --case-regex. An image "
+                    "folder may hold DICOM series: a subfolder with one series is one case named after the "
+                    "subfolder (a folder that is itself one series: named after the folder). One folder may hold "
+                    "both modalities: NAME_MR and NAME_US files go to their modality.",
         epilog="Example: lmkreg_import -d 5 --name MyData --images MR=/data/mr --images US=/data/us "
-               "--landmarks MR=/data/mr_lmk --landmark-labelmaps US=/data/us_labels --masks MR=/data/mr_masks")
-    parser.add_argument("-d", "--dataset-id", type=int, required=True, help="dataset number (1-999)")
+               "--landmarks MR=/data/mr_lmk --landmark-labelmaps US=/data/us_labels --masks MR=/data/mr_masks "
+               "--landmark-map Apex=apex BN=bladder_neck PM=posterior_median")
+    parser.add_argument("-d", "--dataset", type=int, required=True, help="dataset number (1-999)")
     parser.add_argument("--name", required=True, help="dataset name after DatasetNNN_ (letters, digits, _ and -)")
     parser.add_argument("--images", action="append", required=True, metavar="MOD=FOLDER",
                         help="image folder of a modality (repeat per modality)")
@@ -53,6 +58,13 @@ def build_import_parser() -> argparse.ArgumentParser:
     parser.add_argument("--masks", action="append", metavar="MOD=FOLDER", help="prostate mask folder of a modality")
     parser.add_argument("--landmark-names", nargs="+", default=list(DEFAULT_LANDMARK_NAMES), metavar="NAME",
                         help=f"landmark names, matched by name in the files (default {' '.join(DEFAULT_LANDMARK_NAMES)})")
+    parser.add_argument("--landmark-map", nargs="+", default=None, metavar="FILE_NAME=DATASET_NAME",
+                        help="rename landmark labels of the files to dataset landmark names, e.g. Apex=apex "
+                             "BN=bladder_neck PM=posterior_median (compared ignoring upper/lower case); other "
+                             "labels are ignored and listed")
+    parser.add_argument("--series", action="append", default=None, metavar="[MOD=]SERIES",
+                        help="DICOM folders holding several series: import the series with this SeriesInstanceUID "
+                             "or description (MOD= limits it to one modality; repeat per modality)")
     parser.add_argument("--split", choices=["Tr", "Ts"], default="Tr", help="training (Tr, default) or test (Ts)")
     parser.add_argument("--file-ending", default=".nii.gz", help="image format in the dataset (default .nii.gz)")
     parser.add_argument("--case-regex", default=None, metavar="REGEX",
@@ -79,27 +91,41 @@ def import_main(argv: Optional[Sequence[str]] = None) -> int:
         unknown = sorted(set(given) - set(images))
         if unknown:
             raise ConfigurationError(f"{opt} for modality {unknown[0]} but no --images {unknown[0]}=FOLDER")
+    series = _series_choice(args.series, list(images))
     sources = {m: ModalitySource(images=folder, landmarks=optional["--landmarks"].get(m),
                                  masks=optional["--masks"].get(m),
                                  landmark_labelmaps=optional["--landmark-labelmaps"].get(m),
-                                 labelmap_labels=args.labelmap_labels)
+                                 labelmap_labels=args.labelmap_labels, series=series.get(m))
                for m, folder in images.items()}
-    report = import_dataset(args.dataset_id, args.name, sources, args.landmark_names, split=args.split,
+    report = import_dataset(args.dataset, args.name, sources, args.landmark_names, split=args.split,
                             file_ending=args.file_ending, overwrite=args.overwrite, case_pattern=args.case_regex,
                             skip_incomplete=args.skip_incomplete, description=args.description,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress,
+                            landmark_map=parse_landmark_map(args.landmark_map))
     print(report.format())
-    print(f"next: lmkreg_verify_dataset -d {args.dataset_id}")
+    print(f"next: lmkreg_verify_dataset -d {args.dataset}")
     return 0 if report.ok else 1
 
 
+def _series_choice(values: Optional[Sequence[str]], modalities: Sequence[str]) -> dict[str, str]:
+    """['t2 tse', 'US=1.2.3'] -> {'MR': 't2 tse', 'US': '1.2.3'} (a value without MOD= applies to all)."""
+    out: dict[str, str] = {}
+    for value in values or []:
+        modality, sep, rest = value.partition("=")
+        if sep and modality.strip() in modalities:
+            out[modality.strip()] = rest.strip()
+        else:
+            out.update({m: value.strip() for m in modalities if m not in out})
+    return out
+
+
 def build_verify_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lmkreg_verify_dataset",
+    parser = make_parser(
+        "lmkreg_verify_dataset", raw=False,
         description="Check every case of a dataset in $LMKREG_raw (images, masks, landmarks, transforms, case ids, "
                     "stray files) and print one report. Exit status 0 = no errors, 1 = errors found "
                     "(with --strict also warnings), 2 = the dataset could not be opened.")
-    parser.add_argument("-d", "--dataset-id", required=True, help="dataset number or full name (DatasetNNN_Name)")
+    parser.add_argument("-d", "--dataset", required=True, help="dataset number or full name (DatasetNNN_Name)")
     parser.add_argument("--strict", action="store_true", help="treat warnings as errors (exit 1)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
@@ -112,7 +138,7 @@ def verify_main(argv: Optional[Sequence[str]] = None) -> int:
     from lmkreg.dataset.layout import open_dataset
     from lmkreg.dataset.verify import verify_dataset
 
-    report = verify_dataset(open_dataset(args.dataset_id), progress=not args.no_progress)
+    report = verify_dataset(open_dataset(args.dataset), progress=not args.no_progress)
     print(report.format())
     sys.stdout.flush()
     failed = not report.ok or (args.strict and bool(report.warnings))

@@ -70,6 +70,7 @@ class ModalitySource:
     masks: Optional[PathLike] = None
     landmark_labelmaps: Optional[PathLike] = None
     labelmap_labels: Optional[Sequence[int]] = None
+    series: Optional[str] = None  # DICOM folders with several series: SeriesInstanceUID or description
 
 
 @dataclass
@@ -149,22 +150,79 @@ def case_name(filename: str, modality: str, kind: str = "image",
 
 @dataclass
 class _FolderScan:
-    files: dict[str, Path] = field(default_factory=dict)  # case -> file
+    files: dict[str, Path] = field(default_factory=dict)  # case -> file (or DICOM series folder)
     problems: list[str] = field(default_factory=list)
     ignored: list[Path] = field(default_factory=list)
 
 
-def _scan_folder(folder: PathLike, modality: str, kind: str, case_pattern) -> _FolderScan:
-    """Case -> file for one source folder; duplicates and unsafe names become problems."""
+# words in file names that name a modality (compared ignoring case); a modality's own name counts too
+MODALITY_WORDS = {"MR": ("mr", "mri", "t2", "t2w"), "US": ("us", "trus")}
+
+
+def _trailing_tokens(stem: str, modality: str) -> list[str]:
+    """The tokens case_name_from_stem strips from `stem`, last first (lower case)."""
+    tokens = set(STRIP_TOKENS) | {modality.lower()}
+    out, name = [], stem
+    while True:
+        cut = max(name.rfind(sep) for sep in _SEPARATORS)
+        if cut <= 0 or name[cut + 1:].lower() not in tokens:
+            return out
+        out.append(name[cut + 1:].lower())
+        name = name[:cut]
+
+
+def _words(modality: str) -> set[str]:
+    return {modality.lower(), *MODALITY_WORDS.get(modality.upper(), ())}
+
+
+def names_other_modality(stem: str, modality: str, modalities: Sequence[str] = ()) -> Optional[str]:
+    """The other modality a file name's suffix names (``CASE_US`` scanned for MR -> 'US'), else None.
+
+    One folder may hold both modalities (lmkreg's own ``imagesTs``): a file is then read as the
+    modality its ``_MR`` / ``_US`` suffix (or a modality name from dataset.json) says."""
+    own = _words(modality)
+    others = {m: _words(m) - own for m in {*modalities, *MODALITY_WORDS} if m.lower() != modality.lower()}
+    found = _trailing_tokens(stem, "") + _trailing_tokens(stem, modality)
+    if any(t in own for t in found):
+        return None
+    for other, words in sorted(others.items()):
+        if any(t in words for t in found) or any(stem.lower().endswith(sep + w) for w in words for sep in _SEPARATORS):
+            return other
+    return None
+
+
+def _scan_folder(folder: PathLike, modality: str, kind: str, case_pattern, modalities: Sequence[str] = (),
+                 dicom: bool = False) -> _FolderScan:
+    """Case -> file for one source folder; duplicates and unsafe names become problems.
+
+    With `dicom`, a subfolder holding a DICOM series is one case named after the subfolder, and
+    a folder that itself holds a series is one case named after the folder."""
+    from lmkreg.io.dicom import find_series, is_hidden
+
     root = Path(folder)
     if not root.is_dir():
         raise InputError(root, f"{modality} {kind} folder not found (or not a folder)")
     scan = _FolderScan()
     by_lower: dict[str, list[tuple[str, Path]]] = {}
-    for f in sorted(root.iterdir()):
-        if f.name.startswith(".") or not f.is_file() or f.name.lower().endswith(_DATA_COMPANIONS):
+    entries = [f for f in sorted(root.iterdir()) if not is_hidden(f)]  # also macOS ._NAME files
+    candidates: list[tuple[Path, Optional[str]]] = []  # (file or series folder, its name without suffix)
+    for f in entries:
+        if f.is_dir():
+            if dicom and find_series(f):
+                candidates.append((f, f.name))
             continue
-        case = case_name(f.name, modality, "landmarks" if kind == "landmarks" else "image", case_pattern)
+        if f.name.lower().endswith(_DATA_COMPANIONS):
+            continue
+        candidates.append((f, strip_format_suffix(f.name, "landmarks" if kind == "landmarks" else "image")))
+    if dicom and not any(stem for f, stem in candidates if f.is_file()) and find_series(root):
+        candidates = [(root, root.name)]  # the folder itself is one series (its other files are slices)
+    for f, stem in candidates:
+        if stem is None:
+            scan.ignored.append(f)
+            continue
+        if names_other_modality(stem, modality, modalities):
+            continue  # the other modality's file in a shared folder
+        case = case_name_from_stem(stem, modality, case_pattern)
         if case is None:
             scan.ignored.append(f)
             continue
@@ -177,8 +235,13 @@ def _scan_folder(folder: PathLike, modality: str, kind: str, case_pattern) -> _F
     for group in by_lower.values():
         if len(group) > 1:
             listed = ", ".join(p.name for _, p in group)
-            scan.problems.append(f"{root}: files {listed} all map to case {group[0][0]!r} (names that differ only by "
-                                 f"upper/lower case count as the same case); keep one")
+            if len({c for c, _ in group}) > 1:
+                why = "names that differ only by upper/lower case count as the same case"
+            else:
+                why = ("the case name is the file name without its suffix and without trailing words such as "
+                       "_MR, _US, _image, _mask; or set it with --case-regex")
+            scan.problems.append(f"{root}: {modality} {kind} {listed} all map to case {group[0][0]!r} ({why}); "
+                                 f"keep one per case")
         else:
             case, f = group[0]
             scan.files[case] = f
@@ -251,13 +314,14 @@ def _path_only_dataset(folder: Path, spec: DatasetSpec) -> Dataset:
     return ds
 
 
-def _plan(sources: Mapping[str, ModalitySource], case_pattern, report: ImportReport
-          ) -> tuple[dict[str, _CasePlan], list[str]]:
+def _plan(sources: Mapping[str, ModalitySource], case_pattern, report: ImportReport,
+          modalities: Sequence[str] = ()) -> tuple[dict[str, _CasePlan], list[str]]:
     problems: list[str] = []
     plans: dict[str, _CasePlan] = {}
     orphans: list[str] = []
+    modalities = list(dict.fromkeys([*sources, *modalities]))
     for modality, src in sources.items():
-        images = _scan_folder(src.images, modality, "images", case_pattern)
+        images = _scan_folder(src.images, modality, "images", case_pattern, modalities, dicom=True)
         problems += images.problems
         report.ignored_files += images.ignored
         for case, f in images.files.items():
@@ -266,7 +330,8 @@ def _plan(sources: Mapping[str, ModalitySource], case_pattern, report: ImportRep
                              ("mask", src.masks)):
             if folder is None:
                 continue
-            scan = _scan_folder(folder, modality, "landmarks" if kind == "landmarks" else "images", case_pattern)
+            scan = _scan_folder(folder, modality, "landmarks" if kind == "landmarks" else kind, case_pattern,
+                                modalities)
             problems += scan.problems
             report.ignored_files += scan.ignored
             for case, f in scan.files.items():
@@ -283,7 +348,8 @@ def _plan(sources: Mapping[str, ModalitySource], case_pattern, report: ImportRep
             problems.append(f"case names {other!r} and {case!r} differ only by upper/lower case "
                             f"(files {sorted(map(str, plans[other].image.values()))[0]} and "
                             f"{sorted(map(str, plans[case].image.values()))[0]}); rename one")
-    return plans, problems
+    report.ignored_files = list(dict.fromkeys(report.ignored_files))  # a folder shared by modalities: once
+    return plans, list(dict.fromkeys(problems))
 
 
 def _incomplete(plan: _CasePlan, sources: Mapping[str, ModalitySource]) -> list[str]:
@@ -314,12 +380,16 @@ def _binary_mask(mask: sitk.Image, path: Path) -> sitk.Image:
 
 
 def _read_case(plan: _CasePlan, sources: Mapping[str, ModalitySource], names: Sequence[str],
-               warnings: list[str]) -> dict[str, tuple[sitk.Image, Optional[sitk.Image], LandmarkSet]]:
+               warnings: list[str], landmark_map: Optional[Mapping[str, str]] = None
+               ) -> dict[str, tuple[sitk.Image, Optional[sitk.Image], LandmarkSet]]:
     """Read and check every file of a case (nothing is written here)."""
+    from lmkreg.io.dicom import read_image_or_series
+    from lmkreg.io.landmark_names import rename_landmarks
+
     out = {}
     for modality, src in sources.items():
         image_path = plan.image[modality]
-        image = read_image(image_path)
+        image = read_image_or_series(image_path, src.series)
         mask = None
         if modality in plan.mask:
             mask_path = plan.mask[modality]
@@ -332,7 +402,7 @@ def _read_case(plan: _CasePlan, sources: Mapping[str, ModalitySource], names: Se
             warnings.append(f"case {plan.case}: no {modality} mask in {src.masks}; imported without a mask")
         if modality in plan.landmarks:
             lm_path = plan.landmarks[modality]
-            everything = read_landmarks(lm_path)
+            everything = rename_landmarks(read_landmarks(lm_path), landmark_map or {}, names, lm_path)
             extra = [n for n in everything.names if n not in names]
             landmarks = everything.select(list(names), source=lm_path)
             if extra:
@@ -360,7 +430,8 @@ def import_dataset(dataset_id: int, name: str, sources: Mapping[str, ModalitySou
                    landmark_names: Sequence[str] = DEFAULT_LANDMARK_NAMES, split: str = "Tr",
                    file_ending: str = ".nii.gz", overwrite: bool = False,
                    case_pattern: Optional[str] = None, *, skip_incomplete: bool = False,
-                   description: str = "", progress: bool = True) -> ImportReport:
+                   description: str = "", progress: bool = True,
+                   landmark_map: Optional[Mapping[str, str]] = None) -> ImportReport:
     """Import `sources` (modality -> ModalitySource) as split `split` of DatasetNNN_name in $LMKREG_raw.
 
     Images become ``images{split}/CASE_MOD{file_ending}`` (SimpleITK, geometry unchanged),
@@ -384,9 +455,11 @@ def import_dataset(dataset_id: int, name: str, sources: Mapping[str, ModalitySou
                 from None
     folder, spec = _resolve_dataset(dataset_id, name, list(sources), names, file_ending, description)
     report = ImportReport(folder=folder, split=split)
-    plans, problems = _plan(sources, case_pattern, report)
+    plans, problems = _plan(sources, case_pattern, report, spec.modalities)
     if not plans and not problems:
-        raise InputError(None, "no images found: " + ", ".join(f"{m}: {s.images}" for m, s in sources.items()))
+        from lmkreg.io.dicom import describe_folder
+        raise InputError(None, "no images found (image files or DICOM series): " + "; ".join(
+            f"{m}: {s.images} ({describe_folder(s.images)})" for m, s in sources.items()))
     complete: list[_CasePlan] = []
     incomplete: dict[str, str] = {}
     for case in sorted(plans):
@@ -411,7 +484,8 @@ def import_dataset(dataset_id: int, name: str, sources: Mapping[str, ModalitySou
     bar = tqdm(complete, desc=f"import {ds.name}", unit="case", disable=None if progress else True, leave=False)
     for plan in bar:
         try:
-            content = _read_case(plan, sources, names, report.warnings)
+            content = _read_case(plan, sources, names, report.warnings,
+                                 {k.lower(): v for k, v in (landmark_map or {}).items()})
         except LmkregError as exc:
             report.failed[plan.case] = str(exc)
             continue

@@ -15,14 +15,13 @@ exit status is 1 if no case could be evaluated.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from lmkreg.cli_utils import friendly_errors
+from lmkreg.cli_utils import friendly_errors, make_parser
 from lmkreg.dataset.layout import Dataset, check_case_id, open_dataset
 from lmkreg.errors import ConfigurationError
 from lmkreg.evaluation.evaluate import MODALITIES, CaseResult, evaluate_cases, find_prediction, summarize
@@ -176,8 +175,7 @@ def summary_table(summary: dict) -> str:
 
 @friendly_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="lmkreg_evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser("lmkreg_evaluate", __doc__)
     p.add_argument("-d", "--dataset", required=True, help="dataset id or name (ground truth)")
     p.add_argument("--mr-pred", type=Path, required=True, help="folder of predicted MR landmark files")
     p.add_argument("--us-pred", type=Path, required=True, help="folder of predicted US landmark files")
@@ -187,7 +185,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--qc", type=int, default=5, metavar="N", help="QC pictures of the N worst cases by SRE "
                                                                   "(default 5, 0: none)")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: available cores, max 8)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = p.parse_args(argv)
     if args.qc < 0:
         p.error("--qc must be >= 0")

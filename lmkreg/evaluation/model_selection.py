@@ -13,7 +13,6 @@ Writes ``$LMKREG_results/DatasetNNN_Name/best_configuration_MOD.json`` and
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -24,7 +23,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from lmkreg.cli_utils import friendly_errors
+from lmkreg.cli_utils import friendly_errors, make_parser
 from lmkreg.dataset.layout import Dataset, open_dataset
 from lmkreg.errors import ConfigurationError, LmkregError
 from lmkreg.io.atomic import atomic_write_json, atomic_write_text
@@ -287,8 +286,7 @@ def find_best_configuration(dataset_id: str, modality: str, trainers: Optional[S
 
 @friendly_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="lmkreg_find_best_configuration", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser("lmkreg_find_best_configuration", __doc__)
     p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
     p.add_argument("-m", "--modality", required=True, help="modality, e.g. MR or US")
     p.add_argument("-tr", "--trainers", nargs="+", default=None,

@@ -5,7 +5,6 @@ Output in ``$LMKREG_preprocessed/DatasetNNN_Name/``: ``dataset_fingerprint.json`
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import Optional, Sequence
 
-from lmkreg.cli_utils import friendly_errors
+from lmkreg.cli_utils import friendly_errors, make_parser
 from lmkreg.dataset.layout import Dataset, open_dataset
 from lmkreg.errors import ConfigurationError
 from lmkreg.paths import preprocessed_root
@@ -112,12 +111,11 @@ def describe(plans: Plans) -> str:
 
 @friendly_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="lmkreg_plan_and_preprocess", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser("lmkreg_plan_and_preprocess", __doc__)
     parser.add_argument("-d", "--dataset", required=True, help="dataset id (e.g. 1) or name (Dataset001_Phantom)")
     parser.add_argument("--budget", default=None,
                         help="'cpu' or a GPU memory size in GB (default: cpu unless a CUDA device is present)")
-    parser.add_argument("-j", "--workers", type=int, default=None, help="processes (default: available cores)")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: available cores)")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     parser.add_argument("--overwrite-plans", action="store_true", help="plan again even if plans.json exists")
     parser.add_argument("--plan-only", action="store_true", help="write plans and splits, do not preprocess")

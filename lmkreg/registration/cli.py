@@ -4,7 +4,12 @@ One pair:   lmkreg_register --mr case1_MR.json --us case1_US.json -o out/
 Folders:    lmkreg_register --mr-dir pred_MR/ --us-dir pred_US/ -o out/   (matched by case name:
             the file name without suffix and without a trailing _MR / _US)
 One shot:   lmkreg_register --mr-image mr.nii.gz --us-image us.nii.gz -d 1 -o out/   (predicts the
-            landmarks of both volumes with the dataset's trained models, then registers)
+            landmarks of both volumes with the dataset's trained models, then registers; an image
+            may be a folder holding a DICOM series)
+
+Only the dataset's landmark names are fitted (-d; default apex, bladder_neck, posterior_median
+or --landmark-names); labels of other tools are renamed with --landmark-map Apex=apex BN=...,
+and the labels used and ignored are printed.
 
 Per case it writes ``CASE_MR_to_US.json`` (4x4 matrix mapping MR world LPS mm to US world
 LPS mm, residual per landmark) and ``CASE_MR_to_US.tfm`` (ITK resampling direction: maps US
@@ -22,11 +27,12 @@ from typing import Optional, Sequence
 
 import SimpleITK as sitk
 
-from lmkreg.cli_utils import friendly_errors
+from lmkreg.cli_utils import friendly_errors, make_parser
 from lmkreg.dataset.layout import check_case_id
 from lmkreg.errors import ConfigurationError, InputError, LmkregError, OutputError
 from lmkreg.io.atomic import atomic_path, atomic_write_json, split_suffix
-from lmkreg.io.images import read_image, write_image
+from lmkreg.io.dicom import read_image_or_series
+from lmkreg.io.images import write_image
 from lmkreg.io.landmarks import LandmarkSet
 from lmkreg.registration.landmark_fit import LandmarkRegistration, register_landmarks
 from lmkreg.registration.transform_files import to_sitk_resampling_transform, write_itk_transform
@@ -35,8 +41,28 @@ CASE_SUFFIX = re.compile(r"[_-](MR|MRI|US|TRUS)$", re.IGNORECASE)
 
 
 def case_name(path: Path) -> str:
-    stem, _ = split_suffix(path)
+    stem = Path(path).name if Path(path).is_dir() else split_suffix(path)[0]  # a DICOM folder: its name
     return CASE_SUFFIX.sub("", stem)
+
+
+def choose_landmark_names(mr: LandmarkSet, us: LandmarkSet, wanted: Optional[Sequence[str]],
+                          mr_file: Path, us_file: Path) -> list[str]:
+    """The landmark names to fit: `wanted` (the dataset's or model's), else lmkreg's standard three
+    when both files hold them, else every shared name when both files are lmkreg's own landmark JSON
+    (written for one dataset).  Never a stray Slicer click such as F-1 by default."""
+    from lmkreg.io.landmarks import DEFAULT_LANDMARK_NAMES
+    from lmkreg.io.ownership import written_by_lmkreg
+
+    if wanted:
+        return list(wanted)
+    if all(n in mr.points and n in us.points for n in DEFAULT_LANDMARK_NAMES):
+        return list(DEFAULT_LANDMARK_NAMES)
+    shared = [n for n in mr.names if n in us.points]
+    if written_by_lmkreg(mr_file) and written_by_lmkreg(us_file) and not str(mr_file).endswith(".mrk.json"):
+        return shared
+    raise InputError(f"{mr_file} + {us_file}", f"which landmarks to fit? the files share {shared}; give -d DATASET "
+                                               f"(its landmark names) or --landmark-names, and --landmark-map to "
+                                               f"rename labels such as Apex=apex")
 
 
 def confidence_weights(landmarks: LandmarkSet, source: Optional[Path] = None) -> Optional[dict[str, float]]:
@@ -64,17 +90,36 @@ def confidence_weights(landmarks: LandmarkSet, source: Optional[Path] = None) ->
     return out
 
 
-def register_pair(mr_file: Path, us_file: Path, out_dir: Path, name: str, weighted: bool = False) -> LandmarkRegistration:
+def register_pair(mr_file: Path, us_file: Path, out_dir: Path, name: str, weighted: bool = False,
+                  names: Optional[Sequence[str]] = None, landmark_map: Optional[dict[str, str]] = None,
+                  overwrite: bool = False) -> LandmarkRegistration:
+    """Fit the MR->US transform of one pair of landmark files on the landmark `names` only (see
+    choose_landmark_names); labels are renamed by `landmark_map` first.  Says which labels it used
+    and which it ignored."""
     from lmkreg.io.landmark_files import read_landmarks
+    from lmkreg.io.landmark_names import rename_landmarks
+    from lmkreg.io.ownership import check_replaceable
 
-    mr, us = read_landmarks(mr_file), read_landmarks(us_file)
+    mr = rename_landmarks(read_landmarks(mr_file), landmark_map or {}, names or (), mr_file)
+    us = rename_landmarks(read_landmarks(us_file), landmark_map or {}, names or (), us_file)
+    fit_names = choose_landmark_names(mr, us, names, mr_file, us_file)
+    absent = [n for n in fit_names if n not in mr.points or n not in us.points]
+    if names and len(absent) == len(fit_names):
+        raise InputError(f"{mr_file} + {us_file}", f"none of the landmarks {list(fit_names)} is in both files "
+                                                   f"(MR has {mr.names}, US has {us.names}); rename labels with "
+                                                   f"--landmark-map, e.g. Apex=apex")
+    fit_names = [n for n in fit_names if n not in absent]
+    ignored = sorted({*mr.names, *us.names} - set(fit_names))
+    print(f"{name}: landmarks used: {', '.join(fit_names)}"
+          + (f"; ignored: {', '.join(ignored)}" if ignored else ""))
+    check_replaceable([out_dir / f"{name}_MR_to_US.json"], overwrite)
     weights = None
     if weighted:
         wm, wu = confidence_weights(mr, mr_file), confidence_weights(us, us_file)
         if wm and wu:
             weights = {n: 1.0 / (1.0 / wm.get(n, 1.0) + 1.0 / wu.get(n, 1.0)) for n in mr.names}
     try:
-        reg = register_landmarks(mr, us, weights=weights)
+        reg = register_landmarks(mr, us, names=fit_names, weights=weights)
     except InputError as exc:
         raise InputError(f"{mr_file} + {us_file}", exc.problem) from None
     doc = {**reg.transform.to_json(), "landmarks_used": reg.names, "residuals_mm": reg.residuals_mm,
@@ -98,9 +143,10 @@ def write_transform_pair(reg: LandmarkRegistration, doc: dict, json_path: Path, 
                                      f"unchanged") from None
 
 
-def resample_into_us(reg: LandmarkRegistration, mr_image: Path, us_image: Path, out: Path, mask: bool) -> Path:
-    mr = read_image(mr_image, is_mask=mask)
-    us = read_image(us_image)
+def resample_into_us(reg: LandmarkRegistration, mr_image: Path, us_image: Path, out: Path, mask: bool,
+                     mr_series: Optional[str] = None, us_series: Optional[str] = None) -> Path:
+    mr = read_image_or_series(mr_image, mr_series, is_mask=mask)
+    us = read_image_or_series(us_image, us_series)
     interp = sitk.sitkNearestNeighbor if mask else sitk.sitkLinear
     moved = sitk.Resample(mr, us, to_sitk_resampling_transform(reg.transform), interp, 0.0, mr.GetPixelID())
     return write_image(moved, out)
@@ -138,7 +184,8 @@ def _pairs(mr_dir: Path, us_dir: Path) -> list[tuple[str, Path, Path]]:
 
 
 def predict_pair(dataset: str, mr_image: Path, us_image: Path, out_dir: Path, name: str,
-                 trainers: dict[str, str], folds: Optional[Sequence[str]] = None) -> tuple[Path, Path]:
+                 trainers: dict[str, Optional[str]], folds: Optional[Sequence[str]] = None,
+                 series: Optional[dict[str, Optional[str]]] = None, overwrite: bool = False) -> tuple[Path, Path]:
     """Landmarks of an MR and a US volume with the trained models: ``NAME_MR.json`` / ``NAME_US.json``
     (lmkreg JSON with confidence) and their ``.mrk.json`` twins in `out_dir`."""
     from lmkreg.dataset.layout import find_dataset
@@ -147,12 +194,18 @@ def predict_pair(dataset: str, mr_image: Path, us_image: Path, out_dir: Path, na
     from lmkreg.io.landmarks import write_lmkreg_json
     from lmkreg.paths import results_root
 
+    from lmkreg.cli_utils import choose_trainer
+    from lmkreg.io.ownership import check_replaceable
+
     results = results_root() / find_dataset(dataset).name
+    check_replaceable([out_dir / f"{name}_{m}{ext}" for m in ("MR", "US") for ext in (".json", ".mrk.json")],
+                      overwrite)
     written = []
     for modality, image in (("MR", mr_image), ("US", us_image)):
         # one image per model: building the optimised CPU module would cost more than it saves
-        predictor = LandmarkPredictor(model_folder_for(results, trainers[modality], modality), folds, optimize=False)
-        pred = predictor.predict(read_image(image))
+        trainer = choose_trainer(results, modality, trainers.get(modality))
+        predictor = LandmarkPredictor(model_folder_for(results, trainer, modality), folds, optimize=False)
+        pred = predictor.predict(read_image_or_series(image, (series or {}).get(modality)))
         write_landmarks(pred.landmarks, out_dir / f"{name}_{modality}.mrk.json")
         written.append(write_lmkreg_json(pred.with_extras(), out_dir / f"{name}_{modality}.json"))
         for flag in pred.flags:
@@ -160,10 +213,8 @@ def predict_pair(dataset: str, mr_image: Path, us_image: Path, out_dir: Path, na
     return written[0], written[1]
 
 
-@friendly_errors
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="lmkreg_register", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser("lmkreg_register", __doc__)
     p.add_argument("--mr", type=Path, help="MR landmark file (one pair)")
     p.add_argument("--us", type=Path, help="US landmark file (one pair)")
     p.add_argument("--mr-dir", type=Path, help="folder of MR landmark files")
@@ -171,25 +222,54 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     p.add_argument("--name", help="case name for a single pair (default: from the MR file name)")
     p.add_argument("--weighted", action="store_true", help="weight landmarks by predicted confidence")
-    p.add_argument("--mr-image", type=Path, help="single pair: MR image to resample into US space")
+    p.add_argument("--mr-image", type=Path,
+                   help="single pair: MR image (file or DICOM series folder) to resample into US space")
     p.add_argument("--mr-mask", type=Path, help="single pair: MR mask to resample into US space")
-    p.add_argument("--us-image", type=Path, help="single pair: US image defining the output grid")
-    p.add_argument("-d", "--dataset", help="one shot: dataset whose trained models predict the landmarks")
-    p.add_argument("-tr", "--trainer", default="LandmarkTrainer", help="one shot: trainer of both models")
+    p.add_argument("--us-image", type=Path,
+                   help="single pair: US image (file or DICOM series folder) defining the output grid")
+    p.add_argument("--mr-series", help="DICOM folder with several series: the MR series (UID or description)")
+    p.add_argument("--us-series", help="DICOM folder with several series: the US series (UID or description)")
+    p.add_argument("-d", "--dataset",
+                   help="dataset whose landmark names are fitted; without landmark files (one shot), its trained "
+                        "models predict the landmarks of --mr-image and --us-image first")
+    p.add_argument("--landmark-names", nargs="+", metavar="NAME",
+                   help="fit only these landmarks (default: the dataset's with -d, else apex bladder_neck "
+                        "posterior_median)")
+    p.add_argument("--landmark-map", nargs="+", metavar="FILE_NAME=DATASET_NAME",
+                   help="rename labels of the files first, e.g. Apex=apex BN=bladder_neck PM=posterior_median "
+                        "(ignoring upper/lower case)")
+    p.add_argument("-tr", "--trainer", default=None,
+                   help="one shot: trainer of both models (default: the only one trained per modality)")
     p.add_argument("--mr-trainer", help="one shot: MR trainer (default --trainer)")
     p.add_argument("--us-trainer", help="one shot: US trainer (default --trainer)")
     p.add_argument("-f", "--folds", nargs="+", help="one shot: folds to ensemble (default: all trained)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace same-named files in the output folder that lmkreg did not write")
+    return p
+
+
+@friendly_errors
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from lmkreg.io.landmark_names import parse_landmark_map
+
+    p = build_parser()
     args = p.parse_args(argv)
-    if args.dataset is not None:
-        if args.mr or args.us or args.mr_dir or args.us_dir:
-            p.error("-d (one shot from images) does not take landmark files")
+    landmark_map = parse_landmark_map(args.landmark_map)
+    names = args.landmark_names
+    if args.dataset is not None and not names:
+        from lmkreg.dataset.layout import find_dataset
+        from lmkreg.dataset.layout import open_dataset
+
+        names = list(open_dataset(find_dataset(args.dataset).name).spec.landmarks)
+    one_shot = args.dataset is not None and not (args.mr or args.us or args.mr_dir or args.us_dir)
+    if one_shot:
         if not (args.mr_image and args.us_image):
             p.error("one shot needs --mr-image and --us-image")
         _output_folder(args.output)
         name = check_case_id(args.name or case_name(args.mr_image), "--name")
         trainers = {"MR": args.mr_trainer or args.trainer, "US": args.us_trainer or args.trainer}
         args.mr, args.us = predict_pair(args.dataset, args.mr_image, args.us_image, args.output, name, trainers,
-                                        args.folds)
+                                        args.folds, {"MR": args.mr_series, "US": args.us_series}, args.overwrite)
         args.name = name
     single = args.mr is not None or args.us is not None
     if single == (args.mr_dir is not None or args.us_dir is not None):
@@ -202,21 +282,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         name = check_case_id(args.name or case_name(args.mr), "--name")
         if (args.mr_image or args.mr_mask) and args.us_image is None:
             p.error("--mr-image/--mr-mask need --us-image for the output grid")
-        for image, is_mask in ((args.mr_image, False), (args.mr_mask, True), (args.us_image, False)):
+        for image, is_mask, series in ((args.mr_image, False, args.mr_series), (args.mr_mask, True, None),
+                                       (args.us_image, False, args.us_series)):
             if image is not None:  # check every input before any output is written
-                read_image(image, is_mask=is_mask)
-        reg = register_pair(args.mr, args.us, args.output, name, args.weighted)
+                read_image_or_series(image, series, is_mask=is_mask)
+        reg = register_pair(args.mr, args.us, args.output, name, args.weighted, names, landmark_map, args.overwrite)
         print(f"{name}: rotation {reg.transform.rotation_angle_deg():.1f} deg, RMS residual {reg.rms_mm:.2f} mm "
               f"-> {args.output / (name + '_MR_to_US.json')}")
         if args.mr_image or args.mr_mask:
             for src, mask, suffix in ((args.mr_image, False, "MR_in_US"), (args.mr_mask, True, "MRmask_in_US")):
                 if src is not None:
-                    print(f"  wrote {resample_into_us(reg, src, args.us_image, args.output / f'{name}_{suffix}.nii.gz', mask)}")
+                    print(f"  wrote {resample_into_us(reg, src, args.us_image, args.output / f'{name}_{suffix}.nii.gz', mask, args.mr_series if not mask else None, args.us_series)}")
         return 0
     failed = 0
     for name, mr_file, us_file in pairs:
         try:
-            reg = register_pair(mr_file, us_file, args.output, name, args.weighted)
+            reg = register_pair(mr_file, us_file, args.output, name, args.weighted, names, landmark_map,
+                                args.overwrite)
             print(f"{name}: rotation {reg.transform.rotation_angle_deg():.1f} deg, RMS residual {reg.rms_mm:.2f} mm")
         except LmkregError as exc:
             failed += 1

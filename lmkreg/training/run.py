@@ -1,4 +1,4 @@
-"""``lmkreg_train DATASET MODALITY FOLD [-tr TRAINER] [--device cpu|cuda] [--c]``.
+"""``lmkreg_train -d DATASET -m MODALITY -f FOLD [-tr TRAINER] [--device cpu|cuda] [--c]``.
 
 Trains one fold (0-4, or 'all') of one modality from the plans.  Results go to
 ``$LMKREG_results/DatasetNNN_Name/TRAINER__MODALITY/fold_F/``.  Multi-GPU / multi-node:
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from lmkreg.cli_utils import friendly_errors
+from lmkreg.cli_utils import friendly_errors, make_parser
 from lmkreg.dataset.layout import open_dataset
 from lmkreg.errors import ConfigurationError
 from lmkreg.io.atomic import atomic_write_text
@@ -62,16 +62,18 @@ def _fold(text: str) -> Union[int, str]:
     return int(text)
 
 
-@friendly_errors
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="lmkreg_train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dataset", help="dataset id or name")
-    p.add_argument("modality", help="modality as named in dataset.json, e.g. MR or US")
-    p.add_argument("fold", type=_fold, help="fold 0-4, or 'all' to train on every case")
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser("lmkreg_train", __doc__)
+    p.add_argument("-d", "--dataset", default=None, help="dataset id or name")
+    p.add_argument("-m", "--modality", default=None, help="modality as named in dataset.json, e.g. MR or US")
+    p.add_argument("-f", "--folds", nargs="+", type=_fold, default=None, metavar="FOLD",
+                   help="fold(s) to train, each 0-4, or 'all' to train on every case (several: one after another)")
+    # the older spelling 'lmkreg_train DATASET MODALITY FOLD' keeps working, unadvertised
+    p.add_argument("legacy", nargs="*", help=argparse.SUPPRESS)
     p.add_argument("-tr", "--trainer", default=DEFAULT_TRAINER, help=f"trainer class (default {DEFAULT_TRAINER})")
     p.add_argument("--trainer-module", action="append", default=[], help="extra module (file.py or dotted) with trainers")
-    p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"], help="default: cuda if available")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"],
+                   help="where training runs (default: cuda if available)")
     p.add_argument("--c", dest="resume", action="store_true", help="continue from checkpoint_latest.pth")
     p.add_argument("--epochs", type=int, default=None, help="override the planned number of epochs")
     p.add_argument("--iterations", type=int, default=None, help="override iterations per epoch")
@@ -79,15 +81,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=None, help="override the planned seed")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                    help="fit the number of epochs into this many minutes (measured on the first epoch)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+@friendly_errors
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
-    try:
-        summary = train(args.dataset, args.modality, args.fold, args.trainer, args.device, args.resume, args.epochs,
-                        args.iterations, args.workers, args.seed, args.trainer_module,
-                        time_budget_s=None if args.time_budget is None else 60 * args.time_budget)
-    except ValueError as exc:
-        raise ConfigurationError(str(exc)) from None
-    if summary:
-        print(f"validation MRE {summary['mre_mm']:.2f} mm over {summary['num_cases']} case(s)")
+    if args.legacy:
+        if len(args.legacy) != 3 or args.dataset or args.modality or args.folds:
+            p.error("give -d DATASET -m MODALITY -f FOLD")
+        args.dataset, args.modality = args.legacy[0], args.legacy[1]
+        try:
+            args.folds = [_fold(args.legacy[2])]
+        except argparse.ArgumentTypeError as exc:
+            p.error(str(exc))
+    missing = [o for o, v in (("-d/--dataset", args.dataset), ("-m/--modality", args.modality),
+                              ("-f/--folds", args.folds)) if not v]
+    if missing:
+        p.error(f"the following arguments are required: {', '.join(missing)}")
+    for fold in args.folds:
+        try:
+            summary = train(args.dataset, args.modality, fold, args.trainer, args.device, args.resume, args.epochs,
+                            args.iterations, args.workers, args.seed, args.trainer_module,
+                            progress_bar=not args.no_progress,
+                            time_budget_s=None if args.time_budget is None else 60 * args.time_budget)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+        if summary:
+            print(f"fold {fold}: validation MRE {summary['mre_mm']:.2f} mm over {summary['num_cases']} case(s)")
     return 0
 
 

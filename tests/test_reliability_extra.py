@@ -244,7 +244,7 @@ def test_fewer_cases_than_folds_stops_planning_naming_the_dataset(capsys):
     err = capsys.readouterr().err
     assert "Dataset007_Toy" in err and "3 training case(s)" in err and "5 folds" in err, err
     assert not (preprocessed_root() / ds.name).exists()  # refused before any work
-    assert plan_main(["-d", "7", "--folds", "3", "--plan-only"]) == 0  # fewer folds: fine
+    assert plan_main(["-d", "7", "--num-folds", "3", "--plan-only"]) == 0  # fewer folds: fine
 
 
 def test_edited_plans_stop_training_naming_the_file_and_the_key(capsys):

@@ -16,6 +16,7 @@ exit status is 1 if no case could be evaluated.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Optional, Sequence
 
 from lmkreg.cli_utils import friendly_errors, make_parser
 from lmkreg.dataset.layout import Dataset, check_case_id, open_dataset
-from lmkreg.errors import ConfigurationError
+from lmkreg.errors import ConfigurationError, OutputError
 from lmkreg.evaluation.evaluate import MODALITIES, CaseResult, evaluate_cases, find_prediction, summarize
 
 QC_FOLDER = "qc"
@@ -135,6 +136,8 @@ def evaluate_predictions(dataset_id: str, mr_pred: Path, us_pred: Path, out_dir:
     from lmkreg.evaluation.report import write_report
     from lmkreg.parallel import default_workers
 
+    if out_dir is not None:
+        check_report_folder(Path(out_dir))  # before the work, not after it
     dataset = open_dataset(dataset_id)
     names = list(dataset.spec.landmarks)
     predictions = {"MR": Path(mr_pred), "US": Path(us_pred)}
@@ -156,6 +159,18 @@ def evaluate_predictions(dataset_id: str, mr_pred: Path, us_pred: Path, out_dir:
                                         "predictions": {m: str(p) for m, p in predictions.items()},
                                         "landmarks": names})
     return run
+
+
+def check_report_folder(folder: Path) -> None:
+    """The report folder must be a folder lmkreg can write: fail naming it before any case is evaluated."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(folder, "exists and is not a folder; -o/--output names the folder for the report")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(folder, f"report folder cannot be created ({exc.strerror or exc})") from None
+    if not os.access(folder, os.W_OK):
+        raise OutputError(folder, "report folder is not writable")
 
 
 def summary_table(summary: dict) -> str:

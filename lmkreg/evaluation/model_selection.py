@@ -291,7 +291,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("-m", "--modality", required=True, help="modality, e.g. MR or US")
     p.add_argument("-tr", "--trainers", nargs="+", default=None,
                    help="trainers to compare (default: every trained TRAINER__MODALITY folder)")
-    p.add_argument("--folds", nargs="+", type=int, default=list(FOLDS),
+    p.add_argument("-f", "--folds", nargs="+", type=int, default=list(FOLDS),
                    help="folds that must all be present (default 0 1 2 3 4)")
     args = p.parse_args(argv)
     doc = find_best_configuration(args.dataset, args.modality, args.trainers, args.folds)

@@ -87,7 +87,7 @@ def plan_and_preprocess(dataset_id: str, budget: Optional[Budget] = None, worker
     if len(complete) < num_folds and not (preprocessed_folder(dataset) / SPLITS_FILE).is_file():
         # refused before the fingerprint, plans or any preprocessing (an existing splits file is reused as is)
         raise ConfigurationError(f"{dataset.folder}: {len(complete)} training case(s) with every modality cannot make "
-                                 f"{num_folds} folds; add cases or choose fewer folds (--folds)")
+                                 f"{num_folds} folds; add cases or choose fewer folds (--num-folds)")
     plans = plan(dataset, budget, workers, overwrite_plans)
     cases = sorted(set.intersection(*[set(dataset.cases("Tr", m)) for m in plans.configurations]))
     load_or_create_splits(preprocessed_folder(dataset), cases, num_folds)
@@ -116,7 +116,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--budget", default=None,
                         help="'cpu' or a GPU memory size in GB (default: cpu unless a CUDA device is present)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: available cores)")
-    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    parser.add_argument("--num-folds", type=int, default=5, help="number of cross-validation folds (default 5)")
     parser.add_argument("--overwrite-plans", action="store_true", help="plan again even if plans.json exists")
     parser.add_argument("--plan-only", action="store_true", help="write plans and splits, do not preprocess")
     args = parser.parse_args(argv)
@@ -124,7 +124,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         budget = Budget.parse(args.budget) if args.budget else None
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
-    out = plan_and_preprocess(args.dataset, budget, args.workers, args.folds, args.overwrite_plans, args.plan_only)
+    out = plan_and_preprocess(args.dataset, budget, args.workers, args.num_folds, args.overwrite_plans, args.plan_only)
     print(describe(Plans.load(out / PLANS_FILE)))
     print(f"plans and preprocessed data in {out}")
     return 0

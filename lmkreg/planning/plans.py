@@ -200,6 +200,7 @@ def _configuration(v: _Validator, c: Any, where: str) -> Configuration:
         if n % f:
             v.fail(f"{where}.input_size_zyx", f"axis {'zyx'[axis]} size {n} must be a multiple of the "
                                               f"network's total stride {f}")
+    _check_limits(v, where, spec, size, batch)
     return Configuration(
         modality=v.key(c, "modality", str, where),
         spacing_zyx=v.vector(c, "spacing_zyx", where),
@@ -215,6 +216,46 @@ def _configuration(v: _Validator, c: Any, where: str) -> Configuration:
         estimated_memory_gb=float(c.get("estimated_memory_gb", 0.0)),
         notes=list(c.get("notes", [])),
     )
+
+
+def _check_limits(v: _Validator, where: str, spec: UNetSpec, size: list[int], batch: int,
+                  max_batch: int = 1024, max_features: int = 2048) -> None:
+    """Refuse hand-edited values that cannot run: a batch or feature count far beyond any real
+    plan, or an input whose estimated memory (lmkreg.planning.cost) exceeds this machine's.
+    Otherwise prediction tries to allocate terabytes and training hangs."""
+    import os
+
+    from lmkreg.planning.cost import step_cost
+
+    if batch > max_batch:
+        v.fail(f"{where}.batch_size", f"is {batch}; at most {max_batch} is accepted (planned values are 2-16)")
+    worst = max(spec.features_per_stage)
+    if worst > max_features:
+        v.fail(f"{where}.network.features_per_stage", f"has {worst} features in a stage; at most "
+                                                      f"{max_features} are accepted (planned: 8-320)")
+    cost = step_cost(spec, size)
+    try:  # physical memory of this machine
+        machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        machine = float("inf")
+    predict_gb = (cost.activations + cost.parameters) * 4 / 1e9  # one sample forward, float32
+    train_gb = cost.gpu_memory_gb(batch, mixed_precision=False)
+    try:
+        import torch
+        if torch.cuda.is_available():
+            machine_train = max(machine, max(torch.cuda.get_device_properties(i).total_memory / 1e9
+                                             for i in range(torch.cuda.device_count())))
+        else:
+            machine_train = machine
+    except Exception:  # pragma: no cover - torch without a working CUDA runtime
+        machine_train = machine
+    if predict_gb > machine:
+        v.fail(f"{where}.input_size_zyx", f"{size} needs an estimated {predict_gb:,.1f} GB to predict one image "
+                                          f"(features {list(spec.features_per_stage)}); this machine has "
+                                          f"{machine:,.1f} GB")
+    if train_gb > machine_train:
+        v.fail(f"{where}.batch_size", f"{batch} with input_size_zyx {size} needs an estimated {train_gb:,.1f} GB "
+                                      f"to train; this machine has {machine_train:,.1f} GB")
 
 
 def _training(v: _Validator, t: dict, where: str, kind: str) -> dict:

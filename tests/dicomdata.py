@@ -42,7 +42,7 @@ def write_dicom_series(image: sitk.Image, folder: Path, uid: str, description: s
         }
         for key, value in tags.items():
             sl.SetMetaData(key, value)
-        path = folder / f"IM{int(order[k]):04d}.dcm"
+        path = folder / f"S{uid.rsplit('.', 1)[-1]}_IM{int(order[k]):04d}.dcm"
         writer.SetFileName(str(path))
         writer.Execute(sl)
         written.append(path)

@@ -100,8 +100,11 @@ def register_pair(mr_file: Path, us_file: Path, out_dir: Path, name: str, weight
     from lmkreg.io.landmark_names import rename_landmarks
     from lmkreg.io.ownership import check_replaceable
 
-    mr = rename_landmarks(read_landmarks(mr_file), landmark_map or {}, names or (), mr_file)
-    us = rename_landmarks(read_landmarks(us_file), landmark_map or {}, names or (), us_file)
+    from lmkreg.io.landmarks import DEFAULT_LANDMARK_NAMES
+
+    wanted = names or DEFAULT_LANDMARK_NAMES  # labels equal to these apart from case are these
+    mr = rename_landmarks(read_landmarks(mr_file), landmark_map or {}, wanted, mr_file)
+    us = rename_landmarks(read_landmarks(us_file), landmark_map or {}, wanted, us_file)
     fit_names = choose_landmark_names(mr, us, names, mr_file, us_file)
     absent = [n for n in fit_names if n not in mr.points or n not in us.points]
     if names and len(absent) == len(fit_names):

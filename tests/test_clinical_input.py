@@ -271,3 +271,165 @@ def test_plans_with_impossible_sizes_are_refused_naming_the_key(tmp_path, edit, 
         Plans.load(tmp_path / "plans.json")
     assert key in str(err.value) and words in str(err.value)
     assert Plans.load(pre / "plans.json")  # the planned file itself passes
+
+
+# ---- predict and evaluate with a phantom-trained tiny model ----------------------------------------
+
+@pytest.fixture(scope="module")
+def phantom_model(tmp_path_factory):
+    """Tiny MR phantoms (4 cases) and a LandmarkTrainer trained for one iteration on all of them:
+    enough for files to go through every stage, not for plausible landmarks."""
+    from lmkreg.phantoms.generator import generate_dataset
+    from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
+    from lmkreg.training.run import model_folder, train
+
+    root = tmp_path_factory.mktemp("clinical_model")
+    env = {"LMKREG_raw": str(root / "raw"), "LMKREG_preprocessed": str(root / "pre"),
+           "LMKREG_results": str(root / "res")}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        generate_dataset(46, 4, 0, preset="tiny", seed=4, workers=1, root=Path(env["LMKREG_raw"]), progress=False)
+        plan_and_preprocess("46", workers=1, num_folds=2)
+        train("46", "MR", "all", num_epochs=1, iterations_per_epoch=1, num_workers=0, progress_bar=False)
+        folder = model_folder("Dataset046_Phantom", "LandmarkTrainer", "MR")
+    return env, folder
+
+
+@pytest.fixture
+def model(phantom_model, monkeypatch):
+    env, folder = phantom_model
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return folder
+
+
+def _predict(inp, out, *extra) -> int:
+    from lmkreg.inference.predict_folder import main as predict_main
+    # no -tr: the only trained MR model is used
+    return predict_main(["-i", str(inp), "-o", str(out), "-d", "46", "-m", "MR", "--no-optimize", "--no-progress",
+                         *extra])
+
+
+def _expected_world_points(model_folder: Path, image: sitk.Image) -> np.ndarray:
+    """Landmarks recomputed from the network output with SimpleITK's index -> world mapping of the
+    predictor's grid (independent of the predictor's own affine arithmetic)."""
+    import torch
+
+    from lmkreg.inference.predictor import LandmarkPredictor
+
+    predictor = LandmarkPredictor(model_folder, optimize=False)
+    array, grid = predictor.preprocess(image)
+    with torch.inference_mode():
+        mm, _ = predictor.trainer.decode(predictor.networks[0](torch.from_numpy(array[None])).float(),
+                                         list(predictor.conf.spacing_zyx))
+    vox_zyx = mm[0].double().numpy() / np.asarray(predictor.conf.spacing_zyx)
+    grid_image = grid.make_image(np.zeros(grid.shape_zyx, np.uint8))
+    return np.array([grid_image.TransformContinuousIndexToPhysicalPoint(tuple(map(float, v[::-1])))
+                     for v in vox_zyx])
+
+
+def _inside(image: sitk.Image, points: np.ndarray) -> bool:
+    size = np.array(image.GetSize())
+    idx = np.array([image.TransformPhysicalPointToContinuousIndex(tuple(map(float, p))) for p in points])
+    return bool(np.all((idx >= -0.5) & (idx <= size - 0.5)))
+
+
+@needs_real
+def test_predict_real_dicom_examination_end_to_end(model, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _predict(REALDATA, out) == 0  # a folder whose subfolders each hold one series
+    assert "2 predicted" in capsys.readouterr().out
+    for case in ("t2_axial_3mm", "t2_needle_guidance"):
+        got = read_lmkreg_json(out / f"{case}.json")
+        image = _sitk_series(REALDATA / case)
+        points = got.to_array(NAMES)
+        assert _inside(image, points), (case, points)
+        np.testing.assert_allclose(points, _expected_world_points(model, image), atol=1e-3)
+        assert (out / f"{case}.mrk.json").is_file()
+
+
+def test_predict_a_folder_that_is_one_oblique_series(model, tmp_path, capsys):
+    image = _oblique_image(3, shape_zyx=(12, 40, 44), spacing=(1.0, 1.0, 2.0), angles=(10.0, -6.0, 15.0))
+    series = tmp_path / "Patient_7"
+    write_dicom_series(image, series, "1.2.3.77")
+    assert _predict(series, tmp_path / "out") == 0  # today: '0 predicted' and exit 0
+    got = read_lmkreg_json(tmp_path / "out" / "Patient_7.json").to_array(NAMES)
+    np.testing.assert_allclose(got, _expected_world_points(model, image), atol=1e-3)
+    assert _inside(image, got)
+
+
+def test_predict_input_edges(model, tmp_path, capsys):
+    """Empty folder, a file given to -i, macOS ._ files, a damaged image named once."""
+    from lmkreg.io.images import write_image
+
+    (tmp_path / "empty").mkdir()
+    assert _predict(tmp_path / "empty", tmp_path / "o0") == 2
+    assert "it is empty" in capsys.readouterr().err
+    inp = tmp_path / "in"
+    inp.mkdir()
+    write_image(_oblique_image(3, shape_zyx=(12, 40, 44)), inp / "a.nii.gz")
+    (inp / "._a.nii.gz").write_bytes(b"\x00\x05\x16\x07" + b"\x00" * 60)  # AppleDouble junk
+    assert _predict(inp / "a.nii.gz", tmp_path / "o1") == 0  # -i given a file
+    assert (tmp_path / "o1" / "a.json").is_file()
+    (inp / "b.nii.gz").write_bytes(b"not an image")
+    assert _predict(inp, tmp_path / "o2") == 1
+    captured = capsys.readouterr()
+    assert "._a" not in captured.out + captured.err
+    bad = str(inp / "b.nii.gz")
+    lines = [line for line in captured.err.splitlines() if "b.nii.gz" in line]
+    assert lines and all(line.count(bad) == 1 for line in lines), lines  # today: 'error: X: X: ...'
+    assert f"{bad}: {bad}" not in captured.err
+
+
+def test_predict_never_replaces_a_dcm2niix_sidecar(model, tmp_path, capsys):
+    from lmkreg.io.images import write_image
+
+    folder = tmp_path / "nifti"
+    folder.mkdir()
+    write_image(_oblique_image(3, shape_zyx=(12, 40, 44)), folder / "T2.nii.gz")
+    sidecar = json.dumps({"Modality": "MR", "SeriesDescription": "t2_tse_tra", "EchoTime": 0.1})
+    (folder / "T2.json").write_text(sidecar)
+    assert _predict(folder, folder) == 2
+    assert str(folder / "T2.json") in capsys.readouterr().err
+    assert (folder / "T2.json").read_text() == sidecar and not (folder / "T2.mrk.json").exists()
+    assert _predict(folder, folder, "--overwrite") == 0
+    assert read_lmkreg_json(folder / "T2.json").names == NAMES
+    assert stat.S_IMODE((folder / "T2.json").stat().st_mode) == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_predict_lists_trained_models_when_there_are_several(model, tmp_path, capsys):
+    other = model.parent / "HeatmapMatchingTrainer__MR"
+    other.mkdir()
+    try:
+        assert _predict(tmp_path, tmp_path / "o") == 2
+        err = capsys.readouterr().err
+        assert "HeatmapMatchingTrainer, LandmarkTrainer" in err and "-tr/--trainer" in err
+    finally:
+        other.rmdir()
+
+
+def test_evaluate_into_an_existing_file_fails_before_the_work(model, tmp_path, capsys):
+    from lmkreg.dataset.layout import open_dataset
+    from lmkreg.evaluation.cli import main as evaluate_main
+
+    ds = open_dataset(46)
+    case = ds.cases("Tr")[0]
+    preds = {m: tmp_path / m for m in ("MR", "US")}
+    for m, folder in preds.items():
+        folder.mkdir()
+        shutil.copy(ds.landmarks_path(case, m), folder / f"{case}_{m}.json")
+    report = tmp_path / "report.md"
+    report.write_text("mine")
+    code = evaluate_main(["-d", "46", "--mr-pred", str(preds["MR"]), "--us-pred", str(preds["US"]), "-o", str(report),
+                          "--split", "Tr", "--cases", case, "--qc", "0", "--workers", "1", "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"{report}: exists and is not a folder" in err and "case(s) evaluated" not in err
+    assert report.read_text() == "mine"

@@ -169,7 +169,7 @@ def _check_nifti_payload(path: Path, check_values: bool) -> Optional[np.ndarray]
         with ImageOpener(str(path)) as f:
             raw = type(img.header).from_fileobj(f, check=False)
     except damaged as exc:
-        raise InputError(path, f"not a readable image (truncated or damaged: {str(exc).splitlines()[0]})") from None
+        raise InputError(path, f"not a readable image (truncated or damaged: {_without_path(exc, path)})") from None
     # nibabel and ITK both silently turn a zero pixdim into 1 mm
     spacing = tuple(float(s) for s in raw["pixdim"][1:1 + min(max(int(raw["dim"][0]), 1), 3)])
     if any(not s > 0 for s in spacing):
@@ -182,12 +182,18 @@ def _check_nifti_payload(path: Path, check_values: bool) -> Optional[np.ndarray]
         else:  # unscaled: the stored values in the stored type, as ITK returns them
             data = np.asarray(img.dataobj.get_unscaled()) if reusable else np.asanyarray(img.dataobj)
     except damaged as exc:
-        raise InputError(path, f"not a readable image (truncated or damaged: {str(exc).splitlines()[0]})") from None
+        raise InputError(path, f"not a readable image (truncated or damaged: {_without_path(exc, path)})") from None
     if check_values and np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
         raise InputError(path, f"{int(np.count_nonzero(~np.isfinite(data)))} voxel(s) are NaN or infinite")
     if not reusable or data.dtype.newbyteorder("=") != raw.get_data_dtype().newbyteorder("="):
         return None
     return data
+
+
+def _without_path(exc: BaseException, path: Path) -> str:
+    """A library's first message line without the file name the error already starts with."""
+    text = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.replace(f"File {path} ", "").replace(str(path), "the file").strip()
 
 
 def _inflate_nifti(path: Path, proxy) -> np.ndarray:

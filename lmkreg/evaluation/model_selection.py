@@ -289,7 +289,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = make_parser("lmkreg_find_best_configuration", __doc__)
     p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
     p.add_argument("-m", "--modality", required=True, help="modality, e.g. MR or US")
-    p.add_argument("-tr", "--trainers", nargs="+", default=None,
+    p.add_argument("-tr", "--trainer", dest="trainers", nargs="+", default=None,
                    help="trainers to compare (default: every trained TRAINER__MODALITY folder)")
     p.add_argument("-f", "--folds", nargs="+", type=int, default=list(FOLDS),
                    help="folds that must all be present (default 0 1 2 3 4)")

@@ -1,4 +1,4 @@
-"""``lmkreg_find_best_configuration -d ID -m MR|US [-tr T1 T2 ...] [--folds 0 1 2 3 4]``.
+"""``lmkreg_find_best_configuration -d ID -m MR|US [-tr T1 T2 ...] [-f 0 1 2 3 4]``.
 
 Model selection from the 5-fold cross-validation, as nnU-Net does, with the paper's statistics
 (Table 1): for every trained ``TRAINER__MODALITY`` folder of the dataset, the validation

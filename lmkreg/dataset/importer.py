@@ -356,7 +356,7 @@ def _incomplete(plan: _CasePlan, sources: Mapping[str, ModalitySource]) -> list[
     lacks = []
     for modality, src in sources.items():
         if modality not in plan.image:
-            lacks.append(f"no {modality} image in {src.images}")
+            lacks.append(f"no {modality} image (file or DICOM series folder) in {src.images}")
             continue
         if src.landmarks is not None and modality not in plan.landmarks:
             lacks.append(f"no {modality} landmark file in {src.landmarks}")

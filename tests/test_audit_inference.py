@@ -84,7 +84,8 @@ def test_register_cli_writes_residuals_that_simpleitk_reproduces(tmp_path):
     write_lmkreg_json(LandmarkSet(dict(zip(names, mr))), tmp_path / "p_MR.json")
     write_lmkreg_json(LandmarkSet(dict(zip(names, us))), tmp_path / "p_US.json")
     out = tmp_path / "out"
-    assert register_main(["--mr", str(tmp_path / "p_MR.json"), "--us", str(tmp_path / "p_US.json"), "-o", str(out)]) == 0
+    assert register_main(["--mr", str(tmp_path / "p_MR.json"), "--us", str(tmp_path / "p_US.json"), "-o", str(out),
+                          "--landmark-names", *names]) == 0  # only named landmarks are fitted (issue 15)
     doc = json.loads((out / "p_MR_to_US.json").read_text())
     assert doc["source"] == "MR" and doc["target"] == "US" and doc["coordinate_system"] == "LPS"
     ref = sitk.LandmarkBasedTransformInitializer(sitk.VersorRigid3DTransform(), us.ravel().tolist(), mr.ravel().tolist())
@@ -121,7 +122,8 @@ def test_weighted_register_uses_the_documented_weights(tmp_path):
     """weight = 1 / (s_MR^2 + s_US^2), s floored at 0.5 mm, a null spread counting as 1 mm."""
     mr, us, names, (mr_file, us_file) = _confident_pair(tmp_path, [2.0, 1.0, None, 1.0], [1.0, 0.2, 3.0, 0.0])
     out = tmp_path / "out"
-    assert register_main(["--mr", str(mr_file), "--us", str(us_file), "-o", str(out), "--weighted"]) == 0
+    assert register_main(["--mr", str(mr_file), "--us", str(us_file), "-o", str(out), "--weighted",
+                          "--landmark-names", *names]) == 0  # only named landmarks are fitted (issue 15)
     doc = json.loads((out / "w_MR_to_US.json").read_text())
     expected = {"apex": 1 / (4 + 1), "bladder_neck": 1 / (1 + 0.25), "posterior_median": 1 / (1 + 9),
                 "extra": 1 / (1 + 0.25)}

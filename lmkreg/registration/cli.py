@@ -91,14 +91,13 @@ def confidence_weights(landmarks: LandmarkSet, source: Optional[Path] = None) ->
 
 
 def register_pair(mr_file: Path, us_file: Path, out_dir: Path, name: str, weighted: bool = False,
-                  names: Optional[Sequence[str]] = None, landmark_map: Optional[dict[str, str]] = None,
-                  overwrite: bool = False) -> LandmarkRegistration:
+                  names: Optional[Sequence[str]] = None, landmark_map: Optional[dict[str, str]] = None
+                  ) -> LandmarkRegistration:
     """Fit the MR->US transform of one pair of landmark files on the landmark `names` only (see
     choose_landmark_names); labels are renamed by `landmark_map` first.  Says which labels it used
-    and which it ignored."""
+    and which it ignored.  ``NAME_MR_to_US.json/.tfm`` are lmkreg's by their name and are replaced."""
     from lmkreg.io.landmark_files import read_landmarks
     from lmkreg.io.landmark_names import rename_landmarks
-    from lmkreg.io.ownership import check_replaceable
 
     from lmkreg.io.landmarks import DEFAULT_LANDMARK_NAMES
 
@@ -115,7 +114,6 @@ def register_pair(mr_file: Path, us_file: Path, out_dir: Path, name: str, weight
     ignored = sorted({*mr.names, *us.names} - set(fit_names))
     print(f"{name}: landmarks used: {', '.join(fit_names)}"
           + (f"; ignored: {', '.join(ignored)}" if ignored else ""))
-    check_replaceable([out_dir / f"{name}_MR_to_US.json"], overwrite)
     weights = None
     if weighted:
         wm, wu = confidence_weights(mr, mr_file), confidence_weights(us, us_file)
@@ -247,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--us-trainer", help="one shot: US trainer (default --trainer)")
     p.add_argument("-f", "--folds", nargs="+", help="one shot: folds to ensemble (default: all trained)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace same-named files in the output folder that lmkreg did not write")
+                   help="one shot: replace NAME_MR.json / NAME_US.json (and .mrk.json) files lmkreg did not write")
     return p
 
 
@@ -260,8 +258,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     landmark_map = parse_landmark_map(args.landmark_map)
     names = args.landmark_names
     if args.dataset is not None and not names:
-        from lmkreg.dataset.layout import find_dataset
-        from lmkreg.dataset.layout import open_dataset
+        from lmkreg.dataset.layout import find_dataset, open_dataset
 
         names = list(open_dataset(find_dataset(args.dataset).name).spec.landmarks)
     one_shot = args.dataset is not None and not (args.mr or args.us or args.mr_dir or args.us_dir)
@@ -289,7 +286,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                        (args.us_image, False, args.us_series)):
             if image is not None:  # check every input before any output is written
                 read_image_or_series(image, series, is_mask=is_mask)
-        reg = register_pair(args.mr, args.us, args.output, name, args.weighted, names, landmark_map, args.overwrite)
+        reg = register_pair(args.mr, args.us, args.output, name, args.weighted, names, landmark_map)
         print(f"{name}: rotation {reg.transform.rotation_angle_deg():.1f} deg, RMS residual {reg.rms_mm:.2f} mm "
               f"-> {args.output / (name + '_MR_to_US.json')}")
         if args.mr_image or args.mr_mask:
@@ -300,8 +297,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     failed = 0
     for name, mr_file, us_file in pairs:
         try:
-            reg = register_pair(mr_file, us_file, args.output, name, args.weighted, names, landmark_map,
-                                args.overwrite)
+            reg = register_pair(mr_file, us_file, args.output, name, args.weighted, names, landmark_map)
             print(f"{name}: rotation {reg.transform.rotation_angle_deg():.1f} deg, RMS residual {reg.rms_mm:.2f} mm")
         except LmkregError as exc:
             failed += 1

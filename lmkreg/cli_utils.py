@@ -43,9 +43,9 @@ def add_version(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def error_line(subject: object, exc: BaseException) -> str:
-    """'SUBJECT: problem' without naming the file twice: an lmkreg error that already names a
-    file says it itself."""
-    if isinstance(exc, FileError) and exc.path is not None:
+    """'SUBJECT: problem' without naming the file twice: an lmkreg error about the subject itself
+    already starts with its path (an error about another file, e.g. an output, keeps the subject)."""
+    if isinstance(exc, FileError) and exc.path is not None and str(exc.path) == str(subject):
         return str(exc)
     return f"{subject}: {exc}"
 

@@ -1,6 +1,7 @@
 """Write synthetic DICOM series for tests (one file per slice, positions and orientation tagged)."""
 from __future__ import annotations
 
+import locale
 import time
 from pathlib import Path
 from typing import Optional
@@ -17,6 +18,14 @@ def write_dicom_series(image: sitk.Image, folder: Path, uid: str, description: s
     """Write `image` (3D, int16) as a DICOM series: every slice with ImagePositionPatient (its first
     voxel's world LPS point) and ImageOrientationPatient (the first two direction columns).  File
     names are shuffled so that the reader must order slices by position, not by name."""
+    saved_locale = locale.setlocale(locale.LC_ALL)  # GDCM's writer sets the C locale for the whole process
+    try:
+        return _write(image, folder, uid, description, study_uid, shuffle_names, skip_slice)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved_locale)
+
+
+def _write(image, folder, uid, description, study_uid, shuffle_names, skip_slice) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     image = sitk.Cast(image, sitk.sitkInt16)
     d = image.GetDirection()

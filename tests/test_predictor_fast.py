@@ -288,6 +288,6 @@ def test_predict_cli_no_optimize_flag(models, tmp_path, monkeypatch, flag):
     inp = tmp_path / "in"
     inp.mkdir()
     shutil.copy(models["images"][0], inp / models["images"][0].name)
-    argv = ["-i", str(inp), "-o", str(tmp_path / "out"), "-d", "7", "-m", "MR", "--device", "cpu"]
+    argv = ["-i", str(inp), "-o", str(tmp_path / "out"), "-d", "7", "-m", "MR", "-tr", "LandmarkTrainer", "--device", "cpu"]  # several trained: name one
     assert predict_folder_module.main(argv + flag) == 0
     assert built == [[not flag] * 2]

@@ -154,9 +154,10 @@ class ThreadPlan:
 
 def plan_threads(requested_workers: Optional[int] = None, environ: Optional[MutableMapping[str, str]] = None,
                  cpus: Optional[int] = None, busy_now: Optional[float] = None,
-                 load_1min: Optional[float] = None) -> ThreadPlan:
+                 load_1min: Optional[float] = None, processes: int = 1) -> ThreadPlan:
     """Intra-op threads from the cores actually free; data workers so that both together do not
-    oversubscribe the free cores.
+    oversubscribe the free cores.  `processes`: how many processes of one job share the
+    machine (torchrun); each takes its share of the free cores.
 
     Workers make augmented batches ahead of the network and sleep once their queue is full; the
     augmentation of a batch costs 4-8 % of a training step (documentation/benchmarks.md), so
@@ -175,7 +176,7 @@ def plan_threads(requested_workers: Optional[int] = None, environ: Optional[Muta
     elif environ.get("OMP_NUM_THREADS", "").strip().isdigit() and "OMP_NUM_THREADS" not in _SET_AT_IMPORT:
         threads, reason = max(1, int(environ["OMP_NUM_THREADS"])), "OMP_NUM_THREADS set by the user"
     else:
-        threads, reason = free, "free cores measured"
+        threads, reason = max(1, free // max(1, processes)), "free cores measured"
     workers = 0 if requested_workers is None else max(0, int(requested_workers))
     if workers and policy_enabled(environ):
         workers = min(workers, max(1, free - threads))
@@ -189,14 +190,14 @@ def _load_1min() -> Optional[float]:
         return None
 
 
-def configure_threads(requested_workers: Optional[int] = None, measure: bool = True) -> ThreadPlan:
+def configure_threads(requested_workers: Optional[int] = None, measure: bool = True, processes: int = 1) -> ThreadPlan:
     """Choose and apply torch's intra-op thread count for a command; returns the plan (its
     ``workers`` is the data-loader worker count to use).  Call once at a command's start."""
     import torch
 
     cpus = allowed_cpus()
     busy = busy_cores_now(cpus) if measure and policy_enabled() else None
-    plan = plan_threads(requested_workers, cpus=len(cpus), busy_now=busy, load_1min=_load_1min())
+    plan = plan_threads(requested_workers, cpus=len(cpus), busy_now=busy, load_1min=_load_1min(), processes=processes)
     if policy_enabled() and torch.get_num_threads() != plan.intra_op_threads:
         torch.set_num_threads(plan.intra_op_threads)
     return plan

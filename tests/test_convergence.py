@@ -42,3 +42,18 @@ def test_learning_rate_follows_the_step_count_the_run_will_actually_do():
     assert lr(500) == pytest.approx(1e-3 * 0.5 ** 0.9)
     fake.total_steps = 600  # a budget re-fit: the decay now ends at step 600
     assert lr(500) == pytest.approx(1e-3 * (100 / 600) ** 0.9) and lr(600) == 0.0
+
+
+def test_demo_verdict_names_each_failing_model_and_what_to_do():
+    from lmkreg.demo import models_verdict, verdict_lines
+
+    good = {"mre_mm": 1.1, "num_cases": 8, "steps": 520, "min_steps": 400, "undertrained_reasons": []}
+    slow = {"mre_mm": 13.45, "num_cases": 8, "steps": 150, "min_steps": 400,
+            "undertrained_reasons": ["ran 150 optimiser steps, fewer than the plan's minimum of 400"]}
+    v = models_verdict({"MR": good, "US": good}, 1.5)
+    assert v["fit_for_use"] and verdict_lines(v, 5.0)[0].startswith("Models fit for use")
+    v = models_verdict({"MR": good, "US": slow}, 1.5)
+    assert not v["fit_for_use"] and v["modalities"]["MR"]["fit_for_use"]
+    lines = verdict_lines(v, 5.0)
+    assert lines[0].startswith("Models NOT fit for use") and lines[1].startswith("  US: validation MRE 13.45 mm")
+    assert "--train-minutes 10" in lines[-1] and "GPU" in lines[-1]

@@ -143,6 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="on CPU, run the networks in eager mode instead of as optimised TorchScript modules")
     p.add_argument("--trainer-module", action="append", default=[], help="module (file.py or dotted) with a custom trainer")
     args = p.parse_args(argv)
+    from lmkreg.threads import configure_threads; configure_threads()  # noqa: E702  (threads from the free cores)
     dataset_name = find_dataset(args.dataset).name
     folder = model_folder_for(results_root() / dataset_name, args.trainer, args.modality)
     predictor = LandmarkPredictor(folder, args.folds, args.checkpoint, args.device, args.tta, args.trainer_module,

@@ -78,7 +78,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="data augmentation worker processes (default 2)")
     p.add_argument("--seed", type=int, default=None, help="override the planned seed")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
-                   help="fit the number of epochs into this many minutes (measured on the first epoch)")
+                   help="fit the number of optimiser steps into this many minutes (re-fitted after every epoch from the steady speed)")
     args = p.parse_args(argv)
     try:
         summary = train(args.dataset, args.modality, args.fold, args.trainer, args.device, args.resume, args.epochs,

@@ -203,6 +203,51 @@ def configure_threads(requested_workers: Optional[int] = None, measure: bool = T
     return plan
 
 
+class OtherProgramsWatch:
+    """CPU use of other programs between two calls: the allowed CPUs' busy time from /proc/stat
+    minus this process's own (its threads and its finished children, from os.times()).
+
+    A training run calls ``free_cores()`` after each epoch; over a whole epoch the measure is an
+    average, not a blip, so it alone decides."""
+
+    def __init__(self, cpus: Optional[Sequence[int]] = None,
+                 read_cpu: Optional[Callable[[Sequence[int]], Optional[tuple[float, float]]]] = None,
+                 read_own: Optional[Callable[[], float]] = None, clock: Callable[[], float] = time.monotonic):
+        self.cpus = list(allowed_cpus() if cpus is None else cpus)
+        self._read_cpu = read_cpu or _cpu_times
+        self._read_own = read_own or _own_cpu_seconds
+        self._clock = clock
+        self._last = self._sample()
+
+    def _sample(self) -> Optional[tuple[float, float, float, float]]:
+        cpu = self._read_cpu(self.cpus)
+        return None if cpu is None else (cpu[0], cpu[1], self._read_own(), self._clock())
+
+    def others_busy_cores(self) -> Optional[float]:
+        """Cores' worth of CPU time other programs used since the previous call."""
+        now, last = self._sample(), self._last
+        self._last = now
+        if now is None or last is None or now[1] <= last[1] or now[3] <= last[3]:
+            return None
+        all_busy = len(self.cpus) * (now[0] - last[0]) / (now[1] - last[1])
+        own = (now[2] - last[2]) / (now[3] - last[3])
+        return max(0.0, all_busy - own)
+
+    def free_cores(self) -> Optional[int]:
+        busy = self.others_busy_cores()
+        return None if busy is None else free_cores(len(self.cpus), busy, None)
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def may_adapt_threads(plan: ThreadPlan) -> bool:
+    """Whether lmkreg chose the thread count itself (not a user's setting), so it may change it."""
+    return plan.reason == "free cores measured"
+
+
 def import_warning() -> Optional[str]:
     """A sentence for the log when the wait policy could not take effect: torch was imported
     before lmkreg set the environment, and the user did not set it either."""

@@ -90,3 +90,14 @@ def test_busy_cores_now_reads_proc_stat_around_the_sleep(monkeypatch):
     samples = iter([(100.0, 400.0), (150.0, 600.0)])  # 50 of 200 jiffies busy over 2 cpus
     monkeypatch.setattr(threads, "_cpu_times", lambda cpus: next(samples))
     assert threads.busy_cores_now([0, 1], 0.0, sleep=lambda s: None) == pytest.approx(0.5)
+
+
+def test_other_programs_watch_subtracts_this_process_own_cpu_time():
+    # 2 cpus, 10 s: 1500 of 2000 jiffies busy = 1.5 cores in all; this process used 6 s of CPU in
+    # those 10 s = 0.6 core -> other programs 0.9 core -> 1 core taken, 1 free
+    cpu = iter([(0.0, 0.0), (1500.0, 2000.0)])
+    own = iter([100.0, 106.0])
+    clock = iter([50.0, 60.0])
+    watch = threads.OtherProgramsWatch([0, 1], read_cpu=lambda c: next(cpu), read_own=lambda: next(own),
+                                       clock=lambda: next(clock))
+    assert watch.free_cores() == 1

@@ -237,7 +237,7 @@ class LandmarkTrainer:
     def run(self, resume: bool = False) -> dict:
         """Train, validate each epoch, checkpoint; at the end write validation predictions and
         the verdict on whether the run trained long enough (summary.json, log and console)."""
-        from lmkreg.threads import configure_threads, import_warning
+        from lmkreg.threads import OtherProgramsWatch, configure_threads, import_warning, may_adapt_threads
         from lmkreg.training.data import make_train_loader
 
         self.output_folder.mkdir(parents=True, exist_ok=True)
@@ -257,10 +257,13 @@ class LandmarkTrainer:
         if per_process_batch * self.ddp.world_size != self.conf.batch_size:
             self.log.write(f"batch {self.conf.batch_size} does not split over {self.ddp.world_size} processes: "
                            f"using {per_process_batch} per process")
-        budget = None
+        budget = watch = None
         if self.time_budget_s is not None:
             budget = StepBudget(self.time_budget_s, self.max_steps, self.iterations_per_epoch)
             budget.start(self.steps_done)
+            # a budgeted run is not bit-reproducible anyway: follow the free cores as other programs come and go
+            if may_adapt_threads(threads) and not self.ddp.enabled and self.device.type == "cpu":
+                watch = OtherProgramsWatch()
         bar = tqdm(desc=f"{type(self).__name__} {self.modality} fold {self.fold}", unit="step",
                    disable=not (self.progress_bar and self.ddp.is_main), initial=self.steps_done,
                    total=self.total_steps)
@@ -274,6 +277,7 @@ class LandmarkTrainer:
                                        rank=self.ddp.rank, world_size=self.ddp.world_size)
             self.network.train()
             train_losses = self._train_epoch(loader)
+            del loader  # its workers exit now, so their CPU time counts as this run's, not as other programs'
             train_s = time.monotonic() - t0
             self.steps_done += steps
             train_loss = average_across_processes(float(np.mean(train_losses)), self.ddp)
@@ -296,6 +300,8 @@ class LandmarkTrainer:
             barrier(self.ddp)
             if budget is not None:
                 self._fit_budget(budget, steps, train_s, time.monotonic() - t0 - train_s, bar)
+            if watch is not None:
+                self._follow_free_cores(watch)
             bar.update(steps)
             epoch += 1
         bar.close()
@@ -333,6 +339,14 @@ class LandmarkTrainer:
             self.log.write(f"{budget.describe()}: {self.total_steps} steps instead of {before}")
             bar.total = self.total_steps
             bar.refresh()
+
+    def _follow_free_cores(self, watch) -> None:
+        """Intra-op threads = the cores other programs left free over the last epoch."""
+        free = watch.free_cores()
+        if free is not None and free != torch.get_num_threads():
+            self.log.write(f"threads: {free} intra-op instead of {torch.get_num_threads()} (other programs used "
+                           f"{len(watch.cpus) - free} of {len(watch.cpus)} core(s) during the last epoch)")
+            torch.set_num_threads(free)
 
     def verdict(self) -> TrainingVerdict:
         """Whether this run trained long enough (lmkreg.training.convergence)."""

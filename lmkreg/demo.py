@@ -97,8 +97,6 @@ def models_verdict(summaries: dict[str, dict], expected_mre_mm: float) -> dict:
 
 def verdict_lines(verdict: dict, train_minutes: float) -> list[str]:
     """The demo's closing lines: fit for use or not, why, and what to do."""
-    from lmkreg.training.convergence import ADVICE
-
     mods = verdict["modalities"]
     figures = ", ".join(f"{m} {v['val_mre_mm']:.2f} mm after {v['steps']} steps" for m, v in mods.items())
     if verdict["fit_for_use"]:
@@ -110,7 +108,7 @@ def verdict_lines(verdict: dict, train_minutes: float) -> list[str]:
         if v["reasons"]:
             lines.append(f"  {m}: " + "; ".join(v["reasons"]))
     lines.append(f"  What to do: run again with more training time (--train-minutes {2 * train_minutes:g}), "
-                 f"with fewer other programs using the CPU, or on a GPU (--device cuda). In general: {ADVICE}.")
+                 f"with fewer other programs using the CPU, or on a GPU (--device cuda).")
     return lines
 
 

@@ -64,7 +64,10 @@ def train_variant(dataset: str, modality: str, variant: str, steps: int, iterati
     return result
 
 
-def step_time(dataset: str, modality: str, repeats: int) -> dict:
+CANDIDATES = ["fp32", "bf16", "channels_last", "compile"]
+
+
+def step_time(dataset: str, modality: str, repeats: int, kinds: list[str] = CANDIDATES) -> dict:
     """Seconds per training step of the planned network: fp32 against each candidate, timed in
     alternation so that a change in machine load hits both alike."""
     import torch
@@ -100,7 +103,7 @@ def step_time(dataset: str, modality: str, repeats: int) -> dict:
             opt.step()
         return step
 
-    kinds = ["fp32", "bf16", "channels_last", "compile"]
+    kinds = ["fp32"] + [k for k in kinds if k != "fp32"]
     steps, times, errors = {}, {k: [] for k in kinds}, {}
     for k in kinds:
         try:
@@ -144,14 +147,16 @@ def main(argv=None) -> int:
     p.add_argument("--summarize", type=Path, default=None, metavar="FOLDER", help="collect the runs of FOLDER")
     p.add_argument("--step-time", action="store_true", help="time fp32 against bf16, channels-last and compile")
     p.add_argument("--repeats", type=int, default=5, help="timed steps per candidate for --step-time")
+    p.add_argument("--candidates", nargs="+", default=CANDIDATES, choices=CANDIDATES,
+                   help="what --step-time compares with fp32 (default: all)")
     args = p.parse_args(argv)
     if args.summarize:
         summarize(args.summarize, RESULTS)
         return 0
     if args.step_time:
-        r = step_time(args.dataset, args.modality, args.repeats)
+        r = step_time(args.dataset, args.modality, args.repeats, args.candidates)
         print(json.dumps({k: r[k] for k in ("median_step_s", "ratio_to_fp32", "errors", "threads", "load_1min")}, indent=1))
-        path = RESULTS.with_name(f"step_time_candidates_{args.modality}.json")
+        path = RESULTS.with_name(f"step_time_candidates_{args.modality}_{'_'.join(args.candidates)}.json")
         path.write_text(json.dumps(r, indent=1))
         return 0
     args.output.mkdir(parents=True, exist_ok=True)

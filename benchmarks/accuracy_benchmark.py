@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+import lmkreg  # noqa: F401  (first: the OpenMP thread policy must be set before numpy/torch load)
 import numpy as np
 import torch
 from scipy.stats import wilcoxon

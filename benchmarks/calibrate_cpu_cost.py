@@ -14,6 +14,7 @@ import platform
 import time
 from pathlib import Path
 
+import lmkreg  # noqa: F401  (first: the OpenMP thread policy must be set before numpy/torch load)
 import numpy as np
 import torch
 

@@ -21,6 +21,7 @@ import math
 import os
 from pathlib import Path
 
+import lmkreg  # noqa: F401  (first: the OpenMP thread policy must be set before numpy/torch load)
 import numpy as np
 from scipy.stats import spearmanr
 

@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import lmkreg  # noqa: F401  (first: the OpenMP thread policy must be set before numpy/torch load)
 import numpy as np
 import SimpleITK as sitk
 import torch

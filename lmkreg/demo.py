@@ -6,6 +6,11 @@ histograms, QC pictures) -> print where the report is.
 
 Default: a µ-RegPro-like dataset, about 11 minutes on 2 CPU cores.  ``--quick``: the tiny
 preset and short training, about 2 minutes, to see every stage work (not to judge accuracy).
+
+The demo checks itself: its last lines say whether both models reached the validation accuracy
+the demo expects (``DemoSettings.expected_mre_mm``) and trained long enough (the trainer's
+verdict, lmkreg.training.convergence), and if not, what to do.  The verdict is also written to
+``OUTPUT/models_verdict.json``.
 """
 from __future__ import annotations
 
@@ -29,11 +34,14 @@ class DemoSettings:
     train_minutes: float
     iterations_per_epoch: int
     num_epochs: Optional[int] = None  # a fixed length (tests: deterministic); None = as many as the budget allows
+    # validation MRE (mm, fold 0's validation cases) a model must reach to be fit for use: the
+    # README's accuracy target for the default scale; a loose check of the path for --quick
+    expected_mre_mm: float = 1.5
 
 
 SETTINGS = {
     "default": DemoSettings("mu_regpro", 40, 10, 5.0, 50),
-    "quick": DemoSettings("tiny", 16, 6, 1.0, 20),
+    "quick": DemoSettings("tiny", 16, 6, 1.0, 20, expected_mre_mm=3.0),
 }
 DEMO_DATASET_ID = {"default": 900, "quick": 901}  # one id per scale: both may live side by side
 DEMO_NAME = "DemoPhantom"
@@ -70,9 +78,42 @@ def _ensure_dataset(settings: DemoSettings, dataset_id: int, seed: int) -> Path:
 DEMO_TRAINER = "HeatmapMatchingTrainer"
 
 
+def models_verdict(summaries: dict[str, dict], expected_mre_mm: float) -> dict:
+    """Whether the trained models are fit for use: each reached `expected_mre_mm` on its
+    validation cases and its trainer judged the training long enough."""
+    per_modality = {}
+    for modality, s in summaries.items():
+        reasons = list(s.get("undertrained_reasons", []))
+        if not s["mre_mm"] <= expected_mre_mm:
+            reasons.insert(0, f"validation MRE {s['mre_mm']:.2f} mm on {s['num_cases']} cases is above the "
+                              f"{expected_mre_mm:g} mm expected")
+        per_modality[modality] = {"fit_for_use": not reasons, "reasons": reasons, "val_mre_mm": s["mre_mm"],
+                                  "val_cases": s["num_cases"], "steps": s.get("steps"),
+                                  "min_steps": s.get("min_steps")}
+    return {"fit_for_use": all(v["fit_for_use"] for v in per_modality.values()),
+            "expected_val_mre_mm": expected_mre_mm, "modalities": per_modality}
+
+
+def verdict_lines(verdict: dict, train_minutes: float) -> list[str]:
+    """The demo's closing lines: fit for use or not, why, and what to do."""
+    mods = verdict["modalities"]
+    figures = ", ".join(f"{m} {v['val_mre_mm']:.2f} mm after {v['steps']} steps" for m, v in mods.items())
+    if verdict["fit_for_use"]:
+        return [f"Models fit for use: validation MRE {figures} (expected at most "
+                f"{verdict['expected_val_mre_mm']:g} mm), and the training converged."]
+    lines = [f"Models NOT fit for use (validation MRE {figures}; expected at most "
+             f"{verdict['expected_val_mre_mm']:g} mm):"]
+    for m, v in mods.items():
+        if v["reasons"]:
+            lines.append(f"  {m}: " + "; ".join(v["reasons"]))
+    lines.append(f"  What to do: run again with more training time (--train-minutes {2 * train_minutes:g}), "
+                 f"with fewer other programs using the CPU, or on a GPU (--device cuda).")
+    return lines
+
+
 def run_demo(quick: bool = False, output: Path = Path("lmkreg_demo"), dataset_id: Optional[int] = None,
              trainer: str = DEMO_TRAINER, train_minutes: Optional[float] = None, seed: int = 0,
-             workers: int = 2, settings: Optional[DemoSettings] = None) -> dict:
+             workers: int = 2, settings: Optional[DemoSettings] = None, device: Optional[str] = None) -> dict:
     """Run every stage; returns the evaluation summary (see lmkreg.evaluation).  `settings`
     replaces the default/quick scale (tests use a smaller one)."""
     from lmkreg.dataset.layout import Dataset
@@ -81,7 +122,9 @@ def run_demo(quick: bool = False, output: Path = Path("lmkreg_demo"), dataset_id
     from lmkreg.inference.predictor import LandmarkPredictor
     from lmkreg.planning.plan_and_preprocess import describe, plan_and_preprocess
     from lmkreg.planning.plans import Plans
+    from lmkreg.io.atomic import atomic_write_json
     from lmkreg.registration.cli import main as register_main
+    from lmkreg.threads import configure_threads
     from lmkreg.training.run import model_folder, train
 
     settings = settings or SETTINGS["quick" if quick else "default"]
@@ -90,6 +133,7 @@ def run_demo(quick: bool = False, output: Path = Path("lmkreg_demo"), dataset_id
     output = Path(output)
     start = time.perf_counter()
     n = 6
+    print(configure_threads(workers).describe())
 
     t = _stage(1, n, f"generating {settings.num_train} training + {settings.num_test} test phantom pairs "
                      f"(preset {settings.preset})")
@@ -106,11 +150,14 @@ def run_demo(quick: bool = False, output: Path = Path("lmkreg_demo"), dataset_id
     t = _stage(3, n, f"training {trainer} for MR and US, fold 0, about {minutes:g} min each")
     summaries = {}
     for modality in ("MR", "US"):
-        summaries[modality] = train(str(dataset_id), modality, 0, trainer, num_workers=workers, seed=seed,
-                                    iterations_per_epoch=settings.iterations_per_epoch,
+        summaries[modality] = train(str(dataset_id), modality, 0, trainer, device=device, num_workers=workers,
+                                    seed=seed, iterations_per_epoch=settings.iterations_per_epoch,
                                     num_epochs=settings.num_epochs, time_budget_s=60 * minutes)
-        print(f"      {modality}: validation MRE {summaries[modality]['mre_mm']:.2f} mm "
-              f"({summaries[modality]['epochs']} epochs)")
+        s = summaries[modality]
+        print(f"      {modality}: validation MRE {s['mre_mm']:.2f} mm ({s['steps']} optimiser steps in "
+              f"{s['epochs']} epochs)")
+    verdict = models_verdict(summaries, settings.expected_mre_mm)
+    atomic_write_json(output / "models_verdict.json", verdict)
     _done(t)
 
     t = _stage(4, n, f"predicting landmarks of the {settings.num_test} test volumes per modality")
@@ -155,6 +202,8 @@ def run_demo(quick: bool = False, output: Path = Path("lmkreg_demo"), dataset_id
     print(f"  models:       {model_folder(ds.name, trainer, 'MR').parent}")
     if quick:
         print("  (--quick trains for seconds: the numbers show the path works, not the accuracy)")
+    print()
+    print("\n".join(verdict_lines(verdict, minutes)), flush=True)
     return summary
 
 
@@ -172,8 +221,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--train-minutes", type=float, default=None, help="training budget per modality")
     p.add_argument("--seed", type=int, default=0, help="seed of the phantoms and the training (default 0)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"],
+                   help="where to train (default: cuda if available, else cpu)")
     args = p.parse_args(argv)
-    run_demo(args.quick, args.output, args.dataset, args.trainer, args.train_minutes, args.seed, args.workers)
+    run_demo(args.quick, args.output, args.dataset, args.trainer, args.train_minutes, args.seed, args.workers,
+             device=args.device)
     return 0
 
 

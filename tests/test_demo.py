@@ -34,3 +34,11 @@ def test_demo_runs_every_stage_and_reports_measured_metrics(tmp_path, capsys):
     on_disk = json.loads((report / "evaluation.json").read_text())["summary"]
     assert summary == on_disk
     assert "report:" in printed and str(report / "evaluation.md") in printed
+    # 2 epochs of 3 steps: the demo's last lines say the models are not fit for use, why, and what to do
+    verdict = json.loads((out / "models_verdict.json").read_text())
+    assert verdict["fit_for_use"] is False
+    for modality in ("MR", "US"):
+        assert verdict["modalities"][modality]["steps"] == 6
+        assert any("fewer than the plan's minimum" in r for r in verdict["modalities"][modality]["reasons"])
+    closing = captured.out.rstrip().splitlines()[-4:]
+    assert closing[0].startswith("Models NOT fit for use") and "--train-minutes" in closing[-1]

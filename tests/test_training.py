@@ -176,13 +176,18 @@ def test_two_process_gloo_run_matches_single_process(env, tmp_path):
     assert h2["train_loss"] == pytest.approx(h1["train_loss"], rel=1e-5)  # same samples, same losses
 
 
-def test_time_budget_cuts_the_number_of_epochs(env):
+def test_time_budget_cuts_the_number_of_epochs(env, capsys):
     summary = train("1", "MR", 0, num_epochs=50, iterations_per_epoch=2, num_workers=0, progress_bar=False,
                     time_budget_s=1e-3)
     folder = model_folder("Dataset001_Phantom", "LandmarkTrainer", "MR") / "fold_0"
     history = load_checkpoint(folder / "checkpoint_final.pth", torch.device("cpu"))["history"]
     assert summary["epochs"] == 1 and len(history["val_mre"]) == 1
-    assert "time budget" in (folder / "training_log.txt").read_text()
+    log = (folder / "training_log.txt").read_text()
+    assert "time budget" in log
+    # 2 steps, far below the plan's minimum: the run says so in the summary, the log and the console
+    assert summary["steps"] == 2 and summary["fit_for_use"] is False
+    assert any("fewer than the plan's minimum" in r for r in summary["undertrained_reasons"])
+    assert "not fit for use" in log and "not fit for use" in capsys.readouterr().err
 
 
 class _DyingWorkerTrainer(LandmarkTrainer):

@@ -166,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 @friendly_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    from lmkreg.threads import configure_threads; configure_threads()  # noqa: E702  (threads from the free cores)
     dataset_name = find_dataset(args.dataset).name
     results = results_root() / dataset_name
     folder = model_folder_for(results, choose_trainer(results, args.modality, args.trainer), args.modality)

@@ -120,6 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--overwrite-plans", action="store_true", help="plan again even if plans.json exists")
     parser.add_argument("--plan-only", action="store_true", help="write plans and splits, do not preprocess")
     args = parser.parse_args(argv)
+    from lmkreg.threads import configure_threads; configure_threads()  # noqa: E702  (threads from the free cores)
     try:
         budget = Budget.parse(args.budget) if args.budget else None
     except ValueError as exc:

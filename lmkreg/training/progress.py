@@ -26,6 +26,7 @@ class TrainingLog:
         self.names = list(landmark_names)
         self.history: dict[str, list] = history or {k: [] for k in self.KEYS}
         self.history.setdefault("val_mre_per_landmark", [])
+        self.history.setdefault("steps", [])  # optimiser steps done at each validation
 
     def write(self, message: str) -> None:
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {message}"
@@ -36,15 +37,17 @@ class TrainingLog:
             tqdm.write(line)
 
     def add_epoch(self, train_loss: float, val_loss: float, val_mre: float, per_landmark: Sequence[float],
-                  lr: float, seconds: float) -> None:
+                  lr: float, seconds: float, steps: Optional[int] = None) -> None:
         for k, v in zip(self.KEYS, (train_loss, val_loss, val_mre, lr, seconds)):
             self.history[k].append(float(v))
         self.history["val_mre_per_landmark"].append([float(v) for v in per_landmark])
+        if steps is not None:
+            self.history["steps"].append(int(steps))
 
     def plot(self, path: Path) -> None:
         """progress.png: losses, validation MRE (overall and per landmark) and learning rate."""
         h = self.history
-        epochs = range(len(h["train_loss"]))
+        epochs = h["steps"] if len(h.get("steps", [])) == len(h["train_loss"]) else range(len(h["train_loss"]))
         fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
         axes[0].plot(epochs, h["train_loss"], label="train loss")
         axes[0].plot(epochs, h["val_loss"], label="validation loss")
@@ -57,7 +60,7 @@ class TrainingLog:
         axes[1].legend()
         axes[2].plot(epochs, h["lr"])
         axes[2].set_ylabel("learning rate")
-        axes[2].set_xlabel("epoch")
+        axes[2].set_xlabel("optimiser step" if epochs is h.get("steps") else "epoch")
         fig.tight_layout()
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=80, format="png")

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="data augmentation worker processes (default 2)")
     p.add_argument("--seed", type=int, default=None, help="override the planned seed")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
-                   help="fit the number of epochs into this many minutes (measured on the first epoch)")
+                   help="fit the number of optimiser steps into this many minutes (re-fitted after every epoch from the steady speed)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 

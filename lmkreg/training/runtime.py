@@ -47,6 +47,11 @@ class Distributed:
     def enabled(self) -> bool:
         return self.world_size > 1
 
+    @property
+    def local_world_size(self) -> int:
+        """Processes of this job on this machine (they share its cores)."""
+        return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if self.enabled else 1
+
 
 def init_distributed(device: torch.device) -> Distributed:
     """Join the process group torchrun describes in the environment (gloo on CPU, nccl on CUDA)."""
@@ -73,3 +78,12 @@ def average_across_processes(value: float, ddp: Distributed) -> float:
     t = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(t)
     return float(t.item()) / ddp.world_size
+
+
+def broadcast_int(value: int, ddp: Distributed) -> int:
+    """Rank 0's `value` on every process (decisions that all processes must share)."""
+    if not ddp.enabled:
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64)
+    dist.broadcast(t, src=0)
+    return int(t.item())

@@ -15,6 +15,7 @@ stored affine.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -30,15 +31,22 @@ from lmkreg.io.atomic import atomic_write_json
 from lmkreg.io.landmarks import LandmarkSet, write_lmkreg_json
 from lmkreg.planning.planner import modality_kind
 from lmkreg.planning.plans import Configuration, Plans
+from lmkreg.training.budget import StepBudget
 from lmkreg.training.checkpoint import load_checkpoint, save_checkpoint
+from lmkreg.training.convergence import ADVICE, DEFAULT_MIN_STEPS, TrainingVerdict, judge_training
 from lmkreg.training.dsnt import dsnt, flat_softmax, heatmap_variance
 from lmkreg.training.losses import coordinate_loss, dsnt_loss, masked_mean
 from lmkreg.training.network import UNet3D
 from lmkreg.training.progress import TrainingLog
-from lmkreg.training.runtime import (Distributed, average_across_processes, barrier, init_distributed,
-                                     seed_everything, select_device)
+from lmkreg.training.runtime import (Distributed, average_across_processes, barrier, broadcast_int,
+                                     init_distributed, seed_everything, select_device)
 
 GRAD_CLIP = 12.0
+# defaults of the optional keys of a plan's "training" dict that the run reads (a plan may set them)
+DEFAULT_LR_WARMUP_STEPS = 0
+# channels-last 3D layout for convolutions on the CPU: same fp32 arithmetic, a training step took
+# 0.73-0.77x the time of the default layout (documentation/benchmarks.md, training-efficiency study)
+DEFAULT_CHANNELS_LAST_ON_CPU = True
 
 
 class LandmarkTrainer:
@@ -69,9 +77,17 @@ class LandmarkTrainer:
         self.lambda2 = float(t.get(f"lambda2_{self.regularizer}", 0.0))
         self.num_workers = num_workers
         self.progress_bar = progress_bar
-        # wall-clock budget: after the first epoch the number of epochs is cut to fit it (the
-        # learning-rate schedule follows); the run is then no longer bit-reproducible
+        # wall-clock budget: the number of optimiser steps is re-fitted after every epoch from the
+        # steady speed (lmkreg.training.budget); the learning-rate schedule follows the count, and
+        # the run is then no longer bit-reproducible
         self.time_budget_s = time_budget_s
+        # planned length in optimiser steps; total_steps is what this run will do (a budget moves it)
+        self.max_steps = self.num_epochs * self.iterations_per_epoch
+        self.total_steps = self.max_steps
+        self.steps_done = 0
+        self.min_steps = int(t.get("min_steps", DEFAULT_MIN_STEPS))
+        self.lr_warmup_steps = int(t.get("lr_warmup_steps", DEFAULT_LR_WARMUP_STEPS))
+        self.expected_mre_mm = t.get("expected_val_mre_mm")
         self.device = select_device(device)
         self.ddp = init_distributed(self.device)
         self.amp = self.device.type == "cuda"
@@ -114,6 +130,10 @@ class LandmarkTrainer:
 
         seed_everything(self.seed)  # same initial weights everywhere (DDP also broadcasts rank 0's)
         self.network = self.build_network(self.conf, len(self.names)).to(self.device)
+        self.memory_format = (torch.channels_last_3d if self.device.type == "cpu" and
+                              bool(self.conf.training.get("channels_last", DEFAULT_CHANNELS_LAST_ON_CPU))
+                              else torch.contiguous_format)
+        self.network = self.network.to(memory_format=self.memory_format)
         self.model: nn.Module = self.network
         if self.ddp.enabled:
             self.model = nn.parallel.DistributedDataParallel(
@@ -128,18 +148,25 @@ class LandmarkTrainer:
         self.log = TrainingLog(self.output_folder / "training_log.txt", self.names,
                                echo=self.progress_bar and self.ddp.is_main)
         self.start_epoch = 0
+        self.start_step = 0
         self.best_mre = math.inf
+        self._last_validation: Optional[tuple] = None  # (steps, result of validate()) of the newest weights
 
-    def learning_rate(self, epoch: int) -> float:
-        """Polynomial decay from the planned rate (nnU-Net's schedule)."""
+    def learning_rate(self, step: int) -> float:
+        """Rate of optimiser step `step` (0-based): an optional linear warm-up, then polynomial
+        decay (nnU-Net's, exponent 0.9) that reaches zero at ``total_steps``, the count this run
+        will actually do (a time budget moves it, and the schedule follows)."""
         lr0 = float(self.conf.training.get("learning_rate", 1e-4))
-        return lr0 * (1 - epoch / self.num_epochs) ** 0.9
+        if step < self.lr_warmup_steps:
+            return lr0 * (step + 1) / self.lr_warmup_steps
+        return lr0 * max(0.0, 1 - step / max(self.total_steps, 1)) ** 0.9
 
     # ---- checkpoints ---------------------------------------------------------------------
 
     def _state(self, epoch: int) -> dict[str, Any]:
         return {"trainer": type(self).__name__, "modality": self.modality, "fold": str(self.fold),
-                "epoch": epoch, "best_mre": self.best_mre, "network": self.network.state_dict(),
+                "epoch": epoch, "steps_done": self.steps_done, "total_steps": self.total_steps,
+                "best_mre": self.best_mre, "network": self.network.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "grad_scaler": self.scaler.state_dict(),
                 "history": self.log.history, "configuration": self.conf.to_json(), "landmarks": self.names,
                 "torch_rng": torch.get_rng_state()}
@@ -162,13 +189,14 @@ class LandmarkTrainer:
         self.log.history = state["history"]
         self.best_mre = float(state["best_mre"])
         self.start_epoch = int(state["epoch"])
+        self.start_step = int(state.get("steps_done", self.start_epoch * self.iterations_per_epoch))
         torch.set_rng_state(state["torch_rng"])
         self.log.write(f"resumed from {path} at epoch {self.start_epoch}")
 
     # ---- loop ----------------------------------------------------------------------------
 
     def _to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        image = batch["image"].to(self.device, non_blocking=True)
+        image = batch["image"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         target_mm = batch["landmarks"].to(self.device).float() * torch.tensor(self.spacing, device=self.device)
         present = batch["present"].to(self.device).bool()
         return image, torch.nan_to_num(target_mm), present
@@ -193,7 +221,7 @@ class LandmarkTrainer:
         losses, errors, predictions = [], [], {}
         for case in self.val_data.cases:
             sample = self.val_data.get(case)
-            image = torch.from_numpy(sample["image"][None]).to(self.device)
+            image = torch.from_numpy(sample["image"][None]).to(self.device).contiguous(memory_format=self.memory_format)
             with torch.autocast(self.device.type, enabled=self.amp):
                 outputs = self.network(image)
             outputs = outputs.float()
@@ -214,43 +242,62 @@ class LandmarkTrainer:
         return float(np.mean(losses)) if losses else math.nan, per_landmark, predictions
 
     def run(self, resume: bool = False) -> dict:
-        """Train, validate each epoch, checkpoint; at the end write validation predictions."""
+        """Train, validate each epoch, checkpoint; at the end write validation predictions and
+        the verdict on whether the run trained long enough (summary.json, log and console)."""
+        from lmkreg.threads import OtherProgramsWatch, configure_threads, import_warning, may_adapt_threads
         from lmkreg.training.data import make_train_loader
 
         self.output_folder.mkdir(parents=True, exist_ok=True)
+        threads = configure_threads(self.num_workers, processes=self.ddp.local_world_size)
         self._setup()
         if resume:
             self.resume()
+        self.steps_done = self.start_step
         self.log.write(f"{type(self).__name__} {self.modality} fold {self.fold}: {len(self.train_cases)} training, "
                        f"{len(self.val_cases)} validation cases, device {self.device}, epochs {self.num_epochs}, "
-                       f"{self.iterations_per_epoch} iterations of batch {self.conf.batch_size}")
+                       f"{self.iterations_per_epoch} iterations of batch {self.conf.batch_size} "
+                       f"({self.max_steps} steps; minimum for a usable model {self.min_steps})")
+        self.log.write(threads.describe())
+        for warning in filter(None, [import_warning()]):
+            self.log.write(f"warning: {warning}")
         per_process_batch = -(-self.conf.batch_size // self.ddp.world_size)
         if per_process_batch * self.ddp.world_size != self.conf.batch_size:
             self.log.write(f"batch {self.conf.batch_size} does not split over {self.ddp.world_size} processes: "
                            f"using {per_process_batch} per process")
-        bar = tqdm(desc=f"{type(self).__name__} {self.modality} fold {self.fold}", unit="epoch",
-                   disable=not (self.progress_bar and self.ddp.is_main), initial=self.start_epoch,
-                   total=self.num_epochs)
+        budget = watch = None
+        if self.time_budget_s is not None:
+            budget = StepBudget(self.time_budget_s, self.max_steps, self.iterations_per_epoch)
+            budget.start(self.steps_done)
+            # a budgeted run is not bit-reproducible anyway: follow the free cores as other programs come and go
+            if may_adapt_threads(threads) and not self.ddp.enabled and self.device.type == "cpu":
+                watch = OtherProgramsWatch()
+        bar = tqdm(desc=f"{type(self).__name__} {self.modality} fold {self.fold}", unit="step",
+                   disable=not (self.progress_bar and self.ddp.is_main), initial=self.steps_done,
+                   total=self.total_steps)
         epoch = self.start_epoch
-        run_start = time.time()
-        while epoch < self.num_epochs:  # num_epochs may shrink to fit a time budget
-            t0 = time.time()
-            lr = self.learning_rate(epoch)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            loader = make_train_loader(self.train_data, per_process_batch, self.augmentation, self.num_workers,
-                                       seed=self.seed + 1000 * epoch, iterations_per_epoch=self.iterations_per_epoch,
+        while self.steps_done < self.total_steps:  # total_steps moves with a time budget
+            t0 = time.monotonic()
+            steps = min(self.iterations_per_epoch, self.total_steps - self.steps_done)
+            lr = self.learning_rate(self.steps_done)
+            loader = make_train_loader(self.train_data, per_process_batch, self.augmentation, threads.workers,
+                                       seed=self.seed + 1000 * epoch, iterations_per_epoch=steps,
                                        rank=self.ddp.rank, world_size=self.ddp.world_size)
             self.network.train()
             train_losses = self._train_epoch(loader)
+            del loader  # its workers exit now, so their CPU time counts as this run's, not as other programs'
+            train_s = time.monotonic() - t0
+            self.steps_done += steps
             train_loss = average_across_processes(float(np.mean(train_losses)), self.ddp)
             if self.ddp.is_main:
-                val_loss, per_landmark, _ = self.validate()
+                validation = self.validate()
+                self._last_validation = (self.steps_done, validation)
+                val_loss, per_landmark, _ = validation
                 mre = float(np.nanmean(per_landmark))
-                self.log.add_epoch(train_loss, val_loss, mre, per_landmark, lr, time.time() - t0)
+                self.log.add_epoch(train_loss, val_loss, mre, per_landmark, lr, time.monotonic() - t0,
+                                   steps=self.steps_done)
                 self.log.write(f"epoch {epoch}: train loss {train_loss:.3f}, val loss {val_loss:.3f}, val MRE "
                                f"{mre:.2f} mm ({', '.join(f'{n} {v:.2f}' for n, v in zip(self.names, per_landmark))}), "
-                               f"lr {lr:.2e}, {time.time() - t0:.1f} s")
+                               f"lr {lr:.2e}, {steps} steps ({self.steps_done} in all), {time.monotonic() - t0:.1f} s")
                 if mre < self.best_mre:
                     self.best_mre = mre
                     self.save("best", epoch + 1)
@@ -258,54 +305,88 @@ class LandmarkTrainer:
                 self.log.plot(self.output_folder / "progress.png")
                 bar.set_postfix(loss=f"{train_loss:.2f}", val_mre=f"{mre:.2f}mm")
             barrier(self.ddp)
-            if self.time_budget_s is not None:
-                # every process must agree on the new count: use the mean elapsed time of all of them
-                self._fit_budget(epoch, average_across_processes(time.time() - run_start, self.ddp), bar)
-            bar.update(1)
+            if budget is not None:
+                self._fit_budget(budget, steps, train_s, time.monotonic() - t0 - train_s, bar)
+            if watch is not None:
+                self._follow_free_cores(watch)
+            bar.update(steps)
             epoch += 1
         bar.close()
-        self.save("final", self.num_epochs)
+        self.save("final", epoch)
         summary = self.write_validation() if self.ddp.is_main else {}
         barrier(self.ddp)
         return summary
 
     def _train_epoch(self, loader) -> list[float]:
-        """One pass over the loader; a dead data worker stops training with a clear message
-        (torch may report it from a signal handler while a step runs, so catch it here too)."""
+        """One pass over the loader, the learning rate set before every step; a dead data worker
+        stops training with a clear message (torch may report it from a signal handler while a
+        step runs, so catch it here too)."""
         from lmkreg.training.data import WORKER_FAILURES, iterate_batches
 
+        losses = []
         try:
-            return [self.train_step(batch) for batch in iterate_batches(loader)]
+            for i, batch in enumerate(iterate_batches(loader)):
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.learning_rate(self.steps_done + i)
+                losses.append(self.train_step(batch))
         except RuntimeError as exc:
             if any(s in str(exc) for s in WORKER_FAILURES):
                 raise LmkregError(f"training stopped: a data loader worker died ({exc}). Often the machine ran "
                                   f"out of memory; fewer --workers may help. Resume with --c.") from exc
             raise
+        return losses
 
-    def _fit_budget(self, epoch: int, elapsed_s: float, bar: tqdm) -> None:
-        """Shrink num_epochs so the run ends within the budget, from the mean epoch time so far
-        (re-checked every epoch, so a machine that gets busier still stops on time)."""
-        done = epoch + 1 - self.start_epoch
-        fits = max(epoch + 1, self.start_epoch + int(self.time_budget_s / max(elapsed_s / done, 1e-6)))
-        if fits < self.num_epochs:
-            self.log.write(f"time budget {self.time_budget_s:.0f} s at {elapsed_s / done:.1f} s per epoch: "
-                           f"{fits} epochs instead of {self.num_epochs}")
-            self.num_epochs = fits
-            bar.total = fits
+    def _fit_budget(self, budget: StepBudget, steps: int, train_s: float, other_s: float, bar: tqdm) -> None:
+        """Re-fit the number of steps to the time budget from the steady speed (up or down);
+        rank 0 decides, so every process of a torchrun job stops at the same step."""
+        before = self.total_steps
+        total = budget.epoch_done(steps, train_s, other_s)
+        self.total_steps = broadcast_int(total, self.ddp)
+        if self.total_steps != before:
+            self.log.write(f"{budget.describe()}: {self.total_steps} steps instead of {before}")
+            bar.total = self.total_steps
             bar.refresh()
 
+    def _follow_free_cores(self, watch) -> None:
+        """Intra-op threads = the cores other programs left free over the last epoch."""
+        free = watch.free_cores()
+        if free is not None and free != torch.get_num_threads():
+            self.log.write(f"threads: {free} intra-op instead of {torch.get_num_threads()} (other programs used "
+                           f"{len(watch.cpus) - free} of {len(watch.cpus)} core(s) during the last epoch)")
+            torch.set_num_threads(free)
+
+    def verdict(self) -> TrainingVerdict:
+        """Whether this run trained long enough (lmkreg.training.convergence)."""
+        h = self.log.history
+        val_steps = h.get("steps") or [(i + 1) * self.iterations_per_epoch for i in range(len(h["val_mre"]))]
+        expected = None if self.expected_mre_mm is None else float(self.expected_mre_mm)
+        return judge_training(self.steps_done, self.min_steps, val_steps, h["val_mre"], expected)
+
     def write_validation(self) -> dict:
-        """Predictions of the final model for the fold's validation cases, in world LPS, and MREs."""
-        _, per_landmark, predictions = self.validate()
+        """Predictions of the final model for the fold's validation cases, in world LPS, MREs, and
+        the verdict on the training (a warning in the log and on the console when it is unfit)."""
+        cached = self._last_validation
+        _, per_landmark, predictions = (cached[1] if cached is not None and cached[0] == self.steps_done
+                                        else self.validate())
         folder = self.output_folder / "validation"
         for case, world in predictions.items():
             write_lmkreg_json(LandmarkSet.from_array(self.names, world), folder / f"{case}.json")
+        verdict = self.verdict()
         summary = {"trainer": type(self).__name__, "modality": self.modality, "fold": str(self.fold),
                    "num_cases": len(predictions),
                    "mre_per_landmark_mm": {n: float(v) for n, v in zip(self.names, per_landmark)},
-                   "mre_mm": float(np.nanmean(per_landmark)), "epochs": self.num_epochs}
+                   "mre_mm": float(np.nanmean(per_landmark)), "epochs": len(self.log.history["val_mre"]),
+                   "steps": self.steps_done, "planned_steps": self.max_steps, "min_steps": self.min_steps,
+                   "time_budget_s": self.time_budget_s, "fit_for_use": verdict.fit_for_use,
+                   "undertrained_reasons": verdict.reasons, "training_verdict": verdict.to_json()}
         atomic_write_json(folder / "summary.json", summary)
-        self.log.write(f"final validation MRE {summary['mre_mm']:.2f} mm")
+        self.log.write(f"final validation MRE {summary['mre_mm']:.2f} mm after {self.steps_done} steps")
+        if not verdict.fit_for_use:
+            text = (f"warning: the {self.modality} model of {type(self).__name__} fold {self.fold} may be "
+                    f"undertrained and not fit for use: {'; '.join(verdict.reasons)}. To fix: {ADVICE}.")
+            self.log.write(text)
+            if not self.log.echo:  # echo already printed it
+                print(text, file=sys.stderr, flush=True)
         return summary
 
 

@@ -1,0 +1,86 @@
+"""StepBudget driven by a fake clock: a slow first epoch, a slow-down, a speed-up.
+
+Every expected step count below is worked out by hand from the rule in StepBudget's docstring:
+seconds per step s and per-epoch overhead o from the last two steady epochs (the first epoch
+left out); the remaining time R holds n = floor(R / (50 s + o)) full epochs, then a partial one
+of floor((R - n (50 s + o) - o) / s) steps if what is left exceeds o.
+"""
+import pytest
+
+from lmkreg.training.budget import StepBudget
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def drive(budget, clock, epochs):
+    """Run epochs of (train seconds per step, other seconds) until the budget ends; returns
+    [(steps of the epoch, total after the re-fit)]."""
+    budget.start()
+    seen = []
+    for step_s, other_s in epochs:
+        steps = budget.next_epoch_steps()
+        if steps == 0:
+            break
+        clock.now += steps * step_s + other_s
+        seen.append((steps, budget.epoch_done(steps, steps * step_s, other_s)))
+    return seen
+
+
+def test_budget_ignores_the_slow_first_epoch_and_refits_down_then_up():
+    clock = FakeClock()
+    budget = StepBudget(budget_s=300.0, max_steps=5000, steps_per_epoch=50, clock=clock)
+    epochs = [(1.6, 4.0),   # E0 slow first epoch (80 s of steps): ignored, the plan's 5000 steps stand
+              (0.5, 5.0),   # E1 steady: s=0.5 o=5, R=186: 6 full (180 s) + partial floor((6-5)/0.5)=2 -> 402
+              (1.0, 10.0),  # E2 slow-down: s=0.75 o=7.5, R=126: 2 full (90 s), partial floor(28.5/0.75)=38 -> 288
+              (1.0, 10.0),  # E3 still slow: s=1 o=10, R=66: 1 full (60 s), 6 s left < o -> 250
+              (0.25, 2.5),  # E4 speed-up: s=0.625 o=6.25, R=51: 1 full (37.5 s), floor(7.25/0.625)=11 -> 311
+              (0.25, 2.5),  # E5 fast: s=0.25 o=2.5, R=36: 2 full (30 s), floor(3.5/0.25)=14 -> 414
+              (0.25, 2.5),  # E6: R=21: 1 full + 14 -> 414
+              (0.25, 2.5),  # E7: R=6: partial 14 -> 414
+              (0.25, 2.5),  # E8: the partial epoch of 14 steps ends at 300 s exactly -> 414
+              (0.25, 2.5)]  # (not run: nothing left)
+    seen = drive(budget, clock, epochs)
+    assert seen == [(50, 5000), (50, 402), (50, 288), (50, 250), (50, 311), (50, 414), (50, 414), (50, 414),
+                    (14, 414)]
+    assert budget.steps_done == 414 and budget.elapsed_s == pytest.approx(300.0)
+    assert budget.next_epoch_steps() == 0
+
+
+def test_first_epoch_alone_would_have_cut_the_run_to_a_third():
+    # the old rule (mean epoch time so far, first epoch included) after E0+E1 above: 114 s for
+    # 2 epochs -> floor(300 / 57) = 5 epochs = 250 steps; the steady estimate gives 402
+    clock = FakeClock()
+    budget = StepBudget(budget_s=300.0, max_steps=5000, steps_per_epoch=50, clock=clock)
+    seen = drive(budget, clock, [(1.6, 4.0), (0.5, 5.0)])
+    assert seen[-1][1] == 402 > 250
+
+
+def test_budget_spent_in_the_first_epoch_stops_the_run_there():
+    clock = FakeClock()
+    budget = StepBudget(budget_s=10.0, max_steps=5000, steps_per_epoch=50, clock=clock)
+    assert drive(budget, clock, [(0.5, 1.0)] * 3) == [(50, 50)]
+
+
+def test_budget_never_runs_longer_than_the_plan():
+    clock = FakeClock()
+    budget = StepBudget(budget_s=1e6, max_steps=120, steps_per_epoch=50, clock=clock)
+    assert drive(budget, clock, [(0.1, 1.0)] * 5) == [(50, 120), (50, 120), (20, 120)]
+
+
+def test_resumed_budget_counts_from_the_steps_already_done():
+    clock = FakeClock()
+    budget = StepBudget(budget_s=100.0, max_steps=1000, steps_per_epoch=50, clock=clock)
+    budget.start(steps_done=200)
+    clock.now += 50 * 2.0 + 5.0  # warm-up epoch after the resume: 105 s > budget
+    assert budget.epoch_done(50, 100.0, 5.0) == 250
+
+
+def test_budget_rejects_nonsense():
+    with pytest.raises(ValueError):
+        StepBudget(budget_s=0.0, max_steps=10, steps_per_epoch=5)

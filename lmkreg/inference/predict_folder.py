@@ -5,11 +5,15 @@ per-landmark confidence and a reliability flag).  Models are loaded once; the ne
 read and preprocessed in a background thread while the current one runs through the networks.
 Existing outputs are skipped unless ``--overwrite``; ``--num-parts/--part-id`` shard a large
 folder over machines.  A case that fails is reported by file name and the run goes on; the
-exit status is 1 if any case failed.
+exit status is 1 if any case failed.  Cases flagged unreliable are written and marked
+(``reliable: false``, ``flags``, per-landmark ``trust``), listed at the end, and give exit status
+3 only with --strict.  Mirror test-time augmentation is on by default: the calibrated error
+radius is computed from it (--no-tta turns it off, and the radii become unavailable).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -23,11 +27,13 @@ from tqdm import tqdm
 from lmkreg.cli_utils import friendly_errors
 from lmkreg.dataset.layout import find_dataset
 from lmkreg.errors import ConfigurationError, InputError, LmkregError
+from lmkreg.geometry import ImageGeometry
 from lmkreg.io.atomic import atomic_path, remove_stale_temporaries, split_suffix
 from lmkreg.io.images import is_image_file, read_image
 from lmkreg.io.landmarks import write_lmkreg_json
 from lmkreg.paths import results_root
 from lmkreg.inference.predictor import LandmarkPredictor, Prediction, model_folder_for
+from lmkreg.trust.summary import STRICT_HELP, exit_status, print_unreliable
 
 
 @dataclass
@@ -78,11 +84,17 @@ def write_case_outputs(pred: Prediction, json_path: Path, mrk_path: Path) -> Non
     place and the ``NAME.json`` last, since it marks the case complete.  A run killed between
     those steps leaves the case without ``NAME.json``, so the next run predicts it again instead
     of skipping a new ``.mrk.json`` next to an old ``.json`` (after ``--overwrite``)."""
-    from lmkreg.io.landmark_files import write_landmarks
+    from lmkreg.geometry import ImageGeometry
+from lmkreg.io.atomic import atomic_write_text
+    from lmkreg.io.slicer import _check_writable, markups_document
 
+    _check_writable(pred.landmarks)
+    doc = markups_document(pred.landmarks)
+    for cp in doc["markups"][0]["controlPoints"]:  # the radius, readable in Slicer's markups table
+        cp["description"] = pred.describe(cp["label"])
     with atomic_path(json_path) as tmp_json:
         with atomic_path(mrk_path) as tmp_mrk:
-            write_landmarks(pred.landmarks, tmp_mrk)
+            atomic_write_text(tmp_mrk, json.dumps(doc, indent=2, allow_nan=False) + "\n")
             write_lmkreg_json(pred.with_extras(), tmp_json)
             json_path.unlink(missing_ok=True)
 
@@ -102,7 +114,8 @@ def predict_folder(predictor: LandmarkPredictor, input_folder: Path, output_fold
             todo.append(image)
 
     def load(path: Path):
-        return predictor.preprocess(read_image(path))
+        image = read_image(path)
+        return (*predictor.preprocess(image), ImageGeometry.from_image(image))
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         future: Optional[Future] = pool.submit(load, todo[0]) if todo else None
@@ -110,8 +123,8 @@ def predict_folder(predictor: LandmarkPredictor, input_folder: Path, output_fold
             current = future
             future = pool.submit(load, todo[i + 1]) if i + 1 < len(todo) else None
             try:
-                array, grid = current.result()
-                pred = predictor.predict_array(array, grid)
+                array, grid, image_geometry = current.result()
+                pred = predictor.predict_array(array, grid, image_geometry)
                 json_path, mrk_path = output_paths(image, output_folder)
                 write_case_outputs(pred, json_path, mrk_path)
                 report.done.append(image.name)
@@ -134,7 +147,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("-tr", "--trainer", default="LandmarkTrainer", help="trainer (default LandmarkTrainer)")
     p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (default: all trained)")
     p.add_argument("-chk", "--checkpoint", default="final", choices=["final", "best", "latest"])
-    p.add_argument("--tta", action="store_true", help="add left-right mirrored predictions")
+    p.add_argument("--tta", dest="tta", action="store_true", default=True,
+                   help="add left-right mirrored predictions (the default; the error radius is calibrated with them)")
+    p.add_argument("--no-tta", dest="tta", action="store_false",
+                   help="no mirrored predictions: half the time, but no calibrated error radius")
+    p.add_argument("--max-radius", type=float, default=5.0, metavar="MM",
+                   help="flag a landmark whose calibrated error radius is larger than this many mm (default 5)")
+    p.add_argument("--strict", action="store_true", help=STRICT_HELP)
     p.add_argument("--overwrite", action="store_true", help="predict again cases whose outputs exist")
     p.add_argument("--num-parts", type=int, default=1, help="split the folder into this many parts")
     p.add_argument("--part-id", type=int, default=0, help="which part this process predicts")
@@ -146,15 +165,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dataset_name = find_dataset(args.dataset).name
     folder = model_folder_for(results_root() / dataset_name, args.trainer, args.modality)
     predictor = LandmarkPredictor(folder, args.folds, args.checkpoint, args.device, args.tta, args.trainer_module,
-                                  optimize=not args.no_optimize)
+                                  optimize=not args.no_optimize, max_radius_mm=args.max_radius)
     report = predict_folder(predictor, args.input, args.output, args.overwrite, args.num_parts, args.part_id)
     print(f"{len(report.done)} predicted, {len(report.skipped)} skipped (outputs exist), {len(report.failed)} failed; "
           f"{len(report.unreliable)} flagged unreliable")
-    for name, flags in report.unreliable.items():
-        print(f"  unreliable: {name}: {'; '.join(flags)}")
+    for note in trust_notes(predictor):
+        print(f"  note: {note}")
+    print_unreliable(report.unreliable, len(report.done))
     for name, msg in report.failed.items():
         print(f"  failed: {name}: {msg}", file=sys.stderr)
-    return 1 if report.failed else 0
+    return exit_status(len(report.failed), len(report.unreliable), args.strict)
+
+
+def trust_notes(predictor: LandmarkPredictor) -> list[str]:
+    """What the run could not check, said once instead of per case."""
+    notes = []
+    if predictor.calibration is None:
+        notes.append(f"{predictor.model_folder.name} has no calibration.json: no error radii (retrain, or see "
+                     f"documentation/inference.md)")
+    else:
+        missing = {n: r for n, r in predictor.calibration.reasons.items() if r}
+        for n, r in missing.items():
+            notes.append(f"no error radius for {n}: {r}")
+    if not predictor.mirror_tta:
+        notes.append("mirror test-time augmentation off (--no-tta): no error radii")
+    if predictor.statistics is None:
+        notes.append(f"{predictor.model_folder.name} has no training_statistics.json: no plausibility checks")
+    return notes
 
 
 if __name__ == "__main__":

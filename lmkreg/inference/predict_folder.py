@@ -84,19 +84,23 @@ def write_case_outputs(pred: Prediction, json_path: Path, mrk_path: Path) -> Non
     place and the ``NAME.json`` last, since it marks the case complete.  A run killed between
     those steps leaves the case without ``NAME.json``, so the next run predicts it again instead
     of skipping a new ``.mrk.json`` next to an old ``.json`` (after ``--overwrite``)."""
-    from lmkreg.geometry import ImageGeometry
-from lmkreg.io.atomic import atomic_write_text
-    from lmkreg.io.slicer import _check_writable, markups_document
+    from lmkreg.io.landmark_files import write_landmarks
 
-    _check_writable(pred.landmarks)
-    doc = markups_document(pred.landmarks)
-    for cp in doc["markups"][0]["controlPoints"]:  # the radius, readable in Slicer's markups table
-        cp["description"] = pred.describe(cp["label"])
     with atomic_path(json_path) as tmp_json:
         with atomic_path(mrk_path) as tmp_mrk:
-            atomic_write_text(tmp_mrk, json.dumps(doc, indent=2, allow_nan=False) + "\n")
+            write_landmarks(pred.landmarks, tmp_mrk)
+            add_descriptions(tmp_mrk, pred)
             write_lmkreg_json(pred.with_extras(), tmp_json)
             json_path.unlink(missing_ok=True)
+
+
+def add_descriptions(mrk_path: Path, pred: Prediction) -> None:
+    """Put each landmark's error radius (and UNRELIABLE) into its control point description of
+    a just written ``.mrk.json``, where 3D Slicer's markups table shows it."""
+    doc = json.loads(mrk_path.read_text(encoding="utf-8"))
+    for cp in doc["markups"][0]["controlPoints"]:
+        cp["description"] = pred.describe(cp["label"])
+    mrk_path.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
 def predict_folder(predictor: LandmarkPredictor, input_folder: Path, output_folder: Path, overwrite: bool = False,

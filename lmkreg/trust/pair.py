@@ -95,11 +95,9 @@ def assess_pair(mr: LandmarkSet, us: LandmarkSet, names: Sequence[str], rms_mm: 
     have_radii = r_mr is not None and r_us is not None
     if not have_radii:
         notes.append("no calibrated radii in both landmark files: the transform uncertainty is unavailable and the "
-                     "residual limit ignores localisation error")
-    sigma2 = float(np.mean((r_mr / COVERAGE_SIGMA) ** 2 + (r_us / COVERAGE_SIGMA) ** 2)) if have_radii else 0.0
+                     "residual limit counts the localisation error of the file(s) with radii only")
+    sigma2 = sum(float(np.mean((r / COVERAGE_SIGMA) ** 2)) for r in (r_mr, r_us) if r is not None)
     limit = DEFAULT_LIMIT_MM if base is None else math.sqrt(base ** 2 + RMS_FACTOR_95 ** 2 * sigma2)
-    if base is not None and not have_radii:
-        limit = max(limit, base)
     if rms_mm > limit:
         flags.append(f"pair: RMS residual {rms_mm:.1f} mm > {limit:.1f} mm expected at most (by {rms_mm - limit:.1f} mm): "
                      f"a landmark is wrong or the files are not of the same patient")

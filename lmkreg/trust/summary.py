@@ -10,7 +10,7 @@ warning hides the other results; scripts that must not go on with a flagged case
 from __future__ import annotations
 
 import sys
-from typing import Mapping, Sequence, TextIO
+from typing import Mapping, Optional, Sequence, TextIO
 
 STRICT_EXIT = 3
 STRICT_HELP = ("exit with status 3 when any result is flagged unreliable (flagged results are still written and "
@@ -18,8 +18,9 @@ STRICT_HELP = ("exit with status 3 when any result is flagged unreliable (flagge
 
 
 def print_unreliable(unreliable: Mapping[str, Sequence[str]], total: int, what: str = "case",
-                     stream: TextIO = sys.stdout) -> None:
+                     stream: Optional[TextIO] = None) -> None:
     """The end-of-run summary: how many of `total` were flagged, then one line per flagged one."""
+    stream = stream or sys.stdout  # looked up now: a replaced sys.stdout (tests, redirection) is honoured
     print(f"{len(unreliable)} of {total} {what}(s) flagged unreliable" + (":" if unreliable else ""), file=stream)
     for name, flags in unreliable.items():
         print(f"  unreliable: {name}: {'; '.join(flags)}", file=stream)

@@ -96,7 +96,10 @@ def write_case_outputs(pred: Prediction, json_path: Path, mrk_path: Path) -> Non
 
 def add_descriptions(mrk_path: Path, pred: Prediction) -> None:
     """Put each landmark's error radius (and UNRELIABLE) into its control point description of
-    a just written ``.mrk.json``, where 3D Slicer's markups table shows it."""
+    a just written ``.mrk.json``, where 3D Slicer's markups table shows it (a prediction object
+    without ``describe``, such as a wrapper's, leaves the descriptions empty)."""
+    if not hasattr(pred, "describe"):
+        return
     doc = json.loads(mrk_path.read_text(encoding="utf-8"))
     for cp in doc["markups"][0]["controlPoints"]:
         cp["description"] = pred.describe(cp["label"])
@@ -128,7 +131,9 @@ def predict_folder(predictor: LandmarkPredictor, input_folder: Path, output_fold
             future = pool.submit(load, todo[i + 1]) if i + 1 < len(todo) else None
             try:
                 array, grid, image_geometry = current.result()
-                pred = predictor.predict_array(array, grid, image_geometry)
+                pred = predictor.predict_array(array, grid)
+                if hasattr(predictor, "check_image"):  # outside the image, image extent (issue 14)
+                    predictor.check_image(pred, image_geometry)
                 json_path, mrk_path = output_paths(image, output_folder)
                 write_case_outputs(pred, json_path, mrk_path)
                 report.done.append(image.name)

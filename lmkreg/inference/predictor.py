@@ -256,10 +256,7 @@ class LandmarkPredictor:
         spread = np.nanmean(np.stack(spreads), 0) if np.isfinite(np.stack(spreads)).any() else np.full(len(self.names), np.nan)
         flags = []
         inside = grid.contains_world(mean)
-        in_image = image_geometry.contains_world(mean) if image_geometry is not None else np.ones(len(self.names), bool)
         for i, n in enumerate(self.names):
-            if not in_image[i]:
-                flags.append(f"{n}: outside the image")
             if not inside[i]:
                 flags.append(f"{n}: outside the planned field of view")
             if np.isfinite(spread[i]) and spread[i] > SPREAD_FLAG_MM:
@@ -268,16 +265,27 @@ class LandmarkPredictor:
                 flags.append(f"{n}: folds disagree by {disagreement[i]:.1f} mm > {DISAGREEMENT_FLAG_MM} mm")
         pred = Prediction(LandmarkSet.from_array(self.names, mean), dict(zip(self.names, map(float, spread))),
                           dict(zip(self.names, map(float, disagreement))), flags)
-        self._assess(pred, array, grid, image_geometry, np.stack(per_fold_mean), np.stack(per_fold_gap),
-                     np.stack(per_fold_spread))
+        self._assess(pred, array, grid, np.stack(per_fold_mean), np.stack(per_fold_gap), np.stack(per_fold_spread))
+        if image_geometry is not None:
+            self.check_image(pred, image_geometry)
         return pred
 
-    def _assess(self, pred: Prediction, array: np.ndarray, grid: ImageGeometry,
-                image_geometry: Optional[ImageGeometry], fold_means: np.ndarray, gaps: np.ndarray,
-                spreads: np.ndarray) -> None:
+    def check_image(self, pred: Prediction, image_geometry: ImageGeometry) -> None:
+        """Checks that need the source image's grid (which ``predict_array`` does not see):
+        a landmark outside the image, and the image's extent against training.  Adds flags."""
+        from lmkreg.trust.plausibility import image_extent_lps
+
+        inside = image_geometry.contains_world(pred.landmarks.to_array(self.names))
+        pred.flags += [f"{n}: outside the image" for n, ok in zip(self.names, inside)
+                       if not ok and pred.landmarks.points.get(n) is not None]
+        if self.statistics is not None:
+            pred.flags += self.statistics.check_image({}, image_extent_lps(image_geometry))
+
+    def _assess(self, pred: Prediction, array: np.ndarray, grid: ImageGeometry, fold_means: np.ndarray,
+                gaps: np.ndarray, spreads: np.ndarray) -> None:
         """Signals, calibrated radii and plausibility checks of one prediction (adds flags)."""
         from lmkreg.trust.calibration import signal_scale
-        from lmkreg.trust.plausibility import crop_features, grid_centre_world, image_extent_lps
+        from lmkreg.trust.plausibility import crop_features, grid_centre_world
 
         mean = pred.landmarks.to_array(self.names)
         between = (np.sqrt(((fold_means - mean) ** 2).sum(-1).mean(0)) if len(fold_means) > 1
@@ -305,8 +313,7 @@ class LandmarkPredictor:
             pred.training_pair_rms_mm = self.statistics.pair_residuals()
             if not np.isnan(mean).any():
                 pred.flags += [f"case: {m}" for m in self.statistics.check_landmarks(mean, grid_centre_world(grid))]
-            extent = image_extent_lps(image_geometry) if image_geometry is not None else None
-            pred.flags += self.statistics.check_image(crop_features(array), extent)
+            pred.flags += self.statistics.check_image(crop_features(array))
 
     def predict(self, image: sitk.Image) -> Prediction:
         array, grid = self.preprocess(image)

@@ -52,6 +52,9 @@ class CaseResult:
     manual_transform: Optional[list] = None  # 4x4 from the true landmarks
     reference_transform: Optional[list] = None  # 4x4 ICP reference
     notes: list[str] = field(default_factory=list)
+    radii_mm: dict[str, dict[str, Optional[float]]] = field(default_factory=dict)  # modality -> landmark -> radius
+    flagged: dict[str, dict[str, bool]] = field(default_factory=dict)  # modality -> landmark -> unreliable
+    pair_flagged: Optional[bool] = None  # lmkreg_register's pair flag for the predicted landmarks
 
     def mre_mm(self, modality: str) -> float:
         """Mean radial error of this case in one modality (mean over landmarks that have an error)."""
@@ -183,6 +186,7 @@ def evaluate_case(dataset: Dataset, case: str, split: str, predictions: dict[str
         pred[m] = read_landmarks(f)
         errors = radial_errors(pred[m], truth[m], names)
         result.errors_mm[m] = dict(zip(names, map(float, errors)))
+        result.radii_mm[m], result.flagged[m] = landmark_trust(pred[m], names)
         lost = [n for n in names if truth[m].points.get(n) is not None and pred[m].points.get(n) is None]
         if lost:
             result.notes.append(f"{m} prediction lacks {', '.join(lost)}")
@@ -217,7 +221,10 @@ def evaluate_case(dataset: Dataset, case: str, split: str, predictions: dict[str
         result.icp_vs_true_transform_mm = surface_registration_error(pts, RigidTransform.load(true_path), reference)
     if "MR" in pred and "US" in pred:
         try:
-            predicted = register_landmarks(pred["MR"], pred["US"], names).transform
+            fit = register_landmarks(pred["MR"], pred["US"], names)
+            predicted = fit.transform
+            from lmkreg.trust.pair import assess_pair
+            result.pair_flagged = not assess_pair(pred["MR"], pred["US"], fit.names, fit.rms_mm)["reliable"]
         except InputError as exc:
             result.notes.append(f"no registration from predictions: {exc.problem}")
         else:
@@ -226,6 +233,48 @@ def evaluate_case(dataset: Dataset, case: str, split: str, predictions: dict[str
             result.rotation_predicted_deg = residual_rotation_deg(reference, predicted)
             result.dice_predicted = registration_dice(mr_mask, us_mask, predicted)
     return result
+
+
+def landmark_trust(pred: LandmarkSet, names: Sequence[str]) -> tuple[dict, dict]:
+    """(radius per landmark, flagged per landmark) from an lmkreg prediction's extras; a file
+    without them (another tool's) has no radii and flags nothing."""
+    trust = pred.extras.get("trust") if isinstance(pred.extras, dict) else None
+    lm = trust.get("landmarks", {}) if isinstance(trust, dict) else {}
+    radii, flagged = {}, {}
+    for n in names:
+        d = lm.get(n) if isinstance(lm.get(n), dict) else {}
+        r = d.get("radius_mm")
+        radii[n] = float(r) if isinstance(r, (int, float)) and not isinstance(r, bool) else None
+        flagged[n] = bool(d.get("flagged", pred.extras.get("reliable") is False if isinstance(pred.extras, dict) else False))
+    return radii, flagged
+
+
+def calibration_summary(results: Sequence[CaseResult], names: Sequence[str], error_threshold_mm: float = 5.0) -> dict:
+    """Coverage of the error radii and ROC AUC of the flags, per modality and landmark: "unreliable"
+    against "error > threshold", and the pair flag against "SRE > threshold"."""
+    from lmkreg.evaluation.metrics import radius_coverage, roc_auc
+
+    out: dict = {"error_threshold_mm": error_threshold_mm}
+    for m in MODALITIES:
+        block: dict = {}
+        rows = [(n, r.errors_mm[m].get(n), r.radii_mm.get(m, {}).get(n), r.flagged.get(m, {}).get(n))
+                for r in results if m in r.errors_mm for n in names]
+        for n in list(names) + ["all"]:
+            sel = [x for x in rows if n == "all" or x[0] == n]
+            sel_flag = [x for x in sel if x[1] is not None and np.isfinite(x[1]) and x[3] is not None]
+            block[n] = {**radius_coverage([x[1] for x in sel], [x[2] for x in sel]),
+                        "num_flagged": int(sum(bool(x[3]) for x in sel_flag)),
+                        "num_error_above": int(sum(x[1] > error_threshold_mm for x in sel_flag)),
+                        "auc_flag_vs_error": roc_auc([float(bool(x[3])) for x in sel_flag],
+                                                     [x[1] > error_threshold_mm for x in sel_flag]) if sel_flag else None}
+        out[m] = block
+    pairs = [(r.sre_predicted_mm, r.pair_flagged) for r in results
+             if r.pair_flagged is not None and np.isfinite(r.sre_predicted_mm)]
+    out["pair"] = {"n": len(pairs), "num_flagged": int(sum(f for _, f in pairs)),
+                   "num_sre_above": int(sum(s > error_threshold_mm for s, _ in pairs)),
+                   "auc_flag_vs_sre": roc_auc([float(f) for _, f in pairs], [s > error_threshold_mm for s, _ in pairs])
+                   if pairs else None}
+    return out
 
 
 def _evaluate_or_error(case: str, dataset_folder: str, split: str, predictions: dict[str, str],
@@ -277,6 +326,7 @@ def summarize(results: Sequence[CaseResult], names: Sequence[str]) -> dict:
                          **{n: stats(per[n]) for n in names}, **success_rates(np.array(allv, float))}
     for key in METRIC_KEYS:
         out[key] = stats([getattr(r, key) for r in results])
+    out["calibration"] = calibration_summary(results, names)
     return out
 
 

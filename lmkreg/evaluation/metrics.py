@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import numpy as np
@@ -115,3 +116,36 @@ def map_mask_to_us(mr_mask: sitk.Image, us_reference: sitk.Image, mr_to_us: Rigi
 
 def registration_dice(mr_mask: sitk.Image, us_mask: sitk.Image, mr_to_us: RigidTransform) -> float:
     return dice(map_mask_to_us(mr_mask, us_mask, mr_to_us), sitk.GetArrayFromImage(us_mask))
+
+
+def roc_auc(scores: Sequence[float], positive: Sequence[bool]) -> Optional[float]:
+    """Area under the ROC curve of `scores` (higher = more suspicious) for the labels `positive`:
+    the probability that a random positive scores above a random negative, ties counting half
+    (the Mann-Whitney U of the positives divided by n_pos * n_neg).  None when a class is empty."""
+    s = np.asarray(scores, float)
+    y = np.asarray(positive, bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s))
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):  # average ranks (1-based) over ties
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
+
+
+def radius_coverage(errors: Sequence[float], radii: Sequence[Optional[float]]) -> dict:
+    """Share of landmarks whose error is within their radius, over those that have both."""
+    pairs = [(e, r) for e, r in zip(errors, radii)
+             if e is not None and r is not None and math.isfinite(e) and math.isfinite(r)]
+    if not pairs:
+        return {"n": 0, "coverage": None}
+    return {"n": len(pairs), "coverage": float(np.mean([e <= r for e, r in pairs])),
+            "median_radius_mm": float(np.median([r for _, r in pairs]))}

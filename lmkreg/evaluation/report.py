@@ -98,6 +98,7 @@ def markdown(summary: dict, results: Sequence[CaseResult], names: Sequence[str],
         for label, key in (("predicted", key_p), ("manual", key_m)):
             counts = histogram([getattr(r, key) for r in results], edges)
             lines.append(f"| {label} | " + " | ".join(map(str, counts)) + " |")
+    lines += calibration_markdown(summary.get("calibration"), names)
     if qc:
         lines += ["", "## Worst cases (largest SRE of the predicted registration)", "",
                   "| case | SRE (mm) | rotation (deg) | Dice | MRE MR (mm) | MRE US (mm) | pictures |",
@@ -116,6 +117,32 @@ def markdown(summary: dict, results: Sequence[CaseResult], names: Sequence[str],
         lines += [f"- {case}: {why}" for case, why in sorted((missing or {}).items())]
         lines += [f"- {case}: failed: {why}" for case, why in sorted((failed or {}).items())]
     return "\n".join(lines) + "\n"
+
+
+def calibration_markdown(cal: Optional[dict], names: Sequence[str]) -> list[str]:
+    """Coverage of the error radii and ROC AUC of the flags (documentation/evaluation.md)."""
+    if not cal:
+        return []
+    t = cal["error_threshold_mm"]
+    lines = ["", "## Calibration (how far to trust each result)", "",
+             f"Coverage: share of landmarks whose error is within the radius written in their file (the target is "
+             f"the radius' stated coverage, 90 %). AUC: area under the ROC curve of the \"unreliable\" flag against "
+             f"an error > {t:g} mm (0.5: the flag says nothing; 1: it flags exactly the bad ones; n/a: one class "
+             f"is empty).", "",
+             "| modality | landmark | n | coverage | median radius (mm) | flagged | error > 5 mm | AUC |",
+             "|---|---|---|---|---|---|---|---|"]
+    for m in ("MR", "US"):
+        for n in list(names) + ["all"]:
+            b = cal.get(m, {}).get(n, {})
+            cov = b.get("coverage")
+            lines.append(f"| {m} | {n} | {b.get('n', 0)} | {'n/a' if cov is None else f'{100 * cov:.1f} %'} | "
+                         f"{_num(b.get('median_radius_mm'))} | {b.get('num_flagged', 0)} | "
+                         f"{b.get('num_error_above', 0)} | {_num(b.get('auc_flag_vs_error'))} |")
+    pr = cal.get("pair", {})
+    lines += ["", f"Pair flag of lmkreg_register against SRE > {t:g} mm: {pr.get('num_flagged', 0)} of "
+                  f"{pr.get('n', 0)} pairs flagged, {pr.get('num_sre_above', 0)} with SRE > {t:g} mm, AUC "
+                  f"{_num(pr.get('auc_flag_vs_sre'))}."]
+    return lines
 
 
 def plot_histograms(results: Sequence[CaseResult], path: Path) -> Path:

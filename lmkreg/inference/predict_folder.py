@@ -9,11 +9,15 @@ read and preprocessed in a background thread while the current one runs through 
 Existing outputs are skipped unless ``--overwrite``; a same-named file lmkreg did not write
 (e.g. a dcm2niix ``NAME.json`` sidecar) stops the run before any work unless ``--overwrite``; ``--num-parts/--part-id`` shard a large
 folder over machines.  A case that fails is reported by file name and the run goes on; the
-exit status is 1 if any case failed.
+exit status is 1 if any case failed.  Cases flagged unreliable are written and marked
+(``reliable: false``, ``flags``, per-landmark ``trust``), listed at the end, and give exit status
+3 only with --strict.  Mirror test-time augmentation is on by default: the calibrated error
+radius is computed from it (--no-tta turns it off, and the radii become unavailable).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -27,12 +31,14 @@ from tqdm import tqdm
 from lmkreg.cli_utils import choose_trainer, error_line, friendly_errors, make_parser
 from lmkreg.dataset.layout import find_dataset
 from lmkreg.errors import ConfigurationError, InputError, LmkregError
+from lmkreg.geometry import ImageGeometry
 from lmkreg.io.atomic import atomic_path, remove_stale_temporaries, split_suffix
 from lmkreg.io.inputs import InputImage, find_input_images
 from lmkreg.io.ownership import check_replaceable
 from lmkreg.io.landmarks import write_lmkreg_json
 from lmkreg.paths import results_root
 from lmkreg.inference.predictor import LandmarkPredictor, Prediction, model_folder_for
+from lmkreg.trust.summary import STRICT_HELP, exit_status, print_unreliable
 
 
 @dataclass
@@ -88,8 +94,21 @@ def write_case_outputs(pred: Prediction, json_path: Path, mrk_path: Path) -> Non
     with atomic_path(json_path) as tmp_json:
         with atomic_path(mrk_path) as tmp_mrk:
             write_landmarks(pred.landmarks, tmp_mrk)
+            add_descriptions(tmp_mrk, pred)
             write_lmkreg_json(pred.with_extras(), tmp_json)
             json_path.unlink(missing_ok=True)
+
+
+def add_descriptions(mrk_path: Path, pred: Prediction) -> None:
+    """Put each landmark's error radius (and UNRELIABLE) into its control point description of
+    a just written ``.mrk.json``, where 3D Slicer's markups table shows it (a prediction object
+    without ``describe``, such as a wrapper's, leaves the descriptions empty)."""
+    if not hasattr(pred, "describe"):
+        return
+    doc = json.loads(mrk_path.read_text(encoding="utf-8"))
+    for cp in doc["markups"][0]["controlPoints"]:
+        cp["description"] = pred.describe(cp["label"])
+    mrk_path.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
 def predict_folder(predictor: LandmarkPredictor, input_folder: Path, output_folder: Path, overwrite: bool = False,
@@ -111,7 +130,8 @@ def predict_folder(predictor: LandmarkPredictor, input_folder: Path, output_fold
             todo.append(image)
 
     def load(image: InputImage):
-        return predictor.preprocess(image.read())
+        img = image.read()
+        return (*predictor.preprocess(img), ImageGeometry.from_image(img))
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         future: Optional[Future] = pool.submit(load, todo[0]) if todo else None
@@ -119,8 +139,10 @@ def predict_folder(predictor: LandmarkPredictor, input_folder: Path, output_fold
             current = future
             future = pool.submit(load, todo[i + 1]) if i + 1 < len(todo) else None
             try:
-                array, grid = current.result()
+                array, grid, image_geometry = current.result()
                 pred = predictor.predict_array(array, grid)
+                if hasattr(predictor, "check_image"):  # outside the image, image extent (issue 14)
+                    predictor.check_image(pred, image_geometry)
                 json_path, mrk_path = output_paths(image, output_folder)
                 write_case_outputs(pred, json_path, mrk_path)
                 report.done.append(image.label)
@@ -149,7 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--series", default=None, metavar="UID_OR_DESCRIPTION",
                    help="DICOM folders holding several series: read the one with this SeriesInstanceUID or "
                         "series description")
-    p.add_argument("--tta", action="store_true", help="add left-right mirrored predictions")
+    p.add_argument("--tta", dest="tta", action="store_true", default=True,
+                   help="add left-right mirrored predictions (the default; the error radius is calibrated with them)")
+    p.add_argument("--no-tta", dest="tta", action="store_false",
+                   help="no mirrored predictions: half the time, but no calibrated error radius")
+    p.add_argument("--max-radius", type=float, default=5.0, metavar="MM",
+                   help="flag a landmark whose calibrated error radius is larger than this many mm (default 5)")
+    p.add_argument("--strict", action="store_true", help=STRICT_HELP)
     p.add_argument("--overwrite", action="store_true",
                    help="predict again cases whose outputs exist, and replace same-named files lmkreg did not write")
     p.add_argument("--num-parts", type=int, default=1, help="split the folder into this many parts")
@@ -172,16 +200,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     folder = model_folder_for(results, choose_trainer(results, args.modality, args.trainer), args.modality)
     list_images(args.input, args.num_parts, args.part_id, args.series)  # bad input fails before models load
     predictor = LandmarkPredictor(folder, args.folds, args.checkpoint, args.device, args.tta, args.trainer_module,
-                                  optimize=not args.no_optimize)
+                                  optimize=not args.no_optimize, max_radius_mm=args.max_radius)
     report = predict_folder(predictor, args.input, args.output, args.overwrite, args.num_parts, args.part_id,
                             progress_bar=not args.no_progress, series=args.series)
     print(f"{len(report.done)} predicted, {len(report.skipped)} skipped (outputs exist), {len(report.failed)} failed; "
           f"{len(report.unreliable)} flagged unreliable")
-    for name, flags in report.unreliable.items():
-        print(f"  unreliable: {name}: {'; '.join(flags)}")
+    for note in trust_notes(predictor):
+        print(f"  note: {note}")
+    print_unreliable(report.unreliable, len(report.done))
     for name, msg in report.failed.items():
         print(f"  failed: {msg}", file=sys.stderr)  # msg names the file
-    return 1 if report.failed else 0
+    return exit_status(len(report.failed), len(report.unreliable), args.strict)
+
+
+def trust_notes(predictor: LandmarkPredictor) -> list[str]:
+    """What the run could not check, said once instead of per case."""
+    notes = []
+    if predictor.calibration is None:
+        notes.append(f"{predictor.model_folder.name} has no calibration.json: no error radii (retrain, or see "
+                     f"documentation/inference.md)")
+    else:
+        missing = {n: r for n, r in predictor.calibration.reasons.items() if r}
+        for n, r in missing.items():
+            notes.append(f"no error radius for {n}: {r}")
+    if not predictor.mirror_tta:
+        notes.append("mirror test-time augmentation off (--no-tta): no error radii")
+    if predictor.statistics is None:
+        notes.append(f"{predictor.model_folder.name} has no training_statistics.json: no plausibility checks")
+    return notes
 
 
 if __name__ == "__main__":

@@ -37,6 +37,9 @@ from lmkreg.training.runtime import select_device
 # a landmark is flagged when its heatmap is this wide or the folds disagree this much (mm)
 SPREAD_FLAG_MM = 10.0
 DISAGREEMENT_FLAG_MM = 5.0
+# ... or when its calibrated error radius is larger than this (mm): the "error > 5 mm" the
+# evaluation counts as a failure
+RADIUS_FLAG_MM = 5.0
 
 # the optimised module must reproduce the eager output to this fraction of its largest magnitude
 # (at least 1): float reassociation in MKLDNN gives ~1e-6; anything near this is a real fault
@@ -45,23 +48,57 @@ OPTIMIZE_TOLERANCE = 1e-4
 
 @dataclass
 class Prediction:
-    """Landmarks in world LPS mm with per-landmark confidence measures (mm)."""
+    """Landmarks in world LPS mm with per-landmark confidence measures (mm).
+
+    ``signals`` per landmark: mirror_gap_mm (half the plain-vs-mirrored distance, RMS over
+    folds), heatmap_spread_mm, between_folds_mm (RMS distance of the fold means from the
+    ensemble) and scale_mm (the calibrated signal).  ``radius_mm``: the calibrated error radius
+    at ``coverage`` (None, with ``radius_note`` saying why, when there is none).  ``flags``: every
+    reason not to trust the case; a flag naming a landmark ("apex: ...") concerns that landmark,
+    the others ("case: ...", "image: ...") the whole case."""
 
     landmarks: LandmarkSet
     spread_mm: dict[str, float]
     fold_disagreement_mm: dict[str, float]
     flags: list[str] = field(default_factory=list)
+    signals: dict[str, dict[str, Optional[float]]] = field(default_factory=dict)
+    radius_mm: dict[str, Optional[float]] = field(default_factory=dict)
+    radius_note: dict[str, str] = field(default_factory=dict)
+    coverage: Optional[float] = None
+    training_pair_rms_mm: Optional[dict] = None
 
     @property
     def reliable(self) -> bool:
         return not self.flags
+
+    def landmark_flagged(self, name: str) -> bool:
+        """True when a flag names this landmark or concerns the whole case."""
+        prefixes = tuple(f"{n}:" for n in self.landmarks.names)
+        return any(f.startswith(f"{name}:") or not f.startswith(prefixes) for f in self.flags)
+
+    def trust_document(self) -> dict:
+        """The ``trust`` extras block of the lmkreg JSON (see documentation/inference.md)."""
+        lm = {}
+        for n in self.landmarks.names:
+            sig = {k: _finite(v) for k, v in self.signals.get(n, {}).items()}
+            lm[n] = {"radius_mm": _finite(self.radius_mm.get(n)), "flagged": self.landmark_flagged(n), **sig}
+            if self.radius_mm.get(n) is None and self.radius_note.get(n):
+                lm[n]["radius_unavailable"] = self.radius_note[n]
+        return {"coverage": self.coverage, "landmarks": lm, "training_pair_rms_mm": self.training_pair_rms_mm}
+
+    def describe(self, name: str) -> str:
+        """One line for a landmark (the Slicer control point description)."""
+        r = self.radius_mm.get(name)
+        text = (f"within {r:.1f} mm at {self.coverage:.0%}" if r is not None and self.coverage
+                else f"error radius unavailable: {self.radius_note.get(name, 'no calibration')}")
+        return text + ("; UNRELIABLE" if self.landmark_flagged(name) else "")
 
     def with_extras(self) -> LandmarkSet:
         """The landmark set carrying its confidence as extras (for the lmkreg JSON)."""
         extras = {"confidence": {n: {"heatmap_spread_mm": _finite(self.spread_mm.get(n)),
                                      "fold_disagreement_mm": _finite(self.fold_disagreement_mm.get(n))}
                                  for n in self.landmarks.names},
-                  "reliable": self.reliable, "flags": list(self.flags)}
+                  "reliable": self.reliable, "flags": list(self.flags), "trust": self.trust_document()}
         return LandmarkSet(dict(self.landmarks.points), extras)
 
 
@@ -118,8 +155,16 @@ class LandmarkPredictor:
 
     def __init__(self, model_folder: Union[str, Path], folds: Optional[Sequence[str]] = None,
                  checkpoint: str = "final", device: Optional[str] = None, mirror_tta: bool = False,
-                 trainer_modules: Sequence[str] = (), optimize: bool = True):
+                 trainer_modules: Sequence[str] = (), optimize: bool = True,
+                 max_radius_mm: float = RADIUS_FLAG_MM):
+        from lmkreg.trust.calibration import Calibration
+        from lmkreg.trust.plausibility import TrainingStatistics
+
         self.model_folder = Path(model_folder)
+        self.max_radius_mm = float(max_radius_mm)
+        # stored with the model at training time; absent for models trained before them
+        self.calibration = Calibration.load(self.model_folder)
+        self.statistics = TrainingStatistics.load(self.model_folder)
         self.plans = Plans.load(self.model_folder / PLANS_FILE)
         trainer_name, _, modality = self.model_folder.name.partition("__")
         self.modality = modality
@@ -170,20 +215,24 @@ class LandmarkPredictor:
         return normalized_on_grid(image, grid, self.conf.normalization)[None], grid
 
     @torch.inference_mode()
-    def predict_array(self, array: np.ndarray, grid: ImageGeometry) -> Prediction:
+    def predict_array(self, array: np.ndarray, grid: ImageGeometry,
+                      image_geometry: Optional[ImageGeometry] = None) -> Prediction:
         """Run every fold (and mirror) on a preprocessed array and ensemble in world space.
 
         The optimised modules are traced for the planned input size; an array of any other
         size (not produced by ``preprocess``) goes through the eager networks.  The mirrored
-        input has the same shape, so it uses the optimised module too."""
+        input has the same shape, so it uses the optimised module too.  ``image_geometry`` (the
+        source image's grid) lets a landmark outside the image be flagged."""
         x = torch.from_numpy(np.ascontiguousarray(array[None])).to(self.device)
         planned = tuple(x.shape) == self.input_shape
         spacing = list(self.conf.spacing_zyx)
         worlds, spreads = [], []
+        per_fold_mean, per_fold_gap, per_fold_spread = [], [], []
         affine = grid.index_to_world_affine()
         for net, module in zip(self.networks, self.inference_modules):
             run = module if planned else net
             variants = [(x, False)] + ([(torch.flip(x, dims=[-1]), True)] if self.mirror_tta else [])
+            fold_worlds, fold_spreads = [], []
             for xi, flipped in variants:
                 with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
                     out = run(xi)
@@ -191,8 +240,16 @@ class LandmarkPredictor:
                 vox = mm[0].double().cpu().numpy() / np.asarray(spacing)
                 if flipped:
                     vox[:, 2] = array.shape[-1] - 1 - vox[:, 2]
-                worlds.append(vox @ affine[:3, :3].T + affine[:3, 3])
-                spreads.append(spread[0].double().cpu().numpy())
+                fold_worlds.append(vox @ affine[:3, :3].T + affine[:3, 3])
+                fold_spreads.append(spread[0].double().cpu().numpy())
+            worlds += fold_worlds
+            spreads += fold_spreads
+            per_fold_mean.append(np.mean(fold_worlds, 0))
+            per_fold_gap.append(np.linalg.norm(fold_worlds[0] - fold_worlds[1], axis=-1) / 2 if len(fold_worlds) > 1
+                                else np.full(len(self.names), np.nan))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN spreads of a regression network
+                per_fold_spread.append(np.nanmean(np.stack(fold_spreads), 0))
         worlds_arr = np.stack(worlds)  # (n_models, L, 3)
         mean = worlds_arr.mean(0)
         disagreement = np.sqrt(((worlds_arr - mean) ** 2).sum(-1).mean(0)) if len(worlds_arr) > 1 else np.full(len(self.names), np.nan)
@@ -206,12 +263,61 @@ class LandmarkPredictor:
                 flags.append(f"{n}: heatmap spread {spread[i]:.1f} mm > {SPREAD_FLAG_MM} mm")
             if np.isfinite(disagreement[i]) and disagreement[i] > DISAGREEMENT_FLAG_MM:
                 flags.append(f"{n}: folds disagree by {disagreement[i]:.1f} mm > {DISAGREEMENT_FLAG_MM} mm")
-        return Prediction(LandmarkSet.from_array(self.names, mean), dict(zip(self.names, map(float, spread))),
+        pred = Prediction(LandmarkSet.from_array(self.names, mean), dict(zip(self.names, map(float, spread))),
                           dict(zip(self.names, map(float, disagreement))), flags)
+        self._assess(pred, array, grid, np.stack(per_fold_mean), np.stack(per_fold_gap), np.stack(per_fold_spread))
+        if image_geometry is not None:
+            self.check_image(pred, image_geometry)
+        return pred
+
+    def check_image(self, pred: Prediction, image_geometry: ImageGeometry) -> None:
+        """Checks that need the source image's grid (which ``predict_array`` does not see):
+        a landmark outside the image, and the image's extent against training.  Adds flags."""
+        from lmkreg.trust.plausibility import image_extent_lps
+
+        inside = image_geometry.contains_world(pred.landmarks.to_array(self.names))
+        pred.flags += [f"{n}: outside the image" for n, ok in zip(self.names, inside)
+                       if not ok and pred.landmarks.points.get(n) is not None]
+        if self.statistics is not None:
+            pred.flags += self.statistics.check_image({}, image_extent_lps(image_geometry))
+
+    def _assess(self, pred: Prediction, array: np.ndarray, grid: ImageGeometry, fold_means: np.ndarray,
+                gaps: np.ndarray, spreads: np.ndarray) -> None:
+        """Signals, calibrated radii and plausibility checks of one prediction (adds flags)."""
+        from lmkreg.trust.calibration import signal_scale
+        from lmkreg.trust.plausibility import crop_features, grid_centre_world
+
+        mean = pred.landmarks.to_array(self.names)
+        between = (np.sqrt(((fold_means - mean) ** 2).sum(-1).mean(0)) if len(fold_means) > 1
+                   else np.full(len(self.names), np.nan))
+        pred.coverage = self.calibration.coverage if self.calibration else None
+        for i, n in enumerate(self.names):
+            scale = (float(np.sqrt(np.mean([signal_scale(g, s) ** 2 for g, s in zip(gaps[:, i], spreads[:, i])])))
+                     if self.mirror_tta else None)
+            pred.signals[n] = {"mirror_gap_mm": float(np.sqrt(np.mean(gaps[:, i] ** 2))) if self.mirror_tta else None,
+                               "heatmap_spread_mm": float(np.nanmean(spreads[:, i])) if np.isfinite(spreads[:, i]).any() else None,
+                               "between_folds_mm": float(between[i]) if np.isfinite(between[i]) else None,
+                               "scale_mm": scale}
+            if self.calibration is None:
+                r, note = None, "the model has no calibration.json (trained before calibration existed)"
+            else:
+                r, note = self.calibration.radius(n, scale)
+            pred.radius_mm[n] = r
+            if note:
+                pred.radius_note[n] = note
+            if r is not None and r > self.max_radius_mm:
+                pred.flags.append(f"{n}: {pred.coverage:.0%} error radius {r:.1f} mm > {self.max_radius_mm:g} mm")
+            if r is not None and np.isfinite(between[i]) and between[i] > r:
+                pred.flags.append(f"{n}: folds disagree by {between[i]:.1f} mm, more than the error radius {r:.1f} mm")
+        if self.statistics is not None:
+            pred.training_pair_rms_mm = self.statistics.pair_residuals()
+            if not np.isnan(mean).any():
+                pred.flags += [f"case: {m}" for m in self.statistics.check_landmarks(mean, grid_centre_world(grid))]
+            pred.flags += self.statistics.check_image(crop_features(array))
 
     def predict(self, image: sitk.Image) -> Prediction:
         array, grid = self.preprocess(image)
-        return self.predict_array(array, grid)
+        return self.predict_array(array, grid, ImageGeometry.from_image(image))
 
 
 def model_folder_for(results_dataset_folder: Path, trainer: str, modality: str) -> Path:

@@ -36,6 +36,7 @@ from lmkreg.io.images import write_image
 from lmkreg.io.landmarks import LandmarkSet
 from lmkreg.registration.landmark_fit import LandmarkRegistration, register_landmarks
 from lmkreg.registration.transform_files import to_sitk_resampling_transform, write_itk_transform
+from lmkreg.trust.summary import STRICT_HELP, exit_status, print_unreliable
 
 CASE_SUFFIX = re.compile(r"[_-](MR|MRI|US|TRUS)$", re.IGNORECASE)
 
@@ -123,10 +124,12 @@ def register_pair(mr_file: Path, us_file: Path, out_dir: Path, name: str, weight
         reg = register_landmarks(mr, us, names=fit_names, weights=weights)
     except InputError as exc:
         raise InputError(f"{mr_file} + {us_file}", exc.problem) from None
+    from lmkreg.trust.pair import assess_pair  # pair plausibility, transform uncertainty (issue 14)
+    reg.trust = assess_pair(mr, us, reg.names, reg.rms_mm)
     doc = {**reg.transform.to_json(), "landmarks_used": reg.names, "residuals_mm": reg.residuals_mm,
            "rms_residual_mm": reg.rms_mm, "weights": weights, "mr_landmarks": str(mr_file), "us_landmarks": str(us_file),
            "itk_file": f"{name}_MR_to_US.tfm",
-           "itk_file_direction": "US world point -> MR world point (ITK resampling convention)"}
+           "itk_file_direction": "US world point -> MR world point (ITK resampling convention)", "trust": reg.trust}
     write_transform_pair(reg, doc, out_dir / f"{name}_MR_to_US.json", out_dir / f"{name}_MR_to_US.tfm")
     return reg
 
@@ -205,7 +208,8 @@ def predict_pair(dataset: str, mr_image: Path, us_image: Path, out_dir: Path, na
     for modality, image in (("MR", mr_image), ("US", us_image)):
         # one image per model: building the optimised CPU module would cost more than it saves
         trainer = choose_trainer(results, modality, trainers.get(modality))
-        predictor = LandmarkPredictor(model_folder_for(results, trainer, modality), folds, optimize=False)
+        predictor = LandmarkPredictor(model_folder_for(results, trainer, modality), folds, optimize=False,
+                                      mirror_tta=True)  # mirror TTA: the calibrated radius needs it
         pred = predictor.predict(read_image_or_series(image, (series or {}).get(modality)))
         write_landmarks(pred.landmarks, out_dir / f"{name}_{modality}.mrk.json")
         written.append(write_lmkreg_json(pred.with_extras(), out_dir / f"{name}_{modality}.json"))
@@ -246,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--folds", nargs="+", help="one shot: folds to ensemble (default: all trained)")
     p.add_argument("--overwrite", action="store_true",
                    help="one shot: replace NAME_MR.json / NAME_US.json (and .mrk.json) files lmkreg did not write")
+    p.add_argument("--strict", action="store_true", help=STRICT_HELP)
     return p
 
 
@@ -289,20 +294,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         reg = register_pair(args.mr, args.us, args.output, name, args.weighted, names, landmark_map)
         print(f"{name}: rotation {reg.transform.rotation_angle_deg():.1f} deg, RMS residual {reg.rms_mm:.2f} mm "
               f"-> {args.output / (name + '_MR_to_US.json')}")
+        print_unreliable({name: reg.flags} if reg.flags else {}, 1, "pair")
         if args.mr_image or args.mr_mask:
             for src, mask, suffix in ((args.mr_image, False, "MR_in_US"), (args.mr_mask, True, "MRmask_in_US")):
                 if src is not None:
                     print(f"  wrote {resample_into_us(reg, src, args.us_image, args.output / f'{name}_{suffix}.nii.gz', mask, args.mr_series if not mask else None, args.us_series)}")
-        return 0
-    failed = 0
+        return exit_status(0, len(reg.flags), args.strict)
+    failed, unreliable = 0, {}
     for name, mr_file, us_file in pairs:
         try:
             reg = register_pair(mr_file, us_file, args.output, name, args.weighted, names, landmark_map)
             print(f"{name}: rotation {reg.transform.rotation_angle_deg():.1f} deg, RMS residual {reg.rms_mm:.2f} mm")
+            if reg.flags:
+                unreliable[name] = reg.flags
         except LmkregError as exc:
             failed += 1
             print(f"error: {exc}", file=sys.stderr)
-    return 1 if failed else 0
+    print_unreliable(unreliable, len(pairs) - failed, "pair")
+    return exit_status(failed, len(unreliable), args.strict)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,11 @@ class LandmarkRegistration:
     transform: RigidTransform
     names: list[str]
     residuals_mm: dict[str, float]  # ||T(mr) - us|| per landmark used
+    trust: Optional[dict] = None  # pair plausibility and transform uncertainty (lmkreg.trust.pair)
+
+    @property
+    def flags(self) -> list[str]:
+        return list((self.trust or {}).get("flags", []))
 
     @property
     def rms_mm(self) -> float:

@@ -51,7 +51,10 @@ def train(dataset_id: str, modality: str, fold: Union[int, str], trainer: str = 
     t = cls(plans, modality, fold, pre, out, splits, device=device, num_epochs=num_epochs,
             iterations_per_epoch=iterations_per_epoch, num_workers=num_workers, seed=seed, progress_bar=progress_bar,
             time_budget_s=time_budget_s)
-    return t.run(resume=resume)
+    summary = t.run(resume=resume)
+    from lmkreg.trust.training_hook import store_trust_data  # calibration and training statistics (issue 14)
+    store_trust_data(t, out_root, dataset, pre, modality, trainer_modules, device)
+    return summary
 
 
 def _fold(text: str) -> Union[int, str]:

@@ -1,0 +1,9 @@
+"""How far to trust a result, in numbers a user can check.
+
+* ``calibration``: split-conformal error radii per landmark (mm, at a stated coverage) from the
+  cross-validation predictions made when a fold finishes training;
+* ``plausibility``: a case's landmarks and image against the training distribution stored with
+  the model (``training_statistics.json``);
+* ``pair``: a registration's fit residual against what the training pairs make expected, and
+  the landmark radii propagated to the transform (rotation, target error at the gland centre).
+"""

@@ -1,0 +1,153 @@
+"""Split-conformal error radii per landmark.
+
+Why conformal: the networks' own uncertainty signals (mirror spread, heatmap spread) are not
+in mm of error; a conformal quantile turns them into a radius with a stated coverage without
+assuming a distribution.  Normalised form: the nonconformity score of a calibration landmark
+is ``error / scale`` where ``scale`` is the signal (``signal_scale``); the radius of a new
+landmark is ``q * scale`` with ``q`` the ceil((n+1) c)-th smallest of the n calibration scores
+(c the coverage).  If the calibration cases are exchangeable with the new case, the true point
+lies within the radius with probability >= c.
+
+Calibration cases are each fold's validation cases, predicted by that fold's final model with
+mirror test-time augmentation when the fold finishes training (``calibrate_fold``); they are
+kept per fold (``fold_F/calibration_cases.json``) and pooled over every fold trained so far
+into ``calibration.json`` in the model folder, one quantile per landmark.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from lmkreg.io.atomic import atomic_write_json
+
+COVERAGE = 0.9
+CALIBRATION_FILE = "calibration.json"
+FOLD_CASES_FILE = "calibration_cases.json"
+# added in quadrature to the signals: keeps the score finite when the signals vanish, and
+# makes the radius at least q mm
+SCALE_FLOOR_MM = 1.0
+SIGNAL_DEFINITION = ("scale = sqrt(1 mm^2 + mirror_gap^2 + heatmap_spread^2) per fold, RMS over folds; "
+                     "mirror_gap = half the distance between the plain and the left-right mirrored prediction")
+
+
+def signal_scale(mirror_gap_mm: float, spread_mm: float) -> float:
+    """The normalising scale of one fold's prediction of one landmark (mm); a NaN spread (a
+    regression network has none) counts as 0."""
+    spread = spread_mm if math.isfinite(spread_mm) else 0.0
+    return math.sqrt(SCALE_FLOOR_MM ** 2 + mirror_gap_mm ** 2 + spread ** 2)
+
+
+def minimum_cases(coverage: float) -> int:
+    """Fewest calibration cases for which the conformal quantile at `coverage` exists."""
+    n = 1
+    while math.ceil((n + 1) * coverage) > n:
+        n += 1
+    return n
+
+
+def conformal_quantile(scores: Sequence[float], coverage: float = COVERAGE) -> tuple[Optional[float], str]:
+    """(q, "") or (None, reason): the ceil((n+1) c)-th smallest finite score."""
+    s = np.sort(np.asarray([v for v in scores if v is not None and math.isfinite(v)], float))
+    n = len(s)
+    k = math.ceil((n + 1) * coverage)
+    if k > n:
+        return None, (f"{n} calibration case(s); a {coverage:.0%} radius needs at least {minimum_cases(coverage)} "
+                      f"(train more folds or use more training cases)")
+    return float(s[k - 1]), ""
+
+
+@dataclass
+class Calibration:
+    """Per landmark: the conformal quantile ``q`` (None with a reason when there are too few cases)."""
+
+    coverage: float
+    quantiles: dict[str, Optional[float]]
+    num_cases: dict[str, int]
+    reasons: dict[str, str] = field(default_factory=dict)
+    folds: list[str] = field(default_factory=list)
+
+    def radius(self, name: str, scale: Optional[float]) -> tuple[Optional[float], str]:
+        """(radius mm, "") or (None, why there is none)."""
+        if name not in self.quantiles:
+            return None, f"no calibration for landmark {name!r}"
+        q = self.quantiles[name]
+        if q is None:
+            return None, self.reasons.get(name, "not calibrated")
+        if scale is None or not math.isfinite(scale):
+            return None, "the calibrated signal needs mirror test-time augmentation, which was off"
+        return float(q * scale), ""
+
+    def to_json(self) -> dict:
+        return {"coverage": self.coverage, "signal": SIGNAL_DEFINITION, "folds": self.folds,
+                "landmarks": {n: {"q": self.quantiles[n], "num_cases": self.num_cases[n],
+                                  **({"reason": self.reasons[n]} if self.reasons.get(n) else {})}
+                              for n in self.quantiles}}
+
+    @staticmethod
+    def from_json(d: dict) -> "Calibration":
+        lm = d["landmarks"]
+        return Calibration(float(d["coverage"]), {n: v.get("q") for n, v in lm.items()},
+                           {n: int(v.get("num_cases", 0)) for n, v in lm.items()},
+                           {n: v["reason"] for n, v in lm.items() if v.get("reason")}, list(d.get("folds", [])))
+
+    @staticmethod
+    def load(model_folder: Path) -> Optional["Calibration"]:
+        path = Path(model_folder) / CALIBRATION_FILE
+        if not path.is_file():
+            return None
+        return Calibration.from_json(json.loads(path.read_text(encoding="utf-8")))
+
+
+def pool_calibration(model_folder: Path, names: Sequence[str], coverage: float = COVERAGE) -> Calibration:
+    """Pool every fold's calibration cases into ``calibration.json`` (written) and return it."""
+    model_folder = Path(model_folder)
+    scores: dict[str, list[float]] = {n: [] for n in names}
+    folds = []
+    for f in sorted(model_folder.glob(f"fold_*/{FOLD_CASES_FILE}")):
+        doc = json.loads(f.read_text(encoding="utf-8"))
+        folds.append(str(doc.get("fold", f.parent.name.removeprefix("fold_"))))
+        for case in doc["cases"]:
+            for n, v in case["landmarks"].items():
+                if n in scores and v.get("error_mm") is not None and v.get("scale_mm"):
+                    scores[n].append(v["error_mm"] / v["scale_mm"])
+    quantiles, reasons = {}, {}
+    for n in names:
+        quantiles[n], reasons[n] = conformal_quantile(scores[n], coverage)
+    cal = Calibration(coverage, quantiles, {n: len(scores[n]) for n in names}, {n: r for n, r in reasons.items() if r},
+                      folds)
+    atomic_write_json(model_folder / CALIBRATION_FILE, cal.to_json())
+    return cal
+
+
+def calibrate_fold(model_folder: Path, fold: str, dataset, modality: str, cases: Sequence[str],
+                   trainer_modules: Sequence[str] = (), device: Optional[str] = None) -> Calibration:
+    """Predict `cases` (a fold's validation cases, with ground truth in `dataset`) with that fold's
+    final model and mirror TTA, store each landmark's error and signal scale in
+    ``fold_F/calibration_cases.json``, and pool all folds into ``calibration.json``."""
+    from lmkreg.inference.predictor import LandmarkPredictor
+    from lmkreg.io.images import read_image
+    from lmkreg.io.landmark_files import read_landmarks
+
+    model_folder = Path(model_folder)
+    predictor = LandmarkPredictor(model_folder, folds=[str(fold)], device=device, mirror_tta=True,
+                                  trainer_modules=trainer_modules, optimize=False)
+    rows = []
+    for case in cases:
+        truth = read_landmarks(dataset.landmarks_path(case, modality))
+        pred = predictor.predict(read_image(dataset.image_path(case, modality)))
+        lm = {}
+        for n in predictor.names:
+            p, t = pred.landmarks.points.get(n), truth.points.get(n)
+            err = None if p is None or t is None else float(np.linalg.norm(p - t))
+            sig = pred.signals.get(n, {})
+            lm[n] = {"error_mm": err, "scale_mm": sig.get("scale_mm"), "mirror_gap_mm": sig.get("mirror_gap_mm"),
+                     "heatmap_spread_mm": sig.get("heatmap_spread_mm")}
+        rows.append({"case": case, "landmarks": lm})
+    atomic_write_json(model_folder / f"fold_{fold}" / FOLD_CASES_FILE,
+                      {"fold": str(fold), "modality": modality, "signal": SIGNAL_DEFINITION, "cases": rows})
+    return pool_calibration(model_folder, predictor.names)

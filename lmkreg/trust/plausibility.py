@@ -1,0 +1,270 @@
+"""Is a case like the training cases?  Landmark geometry and image statistics against the
+training distribution stored with the model (``training_statistics.json``).
+
+Why: a network answers for any input.  Given the other modality's image, a prostate outside
+the region it was trained to look at, or a model that never learnt, it still returns three
+points, and its own spreads can stay small.  What it cannot fake is that the answer looks
+like the training answers: the triangle's side lengths and angles, its orientation relative to
+the patient axes, where it sits in the planned crop, and an input that looks like the training
+inputs.  Every check that fails says which quantity, its value, the training range and by how much.
+
+All points are world LPS mm; the crop features are computed on the normalised array the
+network sees (the same numbers for training cases, read from the preprocessed files).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from lmkreg.geometry import ImageGeometry
+from lmkreg.io.atomic import atomic_write_json
+
+STATISTICS_FILE = "training_statistics.json"
+
+# how far beyond the training range a value may go before it fails: the larger of a share of
+# the range, a multiple of the sd, and an absolute floor per kind of quantity (training sets are
+# small, so the observed range underestimates the true one)
+RANGE_SHARE = 0.5
+SD_MULTIPLE = 4.0
+ABS_TOLERANCE = {"distance": 4.0, "angle": 12.0, "orientation": 15.0, "offset": 8.0, "crop": 0.35,
+                 "fraction": 0.1}
+EXTENT_FACTOR = 2.0  # an image more than twice as large (or half as small) as any seen, per axis
+
+
+def _direction_angle_deg(u: np.ndarray, v: np.ndarray) -> float:
+    c = float(np.dot(u, v) / (np.linalg.norm(u) * np.linalg.norm(v) + 1e-12))
+    return math.degrees(math.acos(max(-1.0, min(1.0, c))))
+
+
+def landmark_features(points: np.ndarray, names: Sequence[str], grid_centre: Optional[np.ndarray] = None) -> dict:
+    """Scalar features of a landmark triangle (points (L, 3) world LPS mm, rows in `names` order),
+    plus its unit directions: ``{"scalars": {...}, "directions": {...}}``."""
+    p = np.asarray(points, float)
+    scalars: dict[str, float] = {}
+    for i, j in itertools.combinations(range(len(names)), 2):
+        scalars[f"distance {names[i]}-{names[j]} (mm)"] = float(np.linalg.norm(p[i] - p[j]))
+    if len(names) == 3:
+        for i in range(3):
+            a, b = [k for k in range(3) if k != i]
+            scalars[f"angle at {names[i]} (deg)"] = _direction_angle_deg(p[a] - p[i], p[b] - p[i])
+    directions = {}
+    if len(names) >= 2:
+        directions[f"direction {names[0]}->{names[1]}"] = (p[1] - p[0]) / (np.linalg.norm(p[1] - p[0]) + 1e-12)
+    if len(names) >= 3:
+        n = np.cross(p[1] - p[0], p[2] - p[0])
+        directions["triangle normal"] = n / (np.linalg.norm(n) + 1e-12)
+    out = {"scalars": scalars, "directions": {k: v.tolist() for k, v in directions.items()}}
+    if grid_centre is not None:
+        out["offset"] = (p.mean(0) - np.asarray(grid_centre, float)).tolist()
+    return out
+
+
+def crop_features(array: np.ndarray) -> dict[str, float]:
+    """Intensity features of the normalised network input (any shape)."""
+    a = np.asarray(array, np.float32).ravel()
+    p1, p50, p99 = np.percentile(a, [1, 50, 99])
+    return {"crop mean": float(a.mean()), "crop sd": float(a.std()), "crop 1st percentile": float(p1),
+            "crop median": float(p50), "crop 99th percentile": float(p99),
+            "crop fraction exactly zero": float(np.mean(a == 0))}
+
+
+def image_extent_lps(geometry: ImageGeometry) -> np.ndarray:
+    """Size (mm) of the image's world bounding box along L, P, S."""
+    shape = np.asarray(geometry.shape_zyx, float)
+    corners = np.array([[z, y, x] for z in (0, 1) for y in (0, 1) for x in (0, 1)], float) * (shape - 1)
+    w = geometry.index_to_world(corners)
+    return w.max(0) - w.min(0) + np.abs(geometry.direction_matrix @ np.asarray(geometry.spacing_xyz, float))
+
+
+def grid_centre_world(grid: ImageGeometry) -> np.ndarray:
+    return grid.index_to_world((np.asarray(grid.shape_zyx, float) - 1) / 2)
+
+
+def _summary(values: Sequence[float]) -> dict:
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return {"n": 0}
+    return {"n": int(v.size), "min": float(v.min()), "max": float(v.max()), "mean": float(v.mean()),
+            "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0}
+
+
+def _kind(feature: str) -> str:
+    if feature.startswith("distance"):
+        return "distance"
+    if feature.startswith("angle"):
+        return "angle"
+    return "fraction" if "fraction" in feature else "crop"
+
+
+@dataclass
+class Check:
+    """One failed check: what, the value, the allowed range and by how much it misses."""
+
+    what: str
+    value: float
+    low: float
+    high: float
+    unit: str = ""
+
+    @property
+    def excess(self) -> float:
+        return self.low - self.value if self.value < self.low else self.value - self.high
+
+    def message(self) -> str:
+        u = f" {self.unit}" if self.unit else ""
+        return (f"{self.what} {self.value:.3g}{u} outside the training range widened to {self.low:.3g}..{self.high:.3g}"
+                f"{u} (by {self.excess:.3g}{u})")
+
+
+def _range_check(feature: str, value: float, s: dict, unit: str = "") -> Optional[Check]:
+    if s.get("n", 0) == 0 or not math.isfinite(value):
+        return None
+    tol = max(RANGE_SHARE * (s["max"] - s["min"]), SD_MULTIPLE * s["sd"], ABS_TOLERANCE[_kind(feature)])
+    lo, hi = s["min"] - tol, s["max"] + tol
+    return Check(feature, value, lo, hi, unit) if not lo <= value <= hi else None
+
+
+class TrainingStatistics:
+    """The training distribution of landmark geometry, crop intensities and image extents for
+    one modality, and of the true landmarks' MR->US rigid-fit residuals of the training pairs."""
+
+    def __init__(self, doc: dict):
+        self.doc = doc
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.doc["landmark_names"])
+
+    @staticmethod
+    def load(model_folder: Path) -> Optional["TrainingStatistics"]:
+        path = Path(model_folder) / STATISTICS_FILE
+        if not path.is_file():
+            return None
+        return TrainingStatistics(json.loads(path.read_text(encoding="utf-8")))
+
+    def pair_residuals(self) -> Optional[dict]:
+        return self.doc.get("pair_rms_residual_mm")
+
+    def check_landmarks(self, points: np.ndarray, grid_centre: Optional[np.ndarray] = None) -> list[str]:
+        """Failed landmark-geometry checks (messages); `points` (L, 3) world LPS in ``names`` order."""
+        if np.isnan(points).any():
+            return []
+        f = landmark_features(points, self.names, grid_centre)
+        problems = []
+        for k, v in f["scalars"].items():
+            c = _range_check(k, v, self.doc["landmarks"]["scalars"].get(k, {"n": 0}),
+                             "mm" if k.startswith("distance") else "deg")
+            if c:
+                problems.append(c.message())
+        for k, v in f["directions"].items():
+            ref = self.doc["landmarks"]["directions"].get(k)
+            if not ref:
+                continue
+            angle = _direction_angle_deg(np.asarray(v), np.asarray(ref["mean"]))
+            limit = ref["max_angle_deg"] + max(RANGE_SHARE * ref["max_angle_deg"], ABS_TOLERANCE["orientation"])
+            if angle > limit:
+                problems.append(f"{k} turned {angle:.0f} deg from the training mean (training at most "
+                                f"{ref['max_angle_deg']:.0f} deg, allowed {limit:.0f} deg; by {angle - limit:.0f} deg)")
+        off = self.doc["landmarks"].get("offset")
+        if off and "offset" in f:
+            d = float(np.linalg.norm(np.asarray(f["offset"]) - np.asarray(off["mean"])))
+            limit = off["max_distance_mm"] + max(RANGE_SHARE * off["max_distance_mm"], ABS_TOLERANCE["offset"])
+            if d > limit:
+                problems.append(f"landmarks' centre {d:.1f} mm from where training cases had it in the crop (training "
+                                f"at most {off['max_distance_mm']:.1f} mm, allowed {limit:.1f} mm; by {d - limit:.1f} mm)")
+        return problems
+
+    def check_image(self, crop: dict[str, float], extent_lps: Optional[np.ndarray] = None) -> list[str]:
+        """Failed image checks: crop intensity features and the image's extent per world axis."""
+        problems = []
+        for k, v in crop.items():
+            c = _range_check(k, v, self.doc["image"]["crop"].get(k, {"n": 0}))
+            if c:
+                problems.append("image: " + c.message())
+        ext = self.doc["image"].get("extent_lps_mm")
+        if extent_lps is not None and ext:
+            for axis, v, s in zip("LPS", extent_lps, ext):
+                if s.get("n", 0) and v > EXTENT_FACTOR * s["max"]:
+                    problems.append(f"image: extent along {axis} {v:.0f} mm is {v / s['max']:.1f}x the largest seen in "
+                                    f"training ({s['max']:.0f} mm)")
+                elif s.get("n", 0) and v < s["min"] / EXTENT_FACTOR:
+                    problems.append(f"image: extent along {axis} {v:.0f} mm is {s['min'] / v:.1f}x smaller than the "
+                                    f"smallest seen in training ({s['min']:.0f} mm)")
+        return problems
+
+
+def training_statistics(dataset, modality: str, preprocessed_data: Path, names: Sequence[str],
+                        cases: Sequence[str]) -> dict:
+    """The document of ``training_statistics.json`` from the training cases' preprocessed files
+    (crop arrays, grids, source geometry, world landmarks) and the dataset's landmark files."""
+    from lmkreg.io.landmark_files import read_landmarks
+    from lmkreg.preprocessing.storage import load_array
+    from lmkreg.registration.landmark_fit import register_landmarks
+
+    scalars: dict[str, list[float]] = {}
+    directions: dict[str, list[np.ndarray]] = {}
+    offsets, crops, extents = [], {}, []
+    used = []
+    for case in cases:
+        meta_path = Path(preprocessed_data) / f"{case}.json"
+        if not meta_path.is_file():
+            continue
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        grid = ImageGeometry.from_json(meta["geometry"])
+        extents.append(image_extent_lps(ImageGeometry.from_json(meta["source_geometry"])))
+        for k, v in crop_features(load_array(Path(preprocessed_data) / f"{case}.b2nd")).items():
+            crops.setdefault(k, []).append(v)
+        pts = np.array([p if p is not None else [np.nan] * 3 for p in meta["landmarks_world_lps"]], float)
+        used.append(case)
+        if np.isnan(pts).any():
+            continue
+        f = landmark_features(pts, names, grid_centre_world(grid))
+        for k, v in f["scalars"].items():
+            scalars.setdefault(k, []).append(v)
+        for k, v in f["directions"].items():
+            directions.setdefault(k, []).append(np.asarray(v))
+        offsets.append(np.asarray(f["offset"]))
+    dir_doc = {}
+    for k, vs in directions.items():
+        mean = np.mean(vs, 0)
+        mean /= np.linalg.norm(mean) + 1e-12
+        dir_doc[k] = {"mean": mean.tolist(), "max_angle_deg": max(_direction_angle_deg(v, mean) for v in vs)}
+    off_doc = None
+    if offsets:
+        m = np.mean(offsets, 0)
+        off_doc = {"mean": m.tolist(), "max_distance_mm": float(max(np.linalg.norm(o - m) for o in offsets))}
+    pair_rms = []
+    others = [m for m in dataset.spec.modalities if m != modality]
+    for case in used:
+        for other in others[:1]:
+            try:
+                a = read_landmarks(dataset.landmarks_path(case, modality))
+                b = read_landmarks(dataset.landmarks_path(case, other))
+                pair_rms.append(register_landmarks(a, b, names).rms_mm)
+            except Exception:  # a case without a usable pair says nothing about pairs
+                continue
+    pair_doc = None
+    if pair_rms:
+        r = np.asarray(pair_rms)
+        pair_doc = {**_summary(r), "p95": float(np.percentile(r, 95)), "median": float(np.median(r))}
+    ext = np.asarray(extents) if extents else np.zeros((0, 3))
+    return {"modality": modality, "landmark_names": list(names), "num_cases": len(used),
+            "landmarks": {"scalars": {k: _summary(v) for k, v in scalars.items()}, "directions": dir_doc,
+                          "offset": off_doc},
+            "image": {"crop": {k: _summary(v) for k, v in crops.items()},
+                      "extent_lps_mm": [_summary(ext[:, i]) for i in range(3)] if len(ext) else None},
+            "pair_rms_residual_mm": pair_doc}
+
+
+def write_training_statistics(model_folder: Path, dataset, modality: str, preprocessed_data: Path,
+                              names: Sequence[str], cases: Sequence[str]) -> Path:
+    path = Path(model_folder) / STATISTICS_FILE
+    atomic_write_json(path, training_statistics(dataset, modality, preprocessed_data, names, cases))
+    return path

@@ -27,7 +27,8 @@ from lmkreg.io.atomic import atomic_path, remove_stale_temporaries, split_suffix
 from lmkreg.io.images import is_image_file, read_image
 from lmkreg.io.landmarks import write_lmkreg_json
 from lmkreg.paths import results_root
-from lmkreg.inference.predictor import LandmarkPredictor, Prediction, model_folder_for
+from lmkreg.inference.cascade import build_predictor
+from lmkreg.inference.predictor import LandmarkPredictor, Prediction, model_folder_for  # noqa: F401
 
 
 @dataclass
@@ -131,6 +132,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("-o", "--output", required=True, type=Path, help="folder for landmark files")
     p.add_argument("-d", "--dataset", required=True, help="dataset the models were trained on (id or name)")
     p.add_argument("-m", "--modality", required=True, help="modality, e.g. MR or US")
+    p.add_argument("-c", "--configuration", default=None,
+                   help="cascade, or one configuration such as MR or MR_localizer (default: the cascade when both "
+                        "of its stages are trained, else the single stage)")
     p.add_argument("-tr", "--trainer", default="LandmarkTrainer", help="trainer (default LandmarkTrainer)")
     p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (default: all trained)")
     p.add_argument("-chk", "--checkpoint", default="final", choices=["final", "best", "latest"])
@@ -144,9 +148,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--trainer-module", action="append", default=[], help="module (file.py or dotted) with a custom trainer")
     args = p.parse_args(argv)
     dataset_name = find_dataset(args.dataset).name
-    folder = model_folder_for(results_root() / dataset_name, args.trainer, args.modality)
-    predictor = LandmarkPredictor(folder, args.folds, args.checkpoint, args.device, args.tta, args.trainer_module,
-                                  optimize=not args.no_optimize)
+    predictor = build_predictor(results_root() / dataset_name, args.trainer, args.modality, args.configuration,
+                                folds=args.folds, checkpoint=args.checkpoint, device=args.device, mirror_tta=args.tta,
+                                trainer_modules=args.trainer_module, optimize=not args.no_optimize)
     report = predict_folder(predictor, args.input, args.output, args.overwrite, args.num_parts, args.part_id)
     print(f"{len(report.done)} predicted, {len(report.skipped)} skipped (outputs exist), {len(report.failed)} failed; "
           f"{len(report.unreliable)} flagged unreliable")

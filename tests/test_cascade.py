@@ -27,8 +27,8 @@ NAMES = list(DEFAULT_LANDMARK_NAMES)
 # ---- a framed copy of one scan: same voxels in world space, another field of view ----------
 
 def big_scan(seed: int = 999) -> tuple[sitk.Image, np.ndarray]:
-    """A pelvic_tiny phantom rendered on a 240 mm grid (room to reframe it), and its landmarks."""
-    preset = replace(PRESETS["pelvic_tiny"], name="big", mr_size_xyz=(80, 80, 80), mr_fov_offset_mm=0.0,
+    """A pelvic_tiny phantom rendered on a 348 mm grid (room to reframe it), and its landmarks."""
+    preset = replace(PRESETS["pelvic_tiny"], name="big", mr_size_xyz=(116, 116, 116), mr_fov_offset_mm=0.0,
                      grid_jitter_mm=0.0)
     case = generate_case(seed, preset, mr_only=True, oblique=False)
     return case.mr_image, case.mr_landmarks.to_array(NAMES)
@@ -157,7 +157,7 @@ def test_jittered_crop_keeps_world_landmarks():
 
 # ---- a trained cascade, end to end -------------------------------------------------------
 
-EPOCHS, ITERATIONS, TRAINER = 6, 15, "LandmarkTrainer"
+EPOCHS, ITERATIONS, TRAINER = 10, 20, "HeatmapMatchingTrainer"
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +204,8 @@ def test_cascade_finds_the_same_world_landmarks_whatever_the_frame(trained_casca
     centre = truth.mean(0)
     preds = {}
     for offset in [(0, 0, 0), (40, -40, 40), (-40, 40, -40), (25, 10, -35), (-15, -40, 20)]:
-        frame = reframed(image, centre, offset)
+        # the centred copy has the training framing (144 mm); the others are extended to 216 mm
+        frame = reframed(image, centre, offset, (48, 48, 48) if offset == (0, 0, 0) else (72, 72, 72))
         got = np.asarray(frame.TransformContinuousIndexToPhysicalPoint(
             [(n - 1) / 2 for n in frame.GetSize()])) - centre
         assert np.allclose(-got, offset, atol=1.6)  # the gland really is `offset` from the frame centre
@@ -229,7 +230,7 @@ def test_predict_folder_chains_stages_and_records_them(trained_cascade, tmp_path
     image, truth = big_scan(7)
     inp = tmp_path / "in"
     inp.mkdir()
-    write_image(reframed(image, truth.mean(0), (30, 20, -30)), inp / "shifted.nii.gz")
+    write_image(reframed(image, truth.mean(0), (30, 20, -30), (72, 72, 72)), inp / "shifted.nii.gz")
     assert predict_main(["-i", str(inp), "-o", str(tmp_path / "out"), "-d", "41", "-m", "MR", "-tr", TRAINER,
                          "--device", "cpu"]) == 0
     doc = json.loads((tmp_path / "out" / "shifted.json").read_text())

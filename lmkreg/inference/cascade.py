@@ -5,9 +5,10 @@ Same anatomy, same answer, whatever the image frame: the localizer's grid and ev
 crop are centred on points of their spacing's world lattice, and the refine crop normalises
 its intensities from its own voxels.  Two framings of one scan therefore give the refine
 networks exactly the same input as soon as their anchors snap to the same lattice point; the
-crop is re-centred on the refine stage's own estimate (``refine_iterations`` times at most,
-stopping when the snapped centre no longer moves), which makes that the usual case even when
-the two localizer estimates differ by a voxel or two.
+crop is re-centred on the refine stage's own estimate ``refine_iterations`` times (planned: 1, no re-centring).  Each step
+blends the crops at the (up to 8) lattice points around the anchor with trilinear weights,
+so the answer is a continuous function of the anchor: two localizer estimates that differ a
+little give answers that differ a little, never by a jump of one crop voxel.
 
 ``CascadePredictor`` offers the ``preprocess`` / ``predict_array`` / ``predict`` interface of
 ``LandmarkPredictor``, so ``predict_folder`` runs either (reading and the localizer's
@@ -17,6 +18,7 @@ record the localizer's landmarks and every crop centre in the output JSON (``cas
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +32,7 @@ from lmkreg.geometry import ImageGeometry
 from lmkreg.inference.predictor import LandmarkPredictor, Prediction, available_folds, model_folder_for
 from lmkreg.io.landmarks import LandmarkSet
 from lmkreg.planning.plans import PLANS_FILE, Plans
-from lmkreg.preprocessing.preprocessor import landmark_anchor, snap_to_lattice
+from lmkreg.preprocessing.preprocessor import landmark_anchor
 
 # a refine landmark further than this many times the trained crop jitter (per-axis bound, so
 # x sqrt(3) for the diagonal) from the localizer's is flagged: the crop may have missed it
@@ -98,10 +100,6 @@ class CascadePredictor:
         array, grid = self.localizer.preprocess(image)
         return StagedInput(image, array), grid
 
-    def _snapped(self, anchor: np.ndarray) -> np.ndarray:
-        centre = np.asarray(anchor, float) + np.asarray(self.conf.fov_offset_lps, float)
-        return snap_to_lattice(centre, np.asarray(self.conf.spacing_zyx[::-1], float))
-
     def predict_array(self, staged: StagedInput, grid: ImageGeometry) -> CascadePrediction:
         stage1 = self.localizer.predict_array(staged.array, grid)
         anchor = landmark_anchor(stage1.landmarks.to_array(self.names))
@@ -109,18 +107,10 @@ class CascadePredictor:
             anchor = ImageGeometry.from_image(staged.image).index_to_world(
                 (np.asarray(ImageGeometry.from_image(staged.image).shape_zyx, float) - 1) / 2)
         centres: list[np.ndarray] = []
-        pred: Optional[Prediction] = None
         for _ in range(max(1, int(self.conf.refine_iterations))):
-            centre = self._snapped(anchor)
-            if centres and np.allclose(centre, centres[-1]):
-                break  # same crop, same answer
-            centres.append(centre)
-            array, crop = self.refiner.preprocess(staged.image, anchor)
-            pred = self.refiner.predict_array(array, crop)
+            pred, blended = self._blend(staged.image, anchor)
+            centres += blended
             anchor = landmark_anchor(pred.landmarks.to_array(self.names))
-            if anchor is None:  # pragma: no cover
-                break
-        assert pred is not None
         flags = list(pred.flags)
         limit = MOVE_FLAG_FACTOR * self.conf.crop_jitter_mm * np.sqrt(3)
         for n in self.names:
@@ -133,6 +123,40 @@ class CascadePredictor:
         return CascadePrediction(**values, stage1=stage1, crop_centres_lps=[c.tolist() for c in centres],
                                  configurations=(self.localizer.model_folder.name.partition("__")[2],
                                                  self.refiner.model_folder.name.partition("__")[2]))
+
+    def _blend(self, image: sitk.Image, anchor: np.ndarray) -> tuple[Prediction, list[np.ndarray]]:
+        """The refine prediction for a crop centred anywhere: the predictions of the crops at
+        the (up to 8) lattice points around the centre, weighted trilinearly.  It changes
+        continuously with `anchor`, so a slightly different localizer estimate gives a
+        slightly different answer, never a jump of one crop voxel."""
+        spacing = np.asarray(self.conf.spacing_zyx[::-1], float)
+        offset = np.asarray(self.conf.fov_offset_lps, float)
+        centre = np.asarray(anchor, float) + offset
+        base = np.floor(centre / spacing) * spacing
+        frac = np.clip((centre - base) / spacing, 0.0, 1.0)
+        preds, weights, centres = [], [], []
+        for corner in itertools.product((0, 1), repeat=3):
+            c = np.asarray(corner)
+            w = float(np.prod(np.where(c == 1, frac, 1 - frac)))
+            if w <= 1e-9:
+                continue
+            lattice_point = base + c * spacing
+            array, crop = self.refiner.preprocess(image, lattice_point - offset)
+            preds.append(self.refiner.predict_array(array, crop))
+            weights.append(w)
+            centres.append(lattice_point)
+        wts = np.asarray(weights) / np.sum(weights)
+        world = sum(w * p.landmarks.to_array(self.names) for w, p in zip(wts, preds))
+
+        def mean_of(attr: str) -> dict[str, float]:
+            return {n: float(sum(w * getattr(p, attr).get(n, np.nan) for w, p in zip(wts, preds))) for n in self.names}
+
+        flags = list(dict.fromkeys(f for p in preds for f in p.flags))
+        main = preds[int(np.argmax(wts))]
+        out = dataclasses.replace(main, landmarks=LandmarkSet.from_array(self.names, world),
+                                  spread_mm=mean_of("spread_mm"), fold_disagreement_mm=mean_of("fold_disagreement_mm"),
+                                  flags=flags)
+        return out, centres
 
     def predict(self, image: sitk.Image) -> CascadePrediction:
         staged, grid = self.preprocess(image)

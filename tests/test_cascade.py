@@ -250,3 +250,35 @@ def test_predict_folder_chains_stages_and_records_them(trained_cascade, tmp_path
     np.testing.assert_allclose([json.loads((tmp_path / "loc" / "shifted.json").read_text())["landmarks"][n]
                                 for n in NAMES], stage1, atol=1e-3)
     assert train_main(["41", "MR", "all", "-c", "US_refine", "-tr", TRAINER]) == 2
+
+
+def test_find_best_configuration_scores_the_cascade_from_raw_validation_images(trained_cascade, monkeypatch):
+    """The cascade competes as TRAINER+cascade, scored on predictions of each fold's validation
+    images (here folds 0 and 1 reuse the fold-'all' networks, enough to check the bookkeeping)."""
+    import shutil
+
+    from lmkreg.dataset.layout import Dataset
+    from lmkreg.evaluation.model_selection import find_best_configuration
+    from lmkreg.io.landmarks import read_lmkreg_json
+
+    env, results, pre, _ = trained_cascade
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    for stage in ("MR_localizer", "MR_refine"):
+        for fold in ("0", "1"):
+            target = results / f"{TRAINER}__{stage}" / f"fold_{fold}"
+            target.mkdir(exist_ok=True)
+            shutil.copyfile(results / f"{TRAINER}__{stage}" / "fold_all" / "checkpoint_final.pth",
+                            target / "checkpoint_final.pth")
+    doc = find_best_configuration("41", "MR", [TRAINER + "+cascade"], folds=[0, 1])
+    assert doc["best_trainer"] == TRAINER + "+cascade" and doc["predict_command"].endswith("-c cascade")
+    splits = json.loads((pre / "splits_final.json").read_text())
+    errors = []
+    for fold in (0, 1):
+        for case in splits[fold]["val"]:
+            got = read_lmkreg_json(results / f"{TRAINER}__MR_refine" / f"fold_{fold}" / "cascade_validation"
+                                   / f"{case}.json")
+            truth = read_lmkreg_json(Dataset(Path(env["LMKREG_raw"]) / "Dataset041_PelvicToy").landmarks_path(case, "MR"))
+            errors.append(np.mean([np.linalg.norm(got.points[n] - truth.points[n]) for n in NAMES]))
+    assert doc["ranking"][0]["num_cases"] == 10
+    assert doc["ranking"][0]["mre_mm"] == pytest.approx(np.mean(errors), abs=1e-6)

@@ -8,6 +8,11 @@ against ``landmarksTr``; trainers are ranked by the mean of these per-case MREs 
 pair is compared with a two-sided Wilcoxon signed-rank test, paired per case.  A trainer
 missing a fold, or a fold missing validation predictions, is reported and left out.
 
+Single stage vs cascade: a trainer whose localizer and refine stages are trained
+(``TRAINER__MOD_localizer`` / ``TRAINER__MOD_refine``) also competes as ``TRAINER+cascade``, scored
+on cascade predictions of each fold's validation images made from the raw files
+(lmkreg.evaluation.cascade_cv), so the localizer's errors count.
+
 Writes ``$LMKREG_results/DatasetNNN_Name/best_configuration_MOD.json`` and
 ``cross_validation_MOD.md`` and prints the ``lmkreg_predict`` command of the best trainer.
 """

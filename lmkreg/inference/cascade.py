@@ -97,6 +97,8 @@ class CascadePredictor:
         self.conf = refiner.conf
 
     def preprocess(self, image: sitk.Image) -> tuple[StagedInput, ImageGeometry]:
+        if image.GetPixelID() != sitk.sitkFloat32:  # once, not once per refine crop
+            image = sitk.Cast(image, sitk.sitkFloat32)
         array, grid = self.localizer.preprocess(image)
         return StagedInput(image, array), grid
 

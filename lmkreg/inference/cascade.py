@@ -191,21 +191,23 @@ def build_predictor(results_dataset_folder: Path, trainer: str, modality: str, c
     its stages are trained, else the single stage.  'cascade' (or a refine configuration's
     name): the cascade, or an error naming what is missing.  Any other name (the modality
     itself, or a localizer) predicts with that one configuration.  `kwargs` go to
-    LandmarkPredictor (folds, checkpoint, device, mirror_tta, trainer_modules, optimize)."""
+    LandmarkPredictor (folds, checkpoint, device, mirror_tta, trainer_modules, optimize);
+    `predictor_class` builds each stage (LandmarkPredictor or a subclass)."""
     root = Path(results_dataset_folder)
+    make = kwargs.pop("predictor_class", None) or LandmarkPredictor
     checkpoint = kwargs.get("checkpoint", "final")
     wants_cascade = configuration in ("cascade", "refine") or (configuration or "").endswith("_refine")
     if configuration is None or wants_cascade:
         found = cascade_folders(root, trainer, modality, checkpoint)
         if found is not None:
-            return CascadePredictor(LandmarkPredictor(found[0], **kwargs), LandmarkPredictor(found[1], **kwargs))
+            return CascadePredictor(make(found[0], **kwargs), make(found[1], **kwargs))
         if wants_cascade:
             raise ConfigurationError(f"no trained cascade of {trainer} for {modality} in {root}: train both stages "
                                      f"(lmkreg_train D {modality} FOLD -c localizer and -c refine)")
         configuration = modality
     name = configuration if configuration == modality or configuration.startswith(f"{modality}_") \
         else f"{modality}_{configuration}"
-    return LandmarkPredictor(model_folder_for(root, trainer, name), **kwargs)
+    return make(model_folder_for(root, trainer, name), **kwargs)
 
 
 def read_cascade_record(path: Union[str, Path]) -> dict:

@@ -28,7 +28,7 @@ from lmkreg.io.images import is_image_file, read_image
 from lmkreg.io.landmarks import write_lmkreg_json
 from lmkreg.paths import results_root
 from lmkreg.inference.cascade import build_predictor
-from lmkreg.inference.predictor import LandmarkPredictor, Prediction, model_folder_for  # noqa: F401
+from lmkreg.inference.predictor import LandmarkPredictor, Prediction, model_folder_for  # noqa: F401  (tests patch it)
 
 
 @dataclass
@@ -150,7 +150,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dataset_name = find_dataset(args.dataset).name
     predictor = build_predictor(results_root() / dataset_name, args.trainer, args.modality, args.configuration,
                                 folds=args.folds, checkpoint=args.checkpoint, device=args.device, mirror_tta=args.tta,
-                                trainer_modules=args.trainer_module, optimize=not args.no_optimize)
+                                trainer_modules=args.trainer_module, optimize=not args.no_optimize,
+                                predictor_class=LandmarkPredictor)
     report = predict_folder(predictor, args.input, args.output, args.overwrite, args.num_parts, args.part_id)
     print(f"{len(report.done)} predicted, {len(report.skipped)} skipped (outputs exist), {len(report.failed)} failed; "
           f"{len(report.unreliable)} flagged unreliable")

@@ -8,6 +8,11 @@ against ``landmarksTr``; trainers are ranked by the mean of these per-case MREs 
 pair is compared with a two-sided Wilcoxon signed-rank test, paired per case.  A trainer
 missing a fold, or a fold missing validation predictions, is reported and left out.
 
+Single stage vs cascade: a trainer whose localizer and refine stages are trained
+(``TRAINER__MOD_localizer`` / ``TRAINER__MOD_refine``) also competes as ``TRAINER+cascade``, scored
+on cascade predictions of each fold's validation images made from the raw files
+(lmkreg.evaluation.cascade_cv), so the localizer's errors count.
+
 Writes ``$LMKREG_results/DatasetNNN_Name/best_configuration_MOD.json`` and
 ``cross_validation_MOD.md`` and prints the ``lmkreg_predict`` command of the best trainer.
 """
@@ -105,8 +110,10 @@ def load_splits(dataset: Dataset) -> Optional[list[dict]]:
 
 
 def collect_trainer_cv(dataset: Dataset, folder: Path, trainer: str, modality: str,
-                       folds: Sequence[int] = FOLDS, splits: Optional[list[dict]] = None) -> TrainerCV:
-    """Read and score the validation predictions of `folds`; IncompleteTrainer if one is missing."""
+                       folds: Sequence[int] = FOLDS, splits: Optional[list[dict]] = None,
+                       subfolder: str = "validation") -> TrainerCV:
+    """Read and score the validation predictions of `folds` (``fold_F/<subfolder>``);
+    IncompleteTrainer if one is missing."""
     from lmkreg.evaluation.metrics import radial_errors
     from lmkreg.io.landmark_files import read_landmarks
     from lmkreg.io.landmarks import read_lmkreg_json
@@ -114,7 +121,7 @@ def collect_trainer_cv(dataset: Dataset, folder: Path, trainer: str, modality: s
     names = list(dataset.spec.landmarks)
     cv = TrainerCV(trainer, modality, Path(folder), [int(f) for f in folds])
     for fold in folds:
-        val = Path(folder) / f"fold_{fold}" / "validation"
+        val = Path(folder) / f"fold_{fold}" / subfolder
         if not (val / "summary.json").is_file():
             what = "not trained" if not val.parent.is_dir() else "not finished (no validation/summary.json)"
             raise IncompleteTrainer(f"fold {fold} {what}")
@@ -163,6 +170,8 @@ def collect_cv_results(dataset: Dataset, modality: str, trainers: Optional[Seque
     complete: dict[str, TrainerCV] = {}
     incomplete: dict[str, str] = {}
     for trainer in wanted:
+        if trainer.endswith("+cascade"):
+            continue  # below
         if trainer not in found:
             incomplete[trainer] = f"no results folder {folder / f'{trainer}__{modality}'}"
             continue
@@ -170,6 +179,21 @@ def collect_cv_results(dataset: Dataset, modality: str, trainers: Optional[Seque
             complete[trainer] = collect_trainer_cv(dataset, found[trainer], trainer, modality, folds, splits)
         except IncompleteTrainer as exc:
             incomplete[trainer] = str(exc)
+    # each trainer's cascade competes as "TRAINER+cascade": single stage vs cascade
+    from lmkreg.evaluation.cascade_cv import CASCADE_SUFFIX, cascade_cross_validation
+
+    asked = [t.removesuffix(CASCADE_SUFFIX) for t in wanted if t.endswith(CASCADE_SUFFIX)]
+    for name in (list(found) if trainers is None else asked):
+        key = name + CASCADE_SUFFIX
+        try:
+            refine = cascade_cross_validation(dataset, folder, name, modality, folds, splits)
+            if refine is not None:
+                complete[key] = collect_trainer_cv(dataset, refine, key, modality, folds, splits,
+                                                   subfolder="cascade_validation")
+            elif name in asked:
+                incomplete[key] = f"no trained cascade ({name}__{modality}_localizer and _refine) in {folder}"
+        except IncompleteTrainer as exc:
+            incomplete[key] = str(exc)
     return complete, incomplete
 
 
@@ -219,6 +243,8 @@ def compare_trainers(results: dict[str, TrainerCV]) -> dict:
 
 
 def predict_command(dataset_id: int, modality: str, trainer: str, folds: Sequence[int]) -> str:
+    if trainer.endswith("+cascade"):
+        return predict_command(dataset_id, modality, trainer.removesuffix("+cascade"), folds) + " -c cascade"
     return (f"lmkreg_predict -i INPUT -o OUTPUT -d {dataset_id} -m {modality} -tr {trainer} -f "
             + " ".join(str(f) for f in folds))
 
@@ -268,7 +294,8 @@ def find_best_configuration(dataset_id: str, modality: str, trainers: Optional[S
     command = predict_command(dataset.spec.dataset_id, modality, best, folds) if best else None
     out = results_folder(dataset)
     doc = {"dataset": dataset.name, "dataset_id": dataset.spec.dataset_id, "modality": modality, "folds": folds,
-           "best_trainer": best, "model_folder": str(out / f"{best}__{modality}") if best else None,
+           "best_trainer": best, "model_folder": (str(results[best].folder.parent) if best and best.endswith("+cascade")
+                                                  else str(out / f"{best}__{modality}") if best else None),
            "mre_mm": comparison["ranking"][0]["mre_mm"] if best else None,
            "selection": "lowest mean per-case MRE over the cross-validation predictions",
            "ranking": comparison["ranking"], "wilcoxon_p": comparison["wilcoxon_p"], "pairs": comparison["pairs"],

@@ -39,6 +39,7 @@ from lmkreg.io.landmarks import write_lmkreg_json
 from lmkreg.paths import results_root
 from lmkreg.inference.predictor import LandmarkPredictor, Prediction, model_folder_for
 from lmkreg.trust.summary import STRICT_HELP, exit_status, print_unreliable
+from lmkreg.inference.cascade import build_predictor
 
 
 @dataclass
@@ -162,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, type=Path, help="folder for landmark files")
     p.add_argument("-d", "--dataset", required=True, help="dataset the models were trained on (id or name)")
     p.add_argument("-m", "--modality", required=True, help="modality, e.g. MR or US")
+    p.add_argument("-c", "--configuration", default=None,
+                   help="cascade, or one configuration such as MR or MR_localizer (default: the cascade when both "
+                        "of its stages are trained, else the single stage)")
     p.add_argument("-tr", "--trainer", default=None,
                    help="trainer of the model (default: the only model trained for this modality; with several, "
                         "the error lists them)")
@@ -197,10 +201,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from lmkreg.threads import configure_threads; configure_threads()  # noqa: E702  (threads from the free cores)
     dataset_name = find_dataset(args.dataset).name
     results = results_root() / dataset_name
-    folder = model_folder_for(results, choose_trainer(results, args.modality, args.trainer), args.modality)
     list_images(args.input, args.num_parts, args.part_id, args.series)  # bad input fails before models load
-    predictor = LandmarkPredictor(folder, args.folds, args.checkpoint, args.device, args.tta, args.trainer_module,
-                                  optimize=not args.no_optimize, max_radius_mm=args.max_radius)
+    trainer = args.trainer or choose_trainer(results, args.modality, None)
+    predictor = build_predictor(results, trainer, args.modality, args.configuration,
+                                folds=args.folds, checkpoint=args.checkpoint, device=args.device, mirror_tta=args.tta,
+                                trainer_modules=args.trainer_module, optimize=not args.no_optimize,
+                                max_radius_mm=args.max_radius, predictor_class=LandmarkPredictor)
     report = predict_folder(predictor, args.input, args.output, args.overwrite, args.num_parts, args.part_id,
                             progress_bar=not args.no_progress, series=args.series)
     print(f"{len(report.done)} predicted, {len(report.skipped)} skipped (outputs exist), {len(report.failed)} failed; "
@@ -216,6 +222,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def trust_notes(predictor: LandmarkPredictor) -> list[str]:
     """What the run could not check, said once instead of per case."""
     notes = []
+    predictor = getattr(predictor, "refiner", predictor)  # a cascade's answer is its refine stage's
     if predictor.calibration is None:
         notes.append(f"{predictor.model_folder.name} has no calibration.json: no error radii (retrain, or see "
                      f"documentation/inference.md)")

@@ -29,7 +29,7 @@ from lmkreg.errors import ConfigurationError
 from lmkreg.geometry import ImageGeometry
 from lmkreg.io.landmarks import LandmarkSet
 from lmkreg.planning.plans import PLANS_FILE, Plans
-from lmkreg.preprocessing.preprocessor import normalized_on_grid, target_geometry
+from lmkreg.preprocessing.preprocessor import stage_input
 from lmkreg.training.checkpoint import load_checkpoint
 from lmkreg.training.registry import find_trainer
 from lmkreg.training.runtime import select_device
@@ -209,10 +209,11 @@ class LandmarkPredictor:
                       f"network in eager mode ({problem})", RuntimeWarning, stacklevel=3)
         return net, False
 
-    def preprocess(self, image: sitk.Image) -> tuple[np.ndarray, ImageGeometry]:
-        """Planned preprocessing: normalised array (1, Z, Y, X) and its grid."""
-        grid = target_geometry(ImageGeometry.from_image(image), self.conf)
-        return normalized_on_grid(image, grid, self.conf.normalization)[None], grid
+    def preprocess(self, image: sitk.Image, anchor_lps: Optional[np.ndarray] = None) -> tuple[np.ndarray, ImageGeometry]:
+        """Planned preprocessing: normalised array (1, Z, Y, X) and its grid (a refine stage's
+        grid is centred on `anchor_lps`, world LPS mm: see lmkreg.inference.cascade)."""
+        array, grid = stage_input(image, self.conf, anchor_lps)
+        return array[None], grid
 
     @torch.inference_mode()
     def predict_array(self, array: np.ndarray, grid: ImageGeometry,

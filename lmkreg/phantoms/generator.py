@@ -57,6 +57,7 @@ class Acquisition:
     us_jitter: np.ndarray
     axial_shift_mm: float  # probe + US grid shifted along the probe axis (partial views)
     partial_view: bool
+    probe_roll_deg: float = 0.0  # fan turned about the probe axis (gland off-centre in the fan)
 
 
 @dataclass
@@ -136,7 +137,15 @@ def sample_acquisition(rng: np.random.Generator, preset: PhantomPreset, oblique:
     partial = bool(rng.random() < preset.partial_view_fraction) if partial_view is None else partial_view
     length = preset.us_size_xyz[2] * preset.us_spacing_xyz[2]
     shift = float(rng.choice([-1.0, 1.0]) * rng.uniform(0.25, 0.4) * length) if partial else 0.0
-    return Acquisition(rotation, translation, centre, compression, mr_dir, us_dir, mr_jitter, us_jitter, shift, partial)
+    # pelvic framing: drawn last, and only by presets that ask, so other presets keep their cases
+    if preset.mr_fov_offset_mm > 0:
+        mr_jitter = mr_jitter + rng.uniform(-preset.mr_fov_offset_mm, preset.mr_fov_offset_mm, 3)
+    roll = 0.0
+    if preset.us_offcentre_fraction > 0 and rng.random() < preset.us_offcentre_fraction and not partial:
+        roll = float(rng.choice([-1.0, 1.0]) * rng.uniform(*preset.us_offcentre_roll_deg))
+        shift = float(rng.choice([-1.0, 1.0]) * rng.uniform(*preset.us_offcentre_shift_fraction) * length)
+    return Acquisition(rotation, translation, centre, compression, mr_dir, us_dir, mr_jitter, us_jitter, shift, partial,
+                       roll)
 
 
 def _grid(size_xyz: Sequence[int], spacing_xyz: Sequence[float], centre: np.ndarray,
@@ -151,7 +160,7 @@ def _grid(size_xyz: Sequence[int], spacing_xyz: Sequence[float], centre: np.ndar
 
 
 def generate_case(seed: int, preset: str | PhantomPreset = "mu_regpro", *, oblique: Optional[bool] = None,
-                  partial_view: Optional[bool] = None) -> PhantomCase:
+                  partial_view: Optional[bool] = None, mr_only: bool = False) -> PhantomCase:
     """Generate one paired MR/TRUS case in memory; the same seed gives identical arrays.
 
     `oblique` / `partial_view` force the oblique grids / the partly-in-view gland on or off
@@ -168,7 +177,8 @@ def generate_case(seed: int, preset: str | PhantomPreset = "mu_regpro", *, obliq
     case = PhantomCase(int(seed), p, None, None, None, None, None, None, transform, anatomy, acq, probe,  # type: ignore[arg-type]
                        compression)
     case.mr_image, case.mr_mask = _make_mr(case, mr_geom, rng_mr)
-    case.us_image, case.us_mask = _make_us(case, us_geom, rng_us)
+    if not mr_only:  # mr_only (tests): the US image and mask stay None, the US landmarks are still made
+        case.us_image, case.us_mask = _make_us(case, us_geom, rng_us)
     case.mr_landmarks, case.us_landmarks = _make_landmarks(case, mr_geom, us_geom)
     return case
 
@@ -190,7 +200,11 @@ def _place_probe(anatomy: Anatomy, acq: Acquisition, p: PhantomPreset
     gland_us = transform.apply(c)
     origin = axis_point + ((gland_us - axis_point) @ E_Z + acq.axial_shift_mm) * E_Z
     half_len = p.fan_length_fraction * p.us_size_xyz[2] * p.us_spacing_xyz[2] / 2
-    probe = Probe(origin, E_Z.copy(), posterior_us, p.probe_radius_mm, p.fan_depth_mm, p.fan_half_angle_deg,
+    imaging_posterior = posterior_us
+    if acq.probe_roll_deg:  # the fan turned about the probe axis; the push stays where the probe touches
+        a = np.deg2rad(acq.probe_roll_deg)
+        imaging_posterior = np.cos(a) * posterior_us + np.sin(a) * np.cross(E_Z, posterior_us)
+    probe = Probe(origin, E_Z.copy(), imaging_posterior, p.probe_radius_mm, p.fan_depth_mm, p.fan_half_angle_deg,
                   (-half_len, half_len))
     compression = ProbeCompression(axis_point, E_Z.copy(), -posterior_us, acq.compression_mm, lumen,
                                    p.compression_falloff_mm)

@@ -36,6 +36,14 @@ class PhantomPreset:
     max_oblique_deg: float = 15.0
     partial_view_fraction: float = 0.12  # chance that the probe sees only part of the gland
     grid_jitter_mm: float = 4.0
+    # framing like a diagnostic pelvic scan: the MR grid centre lies up to this far from the
+    # gland along each axis (on top of grid_jitter_mm)
+    mr_fov_offset_mm: float = 0.0
+    # TRUS sweeps that hold the gland off-centre or near the fan border: in this fraction of
+    # cases the probe is rolled about its axis and shifted along it
+    us_offcentre_fraction: float = 0.0
+    us_offcentre_roll_deg: tuple[float, float] = (15.0, 30.0)
+    us_offcentre_shift_fraction: tuple[float, float] = (0.1, 0.25)  # of the US grid length
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -54,6 +62,20 @@ PRESETS: dict[str, PhantomPreset] = {
         mr_size_xyz=(256, 256, 128), mr_spacing_xyz=(0.5, 0.5, 1.0),
         us_size_xyz=(256, 256, 256), us_spacing_xyz=(0.4, 0.4, 0.4),
         us_scan_step_mm=0.5, fan_depth_mm=95.0),
+    # a diagnostic pelvic scan: MR 240 x 240 x 160 mm (thin in-plane, 2.5 mm slices) with the
+    # gland anywhere within +-35 mm of the image centre; TRUS as mu_regpro, with the fan rolled
+    # and shifted so the gland sits off-centre or near the border in 30 % of the cases
+    "pelvic": PhantomPreset(
+        name="pelvic",
+        mr_size_xyz=(256, 256, 64), mr_spacing_xyz=(0.9375, 0.9375, 2.5),
+        us_size_xyz=(118, 81, 88), us_spacing_xyz=(0.8, 0.8, 0.8),
+        us_scan_step_mm=0.6, mr_fov_offset_mm=31.0, us_offcentre_fraction=0.3),
+    # the pelvic framing at the tiny preset's cost, for tests of the cascade
+    "pelvic_tiny": PhantomPreset(
+        name="pelvic_tiny",
+        mr_size_xyz=(48, 48, 48), mr_spacing_xyz=(3.0, 3.0, 3.0),
+        us_size_xyz=(52, 36, 40), us_spacing_xyz=(1.8, 1.8, 1.8),
+        us_scan_step_mm=1.2, mr_fov_offset_mm=26.0, us_offcentre_fraction=0.3),
     # coarse and fast, for the tests of the whole project (not for training real models)
     "tiny": PhantomPreset(
         name="tiny",

@@ -19,6 +19,7 @@ from lmkreg.paths import preprocessed_root
 from lmkreg.planning.fingerprint import compute_fingerprint, save_fingerprint
 from lmkreg.planning.planner import Budget, plan_dataset
 from lmkreg.planning.plans import PLANS_FILE, Configuration, Plans
+from lmkreg.planning.stages import describe_stage
 from lmkreg.planning.splits import SPLITS_FILE, load_or_create_splits
 from lmkreg.parallel import parallel_map
 from lmkreg.preprocessing.preprocessor import CaseFiles, is_up_to_date, preprocess_case
@@ -29,7 +30,7 @@ def preprocessed_folder(dataset: Dataset) -> Path:
 
 
 def plan(dataset: Dataset, budget: Optional[Budget] = None, workers: Optional[int] = None,
-         overwrite_plans: bool = False) -> Plans:
+         overwrite_plans: bool = False, cascade: Optional[bool] = None) -> Plans:
     """Fingerprint the dataset and write plans.json (an existing, possibly hand-edited plans
     file is kept unless overwrite_plans)."""
     out = preprocessed_folder(dataset)
@@ -42,7 +43,7 @@ def plan(dataset: Dataset, budget: Optional[Budget] = None, workers: Optional[in
     save_fingerprint(fingerprint, out)
     n = sum(len(m["cases"]) for m in fingerprint["modalities"].values())
     print(f"fingerprint: {n} image(s) in {time.perf_counter() - start:.1f} s")
-    plans = plan_dataset(fingerprint, budget or Budget.default())
+    plans = plan_dataset(fingerprint, budget or Budget.default(), cascade)
     plans.save(plans_path)
     return plans
 
@@ -66,12 +67,13 @@ def preprocess(dataset: Dataset, plans: Plans, modalities: Optional[Sequence[str
 
     Returns per modality the number of cases done and skipped and the wall time in seconds."""
     counts = {}
-    for modality in modalities or list(plans.configurations):
+    for modality in modalities or list(plans.configurations):  # configuration names (MR, MR_refine...)
         conf = plans.configuration(modality)
         out_dir = preprocessed_folder(dataset) / conf.data_identifier
-        jobs = [_Job(CaseFiles(c, dataset.image_path(c, modality, split), dataset.mask_path(c, modality, split),
-                               dataset.landmarks_path(c, modality, split)), out_dir)
-                for c in dataset.cases(split, modality)]
+        m = conf.modality
+        jobs = [_Job(CaseFiles(c, dataset.image_path(c, m, split), dataset.mask_path(c, m, split),
+                               dataset.landmarks_path(c, m, split)), out_dir)
+                for c in dataset.cases(split, m)]
         start = time.perf_counter()
         results = parallel_map(partial(_run_job, conf=conf, names=list(plans.landmarks)), jobs, workers,
                                desc=f"preprocess {modality}")
@@ -81,15 +83,16 @@ def preprocess(dataset: Dataset, plans: Plans, modalities: Optional[Sequence[str
 
 
 def plan_and_preprocess(dataset_id: str, budget: Optional[Budget] = None, workers: Optional[int] = None,
-                        num_folds: int = 5, overwrite_plans: bool = False, skip_preprocessing: bool = False) -> Path:
+                        num_folds: int = 5, overwrite_plans: bool = False, skip_preprocessing: bool = False,
+                        cascade: Optional[bool] = None) -> Path:
     dataset = open_dataset(dataset_id)
     complete = set.intersection(*[set(dataset.cases("Tr", m)) for m in dataset.spec.modalities])
     if len(complete) < num_folds and not (preprocessed_folder(dataset) / SPLITS_FILE).is_file():
         # refused before the fingerprint, plans or any preprocessing (an existing splits file is reused as is)
         raise ConfigurationError(f"{dataset.folder}: {len(complete)} training case(s) with every modality cannot make "
                                  f"{num_folds} folds; add cases or choose fewer folds (--num-folds)")
-    plans = plan(dataset, budget, workers, overwrite_plans)
-    cases = sorted(set.intersection(*[set(dataset.cases("Tr", m)) for m in plans.configurations]))
+    plans = plan(dataset, budget, workers, overwrite_plans, cascade)
+    cases = sorted(set.intersection(*[set(dataset.cases("Tr", c.modality)) for c in plans.configurations.values()]))
     load_or_create_splits(preprocessed_folder(dataset), cases, num_folds)
     if not skip_preprocessing:
         for modality, c in preprocess(dataset, plans, workers=workers).items():
@@ -105,6 +108,8 @@ def describe(plans: Plans) -> str:
         lines.append(f"{m}: spacing {[round(s, 3) for s in c.spacing_zyx]} mm, input {c.input_size_zyx} voxels "
                      f"(FOV {[round(f, 1) for f in c.field_of_view_mm_zyx]} mm), {len(c.network.strides)} stages, "
                      f"batch {c.batch_size}, est. step {c.estimated_step_seconds:.2f} s")
+        if describe_stage(c):
+            lines.append(f"    {describe_stage(c)}")
         lines += [f"    note: {n}" for n in c.notes]
     return "\n".join(lines)
 
@@ -119,13 +124,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--num-folds", type=int, default=5, help="number of cross-validation folds (default 5)")
     parser.add_argument("--overwrite-plans", action="store_true", help="plan again even if plans.json exists")
     parser.add_argument("--plan-only", action="store_true", help="write plans and splits, do not preprocess")
+    parser.add_argument("--cascade", choices=["auto", "yes", "no"], default="auto",
+                        help="plan a localizer and refine stage per modality besides the single stage: auto (where "
+                             "the framing varies or a crop allows a finer spacing), yes or no (default auto)")
     args = parser.parse_args(argv)
     from lmkreg.threads import configure_threads; configure_threads()  # noqa: E702  (threads from the free cores)
     try:
         budget = Budget.parse(args.budget) if args.budget else None
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
-    out = plan_and_preprocess(args.dataset, budget, args.workers, args.num_folds, args.overwrite_plans, args.plan_only)
+    cascade = {"auto": None, "yes": True, "no": False}[args.cascade]
+    out = plan_and_preprocess(args.dataset, budget, args.workers, args.num_folds, args.overwrite_plans, args.plan_only,
+                              cascade)
     print(describe(Plans.load(out / PLANS_FILE)))
     print(f"plans and preprocessed data in {out}")
     return 0

@@ -153,16 +153,20 @@ def coarsen(spacing_zyx: Sequence[float]) -> list[float]:
 
 
 def plan_configuration(modality: str, summary: dict, landmarks: Sequence[str], budget: Budget,
-                       dataset_name: str) -> Configuration:
-    """The plan of one modality from its fingerprint summary."""
+                       dataset_name: str, name: Optional[str] = None,
+                       field: Optional[tuple[list[float], list[float], list[str]]] = None) -> Configuration:
+    """The plan of one modality from its fingerprint summary.  `name` (default: the modality)
+    names the configuration and its data; `field` replaces the planned (field of view zyx mm,
+    centre offset LPS mm, notes), for the cascade stages (lmkreg.planning.stages)."""
+    name = name or modality
     notes: list[str] = []
     spacing, note = target_spacing(summary["median_spacing_zyx"], summary["spacing_percentile_10_zyx"])
     if note:
         notes.append(note)
     if summary.get("landmark_offset_min_lps") is None:
         raise ValueError(f"{dataset_name} {modality}: no training landmarks to plan a field of view from")
-    fov, centre, fov_notes = field_of_view(summary["landmark_offset_min_lps"], summary["landmark_offset_max_lps"],
-                                           summary["max_extent_mm_zyx"])
+    fov, centre, fov_notes = field or field_of_view(summary["landmark_offset_min_lps"],
+                                                    summary["landmark_offset_max_lps"], summary["max_extent_mm_zyx"])
     notes += fov_notes
     cpu = budget.device == "cpu"
     base, max_feat = (8, 128) if cpu else (32, 320)
@@ -202,13 +206,22 @@ def plan_configuration(modality: str, summary: dict, landmarks: Sequence[str], b
     return Configuration(
         modality=modality, spacing_zyx=[float(s) for s in spacing], input_size_zyx=size,
         fov_offset_lps=[float(c) for c in centre], normalization=normalization, network=spec, batch_size=batch,
-        training=training, data_identifier=f"lmkregPlans_{modality}",
+        training=training, data_identifier=f"lmkregPlans_{name}",
         estimated_step_seconds=round(cost.cpu_seconds(batch), 4),
         estimated_memory_gb=round(cost.gpu_memory_gb(batch), 3), notes=notes)
 
 
-def plan_dataset(fingerprint: dict, budget: Budget) -> Plans:
-    """Plans for every modality of a fingerprinted dataset."""
-    confs = {m: plan_configuration(m, fp["summary"], fingerprint["landmarks"], budget, fingerprint["dataset_name"])
-             for m, fp in fingerprint["modalities"].items()}
+def plan_dataset(fingerprint: dict, budget: Budget, cascade: Optional[bool] = None) -> Plans:
+    """Plans for every modality of a fingerprinted dataset: the single-stage configuration
+    (named by the modality) and, where the planner decides it (``cascade`` None) or is told to
+    (True), a localizer + refine cascade (lmkreg.planning.stages)."""
+    from lmkreg.planning.stages import plan_cascade
+
+    confs = {}
+    for m, fp in fingerprint["modalities"].items():
+        single = plan_configuration(m, fp["summary"], fingerprint["landmarks"], budget, fingerprint["dataset_name"])
+        confs[m] = single
+        if cascade is not False:
+            confs.update(plan_cascade(m, fp, fingerprint["landmarks"], budget, fingerprint["dataset_name"], single,
+                                      force=bool(cascade)))
     return Plans(fingerprint["dataset_name"], list(fingerprint["landmarks"]), budget.to_json(), confs)

@@ -22,6 +22,10 @@ PathLike = Union[str, Path]
 PLANS_FILE = "plans.json"
 PLANS_VERSION = 1
 NORMALIZATION_SCHEMES = ("zscore", "percentile_clip")
+# "single": one grid at the image centre + offset (plans written before the cascade);
+# "localizer": the whole image, anchored at the image centre; "refine": a crop anchored at the
+# landmark centroid (true landmarks in training, the previous stage's prediction at inference)
+STAGES = ("single", "localizer", "refine")
 # optional numeric keys of a configuration's "training" dict: (type, lowest allowed value)
 TRAINING_NUMBERS: dict[str, tuple[type, float]] = {
     "learning_rate": (float, 0.0), "weight_decay": (float, 0.0), "num_epochs": (int, 1),
@@ -62,6 +66,18 @@ class Configuration:
     estimated_step_seconds: float = 0.0
     estimated_memory_gb: float = 0.0
     notes: list[str] = field(default_factory=list)
+    stage: str = "single"
+    previous_stage: Optional[str] = None  # refine: the configuration whose prediction anchors the crop
+    crop_jitter_mm: float = 0.0  # refine: largest per-axis offset of the crop centre seen in training
+    refine_iterations: int = 1  # refine: times the crop is re-centred on its own prediction
+
+    @property
+    def crop_margin_zyx(self) -> list[int]:
+        """Voxels stored around a refine crop on each side, so training can offset the crop
+        centre by up to crop_jitter_mm (0 for the other stages)."""
+        if self.stage != "refine":
+            return [0, 0, 0]
+        return [int(math.ceil(self.crop_jitter_mm / s - 1e-9)) for s in self.spacing_zyx]
 
     @property
     def field_of_view_mm_zyx(self) -> list[float]:
@@ -69,6 +85,9 @@ class Configuration:
 
     def to_json(self) -> dict:
         d = asdict(self)
+        if self.stage == "single":  # plans without a cascade read exactly as before
+            for key in ("stage", "previous_stage", "crop_jitter_mm", "refine_iterations"):
+                d.pop(key)
         d["network"] = self.network.to_dict()
         d["field_of_view_mm_zyx"] = self.field_of_view_mm_zyx
         return d
@@ -81,6 +100,13 @@ class Plans:
     budget: dict[str, Any]
     configurations: dict[str, Configuration]
     plans_version: int = PLANS_VERSION
+
+    def cascade(self, modality: str) -> Optional[tuple[str, str]]:
+        """(localizer, refine) configuration names of `modality`'s cascade, or None."""
+        for name, c in self.configurations.items():
+            if c.modality == modality and c.stage == "refine":
+                return c.previous_stage, name
+        return None
 
     def configuration(self, modality: str) -> Configuration:
         if modality not in self.configurations:
@@ -121,10 +147,17 @@ class Plans:
         confs = v.key(data, "configurations", dict)
         if not confs:
             v.fail("configurations", "must hold at least one modality")
+        configurations = {m: _configuration(v, c, f"configurations.{m}") for m, c in confs.items()}
+        for m, c in configurations.items():
+            if c.stage == "refine" and configurations.get(c.previous_stage) is None:
+                v.fail(f"configurations.{m}.previous_stage", f"names {c.previous_stage!r}, which is not a "
+                                                             f"configuration of these plans")
+            if c.stage == "refine" and configurations[c.previous_stage].modality != c.modality:
+                v.fail(f"configurations.{m}.previous_stage", f"names a configuration of modality "
+                                                             f"{configurations[c.previous_stage].modality!r}, "
+                                                             f"not {c.modality!r}")
         return Plans(dataset_name=v.key(data, "dataset_name", str), landmarks=list(names),
-                     budget=v.key(data, "budget", dict),
-                     configurations={m: _configuration(v, c, f"configurations.{m}") for m, c in confs.items()},
-                     plans_version=version)
+                     budget=v.key(data, "budget", dict), configurations=configurations, plans_version=version)
 
 
 class _Validator:
@@ -215,6 +248,7 @@ def _configuration(v: _Validator, c: Any, where: str) -> Configuration:
         estimated_step_seconds=float(c.get("estimated_step_seconds", 0.0)),
         estimated_memory_gb=float(c.get("estimated_memory_gb", 0.0)),
         notes=list(c.get("notes", [])),
+        **_stage_fields(v, c, where),
     )
 
 
@@ -256,6 +290,25 @@ def _check_limits(v: _Validator, where: str, spec: UNetSpec, size: list[int], ba
     if train_gb > machine_train:
         v.fail(f"{where}.batch_size", f"{batch} with input_size_zyx {size} needs an estimated {train_gb:,.1f} GB "
                                       f"to train; this machine has {machine_train:,.1f} GB")
+
+
+def _stage_fields(v: _Validator, c: dict, where: str) -> dict:
+    """The optional cascade keys (absent in plans written before the cascade: one stage)."""
+    stage = c.get("stage", "single")
+    if stage not in STAGES:
+        v.fail(f"{where}.stage", f"must be one of {STAGES}, got {stage!r}")
+    out: dict[str, Any] = {"stage": stage}
+    if stage == "refine":
+        out["previous_stage"] = v.key(c, "previous_stage", str, where)
+        jitter = v.key(c, "crop_jitter_mm", float, where)
+        if not (math.isfinite(jitter) and jitter >= 0):
+            v.fail(f"{where}.crop_jitter_mm", f"must be a finite number >= 0, got {jitter!r}")
+        out["crop_jitter_mm"] = float(jitter)
+        iterations = v.key(c, "refine_iterations", int, where) if "refine_iterations" in c else 1
+        if iterations < 1:
+            v.fail(f"{where}.refine_iterations", f"must be at least 1, got {iterations}")
+        out["refine_iterations"] = iterations
+    return out
 
 
 def _training(v: _Validator, t: dict, where: str, kind: str) -> dict:

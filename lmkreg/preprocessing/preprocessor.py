@@ -16,7 +16,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -58,14 +58,34 @@ def normalize(array: np.ndarray, norm: Normalization, mask: Optional[np.ndarray]
     raise ValueError(f"unknown normalization scheme {norm.scheme!r}")
 
 
-def target_geometry(source: ImageGeometry, conf: Configuration) -> ImageGeometry:
-    """Planned grid for one image: identity direction, planned spacing and size, centred on
-    the image centre plus the planned offset (all in world LPS mm)."""
+def snap_to_lattice(point_lps: np.ndarray, spacing_xyz: np.ndarray) -> np.ndarray:
+    """`point_lps` rounded to the nearest multiple of the grid spacing along each world axis.
+
+    Cascade grids are centred on a point of this world lattice, so two images of the same
+    anatomy sampled on the same voxel lattice (the same scan framed differently) give exactly
+    the same grid points, and a refine crop whose anchor moves a little moves by whole voxels."""
+    return np.round(np.asarray(point_lps, float) / spacing_xyz) * spacing_xyz
+
+
+def target_geometry(source: ImageGeometry, conf: Configuration, anchor_lps: Optional[np.ndarray] = None,
+                    margin_zyx: Sequence[int] = (0, 0, 0)) -> ImageGeometry:
+    """Planned grid for one image: identity direction, planned spacing and size (plus
+    `margin_zyx` voxels on each side), centred on the anchor plus the planned offset (all in
+    world LPS mm).  The anchor is the image centre, except for a refine stage, whose anchor
+    (`anchor_lps`: the previous stage's landmark centroid, or the true one in training) must be
+    given.  Cascade stages snap the centre to their spacing's world lattice."""
     spacing_xyz = np.asarray(conf.spacing_zyx[::-1], float)
-    size_xyz = np.asarray(conf.input_size_zyx[::-1], float)
-    centre = image_centre_world(source) + np.asarray(conf.fov_offset_lps, float)
+    shape_zyx = [int(n) + 2 * int(m) for n, m in zip(conf.input_size_zyx, margin_zyx)]
+    size_xyz = np.asarray(shape_zyx[::-1], float)
+    if anchor_lps is None:
+        if conf.stage == "refine":
+            raise ValueError(f"configuration {conf.data_identifier} is a refine stage: its grid needs an anchor point")
+        anchor_lps = image_centre_world(source)
+    centre = np.asarray(anchor_lps, float) + np.asarray(conf.fov_offset_lps, float)
+    if conf.stage != "single":
+        centre = snap_to_lattice(centre, spacing_xyz)
     origin = centre - (size_xyz - 1) / 2 * spacing_xyz
-    return ImageGeometry.create(conf.input_size_zyx, spacing_xyz, origin, np.eye(3))
+    return ImageGeometry.create(shape_zyx, spacing_xyz, origin, np.eye(3))
 
 
 def resample(image: sitk.Image, target: ImageGeometry, nearest: bool = False, default: float = 0.0) -> np.ndarray:
@@ -113,6 +133,45 @@ def normalized_on_grid(image: sitk.Image, target: ImageGeometry, norm: Normaliza
     return resample(normalised, target).astype(np.float32, copy=False)
 
 
+def normalized_on_crop(image: sitk.Image, target: ImageGeometry, norm: Normalization,
+                       statistics_region: Optional[tuple[slice, ...]] = None) -> np.ndarray:
+    """Like normalized_on_grid, but z-score statistics come from the grid's own voxels inside
+    the image (those of `statistics_region`, default all), not from the whole image.
+
+    Used by refine stages: the same anatomy then gets the same input whatever else the image
+    frame holds (a larger field of view changes the whole-image mean and spread).  Percentile
+    clipping uses dataset constants and needs nothing different."""
+    if norm.scheme != "zscore":
+        return normalized_on_grid(image, target, norm)
+    if image.GetPixelID() != sitk.sitkFloat32:
+        image = sitk.Cast(image, sitk.sitkFloat32)
+    out = resample(image, target, default=float("nan"))
+    region = out[statistics_region] if statistics_region is not None else out
+    values = region[np.isfinite(region)]
+    mean, std = zscore_statistics(values) if values.size else (0.0, 1.0)
+    out = (out - np.float32(mean)) / np.float32(std)
+    out[~np.isfinite(out)] = 0.0
+    return out.astype(np.float32, copy=False)
+
+
+def stage_input(image: sitk.Image, conf: Configuration, anchor_lps: Optional[np.ndarray] = None,
+                margin_zyx: Sequence[int] = (0, 0, 0)) -> tuple[np.ndarray, ImageGeometry]:
+    """What the network of `conf` sees for `image`: normalised array (Z, Y, X) and its grid
+    (with `margin_zyx` extra voxels on each side, whose values do not enter the statistics)."""
+    target = target_geometry(ImageGeometry.from_image(image), conf, anchor_lps, margin_zyx)
+    if conf.stage != "refine":
+        return normalized_on_grid(image, target, conf.normalization), target
+    inner = tuple(slice(int(m), int(m) + int(n)) for m, n in zip(margin_zyx, conf.input_size_zyx))
+    return normalized_on_crop(image, target, conf.normalization, inner), target
+
+
+def landmark_anchor(world_lps: np.ndarray) -> Optional[np.ndarray]:
+    """Centroid of the landmarks that are present (rows without NaN), or None."""
+    present = np.asarray(world_lps, float)
+    present = present[~np.isnan(present).any(axis=1)]
+    return present.mean(axis=0) if len(present) else None
+
+
 @dataclass(frozen=True)
 class CaseFiles:
     case: str
@@ -125,6 +184,8 @@ def configuration_hash(conf: Configuration) -> str:
     """Fingerprint of what preprocessing depends on, to tell when a case is out of date."""
     relevant = {"v": PREPROCESSING_VERSION, "spacing": conf.spacing_zyx, "size": conf.input_size_zyx,
                 "offset": conf.fov_offset_lps, "norm": conf.normalization.__dict__}
+    if conf.stage != "single":  # single-stage hashes stay as they were
+        relevant.update(stage=conf.stage, margin=conf.crop_margin_zyx)
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -161,18 +222,22 @@ def preprocess_case(files: CaseFiles, conf: Configuration, landmark_names: list[
     if mask_img is not None and not ImageGeometry.from_image(mask_img).same_as(source_geom):
         raise InputError(files.mask, f"mask grid differs from its image {Path(files.image).name} (size, spacing, "
                                      f"origin or direction); masks must share the image's voxel grid")
+    landmarks = (read_lmkreg_json(files.landmarks).select(landmark_names, source=files.landmarks)
+                 if files.landmarks is not None and files.landmarks.is_file() else
+                 LandmarkSet({n: None for n in landmark_names}))
+    world = landmarks.to_array(landmark_names)
     # never normalise with the mask: prediction has no mask, and the statistics must match
-    target = target_geometry(source_geom, conf)
-    array = normalized_on_grid(image, target, conf.normalization)
+    anchor, margin = None, [0, 0, 0]
+    if conf.stage == "refine":  # the crop around the true landmarks, with room to jitter it in training
+        anchor, margin = landmark_anchor(world), conf.crop_margin_zyx
+        if anchor is None:
+            anchor = image_centre_world(source_geom)
+    array, target = stage_input(image, conf, anchor, margin)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_array(array[None], out_dir / f"{files.case}{ARRAY_SUFFIX}")
     if mask_img is not None:
         save_array(resample(sitk.Cast(mask_img, sitk.sitkUInt8), target, nearest=True)[None],
                    out_dir / f"{files.case}_mask{ARRAY_SUFFIX}")
-    landmarks = (read_lmkreg_json(files.landmarks).select(landmark_names, source=files.landmarks)
-                 if files.landmarks is not None and files.landmarks.is_file() else
-                 LandmarkSet({n: None for n in landmark_names}))
-    world = landmarks.to_array(landmark_names)
     voxel = target.world_to_index(world)
     meta = {
         "case": files.case,
@@ -188,5 +253,8 @@ def preprocess_case(files: CaseFiles, conf: Configuration, landmark_names: list[
         "landmarks_inside": [bool(not np.isnan(v).any() and target.contains_index(v)) for v in voxel],
         "has_mask": mask_img is not None,
     }
+    if conf.stage != "single":
+        meta.update(stage=conf.stage, crop_margin_zyx=list(margin),
+                    anchor_lps=None if anchor is None else np.asarray(anchor, float).tolist())
     atomic_write_json(out_dir / f"{files.case}.json", meta)
     return meta

@@ -62,19 +62,60 @@ def load_case(folder: PathLike, case: str) -> dict[str, Any]:
         raise InputError(meta_path, f"{len(voxels)} landmark positions for {len(names)} landmark names")
     landmarks = np.array([[np.nan] * 3 if v is None else v for v in voxels], float).reshape(len(names), 3)
     landmarks[~inside_grid(landmarks, image.shape[1:])] = np.nan
+    margin = np.asarray(meta.get("crop_margin_zyx", [0, 0, 0]), int)
+    if margin.shape != (3,) or np.any(margin < 0) or np.any(2 * margin >= np.asarray(image.shape[1:])):
+        raise InputError(meta_path, f"crop_margin_zyx {meta.get('crop_margin_zyx')} does not fit the array "
+                                    f"{image.shape[1:]}")
     return {"case": case, "image": image, "landmarks": landmarks, "spacing": spacing,
-            "index_to_world": affine, "landmark_names": names}
+            "index_to_world": affine, "landmark_names": names, "crop_margin": margin}
+
+
+def crop_sample(sample: dict[str, Any], start_zyx: Sequence[int], shape_zyx: Sequence[int]) -> dict[str, Any]:
+    """The box ``start .. start + shape`` of a sample (a view of its image): landmarks in the
+    box's voxels (NaN when they fall outside it) and its own index->world affine."""
+    start = np.asarray(start_zyx, int)
+    image = sample["image"][(slice(None),) + tuple(slice(int(a), int(a) + int(n)) for a, n in zip(start, shape_zyx))]
+    landmarks = np.asarray(sample["landmarks"], float) - start
+    landmarks[~inside_grid(landmarks, shape_zyx)] = np.nan
+    shift = np.eye(4)
+    shift[:3, 3] = start
+    return {**sample, "image": image, "landmarks": landmarks, "index_to_world": np.asarray(sample["index_to_world"]) @ shift,
+            "crop_margin": np.zeros(3, int)}
+
+
+def centre_crop(sample: dict[str, Any]) -> dict[str, Any]:
+    """A refine-stage case as the network sees it with an exact localizer: the planned crop
+    in the middle of the stored box (the sample itself when it has no margin)."""
+    margin = np.asarray(sample.get("crop_margin", (0, 0, 0)), int)
+    if not margin.any():
+        return sample
+    return crop_sample(sample, margin, np.asarray(sample["image"].shape[1:]) - 2 * margin)
+
+
+def jittered_crop(sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    """The planned crop at a random whole-voxel offset of up to the stored margin per axis: the
+    refine stage's training input, whose centre is off by as much as the localizer may be."""
+    margin = np.asarray(sample.get("crop_margin", (0, 0, 0)), int)
+    if not margin.any():
+        return sample
+    offset = rng.integers(-margin, margin + 1)
+    return crop_sample(sample, margin + offset, np.asarray(sample["image"].shape[1:]) - 2 * margin)
 
 
 class PreprocessedCases:
     """All listed cases of one preprocessed folder, loaded into memory once (they are small:
-    one planned grid each).  Worker processes inherit them instead of re-reading the files."""
+    one planned grid each).  Worker processes inherit them instead of re-reading the files.
+
+    Refine-stage cases are stored with a margin around the planned crop: ``get`` and indexing
+    give the centred crop (validation), ``full`` the whole stored box (training draws a
+    jittered crop from it, see ``jittered_crop``)."""
 
     def __init__(self, folder: PathLike, cases: Sequence[str]):
         self.folder = Path(folder)
         self.cases = list(cases)
-        self._data = {c: load_case(self.folder, c) for c in self.cases}
-        shapes = {self._data[c]["image"].shape for c in self.cases}
+        self._full = {c: load_case(self.folder, c) for c in self.cases}
+        self._data = {c: centre_crop(s) for c, s in self._full.items()}
+        shapes = {(self._full[c]["image"].shape, tuple(self._full[c]["crop_margin"])) for c in self.cases}
         if len(shapes) > 1:
             raise InputError(self.folder, f"preprocessed cases have different array shapes {sorted(shapes)}; "
                                           "they must all be on the planned grid")
@@ -92,6 +133,10 @@ class PreprocessedCases:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self._data[self.cases[index]]
+
+    def full(self, index: int) -> dict[str, Any]:
+        """The whole stored sample of case number `index` (with its crop margin, if any)."""
+        return self._full[self.cases[index]]
 
 
 # ---- torch side -----------------------------------------------------------------------------
@@ -120,7 +165,8 @@ class AugmentedSamples(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rng = self.rng(index)
-        sample = self.cases[int(rng.integers(len(self.cases)))]
+        sample = self.cases.full(int(rng.integers(len(self.cases))))
+        sample = jittered_crop(sample, rng)  # draws nothing when there is no margin
         if self.augmentation is not None:
             sample = self.augmentation(sample, rng)
         return to_tensors(sample)
@@ -236,5 +282,5 @@ def make_val_batches(cases: PreprocessedCases, batch_size: int) -> Iterator[dict
                "case": [t["case"] for t in items]}
 
 
-__all__ = ["load_case", "PreprocessedCases", "AugmentedSamples", "make_train_loader", "iterate_batches",
+__all__ = ["load_case", "crop_sample", "centre_crop", "jittered_crop", "PreprocessedCases", "AugmentedSamples", "make_train_loader", "iterate_batches",
            "make_val_batches", "build_augmentation", "DEFAULT_AUGMENTATION", "to_tensors", "worker_init_fn"]

@@ -1,7 +1,9 @@
-"""``lmkreg_train -d DATASET -m MODALITY -f FOLD [-tr TRAINER] [--device cpu|cuda] [--c]``.
+"""``lmkreg_train -d DATASET -m MODALITY -f FOLD [-c CONFIGURATION] [-tr TRAINER] [--device cpu|cuda] [--c]``.
 
-Trains one fold (0-4, or 'all') of one modality from the plans.  Results go to
-``$LMKREG_results/DatasetNNN_Name/TRAINER__MODALITY/fold_F/``.  Multi-GPU / multi-node:
+Trains one fold (0-4, or 'all') of one configuration of a modality from the plans (default:
+the single-stage configuration named by the modality; ``-c localizer`` and ``-c refine``, or
+their full names such as ``MR_refine``, train the cascade stages).  Results go to
+``$LMKREG_results/DatasetNNN_Name/TRAINER__CONFIGURATION/fold_F/``.  Multi-GPU / multi-node:
 launch the same command with ``torchrun --nproc_per_node N``.
 """
 from __future__ import annotations
@@ -29,15 +31,30 @@ def model_folder(dataset_name: str, trainer: str, modality: str) -> Path:
     return results_root() / dataset_name / f"{trainer}__{modality}"
 
 
+def configuration_name(plans: Plans, modality: str, configuration: Optional[str]) -> str:
+    """The plans' configuration of `modality` that `configuration` names: None -> the modality's
+    single stage; 'localizer' / 'refine' -> MODALITY_localizer / MODALITY_refine; a full name
+    must belong to `modality`."""
+    if configuration is None:
+        return modality
+    name = configuration if configuration in plans.configurations else f"{modality}_{configuration}"
+    conf = plans.configuration(name)
+    if conf.modality != modality:
+        raise ConfigurationError(f"configuration {name!r} is for modality {conf.modality!r}, not {modality!r}")
+    return name
+
+
 def train(dataset_id: str, modality: str, fold: Union[int, str], trainer: str = DEFAULT_TRAINER,
           device: Optional[str] = None, resume: bool = False, num_epochs: Optional[int] = None,
           iterations_per_epoch: Optional[int] = None, num_workers: int = 2, seed: Optional[int] = None,
           trainer_modules: Sequence[str] = (), progress_bar: bool = True,
-          time_budget_s: Optional[float] = None) -> dict:
-    """Train one fold; returns the validation summary (MRE per landmark in world mm)."""
+          time_budget_s: Optional[float] = None, configuration: Optional[str] = None) -> dict:
+    """Train one fold of one configuration (default: the modality's single stage); returns the
+    validation summary (MRE per landmark in world mm)."""
     dataset = open_dataset(dataset_id)
     pre = preprocessed_folder(dataset)
     plans = Plans.load(pre / PLANS_FILE)
+    modality = configuration_name(plans, modality, configuration)  # the trainer only sees a configuration
     if not (pre / SPLITS_FILE).is_file():
         raise ConfigurationError(f"{pre / SPLITS_FILE} not found: run lmkreg_plan_and_preprocess -d {dataset_id}")
     splits = load_or_create_splits(pre, dataset.cases("Tr"))
@@ -73,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fold(s) to train, each 0-4, or 'all' to train on every case (several: one after another)")
     # the older spelling 'lmkreg_train DATASET MODALITY FOLD' keeps working, unadvertised
     p.add_argument("legacy", nargs="*", help=argparse.SUPPRESS)
+    p.add_argument("-c", "--configuration", default=None,
+                   help="configuration of the plans to train: localizer, refine or a full name such as MR_refine "
+                        "(default: the single-stage configuration named by the modality)")
     p.add_argument("-tr", "--trainer", default=DEFAULT_TRAINER, help=f"trainer class (default {DEFAULT_TRAINER})")
     p.add_argument("--trainer-module", action="append", default=[], help="extra module (file.py or dotted) with trainers")
     p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"],
@@ -109,7 +129,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             summary = train(args.dataset, args.modality, fold, args.trainer, args.device, args.resume, args.epochs,
                             args.iterations, args.workers, args.seed, args.trainer_module,
                             progress_bar=not args.no_progress,
-                            time_budget_s=None if args.time_budget is None else 60 * args.time_budget)
+                            time_budget_s=None if args.time_budget is None else 60 * args.time_budget,
+                            configuration=args.configuration)
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None
         if summary:

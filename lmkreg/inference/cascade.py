@@ -1,0 +1,219 @@
+"""Two-stage prediction: the localizer finds the landmarks in the whole image, the refine
+stage predicts them again in a fine crop centred on the localizer's landmark centroid.
+
+Same anatomy, same answer, whatever the image frame: the localizer's grid and every refine
+crop are centred on points of their spacing's world lattice, and the refine crop normalises
+its intensities from its own voxels.  Two framings of one scan therefore give the refine
+networks exactly the same input as soon as their anchors snap to the same lattice point; the
+crop is re-centred on the refine stage's own estimate ``refine_iterations`` times (planned: 1, no re-centring).  Each step
+blends the crops at the (up to 8) lattice points around the anchor with trilinear weights,
+so the answer is a continuous function of the anchor: two localizer estimates that differ a
+little give answers that differ a little, never by a jump of one crop voxel.
+
+``CascadePredictor`` offers the ``preprocess`` / ``predict_array`` / ``predict`` interface of
+``LandmarkPredictor``, so ``predict_folder`` runs either (reading and the localizer's
+preprocessing of the next image overlap the networks of the current one).  Its predictions
+record the localizer's landmarks and every crop centre in the output JSON (``cascade``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from lmkreg.errors import ConfigurationError
+from lmkreg.geometry import ImageGeometry
+from lmkreg.inference.predictor import LandmarkPredictor, Prediction, available_folds, model_folder_for
+from lmkreg.io.landmarks import LandmarkSet
+from lmkreg.planning.plans import PLANS_FILE, Plans
+from lmkreg.preprocessing.preprocessor import landmark_anchor
+
+# a refine landmark further than this many times the trained crop jitter (per-axis bound, so
+# x sqrt(3) for the diagonal) from the localizer's is flagged: the crop may have missed it
+MOVE_FLAG_FACTOR = 1.0
+
+
+@dataclass
+class CascadePrediction(Prediction):
+    """The refine stage's prediction, with the localizer's landmarks and the crop centres."""
+
+    stage1: Optional[Prediction] = None
+    crop_centres_lps: list[list[float]] = field(default_factory=list)
+    configurations: tuple[str, str] = ("", "")
+
+    def with_extras(self) -> LandmarkSet:
+        out = super().with_extras()
+        extras = dict(out.extras)
+        stage1 = self.stage1.landmarks if self.stage1 is not None else LandmarkSet({})
+        moved = {n: _distance(stage1.points.get(n), self.landmarks.points.get(n)) for n in self.landmarks.names}
+        extras["cascade"] = {
+            "localizer": self.configurations[0], "refine": self.configurations[1],
+            "stage1_landmarks_lps": {n: None if p is None else [round(float(v), 4) for v in p]
+                                     for n, p in stage1.points.items()},
+            "stage1_flags": list(self.stage1.flags) if self.stage1 is not None else [],
+            "crop_centres_lps": [[round(float(v), 4) for v in c] for c in self.crop_centres_lps],
+            "stage2_moved_mm": moved}
+        return LandmarkSet(dict(out.points), extras)
+
+
+def _distance(a: Optional[np.ndarray], b: Optional[np.ndarray]) -> Optional[float]:
+    if a is None or b is None:
+        return None
+    return round(float(np.linalg.norm(np.asarray(a) - np.asarray(b))), 4)
+
+
+@dataclass
+class StagedInput:
+    """What the background reader prepares for a cascade: the image (the refine crops are
+    taken from it) and the localizer's preprocessed array."""
+
+    image: sitk.Image
+    array: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.array.shape
+
+
+class CascadePredictor:
+    """Localizer + refine predictors of one modality (see the module docstring)."""
+
+    def __init__(self, localizer: LandmarkPredictor, refiner: LandmarkPredictor):
+        if refiner.conf.stage != "refine":
+            raise ConfigurationError(f"{refiner.model_folder}: configuration is a {refiner.conf.stage} stage, "
+                                     f"not a refine stage")
+        if localizer.conf.modality != refiner.conf.modality:
+            raise ConfigurationError(f"{localizer.model_folder} and {refiner.model_folder} are for different "
+                                     f"modalities ({localizer.conf.modality}, {refiner.conf.modality})")
+        self.localizer, self.refiner = localizer, refiner
+        self.modality = refiner.conf.modality
+        self.names = list(refiner.names)
+        self.conf = refiner.conf
+
+    def preprocess(self, image: sitk.Image) -> tuple[StagedInput, ImageGeometry]:
+        if image.GetPixelID() != sitk.sitkFloat32:  # once, not once per refine crop
+            image = sitk.Cast(image, sitk.sitkFloat32)
+        array, grid = self.localizer.preprocess(image)
+        return StagedInput(image, array), grid
+
+    def predict_array(self, staged: StagedInput, grid: ImageGeometry) -> CascadePrediction:
+        stage1 = self.localizer.predict_array(staged.array, grid)
+        anchor = landmark_anchor(stage1.landmarks.to_array(self.names))
+        if anchor is None:  # pragma: no cover - the localizer always gives every landmark
+            anchor = ImageGeometry.from_image(staged.image).index_to_world(
+                (np.asarray(ImageGeometry.from_image(staged.image).shape_zyx, float) - 1) / 2)
+        centres: list[np.ndarray] = []
+        for _ in range(max(1, int(self.conf.refine_iterations))):
+            pred, blended = self._blend(staged.image, anchor)
+            centres += blended
+            anchor = landmark_anchor(pred.landmarks.to_array(self.names))
+        flags = list(pred.flags)
+        limit = MOVE_FLAG_FACTOR * self.conf.crop_jitter_mm * np.sqrt(3)
+        for n in self.names:
+            d = _distance(stage1.landmarks.points.get(n), pred.landmarks.points.get(n))
+            if d is not None and d > limit:
+                flags.append(f"{n}: refine stage moved it {d:.1f} mm from the localizer's estimate (> "
+                             f"{limit:.1f} mm, the crop jitter it was trained with)")
+        values = {f.name: getattr(pred, f.name) for f in dataclasses.fields(pred)}
+        values["flags"] = flags
+        return CascadePrediction(**values, stage1=stage1, crop_centres_lps=[c.tolist() for c in centres],
+                                 configurations=(self.localizer.model_folder.name.partition("__")[2],
+                                                 self.refiner.model_folder.name.partition("__")[2]))
+
+    def _blend(self, image: sitk.Image, anchor: np.ndarray) -> tuple[Prediction, list[np.ndarray]]:
+        """The refine prediction for a crop centred anywhere: the predictions of the crops at
+        the (up to 8) lattice points around the centre, weighted trilinearly.  It changes
+        continuously with `anchor`, so a slightly different localizer estimate gives a
+        slightly different answer, never a jump of one crop voxel."""
+        spacing = np.asarray(self.conf.spacing_zyx[::-1], float)
+        offset = np.asarray(self.conf.fov_offset_lps, float)
+        centre = np.asarray(anchor, float) + offset
+        base = np.floor(centre / spacing) * spacing
+        frac = np.clip((centre - base) / spacing, 0.0, 1.0)
+        preds, weights, centres = [], [], []
+        for corner in itertools.product((0, 1), repeat=3):
+            c = np.asarray(corner)
+            w = float(np.prod(np.where(c == 1, frac, 1 - frac)))
+            if w <= 1e-9:
+                continue
+            lattice_point = base + c * spacing
+            array, crop = self.refiner.preprocess(image, lattice_point - offset)
+            preds.append(self.refiner.predict_array(array, crop))
+            weights.append(w)
+            centres.append(lattice_point)
+        wts = np.asarray(weights) / np.sum(weights)
+        world = sum(w * p.landmarks.to_array(self.names) for w, p in zip(wts, preds))
+
+        def mean_of(attr: str) -> dict[str, float]:
+            return {n: float(sum(w * getattr(p, attr).get(n, np.nan) for w, p in zip(wts, preds))) for n in self.names}
+
+        flags = list(dict.fromkeys(f for p in preds for f in p.flags))
+        main = preds[int(np.argmax(wts))]
+        out = dataclasses.replace(main, landmarks=LandmarkSet.from_array(self.names, world),
+                                  spread_mm=mean_of("spread_mm"), fold_disagreement_mm=mean_of("fold_disagreement_mm"),
+                                  flags=flags)
+        return out, centres
+
+    def predict(self, image: sitk.Image) -> CascadePrediction:
+        staged, grid = self.preprocess(image)
+        return self.predict_array(staged, grid)
+
+
+def cascade_folders(results_dataset_folder: Path, trainer: str, modality: str,
+                    checkpoint: str = "final") -> Optional[tuple[Path, Path]]:
+    """(localizer, refine) model folders of `trainer` for `modality` when both are trained
+    (a refine folder whose plans name the localizer as its previous stage), else None."""
+    root = Path(results_dataset_folder)
+    for folder in sorted(root.glob(f"{trainer}__{modality}_*")):
+        plans_path = folder / PLANS_FILE
+        if not plans_path.is_file():
+            continue
+        name = folder.name.partition("__")[2]
+        plans = Plans.load(plans_path)
+        conf = plans.configurations.get(name)
+        if conf is None or conf.stage != "refine" or conf.modality != modality:
+            continue
+        localizer = root / f"{trainer}__{conf.previous_stage}"
+        if available_folds(folder, checkpoint) and localizer.is_dir() and available_folds(localizer, checkpoint):
+            return localizer, folder
+    return None
+
+
+def build_predictor(results_dataset_folder: Path, trainer: str, modality: str, configuration: Optional[str] = None,
+                    **kwargs: Any) -> Union[LandmarkPredictor, CascadePredictor]:
+    """The predictor ``lmkreg_predict`` runs.  `configuration` None: the cascade when both of
+    its stages are trained, else the single stage.  'cascade' (or a refine configuration's
+    name): the cascade, or an error naming what is missing.  Any other name (the modality
+    itself, or a localizer) predicts with that one configuration.  `kwargs` go to
+    LandmarkPredictor (folds, checkpoint, device, mirror_tta, trainer_modules, optimize);
+    `predictor_class` builds each stage (LandmarkPredictor or a subclass)."""
+    root = Path(results_dataset_folder)
+    make = kwargs.pop("predictor_class", None) or LandmarkPredictor
+    checkpoint = kwargs.get("checkpoint", "final")
+    wants_cascade = configuration in ("cascade", "refine") or (configuration or "").endswith("_refine")
+    if configuration is None or wants_cascade:
+        found = cascade_folders(root, trainer, modality, checkpoint)
+        if found is not None:
+            return CascadePredictor(make(found[0], **kwargs), make(found[1], **kwargs))
+        if wants_cascade:
+            raise ConfigurationError(f"no trained cascade of {trainer} for {modality} in {root}: train both stages "
+                                     f"(lmkreg_train D {modality} FOLD -c localizer and -c refine)")
+        configuration = modality
+    name = configuration if configuration == modality or configuration.startswith(f"{modality}_") \
+        else f"{modality}_{configuration}"
+    return make(model_folder_for(root, trainer, name), **kwargs)
+
+
+def read_cascade_record(path: Union[str, Path]) -> dict:
+    """The ``cascade`` record of an lmkreg prediction JSON ({} for a single-stage one)."""
+    return json.loads(Path(path).read_text(encoding="utf-8")).get("extras", {}).get("cascade", {})
+
+
+__all__ = ["CascadePredictor", "CascadePrediction", "StagedInput", "build_predictor", "cascade_folders",
+           "read_cascade_record"]

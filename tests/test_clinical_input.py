@@ -308,7 +308,7 @@ def _predict(inp, out, *extra) -> int:
     from lmkreg.inference.predict_folder import main as predict_main
     # no -tr: the only trained MR model is used
     return predict_main(["-i", str(inp), "-o", str(out), "-d", "46", "-m", "MR", "--no-optimize", "--no-progress",
-                         *extra])
+                         "--no-tta", *extra])  # the expected points are the plain network output
 
 
 def _expected_world_points(model_folder: Path, image: sitk.Image) -> np.ndarray:

@@ -201,8 +201,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from lmkreg.threads import configure_threads; configure_threads()  # noqa: E702  (threads from the free cores)
     dataset_name = find_dataset(args.dataset).name
     results = results_root() / dataset_name
-    list_images(args.input, args.num_parts, args.part_id, args.series)  # bad input fails before models load
     trainer = args.trainer or choose_trainer(results, args.modality, None)
+    list_images(args.input, args.num_parts, args.part_id, args.series)  # bad input fails before models load
     predictor = build_predictor(results, trainer, args.modality, args.configuration,
                                 folds=args.folds, checkpoint=args.checkpoint, device=args.device, mirror_tta=args.tta,
                                 trainer_modules=args.trainer_module, optimize=not args.no_optimize,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from lmkreg.cli_utils import friendly_errors, make_parser
+from lmkreg.training.budget import DEFAULT_LIMIT_FACTOR
 
 
 @dataclass(frozen=True)
@@ -147,12 +148,14 @@ def run_demo(quick: bool = False, output: Path = Path("lmkreg_demo"), dataset_id
     print(describe(plans))
     _done(t, str(pre / "plans.json"))
 
-    t = _stage(3, n, f"training {trainer} for MR and US, fold 0, about {minutes:g} min each")
+    t = _stage(3, n, f"training {trainer} for MR and US, fold 0, about {minutes:g} min each "
+                          f"(up to {DEFAULT_LIMIT_FACTOR * minutes:g} min when a model has not converged)")
     summaries = {}
     for modality in ("MR", "US"):
         summaries[modality] = train(str(dataset_id), modality, 0, trainer, device=device, num_workers=workers,
                                     seed=seed, iterations_per_epoch=settings.iterations_per_epoch,
-                                    num_epochs=settings.num_epochs, time_budget_s=60 * minutes)
+                                    num_epochs=settings.num_epochs, time_budget_s=60 * minutes,
+                                    time_limit_s=DEFAULT_LIMIT_FACTOR * 60 * minutes)
         s = summaries[modality]
         print(f"      {modality}: validation MRE {s['mre_mm']:.2f} mm ({s['steps']} optimiser steps in "
               f"{s['epochs']} epochs)")
@@ -218,7 +221,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("-tr", "--trainer", default=DEMO_TRAINER,
                    help=f"trainer for both modalities (default {DEMO_TRAINER}, the most accurate in the accuracy "
                         f"benchmark; LandmarkTrainer_Variance is the paper's DSNT method)")
-    p.add_argument("--train-minutes", type=float, default=None, help="training budget per modality")
+    p.add_argument("--train-minutes", type=float, default=None, help=f"training budget per modality in minutes; a model not converged by then trains on, up to "
+                        f"{DEFAULT_LIMIT_FACTOR:g} times as long")
     p.add_argument("--seed", type=int, default=0, help="seed of the phantoms and the training (default 0)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"],

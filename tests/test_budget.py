@@ -84,3 +84,33 @@ def test_resumed_budget_counts_from_the_steps_already_done():
 def test_budget_rejects_nonsense():
     with pytest.raises(ValueError):
         StepBudget(budget_s=0.0, max_steps=10, steps_per_epoch=5)
+
+
+def test_extension_adds_a_quarter_of_the_budget_up_to_the_limit():
+    # budget 100 s, limit 150 s; steady s=0.5 o=5 (epoch of 50 steps = 30 s)
+    clock = FakeClock()
+    budget = StepBudget(budget_s=100.0, max_steps=5000, steps_per_epoch=50, clock=clock, limit_s=150.0)
+    seen = drive(budget, clock, [(0.5, 5.0)] * 10)
+    # E0 ignored; E1 at 60 s: R=40: 1 full (30 s), floor((10-5)/0.5)=10 -> 160; E2 at 90 s: R=10: partial 10 -> 160
+    assert seen == [(50, 5000), (50, 160), (50, 160), (10, 160)]
+    assert clock.now - 1000.0 == pytest.approx(100.0)
+    # first extension: +25 s -> budget 125 s, R=25: 0 full, floor((25-5)/0.5)=40 -> 200 steps
+    assert budget.extend("still falling") == 200
+    clock.now += 40 * 0.5 + 5.0
+    assert budget.epoch_done(40, 20.0, 5.0) == 200
+    # second: +25 s -> the limit, R=25 -> 240; a third is refused (limit reached)
+    assert budget.extend("still falling") == 240
+    clock.now += 40 * 0.5 + 5.0
+    budget.epoch_done(40, 20.0, 5.0)
+    assert budget.extend("still falling") is None
+    assert [e["total_steps"] for e in budget.extensions] == [200, 240]
+    assert budget.extensions[0]["reason"] == "still falling"
+
+
+def test_no_limit_means_no_extension_and_limit_below_budget_is_refused():
+    clock = FakeClock()
+    budget = StepBudget(budget_s=100.0, max_steps=5000, steps_per_epoch=50, clock=clock)
+    drive(budget, clock, [(0.5, 5.0)] * 10)
+    assert not budget.can_extend() and budget.extend("x") is None
+    with pytest.raises(ValueError):
+        StepBudget(budget_s=100.0, max_steps=10, steps_per_epoch=5, limit_s=50.0)

@@ -36,12 +36,45 @@ def test_a_converged_run_is_fit_for_use_unless_above_the_expected_accuracy():
 
 def test_learning_rate_follows_the_step_count_the_run_will_actually_do():
     fake = SimpleNamespace(conf=SimpleNamespace(training={"learning_rate": 1e-3}), lr_warmup_steps=10,
-                           total_steps=1000)
+                           total_steps=1000, lr_segment=(0, 0.0))
     lr = lambda step: LandmarkTrainer.learning_rate(fake, step)  # noqa: E731
     assert lr(0) == pytest.approx(1e-4) and lr(9) == pytest.approx(1e-3)  # linear warm-up over 10 steps
     assert lr(500) == pytest.approx(1e-3 * 0.5 ** 0.9)
     fake.total_steps = 600  # a budget re-fit: the decay now ends at step 600
     assert lr(500) == pytest.approx(1e-3 * (100 / 600) ** 0.9) and lr(600) == 0.0
+
+
+def test_an_unconverged_budgeted_run_trains_on_with_a_restarted_schedule_up_to_the_limit():
+    from lmkreg.training.budget import StepBudget
+    from lmkreg.training.convergence import TrainingVerdict
+    from lmkreg.training.trainers import LR_RESTART_FRACTION
+
+    clock = SimpleNamespace(now=0.0)
+    budget = StepBudget(100.0, 5000, 50, clock=lambda: clock.now, limit_s=125.0)
+    budget.start()
+    for _ in range(4):  # 4 epochs of 50 steps, 25 s each: the budget is spent at 200 steps
+        clock.now += 25.0
+        budget.epoch_done(50, 20.0, 5.0)
+    messages = []
+    verdicts = [TrainingVerdict(False, ["validation MRE still falling fast: 14 % lower"]), TrainingVerdict(True)]
+    fake = SimpleNamespace(conf=SimpleNamespace(training={"learning_rate": 1e-3}), lr_warmup_steps=0,
+                           total_steps=200, steps_done=200, lr_segment=(0, 0.0),
+                           ddp=SimpleNamespace(is_main=True, enabled=False), verdict=lambda: verdicts.pop(0),
+                           log=SimpleNamespace(write=messages.append))
+    bar = SimpleNamespace(total=200, refresh=lambda: None)
+    LandmarkTrainer._maybe_extend(fake, budget, bar)
+    # +25 s (a quarter of the budget) at 0.4 s/step + 5 s per epoch: floor((25 - 5) / 0.4) = 50 more steps
+    assert fake.total_steps == 250 and bar.total == 250
+    assert "still falling fast" in messages[-1] and "250 steps" in messages[-1]
+    lr = lambda step: LandmarkTrainer.learning_rate(fake, step)  # noqa: E731
+    assert lr(199) == pytest.approx(1e-3 * (1 / 200) ** 0.9)  # the first decay ended at step 200
+    assert lr(200) == pytest.approx(LR_RESTART_FRACTION * 1e-3) and lr(225) == pytest.approx(
+        LR_RESTART_FRACTION * 1e-3 * 0.5 ** 0.9) and lr(250) == 0.0
+    # fit for use now: no further extension; and the limit (125 s) is reached anyway
+    fake.steps_done = 250
+    clock.now += 25.0
+    LandmarkTrainer._maybe_extend(fake, budget, bar)
+    assert fake.total_steps == 250 and len(budget.extensions) == 1
 
 
 def test_demo_verdict_names_each_failing_model_and_what_to_do():

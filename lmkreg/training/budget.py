@@ -7,6 +7,12 @@ run once, from the first epoch, and only ever lowering it cut a 5-minute demo ru
 re-fits after every epoch from the most recent ones (so the count goes up again when the
 machine gets faster), and counts optimiser steps, so the last epoch may be a partial one that
 ends where the budget does.  The clock is injectable so that a test can drive it.
+
+A budget is a target, not a promise to stop unfinished: a busy laptop fits fewer steps into the
+same minutes, and a model cut short is not fit for use.  With ``limit_s`` above ``budget_s``
+the trainer may ``extend`` a run whose model has not converged when the budget ends, in steps of
+``EXTENSION_FRACTION`` of the budget, up to the limit (the trainer decides; see
+``LandmarkTrainer.run``).
 """
 from __future__ import annotations
 
@@ -14,6 +20,9 @@ import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
+
+EXTENSION_FRACTION = 0.25  # one extension adds this share of the original budget
+DEFAULT_LIMIT_FACTOR = 2.0  # lmkreg_train / lmkreg_demo: hard limit = this many times the budget
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,7 @@ class StepBudget:
     steps_per_epoch: iterations of a full epoch (validation follows each epoch).
     warmup_epochs: epochs after ``start()`` left out of the speed estimate.
     window: how many of the most recent steady epochs the estimate uses.
+    limit_s: hard limit for ``extend`` (None: the budget is also the limit).
     """
 
     budget_s: float
@@ -40,6 +50,7 @@ class StepBudget:
     warmup_epochs: int = 1
     window: int = 2
     clock: Callable[[], float] = time.monotonic
+    limit_s: Optional[float] = None
     total_steps: int = field(init=False)
     steps_done: int = field(init=False, default=0)
     epochs: list[EpochTiming] = field(init=False, default_factory=list)
@@ -49,7 +60,11 @@ class StepBudget:
         if self.budget_s <= 0 or self.max_steps < 1 or self.steps_per_epoch < 1:
             raise ValueError(f"budget {self.budget_s} s, {self.max_steps} steps, {self.steps_per_epoch} per epoch: "
                              f"all must be positive")
+        if self.limit_s is not None and self.limit_s < self.budget_s:
+            raise ValueError(f"time limit {self.limit_s} s is below the budget {self.budget_s} s")
         self.total_steps = int(self.max_steps)
+        self.original_budget_s = float(self.budget_s)
+        self.extensions: list[dict] = []
         self._t0: Optional[float] = None
 
     def start(self, steps_done: int = 0) -> None:
@@ -94,6 +109,32 @@ class StepBudget:
                              "overhead_s": None if speed is None else speed[1], "total_steps": self.total_steps})
         return self.total_steps
 
+    def can_extend(self) -> bool:
+        """Whether a limit above the current budget leaves room for another extension."""
+        return self.limit_s is not None and self.budget_s < self.limit_s - 1e-9
+
+    def extend(self, reason: str) -> Optional[int]:
+        """Add ``EXTENSION_FRACTION`` of the original budget (at most up to ``limit_s``) and re-fit
+        the step count from the steady speed; returns the new total, or None when the limit is
+        reached or the plan's step count is exhausted (then the run ends as it is)."""
+        if not self.can_extend() or self.total_steps >= self.max_steps:
+            return None
+        extra = min(EXTENSION_FRACTION * self.original_budget_s, self.limit_s - self.budget_s)
+        self.budget_s += extra
+        speed = self.speed()
+        remaining = self.budget_s - self.elapsed_s
+        if speed is None or remaining <= 0:
+            added = self.steps_per_epoch if remaining > 0 else 0
+        else:
+            added = self.steps_that_fit(remaining, *speed)
+        total = int(min(self.max_steps, self.steps_done + added))
+        if total <= self.steps_done:
+            return None
+        self.total_steps = total
+        self.extensions.append({"steps_done": self.steps_done, "elapsed_s": self.elapsed_s, "added_s": extra,
+                                "budget_s": self.budget_s, "total_steps": total, "reason": reason})
+        return total
+
     def steps_that_fit(self, remaining_s: float, step_s: float, overhead_s: float) -> int:
         """Steps that fit `remaining_s` when an epoch of k steps costs k*step_s + overhead_s:
         as many full epochs as fit, then a partial one if its steps and its overhead fit."""
@@ -107,5 +148,6 @@ class StepBudget:
     def describe(self) -> str:
         speed = self.speed()
         rate = "no steady epoch yet" if speed is None else f"{speed[0]:.3f} s per step + {speed[1]:.1f} s per epoch"
-        return (f"time budget {self.budget_s:.0f} s, {self.elapsed_s:.0f} s used ({rate}): "
+        limit = "" if self.limit_s is None else f" (limit {self.limit_s:.0f} s)"
+        return (f"time budget {self.budget_s:.0f} s{limit}, {self.elapsed_s:.0f} s used ({rate}): "
                 f"{self.total_steps} steps in all (plan {self.max_steps})")

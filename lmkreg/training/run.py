@@ -21,6 +21,7 @@ from lmkreg.io.atomic import atomic_write_text
 from lmkreg.paths import results_root
 from lmkreg.planning.plan_and_preprocess import preprocessed_folder
 from lmkreg.planning.plans import PLANS_FILE, Plans
+from lmkreg.training.budget import DEFAULT_LIMIT_FACTOR
 from lmkreg.planning.splits import SPLITS_FILE, load_or_create_splits
 from lmkreg.training.registry import find_trainer
 
@@ -48,7 +49,8 @@ def train(dataset_id: str, modality: str, fold: Union[int, str], trainer: str = 
           device: Optional[str] = None, resume: bool = False, num_epochs: Optional[int] = None,
           iterations_per_epoch: Optional[int] = None, num_workers: int = 2, seed: Optional[int] = None,
           trainer_modules: Sequence[str] = (), progress_bar: bool = True,
-          time_budget_s: Optional[float] = None, configuration: Optional[str] = None) -> dict:
+          time_budget_s: Optional[float] = None, configuration: Optional[str] = None,
+          time_limit_s: Optional[float] = None) -> dict:
     """Train one fold of one configuration (default: the modality's single stage); returns the
     validation summary (MRE per landmark in world mm)."""
     dataset = open_dataset(dataset_id)
@@ -67,7 +69,7 @@ def train(dataset_id: str, modality: str, fold: Union[int, str], trainer: str = 
     shutil.copyfile(dataset.folder / "dataset.json", out_root / "dataset.json")
     t = cls(plans, modality, fold, pre, out, splits, device=device, num_epochs=num_epochs,
             iterations_per_epoch=iterations_per_epoch, num_workers=num_workers, seed=seed, progress_bar=progress_bar,
-            time_budget_s=time_budget_s)
+            time_budget_s=time_budget_s, time_limit_s=time_limit_s)
     summary = t.run(resume=resume)
     from lmkreg.trust.training_hook import store_trust_data  # calibration and training statistics (issue 14)
     store_trust_data(t, out_root, dataset, pre, modality, trainer_modules, device)
@@ -80,6 +82,19 @@ def _fold(text: str) -> Union[int, str]:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"fold must be a number or 'all', got {text!r}")
     return int(text)
+
+
+def _time_limit_s(budget_min: Optional[float], limit_min: Optional[float], parser) -> Optional[float]:
+    """Seconds a budgeted run may go on when its model is not converged (None without a budget)."""
+    if budget_min is None:
+        if limit_min is not None:
+            parser.error("--time-limit needs --time-budget")
+        return None
+    if limit_min is None:
+        return DEFAULT_LIMIT_FACTOR * 60 * budget_min
+    if limit_min < budget_min:
+        parser.error(f"--time-limit {limit_min:g} is below --time-budget {budget_min:g} (minutes)")
+    return 60 * limit_min
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="override the planned seed")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                    help="fit the number of optimiser steps into this many minutes (re-fitted after every epoch from the steady speed)")
+    p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                   help=f"with --time-budget: a model not yet fit for use when the budget ends trains on, a quarter "
+                        f"of the budget at a time, up to this many minutes (default {DEFAULT_LIMIT_FACTOR:g} times "
+                        f"the budget; give the budget itself to stop exactly at the budget)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -130,6 +149,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             args.iterations, args.workers, args.seed, args.trainer_module,
                             progress_bar=not args.no_progress,
                             time_budget_s=None if args.time_budget is None else 60 * args.time_budget,
+                            time_limit_s=_time_limit_s(args.time_budget, args.time_limit, p),
                             configuration=args.configuration)
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None

@@ -44,6 +44,7 @@ from lmkreg.training.runtime import (Distributed, average_across_processes, barr
 GRAD_CLIP = 12.0
 # defaults of the optional keys of a plan's "training" dict that the run reads (a plan may set them)
 DEFAULT_LR_WARMUP_STEPS = 0
+LR_RESTART_FRACTION = 0.3  # rate at the start of a budget extension, relative to the planned rate
 # channels-last 3D layout for convolutions on the CPU: same fp32 arithmetic, a training step took
 # 0.73-0.77x the time of the default layout (documentation/benchmarks.md, training-efficiency study)
 DEFAULT_CHANNELS_LAST_ON_CPU = True
@@ -58,7 +59,7 @@ class LandmarkTrainer:
                  output_folder: Path, splits: list[dict], device: Optional[str] = None,
                  num_epochs: Optional[int] = None, iterations_per_epoch: Optional[int] = None,
                  num_workers: int = 2, seed: Optional[int] = None, progress_bar: bool = True,
-                 time_budget_s: Optional[float] = None):
+                 time_budget_s: Optional[float] = None, time_limit_s: Optional[float] = None):
         self.plans = plans
         self.conf: Configuration = plans.configuration(modality)
         self.modality = modality
@@ -81,6 +82,11 @@ class LandmarkTrainer:
         # steady speed (lmkreg.training.budget); the learning-rate schedule follows the count, and
         # the run is then no longer bit-reproducible
         self.time_budget_s = time_budget_s
+        # with a budget: how long a run whose model has not converged may go on (None: stop at the budget)
+        self.time_limit_s = time_limit_s
+        # the schedule restarts at an extension: (first step, rate at that step) of the current decay
+        self.lr_segment: tuple[int, float] = (0, 0.0)
+        self._extensions: list[dict] = []  # the budget's extensions of this run, for summary.json
         # planned length in optimiser steps; total_steps is what this run will do (a budget moves it)
         self.max_steps = self.num_epochs * self.iterations_per_epoch
         self.total_steps = self.max_steps
@@ -159,6 +165,11 @@ class LandmarkTrainer:
         lr0 = float(self.conf.training.get("learning_rate", 1e-4))
         if step < self.lr_warmup_steps:
             return lr0 * (step + 1) / self.lr_warmup_steps
+        first, start_lr = self.lr_segment
+        if first > 0:  # extended: the first decay ended at `first`, a second one runs from a lower rate to zero
+            if step >= first:
+                return start_lr * max(0.0, 1 - (step - first) / max(self.total_steps - first, 1)) ** 0.9
+            return lr0 * max(0.0, 1 - step / first) ** 0.9
         return lr0 * max(0.0, 1 - step / max(self.total_steps, 1)) ** 0.9
 
     # ---- checkpoints ---------------------------------------------------------------------
@@ -169,7 +180,7 @@ class LandmarkTrainer:
                 "best_mre": self.best_mre, "network": self.network.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "grad_scaler": self.scaler.state_dict(),
                 "history": self.log.history, "configuration": self.conf.to_json(), "landmarks": self.names,
-                "torch_rng": torch.get_rng_state()}
+                "torch_rng": torch.get_rng_state(), "lr_segment": list(self.lr_segment)}
 
     def save(self, name: str, epoch: int) -> None:
         if self.ddp.is_main:
@@ -191,6 +202,7 @@ class LandmarkTrainer:
         self.start_epoch = int(state["epoch"])
         self.start_step = int(state.get("steps_done", self.start_epoch * self.iterations_per_epoch))
         torch.set_rng_state(state["torch_rng"])
+        self.lr_segment = tuple(state.get("lr_segment", (0, 0.0)))
         self.log.write(f"resumed from {path} at epoch {self.start_epoch}")
 
     # ---- loop ----------------------------------------------------------------------------
@@ -266,7 +278,8 @@ class LandmarkTrainer:
                            f"using {per_process_batch} per process")
         budget = watch = None
         if self.time_budget_s is not None:
-            budget = StepBudget(self.time_budget_s, self.max_steps, self.iterations_per_epoch)
+            budget = StepBudget(self.time_budget_s, self.max_steps, self.iterations_per_epoch,
+                                limit_s=self.time_limit_s)
             budget.start(self.steps_done)
             # a budgeted run is not bit-reproducible anyway: follow the free cores as other programs come and go
             if may_adapt_threads(threads) and not self.ddp.enabled and self.device.type == "cpu":
@@ -307,11 +320,14 @@ class LandmarkTrainer:
             barrier(self.ddp)
             if budget is not None:
                 self._fit_budget(budget, steps, train_s, time.monotonic() - t0 - train_s, bar)
+            if budget is not None and self.steps_done >= self.total_steps:
+                self._maybe_extend(budget, bar)
             if watch is not None:
                 self._follow_free_cores(watch)
             bar.update(steps)
             epoch += 1
         bar.close()
+        self._extensions = list(budget.extensions) if budget is not None else []
         self.save("final", epoch)
         summary = self.write_validation() if self.ddp.is_main else {}
         barrier(self.ddp)
@@ -347,6 +363,29 @@ class LandmarkTrainer:
             bar.total = self.total_steps
             bar.refresh()
 
+    def _maybe_extend(self, budget: StepBudget, bar: tqdm) -> None:
+        """At the end of the budget: a model that is not fit for use yet (too few steps, MRE still
+        falling fast, or above the plan's expectation) trains on, a quarter of the budget at a
+        time, up to the time limit; the learning rate restarts at ``LR_RESTART_FRACTION`` of the
+        planned rate and decays to zero again over the extension."""
+        verdict = self.verdict() if self.ddp.is_main else None
+        reason = "; ".join(verdict.reasons) if verdict is not None and not verdict.fit_for_use else ""
+        total = budget.extend(reason) if (reason and self.ddp.is_main) else None
+        total = broadcast_int(-1 if total is None else total, self.ddp)
+        if total < 0:
+            if reason and self.ddp.is_main:
+                why = "the time limit is reached" if budget.limit_s is not None else "no time limit was given"
+                self.log.write(f"budget over and the model is not fit for use yet ({reason}); stopping: {why}")
+            return
+        lr0 = float(self.conf.training.get("learning_rate", 1e-4))
+        self.lr_segment = (self.steps_done, LR_RESTART_FRACTION * lr0)
+        self.total_steps = total
+        self.log.write(f"budget over at {self.steps_done} steps but the model is not fit for use yet ({reason}): "
+                       f"training on to {total} steps ({budget.describe()}); learning rate restarts at "
+                       f"{LR_RESTART_FRACTION * lr0:.2e}")
+        bar.total = self.total_steps
+        bar.refresh()
+
     def _follow_free_cores(self, watch) -> None:
         """Intra-op threads = the cores other programs left free over the last epoch."""
         free = watch.free_cores()
@@ -377,7 +416,8 @@ class LandmarkTrainer:
                    "mre_per_landmark_mm": {n: float(v) for n, v in zip(self.names, per_landmark)},
                    "mre_mm": float(np.nanmean(per_landmark)), "epochs": len(self.log.history["val_mre"]),
                    "steps": self.steps_done, "planned_steps": self.max_steps, "min_steps": self.min_steps,
-                   "time_budget_s": self.time_budget_s, "fit_for_use": verdict.fit_for_use,
+                   "time_budget_s": self.time_budget_s, "time_limit_s": self.time_limit_s,
+                   "budget_extensions": self._extensions, "fit_for_use": verdict.fit_for_use,
                    "undertrained_reasons": verdict.reasons, "training_verdict": verdict.to_json()}
         atomic_write_json(folder / "summary.json", summary)
         self.log.write(f"final validation MRE {summary['mre_mm']:.2f} mm after {self.steps_done} steps")

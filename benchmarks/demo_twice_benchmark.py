@@ -63,8 +63,10 @@ def run_demo(root: Path, run: str, demo_args: list[str]) -> dict:
             "mre_mm": {m: summary["mre"][m]["per_case"]["mean"] for m in ("MR", "US")},
             "mre_sd_mm": {m: summary["mre"][m]["per_case"]["sd"] for m in ("MR", "US")},
             "sre_mm": summary["sre_predicted_mm"]["mean"], "sre_sd_mm": summary["sre_predicted_mm"]["sd"],
+            "pairs_flagged": summary.get("pairs_flagged"),
+            "sre_unflagged_pairs_mm": summary.get("unflagged_pairs", {}).get("sre_predicted_mm", {}).get("mean"),
             "dice": summary["dice_predicted"]["mean"], "rotation_deg": summary["rotation_predicted_deg"]["mean"],
-            "training": {m: {k: v[k] for k in ("val_mre_mm", "steps", "fit_for_use", "reasons")}
+            "training": {m: {k: v.get(k) for k in ("val_mre_mm", "steps", "fit_for_use", "reasons")}
                          for m, v in verdict["modalities"].items()},
             "models_fit_for_use": verdict["fit_for_use"],
             "last_lines": log.read_text().rstrip().splitlines()[-4:]}

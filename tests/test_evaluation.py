@@ -175,6 +175,20 @@ def test_summary_of_per_case_mre(perfect):
     assert [row["MR_mre_mm"] for row in case_rows(results, NAMES)] == pytest.approx(per_case)
 
 
+def test_summary_reports_the_pairs_not_flagged_beside_all_pairs(perfect):
+    results = copy.deepcopy(list(perfect.values()))
+    sres = [1.0, 35.0, 2.0][:len(results)]
+    flags = [False, True, None][:len(results)]
+    for r, sre, flag in zip(results, sres, flags):
+        r.sre_predicted_mm, r.pair_flagged = sre, flag
+    s = summarize(results, NAMES)
+    kept = [x for x, f in zip(sres, flags) if f is False]  # None = not assessed: neither flagged nor kept
+    assert s["pairs_flagged"] == sum(f is True for f in flags)
+    assert s["unflagged_pairs"]["sre_predicted_mm"]["n"] == len(kept)
+    assert s["unflagged_pairs"]["sre_predicted_mm"]["mean"] == pytest.approx(np.mean(kept))
+    assert s["sre_predicted_mm"]["mean"] == pytest.approx(np.mean(sres))  # the flagged pair stays in "all"
+
+
 def test_cli_writes_the_report_and_lists_a_case_without_prediction(ds, tmp_path, capsys):
     preds = write_predictions(ds, tmp_path / "pred", ".mrk.json", skip={("EvalPhantom_004", "US")})
     out = tmp_path / "report"

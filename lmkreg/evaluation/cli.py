@@ -182,6 +182,8 @@ def summary_table(summary: dict) -> str:
             ("MRE MR (mm)", f(summary["mre"]["MR"]["per_case"]), ""),
             ("MRE US (mm)", f(summary["mre"]["US"]["per_case"]), ""),
             ("SRE (mm)", f(summary["sre_predicted_mm"]), f(summary["sre_manual_mm"])),
+            (f"SRE, {summary.get('pairs_flagged', 0)} flagged pair(s) left out",
+             f(summary.get("unflagged_pairs", {}).get("sre_predicted_mm", {})), ""),
             ("Dice", f(summary["dice_predicted"]), f(summary["dice_manual"])),
             ("rotation (deg)", f(summary["rotation_predicted_deg"], 1), f(summary["rotation_manual_deg"], 1))]
     w = [max(len(r[i]) for r in rows) for i in range(3)]

@@ -326,6 +326,12 @@ def summarize(results: Sequence[CaseResult], names: Sequence[str]) -> dict:
                          **{n: stats(per[n]) for n in names}, **success_rates(np.array(allv, float))}
     for key in METRIC_KEYS:
         out[key] = stats([getattr(r, key) for r in results])
+    # what a user who heeds lmkreg_register's pair flag gets: the same metrics over the pairs it
+    # did not flag (a flagged pair is written but marked; it is not silently dropped from the above)
+    kept = [r for r in results if r.pair_flagged is False]
+    out["pairs_flagged"] = int(sum(r.pair_flagged is True for r in results))
+    out["unflagged_pairs"] = {key: stats([getattr(r, key) for r in kept])
+                              for key in ("sre_predicted_mm", "dice_predicted", "rotation_predicted_deg")}
     out["calibration"] = calibration_summary(results, names)
     return out
 

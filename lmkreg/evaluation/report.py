@@ -84,6 +84,11 @@ def markdown(summary: dict, results: Sequence[CaseResult], names: Sequence[str],
               f"| Dice | {_fmt(summary['dice_predicted'])} | {_fmt(summary['dice_manual'])} |",
               f"| residual rotation (deg) | {_fmt(summary['rotation_predicted_deg'], 1)} | "
               f"{_fmt(summary['rotation_manual_deg'], 1)} |", "",
+              f"Pairs flagged unreliable by lmkreg_register: {summary.get('pairs_flagged', 0)} of "
+              f"{summary['sre_predicted_mm'].get('n', 0)}; over the pairs not flagged, SRE "
+              f"{_fmt(summary.get('unflagged_pairs', {}).get('sre_predicted_mm', {}))} mm, Dice "
+              f"{_fmt(summary.get('unflagged_pairs', {}).get('dice_predicted', {}))}, rotation "
+              f"{_fmt(summary.get('unflagged_pairs', {}).get('rotation_predicted_deg', {}), 1)} deg.", "",
               f"Dice of the ICP reference map itself: {_fmt(summary['dice_reference'])}; its surface fit "
               f"(mean MR-surface to US-surface distance): {_fmt(summary['reference_fit_mm'])} mm."]
     if summary["icp_vs_true_transform_mm"].get("n", 0):

@@ -114,3 +114,20 @@ def test_no_limit_means_no_extension_and_limit_below_budget_is_refused():
     assert not budget.can_extend() and budget.extend("x") is None
     with pytest.raises(ValueError):
         StepBudget(budget_s=100.0, max_steps=10, steps_per_epoch=5, limit_s=50.0)
+
+
+def test_extension_counts_from_now_when_the_last_epoch_ran_past_the_budget():
+    clock = FakeClock()
+    budget = StepBudget(budget_s=20.0, max_steps=1000, steps_per_epoch=10, clock=clock, limit_s=40.0)
+    budget.start()
+    for _ in range(2):  # E0 (warm-up) and E1: 10 steps at 1 s + 2.5 s overhead -> 25 s in all, past 20 s
+        clock.now += 12.5
+        budget.epoch_done(10, 10.0, 2.5)
+    assert budget.total_steps == 20
+    # from 25 s: +5 s -> 30 s; R=5: no full epoch (12.5 s), partial floor((5-2.5)/1)=2 steps -> 22
+    assert budget.extend("too few steps") == 22 and budget.budget_s == pytest.approx(30.0)
+    clock.now += 40.0  # far past the limit
+    assert budget.extend("too few steps") is None and "time limit of 40 s is reached" in budget.refusal
+    no_limit = StepBudget(budget_s=20.0, max_steps=1000, steps_per_epoch=10, clock=clock)
+    no_limit.start()
+    assert no_limit.extend("x") is None and "no time limit" in no_limit.refusal

@@ -65,6 +65,7 @@ class StepBudget:
         self.total_steps = int(self.max_steps)
         self.original_budget_s = float(self.budget_s)
         self.extensions: list[dict] = []
+        self.refusal = ""  # why the last extend() was refused
         self._t0: Optional[float] = None
 
     def start(self, steps_done: int = 0) -> None:
@@ -114,22 +115,30 @@ class StepBudget:
         return self.limit_s is not None and self.budget_s < self.limit_s - 1e-9
 
     def extend(self, reason: str) -> Optional[int]:
-        """Add ``EXTENSION_FRACTION`` of the original budget (at most up to ``limit_s``) and re-fit
-        the step count from the steady speed; returns the new total, or None when the limit is
-        reached or the plan's step count is exhausted (then the run ends as it is)."""
-        if not self.can_extend() or self.total_steps >= self.max_steps:
+        """Add ``EXTENSION_FRACTION`` of the original budget from now (the last epoch may have run
+        past the budget), at most up to ``limit_s``, and re-fit the step count from the steady
+        speed; returns the new total, or None (``refusal`` says why) when the limit leaves no room
+        for a step or the plan's step count is exhausted: the run then ends as it is."""
+        if self.steps_done >= self.max_steps:
+            self.refusal = f"the plan's {self.max_steps} steps are done"
             return None
-        extra = min(EXTENSION_FRACTION * self.original_budget_s, self.limit_s - self.budget_s)
-        self.budget_s += extra
+        if not self.can_extend() or self.elapsed_s >= (self.limit_s or 0.0):
+            self.refusal = ("no time limit above the budget was given" if self.limit_s is None
+                            else f"the time limit of {self.limit_s:.0f} s is reached")
+            return None
+        new_budget = min(max(self.budget_s, self.elapsed_s) + EXTENSION_FRACTION * self.original_budget_s,
+                         self.limit_s)
+        remaining = new_budget - self.elapsed_s
         speed = self.speed()
-        remaining = self.budget_s - self.elapsed_s
-        if speed is None or remaining <= 0:
-            added = self.steps_per_epoch if remaining > 0 else 0
-        else:
-            added = self.steps_that_fit(remaining, *speed)
+        added = self.steps_per_epoch if speed is None else self.steps_that_fit(remaining, *speed)
         total = int(min(self.max_steps, self.steps_done + added))
         if total <= self.steps_done:
+            self.refusal = (f"the {remaining:.0f} s left before the time limit of {self.limit_s:.0f} s do not hold "
+                            f"an epoch's validation and a step")
+            self.budget_s = new_budget
             return None
+        extra = new_budget - self.budget_s
+        self.budget_s = new_budget
         self.total_steps = total
         self.extensions.append({"steps_done": self.steps_done, "elapsed_s": self.elapsed_s, "added_s": extra,
                                 "budget_s": self.budget_s, "total_steps": total, "reason": reason})

@@ -374,7 +374,7 @@ class LandmarkTrainer:
         total = broadcast_int(-1 if total is None else total, self.ddp)
         if total < 0:
             if reason and self.ddp.is_main:
-                why = "the time limit is reached" if budget.limit_s is not None else "no time limit was given"
+                why = budget.refusal
                 self.log.write(f"budget over and the model is not fit for use yet ({reason}); stopping: {why}")
             return
         lr0 = float(self.conf.training.get("learning_rate", 1e-4))

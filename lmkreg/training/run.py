@@ -139,6 +139,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ConfigurationError(str(exc)) from None
         if summary:
             print(f"fold {fold}: validation MRE {summary['mre_mm']:.2f} mm over {summary['num_cases']} case(s)")
+        if summary and summary.get("refine_crop_offsets"):  # which jitter the refine crops had, and why
+            print(f"fold {fold}: refine crop jitter {summary['refine_crop_offsets']['source']}: "
+                  f"{summary['refine_crop_offsets']['reason']}")
     return 0
 
 

@@ -40,6 +40,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from lmkreg.errors import InputError
 from lmkreg.io.atomic import atomic_write_json
 from lmkreg.training.data import crop_sample, jittered_crop
 
@@ -245,9 +246,14 @@ def localizer_out_of_fold(folder: Path, splits: Sequence[dict], names: Sequence[
 
 def case_geometry(data_folder: Path, case: str, fov_offset_lps: Sequence[float]) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """(world->voxel 3x3, snap residual LPS mm, true centroid or None) of one stored refine box."""
-    meta = json.loads((Path(data_folder) / f"{case}.json").read_text(encoding="utf-8"))
-    affine = np.asarray(meta["index_to_world"], float)
-    shape = np.asarray(meta["geometry"]["shape_zyx"], float)
+    path = Path(data_folder) / f"{case}.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        affine = np.asarray(meta["index_to_world"], float)
+        shape = np.asarray(meta["geometry"]["shape_zyx"], float)
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(path, f"cannot read the preprocessed refine case {case!r} ({exc}); run preprocessing "
+                               f"again") from exc
     centre = affine[:3, :3] @ ((shape - 1) / 2) + affine[:3, 3]
     has_truth = any(p is not None for p in meta.get("landmarks_world_lps", []))
     truth = np.asarray(meta["anchor_lps"], float) if has_truth and meta.get("anchor_lps") is not None else None

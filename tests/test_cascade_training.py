@@ -212,7 +212,8 @@ def test_refine_trains_on_the_localizer_out_of_fold_error(cascade):
         np.testing.assert_allclose(got["error_lps_mm"], pred.mean(0) - truth.mean(0), atol=1e-6)
         meta = json.loads((pre / conf["data_identifier"] / f"{case}.json").read_text())
         geom = ImageGeometry.from_json(meta["geometry"])
-        want = geom.world_to_index(pred.mean(0) + np.asarray(conf["fov_offset_lps"])) - (np.asarray(geom.shape_zyx) - 1) / 2
+        centre = (np.asarray(geom.shape_zyx) - 1) / 2
+        want = geom.world_to_index(pred.mean(0) + np.asarray(conf["fov_offset_lps"])) - centre
         np.testing.assert_allclose(got["offset_voxels_zyx"], want, atol=1e-6)
     summary = json.loads((refine / "fold_0" / "validation" / "summary.json").read_text())[SUMMARY_KEY]
     errors = np.array([report["cases"][c]["error_lps_mm"] for c in splits[0]["train"]])

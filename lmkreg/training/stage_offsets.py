@@ -225,7 +225,8 @@ def localizer_folder(refine_model_folder: Path, previous_stage: str) -> Path:
     return Path(refine_model_folder).parent / f"{trainer}__{previous_stage}"
 
 
-def localizer_out_of_fold(folder: Path, splits: Sequence[dict], names: Sequence[str]) -> dict[str, tuple[str, np.ndarray]]:
+def localizer_out_of_fold(folder: Path, splits: Sequence[dict],
+                          names: Sequence[str]) -> dict[str, tuple[str, np.ndarray]]:
     """{case: (fold, (L, 3) world LPS)}: each case's prediction by the localizer fold that held
     it out, from finished numeric folds only."""
     from lmkreg.io.landmarks import read_lmkreg_json
@@ -244,7 +245,8 @@ def localizer_out_of_fold(folder: Path, splits: Sequence[dict], names: Sequence[
     return out
 
 
-def case_geometry(data_folder: Path, case: str, fov_offset_lps: Sequence[float]) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+def case_geometry(data_folder: Path, case: str,
+                  fov_offset_lps: Sequence[float]) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """(world->voxel 3x3, snap residual LPS mm, true centroid or None) of one stored refine box."""
     path = Path(data_folder) / f"{case}.json"
     try:

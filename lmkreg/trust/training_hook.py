@@ -63,7 +63,8 @@ def widen_refine_offsets(path: Path, conf, offsets) -> None:
     off = doc.get("landmarks", {}).get("offset")
     if not off:
         return
-    measured = [c.error_world for c in offsets.measured()] if offsets is not None and offsets.source == "measured" else []
+    measured = ([c.error_world for c in offsets.measured()]
+                if offsets is not None and offsets.source == "measured" else [])
     if measured:
         extra = float(max(np.linalg.norm(e) for e in measured))
         how = (f"measured: the out-of-fold error of {offsets.localizer} (largest {extra:.1f} mm, "

@@ -115,6 +115,7 @@ class PreprocessedCases:
         self.cases = list(cases)
         self._full = {c: load_case(self.folder, c) for c in self.cases}
         self._data = {c: centre_crop(s) for c, s in self._full.items()}
+        self.crop_offsets = None  # refine stage: where training crops sit (lmkreg.training.stage_offsets)
         shapes = {(self._full[c]["image"].shape, tuple(self._full[c]["crop_margin"])) for c in self.cases}
         if len(shapes) > 1:
             raise InputError(self.folder, f"preprocessed cases have different array shapes {sorted(shapes)}; "
@@ -166,7 +167,8 @@ class AugmentedSamples(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         rng = self.rng(index)
         sample = self.cases.full(int(rng.integers(len(self.cases))))
-        sample = jittered_crop(sample, rng)  # draws nothing when there is no margin
+        offsets = getattr(self.cases, "crop_offsets", None)  # the localizer's measured error, if any
+        sample = offsets.crop(sample, rng) if offsets is not None else jittered_crop(sample, rng)  # no margin: no draw
         if self.augmentation is not None:
             sample = self.augmentation(sample, rng)
         return to_tensors(sample)

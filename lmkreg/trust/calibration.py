@@ -10,8 +10,18 @@ lies within the radius with probability >= c.
 
 Calibration cases are each fold's validation cases, predicted by that fold's final model with
 mirror test-time augmentation when the fold finishes training (``calibrate_fold``); they are
-kept per fold (``fold_F/calibration_cases.json``) and pooled over every fold trained so far
-into ``calibration.json`` in the model folder, one quantile per landmark.
+kept per fold (``fold_F/calibration_cases.json``) and pooled over every numeric fold trained so
+far into ``calibration.json`` in the model folder, one quantile per landmark (fold 'all' has no
+held-out cases and is never pooled).
+
+Cascade stages are calibrated on what they predict at inference.  A localizer predicts the
+whole image.  A refine stage predicts a crop placed by the localizer: when the localizer's
+fold F exists (it did not train on fold F's validation cases), the refine fold F is
+calibrated on the whole cascade, localizer fold F then refine fold F, as ``lmkreg_predict``
+chains them, so its radius includes the effect of an imperfect localizer.  Otherwise the crop
+is centred on the true landmark centroid offset by a random amount of up to the planned
+``crop_jitter_mm`` per axis (the jittered crop it was trained with).  ``calibration.json``
+says which, per fold (``crop_placement``).
 """
 from __future__ import annotations
 
@@ -70,6 +80,7 @@ class Calibration:
     num_cases: dict[str, int]
     reasons: dict[str, str] = field(default_factory=dict)
     folds: list[str] = field(default_factory=list)
+    crop_placement: dict[str, str] = field(default_factory=dict)  # refine stage: fold -> how its crops were placed
 
     def radius(self, name: str, scale: Optional[float]) -> tuple[Optional[float], str]:
         """(radius mm, "") or (None, why there is none)."""
@@ -84,6 +95,7 @@ class Calibration:
 
     def to_json(self) -> dict:
         return {"coverage": self.coverage, "signal": SIGNAL_DEFINITION, "folds": self.folds,
+                **({"crop_placement": self.crop_placement} if self.crop_placement else {}),
                 "landmarks": {n: {"q": self.quantiles[n], "num_cases": self.num_cases[n],
                                   **({"reason": self.reasons[n]} if self.reasons.get(n) else {})}
                               for n in self.quantiles}}
@@ -93,7 +105,8 @@ class Calibration:
         lm = d["landmarks"]
         return Calibration(float(d["coverage"]), {n: v.get("q") for n, v in lm.items()},
                            {n: int(v.get("num_cases", 0)) for n, v in lm.items()},
-                           {n: v["reason"] for n, v in lm.items() if v.get("reason")}, list(d.get("folds", [])))
+                           {n: v["reason"] for n, v in lm.items() if v.get("reason")}, list(d.get("folds", [])),
+                           dict(d.get("crop_placement", {})))
 
     @staticmethod
     def load(model_folder: Path) -> Optional["Calibration"]:
@@ -107,10 +120,15 @@ def pool_calibration(model_folder: Path, names: Sequence[str], coverage: float =
     """Pool every fold's calibration cases into ``calibration.json`` (written) and return it."""
     model_folder = Path(model_folder)
     scores: dict[str, list[float]] = {n: [] for n in names}
-    folds = []
+    folds, placement = [], {}
     for f in sorted(model_folder.glob(f"fold_*/{FOLD_CASES_FILE}")):
         doc = json.loads(f.read_text(encoding="utf-8"))
-        folds.append(str(doc.get("fold", f.parent.name.removeprefix("fold_"))))
+        fold = str(doc.get("fold", f.parent.name.removeprefix("fold_")))
+        if fold == "all":  # its 'validation' cases are its training cases: not held out
+            continue
+        folds.append(fold)
+        if doc.get("crop_placement"):
+            placement[fold] = doc["crop_placement"]
         for case in doc["cases"]:
             for n, v in case["landmarks"].items():
                 if n in scores and v.get("error_mm") is not None and v.get("scale_mm"):
@@ -119,16 +137,18 @@ def pool_calibration(model_folder: Path, names: Sequence[str], coverage: float =
     for n in names:
         quantiles[n], reasons[n] = conformal_quantile(scores[n], coverage)
     cal = Calibration(coverage, quantiles, {n: len(scores[n]) for n in names}, {n: r for n, r in reasons.items() if r},
-                      folds)
+                      folds, placement)
     atomic_write_json(model_folder / CALIBRATION_FILE, cal.to_json())
     return cal
 
 
 def calibrate_fold(model_folder: Path, fold: str, dataset, modality: str, cases: Sequence[str],
                    trainer_modules: Sequence[str] = (), device: Optional[str] = None) -> Calibration:
-    """Predict `cases` (a fold's validation cases, with ground truth in `dataset`) with that fold's
-    final model and mirror TTA, store each landmark's error and signal scale in
-    ``fold_F/calibration_cases.json``, and pool all folds into ``calibration.json``."""
+    """Predict `cases` (a fold's validation cases, with ground truth in `dataset`; `modality`
+    names the dataset's files, e.g. MR for MR_refine) with that fold's final model and mirror
+    TTA, as the configuration predicts at inference (a refine stage: see the module docstring),
+    store each landmark's error and signal scale in ``fold_F/calibration_cases.json``, and pool
+    all folds into ``calibration.json``."""
     from lmkreg.inference.predictor import LandmarkPredictor
     from lmkreg.io.images import read_image
     from lmkreg.io.landmark_files import read_landmarks
@@ -136,10 +156,11 @@ def calibrate_fold(model_folder: Path, fold: str, dataset, modality: str, cases:
     model_folder = Path(model_folder)
     predictor = LandmarkPredictor(model_folder, folds=[str(fold)], device=device, mirror_tta=True,
                                   trainer_modules=trainer_modules, optimize=False)
+    predict, placement = stage_prediction(predictor, str(fold), trainer_modules, device)
     rows = []
     for case in cases:
         truth = read_landmarks(dataset.landmarks_path(case, modality))
-        pred = predictor.predict(read_image(dataset.image_path(case, modality)))
+        pred = predict(read_image(dataset.image_path(case, modality)), truth.to_array(predictor.names), case)
         lm = {}
         for n in predictor.names:
             p, t = pred.landmarks.points.get(n), truth.points.get(n)
@@ -149,5 +170,47 @@ def calibrate_fold(model_folder: Path, fold: str, dataset, modality: str, cases:
                      "heatmap_spread_mm": sig.get("heatmap_spread_mm")}
         rows.append({"case": case, "landmarks": lm})
     atomic_write_json(model_folder / f"fold_{fold}" / FOLD_CASES_FILE,
-                      {"fold": str(fold), "modality": modality, "signal": SIGNAL_DEFINITION, "cases": rows})
+                      {"fold": str(fold), "modality": modality, "signal": SIGNAL_DEFINITION,
+                       **({"crop_placement": placement} if placement else {}), "cases": rows})
     return pool_calibration(model_folder, predictor.names)
+
+
+def stage_prediction(predictor, fold: str, trainer_modules: Sequence[str] = (), device: Optional[str] = None):
+    """(predict(image, truth (L, 3) world LPS, case) -> Prediction, crop placement or None):
+    how `predictor`'s configuration predicts at inference.  Single stage and localizer: the
+    image as it is.  Refine: after the localizer's fold `fold` when it is trained (out of fold
+    for that fold's validation cases), else a crop centred on the true centroid plus a random
+    offset of up to the planned ``crop_jitter_mm`` per axis (seeded by the case name)."""
+    import zlib
+
+    from lmkreg.geometry import ImageGeometry
+    from lmkreg.inference.predictor import LandmarkPredictor
+    from lmkreg.preprocessing.preprocessor import landmark_anchor
+
+    conf = predictor.conf
+    if getattr(conf, "stage", "single") != "refine":
+        return (lambda image, truth, case: predictor.predict(image)), None
+    trainer = predictor.model_folder.name.partition("__")[0]
+    loc = predictor.model_folder.parent / f"{trainer}__{conf.previous_stage}"
+    if fold != "all" and (loc / f"fold_{fold}" / "checkpoint_final.pth").is_file():
+        from lmkreg.inference.cascade import CascadePredictor
+
+        cascade = CascadePredictor(LandmarkPredictor(loc, folds=[fold], device=device, mirror_tta=True,
+                                                     trainer_modules=trainer_modules, optimize=False), predictor)
+        return ((lambda image, truth, case: cascade.predict(image)),
+                f"localizer: the crop placed by {loc.name} fold {fold} (which did not train on these cases), "
+                f"as lmkreg_predict chains the stages")
+    jitter = float(conf.crop_jitter_mm)
+
+    def jittered(image, truth, case):
+        rng = np.random.default_rng(zlib.crc32(case.encode("utf-8")))
+        geometry = ImageGeometry.from_image(image)
+        anchor = landmark_anchor(truth)
+        if anchor is None:
+            anchor = geometry.index_to_world((np.asarray(geometry.shape_zyx, float) - 1) / 2)
+        array, grid = predictor.preprocess(image, anchor + rng.uniform(-jitter, jitter, 3))
+        return predictor.predict_array(array, grid, geometry)
+
+    return jittered, (f"planned jitter: the crop centred on the true landmark centroid offset by a random "
+                      f"+-{jitter:.1f} mm per axis ({loc.name} has no trained fold {fold}); the radius does not "
+                      f"include the effect of the real localizer")

@@ -219,7 +219,9 @@ def training_statistics(dataset, modality: str, preprocessed_data: Path, names: 
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         grid = ImageGeometry.from_json(meta["geometry"])
         extents.append(image_extent_lps(ImageGeometry.from_json(meta["source_geometry"])))
-        for k, v in crop_features(load_array(Path(preprocessed_data) / f"{case}.b2nd")).items():
+        array, m = load_array(Path(preprocessed_data) / f"{case}.b2nd"), meta.get("crop_margin_zyx") or [0, 0, 0]
+        array = array[..., m[0]:array.shape[-3] - m[0], m[1]:array.shape[-2] - m[1], m[2]:array.shape[-1] - m[2]]
+        for k, v in crop_features(array).items():  # a refine box without its margin: the crop the network sees
             crops.setdefault(k, []).append(v)
         pts = np.array([p if p is not None else [np.nan] * 3 for p in meta["landmarks_world_lps"]], float)
         used.append(case)

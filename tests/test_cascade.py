@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from lmkreg.config.plans import Plans
 from lmkreg.errors import ConfigurationError
 from lmkreg.geometry import ImageGeometry
 from lmkreg.io.landmarks import DEFAULT_LANDMARK_NAMES
 from lmkreg.phantoms.generator import generate_case
 from lmkreg.phantoms.presets import PRESETS
-from lmkreg.planning.plans import Plans
 from lmkreg.planning.stages import case_centroids, plan_cascade
 from lmkreg.preprocessing.preprocessor import snap_to_lattice, stage_input, target_geometry
 from lmkreg.training.data import centre_crop, crop_sample, jittered_crop

@@ -260,7 +260,7 @@ def test_files_lmkreg_did_not_write_are_recognised(tmp_path):
     (lambda c: c.update(batch_size=1000000), "batch_size", "at most"),
 ])
 def test_plans_with_impossible_sizes_are_refused_naming_the_key(tmp_path, edit, key, words):
-    from lmkreg.planning.plans import Plans
+    from lmkreg.config.plans import Plans
     from toydata import planned_toy_mr_dataset
 
     env, ds, pre = planned_toy_mr_dataset(tmp_path, n_cases=5, dataset_id=45)

@@ -10,16 +10,17 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from lmkreg.config.plans import Plans
+from lmkreg.config.splits import load_or_create_splits
 from lmkreg.dataset.layout import open_dataset
 from lmkreg.inference.predict_folder import main as predict_main
 from lmkreg.inference.predict_folder import predict_folder
 from lmkreg.inference.predictor import LandmarkPredictor
 from lmkreg.io.images import read_image
 from lmkreg.io.landmarks import read_lmkreg_json
+from lmkreg.paths import preprocessed_folder
 from lmkreg.phantoms.generator import generate_dataset
-from lmkreg.planning.plan_and_preprocess import plan_and_preprocess, preprocessed_folder
-from lmkreg.planning.plans import Plans
-from lmkreg.planning.splits import load_or_create_splits
+from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
 from lmkreg.preprocessing.storage import load_array
 from lmkreg.training.run import model_folder, train
 

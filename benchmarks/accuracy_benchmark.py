@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from scipy.stats import wilcoxon
 
+from _common import log, planned_phantoms, use_root  # benchmarks/_common.py (run as a script: on sys.path)
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "accuracy.json"
 REPORT = REPO / "documentation" / "benchmark_accuracy.md"
@@ -45,10 +47,6 @@ TRAINERS = ["LandmarkTrainer", "LandmarkTrainer_Variance", "LandmarkTrainer_Dist
 DATASET_ID = 960
 SRE_BINS = (0, 5, 10, 15, 20, 25, 30, 45, math.inf)
 ROT_BINS = (0, 5, 10, 20, 30, 40, 60, 70, math.inf)
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def predict_test_set(ds, trainer: str, modality: str, out: Path, folds) -> Path:
@@ -132,25 +130,15 @@ def main() -> None:
     suffix = f"_{args.name}" if args.name else ""
     results_file = RESULTS.with_name(f"accuracy{suffix}.json")
     report_file = REPORT.with_name(f"benchmark_accuracy{suffix}.md")
-    for var, sub in (("LMKREG_raw", "raw"), ("LMKREG_preprocessed", "pre"), ("LMKREG_results", "res")):
-        os.environ[var] = str(args.root / sub)
+    use_root(args.root)
 
-    from lmkreg.dataset.layout import Dataset, dataset_folder_name, open_dataset
     from lmkreg.evaluation.evaluate import evaluate_case
-    from lmkreg.phantoms.generator import generate_dataset
-    from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
     from lmkreg.training.run import model_folder, train
 
     started = time.perf_counter()
     command = "python benchmarks/accuracy_benchmark.py " + " ".join(sys.argv[1:])
-    raw = args.root / "raw"
-    folder = raw / dataset_folder_name(DATASET_ID, "AccuracyBench")
-    if not (folder / "dataset.json").is_file() or len(Dataset(folder).cases("Ts")) != args.test:
-        log(f"generating {args.train} + {args.test} phantom pairs")
-        generate_dataset(DATASET_ID, args.train, args.test, name="AccuracyBench", preset=args.preset, seed=args.seed,
-                         root=raw, overwrite=True, progress=False)
-    plan_and_preprocess(str(DATASET_ID), workers=args.workers)
-    ds = open_dataset(DATASET_ID)
+    ds = planned_phantoms(args.root, DATASET_ID, "AccuracyBench", args.train, args.test, args.preset, args.seed,
+                          args.workers)
     names = ds.spec.landmarks
     work = args.root / "benchmark_outputs"
 

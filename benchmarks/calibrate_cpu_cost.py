@@ -1,4 +1,4 @@
-"""Fit the CPU cost model (lmkreg/planning/cost.py) to measured training steps.
+"""Fit the CPU cost model (lmkreg/config/cost.py) to measured training steps.
 
 Times forward + backward + Adam of UNet3D for several topologies and input sizes on this
 machine with the torch threads it has, fits seconds = overhead + b*3*(flops/F + acts/A) by
@@ -18,8 +18,9 @@ import lmkreg  # noqa: F401  (first: the OpenMP thread policy must be set before
 import numpy as np
 import torch
 
-from lmkreg.planning.cost import BACKWARD_FACTOR, step_cost
-from lmkreg.training.network import UNet3D, UNetSpec
+from lmkreg.config.cost import BACKWARD_FACTOR, step_cost
+from lmkreg.config.network import UNetSpec
+from lmkreg.training.network import UNet3D
 
 CONFIGS = [  # (input size, stages, base features, batch)
     (32, 4, 8, 2), (48, 4, 8, 2), (64, 4, 8, 2), (64, 5, 8, 2), (48, 4, 16, 2),

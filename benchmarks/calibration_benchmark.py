@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from _common import log, planned_phantoms, use_root  # benchmarks/_common.py (run as a script: on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "calibration.json"
@@ -39,10 +40,6 @@ FIGURE = REPO / "documentation" / "figures" / "calibration_roc.png"
 DATASET_ID = 961
 TRAINER = "HeatmapMatchingTrainer"
 THRESHOLD_MM = 5.0
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def shifted(image, mm: float = 30.0):
@@ -78,31 +75,21 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=2024, help="phantom and training seed (default 2024)")
     p.add_argument("--no-write", action="store_true", help="do not write the results and report files (smoke runs)")
     args = p.parse_args()
-    for var, sub in (("LMKREG_raw", "raw"), ("LMKREG_preprocessed", "pre"), ("LMKREG_results", "res")):
-        os.environ[var] = str(args.root / sub)
+    use_root(args.root)
 
-    from lmkreg.dataset.layout import Dataset, dataset_folder_name, open_dataset
     from lmkreg.evaluation.evaluate import calibration_summary, evaluate_case
     from lmkreg.evaluation.metrics import roc_auc
     from lmkreg.inference.predictor import LandmarkPredictor
     from lmkreg.io.images import read_image
     from lmkreg.io.landmarks import read_lmkreg_json, write_lmkreg_json
-    from lmkreg.phantoms.generator import generate_dataset
-    from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
     from lmkreg.registration.landmark_fit import register_landmarks
     from lmkreg.training.run import model_folder, train
     from lmkreg.trust.pair import assess_pair
 
     started = time.perf_counter()
     command = "python benchmarks/calibration_benchmark.py " + " ".join(sys.argv[1:])
-    raw = args.root / "raw"
-    folder = raw / dataset_folder_name(DATASET_ID, "CalibrationBench")
-    if not (folder / "dataset.json").is_file() or len(Dataset(folder).cases("Ts")) != args.test:
-        log(f"generating {args.train} + {args.test} phantom pairs")
-        generate_dataset(DATASET_ID, args.train, args.test, name="CalibrationBench", preset=args.preset,
-                         seed=args.seed, root=raw, overwrite=True, progress=False)
-    plan_and_preprocess(str(DATASET_ID), workers=args.workers)
-    ds = open_dataset(DATASET_ID)
+    ds = planned_phantoms(args.root, DATASET_ID, "CalibrationBench", args.train, args.test, args.preset, args.seed,
+                          args.workers)
     names = ds.spec.landmarks
     work = args.root / "outputs"
     results: dict = {"command": command, "settings": vars(args) | {"root": str(args.root)}, "modalities": {}}

@@ -38,9 +38,9 @@ VARIANTS = {
 def train_variant(dataset: str, modality: str, variant: str, steps: int, iterations: int, trainer_name: str,
                   out: Path, seed: int, workers: int) -> dict:
     from lmkreg.dataset.layout import open_dataset
-    from lmkreg.planning.plan_and_preprocess import preprocessed_folder
-    from lmkreg.planning.plans import PLANS_FILE, Plans
-    from lmkreg.planning.splits import load_or_create_splits
+    from lmkreg.paths import preprocessed_folder
+    from lmkreg.config.plans import PLANS_FILE, Plans
+    from lmkreg.config.splits import load_or_create_splits
     from lmkreg.training.registry import find_trainer
 
     ds = open_dataset(dataset)
@@ -73,8 +73,8 @@ def step_time(dataset: str, modality: str, repeats: int, kinds: list[str] = CAND
     import torch
 
     from lmkreg.dataset.layout import open_dataset
-    from lmkreg.planning.plan_and_preprocess import preprocessed_folder
-    from lmkreg.planning.plans import PLANS_FILE, Plans
+    from lmkreg.paths import preprocessed_folder
+    from lmkreg.config.plans import PLANS_FILE, Plans
     from lmkreg.threads import configure_threads
     from lmkreg.training.network import UNet3D
 

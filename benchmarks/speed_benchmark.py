@@ -93,9 +93,9 @@ def prediction_benchmark(ds, n_pairs: int) -> dict:
 
 
 def training_benchmark(ds, steps: int, workers: int) -> dict:
-    from lmkreg.planning.plan_and_preprocess import preprocessed_folder
-    from lmkreg.planning.plans import Plans
-    from lmkreg.planning.splits import load_or_create_splits
+    from lmkreg.paths import preprocessed_folder
+    from lmkreg.config.plans import Plans
+    from lmkreg.config.splits import load_or_create_splits
     from lmkreg.training.data import iterate_batches, make_train_loader
     from lmkreg.training.trainers import LandmarkTrainer
 
@@ -153,7 +153,7 @@ def benchmark_preset(preset: str, root: Path, args) -> dict:
     from lmkreg.dataset.layout import open_dataset
     from lmkreg.phantoms.generator import generate_dataset
     from lmkreg.planning.plan_and_preprocess import plan_and_preprocess, preprocess
-    from lmkreg.planning.plans import Plans
+    from lmkreg.config.plans import Plans
     from lmkreg.training.run import train
 
     dataset_id = PRESET_IDS[preset]

@@ -56,7 +56,7 @@ def child(plans_path: Path, steps: int) -> dict:
     plan = configure_threads(requested_workers=0)
     import torch
 
-    from lmkreg.planning.plans import Plans
+    from lmkreg.config.plans import Plans
     from lmkreg.training.network import UNet3D
 
     plans = Plans.load(plans_path)

@@ -122,7 +122,7 @@ def run_demo(quick: bool = False, output: Path = Path("lmkreg_demo"), dataset_id
     from lmkreg.inference.predict_folder import predict_folder
     from lmkreg.inference.predictor import LandmarkPredictor
     from lmkreg.planning.plan_and_preprocess import describe, plan_and_preprocess
-    from lmkreg.planning.plans import Plans
+    from lmkreg.config.plans import Plans
     from lmkreg.io.atomic import atomic_write_json
     from lmkreg.registration.cli import main as register_main
     from lmkreg.threads import configure_threads

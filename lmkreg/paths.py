@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lmkreg.errors import ConfigurationError
+
+if TYPE_CHECKING:  # lmkreg.dataset.layout imports this module
+    from lmkreg.dataset.layout import Dataset
 
 _DEFAULTS = {"LMKREG_raw": "raw", "LMKREG_preprocessed": "preprocessed", "LMKREG_results": "results"}
 
@@ -34,3 +38,9 @@ def preprocessed_root() -> Path:
 
 def results_root() -> Path:
     return _folder("LMKREG_results")
+
+
+def preprocessed_folder(dataset: Dataset) -> Path:
+    """A dataset's folder of plans, splits and preprocessed data (written by planning, read by
+    training and evaluation)."""
+    return preprocessed_root() / dataset.name

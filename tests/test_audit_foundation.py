@@ -507,7 +507,7 @@ def preprocessed(tmp_path_factory):
 def test_preprocessed_mask_is_the_nearest_neighbour_of_the_original(preprocessed):
     """Every preprocessed mask voxel equals the original mask voxel SimpleITK finds at its world
     point (0 outside); the grid is canonical (identity direction)."""
-    from lmkreg.planning.plans import PLANS_FILE, Plans
+    from lmkreg.config.plans import PLANS_FILE, Plans
     from lmkreg.preprocessing.storage import load_array
 
     ds, out, _ = preprocessed
@@ -539,7 +539,7 @@ def test_preprocessed_mask_is_the_nearest_neighbour_of_the_original(preprocessed
 def test_splits_file_has_five_seeded_folds_and_a_users_file_is_kept(preprocessed, capsys, monkeypatch):
     from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
     from lmkreg.planning.planner import Budget
-    from lmkreg.planning.splits import SPLITS_FILE, make_splits
+    from lmkreg.config.splits import SPLITS_FILE, make_splits
 
     ds, out, root = preprocessed
     for var in ("raw", "preprocessed", "results"):  # the module's folders, not this test's fresh ones
@@ -556,7 +556,7 @@ def test_splits_file_has_five_seeded_folds_and_a_users_file_is_kept(preprocessed
 
 def test_fingerprint_and_plans_files_are_written_and_readable_by_people(preprocessed):
     from lmkreg.planning.fingerprint import FINGERPRINT_FILE
-    from lmkreg.planning.plans import PLANS_FILE
+    from lmkreg.config.plans import PLANS_FILE
 
     _, out, _ = preprocessed
     fp = json.loads((out / FINGERPRINT_FILE).read_text())

@@ -218,7 +218,7 @@ def test_summary_holds_the_median_and_the_report_shows_it():
 def toy_models(tmp_path_factory):
     """Toy dataset 7 planned (no preprocessing) and an untrained LandmarkTrainer__MR with folds 0
     and 1 (different random weights)."""
-    from lmkreg.planning.plans import PLANS_FILE, Plans
+    from lmkreg.config.plans import PLANS_FILE, Plans
     from lmkreg.training.checkpoint import save_checkpoint
     from lmkreg.training.trainers import LandmarkTrainer
     from toydata import planned_toy_mr_dataset

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from lmkreg.config.augmentation import DEFAULT_AUGMENTATION
 from lmkreg.errors import ConfigurationError
-from lmkreg.training.augmentation import (DEFAULT_AUGMENTATION, AcousticShadow, Brightness, Compose, Contrast,
-                                          Gamma, GaussianBlur, GaussianNoise, MirrorLeftRight, SpatialTransform,
-                                          SpeckleNoise, build_augmentation)
+from lmkreg.training.augmentation import (AcousticShadow, Brightness, Compose, Contrast, Gamma, GaussianBlur,
+                                          GaussianNoise, MirrorLeftRight, SpatialTransform, SpeckleNoise,
+                                          build_augmentation)
 
 SHAPE = (48, 48, 48)
 SPACING = np.array([2.0, 1.0, 1.0])  # anisotropic: z voxels are twice as long

@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from lmkreg.config.plans import Plans
 from lmkreg.errors import ConfigurationError
 from lmkreg.geometry import ImageGeometry
 from lmkreg.io.landmarks import DEFAULT_LANDMARK_NAMES
 from lmkreg.phantoms.generator import generate_case
 from lmkreg.phantoms.presets import PRESETS
-from lmkreg.planning.plans import Plans
 from lmkreg.planning.stages import case_centroids, plan_cascade
 from lmkreg.preprocessing.preprocessor import snap_to_lattice, stage_input, target_geometry
 from lmkreg.training.data import centre_crop, crop_sample, jittered_crop
+from toydata import folders_under, use_folders
 
 NAMES = list(DEFAULT_LANDMARK_NAMES)
 
@@ -172,11 +173,7 @@ def trained_cascade(tmp_path_factory):
     from lmkreg.training.run import train
 
     root = tmp_path_factory.mktemp("cascade")
-    env = {"LMKREG_raw": str(root / "raw"), "LMKREG_preprocessed": str(root / "pre"),
-           "LMKREG_results": str(root / "res")}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
+    with folders_under(root) as env:
         spec = DatasetSpec(name=dataset_folder_name(41, "PelvicToy"), modalities=["MR"], num_training=10)
         ds = Dataset.create(root / "raw" / spec.name, spec)
         for i in range(10):
@@ -196,8 +193,7 @@ def test_cascade_finds_the_same_world_landmarks_whatever_the_frame(trained_casca
     from lmkreg.inference.cascade import CascadePredictor, build_predictor
 
     env, results, _, summaries = trained_cascade
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
+    use_folders(monkeypatch, env)
     predictor = build_predictor(results, TRAINER, "MR", device="cpu")
     assert isinstance(predictor, CascadePredictor)
     image, truth = big_scan()
@@ -225,8 +221,7 @@ def test_predict_folder_chains_stages_and_records_them(trained_cascade, tmp_path
     from lmkreg.training.run import main as train_main
 
     env, results, _, _ = trained_cascade
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
+    use_folders(monkeypatch, env)
     image, truth = big_scan(7)
     inp = tmp_path / "in"
     inp.mkdir()
@@ -262,8 +257,7 @@ def test_find_best_configuration_scores_the_cascade_from_raw_validation_images(t
     from lmkreg.io.landmarks import read_lmkreg_json
 
     env, results, pre, _ = trained_cascade
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
+    use_folders(monkeypatch, env)
     for stage in ("MR_localizer", "MR_refine"):
         for fold in ("0", "1"):
             target = results / f"{TRAINER}__{stage}" / f"fold_{fold}"

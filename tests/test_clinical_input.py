@@ -260,7 +260,7 @@ def test_files_lmkreg_did_not_write_are_recognised(tmp_path):
     (lambda c: c.update(batch_size=1000000), "batch_size", "at most"),
 ])
 def test_plans_with_impossible_sizes_are_refused_naming_the_key(tmp_path, edit, key, words):
-    from lmkreg.planning.plans import Plans
+    from lmkreg.config.plans import Plans
     from toydata import planned_toy_mr_dataset
 
     env, ds, pre = planned_toy_mr_dataset(tmp_path, n_cases=5, dataset_id=45)
@@ -279,18 +279,11 @@ def test_plans_with_impossible_sizes_are_refused_naming_the_key(tmp_path, edit, 
 def phantom_model(tmp_path_factory):
     """Tiny MR phantoms (4 cases) and a LandmarkTrainer trained for one iteration on all of them:
     enough for files to go through every stage, not for plausible landmarks."""
-    from lmkreg.phantoms.generator import generate_dataset
-    from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
     from lmkreg.training.run import model_folder, train
+    from toydata import folders_under, planned_phantoms
 
-    root = tmp_path_factory.mktemp("clinical_model")
-    env = {"LMKREG_raw": str(root / "raw"), "LMKREG_preprocessed": str(root / "pre"),
-           "LMKREG_results": str(root / "res")}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        generate_dataset(46, 4, 0, preset="tiny", seed=4, workers=1, root=Path(env["LMKREG_raw"]), progress=False)
-        plan_and_preprocess("46", workers=1, num_folds=2)
+    with folders_under(tmp_path_factory.mktemp("clinical_model")) as env:
+        planned_phantoms(46, 4, 0, seed=4, num_folds=2)
         train("46", "MR", "all", num_epochs=1, iterations_per_epoch=1, num_workers=0, progress_bar=False)
         folder = model_folder("Dataset046_Phantom", "LandmarkTrainer", "MR")
     return env, folder
@@ -298,9 +291,10 @@ def phantom_model(tmp_path_factory):
 
 @pytest.fixture
 def model(phantom_model, monkeypatch):
+    from toydata import use_folders
+
     env, folder = phantom_model
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
+    use_folders(monkeypatch, env)
     return folder
 
 

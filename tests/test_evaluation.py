@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from scipy.stats import wilcoxon
 
+from lmkreg.config.splits import load_or_create_splits
 from lmkreg.dataset.layout import Dataset, DatasetSpec
 from lmkreg.evaluation.cli import main as evaluate_main
 from lmkreg.evaluation.evaluate import case_rows, evaluate_case, summarize
@@ -24,10 +25,9 @@ from lmkreg.evaluation.model_selection import (collect_cv_results, compare_train
 from lmkreg.evaluation.report import ROTATION_BINS_DEG, SRE_BINS_MM, histogram
 from lmkreg.io.landmark_files import write_landmarks
 from lmkreg.io.landmarks import LandmarkSet, read_lmkreg_json, write_lmkreg_json
+from lmkreg.paths import preprocessed_folder
 from lmkreg.phantoms.generator import generate_dataset, load_summary
 from lmkreg.phantoms.presets import get_preset
-from lmkreg.planning.plan_and_preprocess import preprocessed_folder
-from lmkreg.planning.splits import load_or_create_splits
 
 NAMES = ("apex", "bladder_neck", "posterior_median")
 # known prediction errors (world LPS mm); their lengths are 5, 2, 3 (MR) and 10, 1, 7 (US)

@@ -10,31 +10,25 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from lmkreg.config.plans import Plans
+from lmkreg.config.splits import load_or_create_splits
 from lmkreg.dataset.layout import open_dataset
 from lmkreg.inference.predict_folder import main as predict_main
 from lmkreg.inference.predict_folder import predict_folder
 from lmkreg.inference.predictor import LandmarkPredictor
 from lmkreg.io.images import read_image
 from lmkreg.io.landmarks import read_lmkreg_json
-from lmkreg.phantoms.generator import generate_dataset
-from lmkreg.planning.plan_and_preprocess import plan_and_preprocess, preprocessed_folder
-from lmkreg.planning.plans import Plans
-from lmkreg.planning.splits import load_or_create_splits
+from lmkreg.paths import preprocessed_folder
 from lmkreg.preprocessing.storage import load_array
 from lmkreg.training.run import model_folder, train
+from toydata import folders_under, planned_phantoms, use_folders
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Tiny phantoms (8 training, 3 test cases), LandmarkTrainer folds 0 and 1 for MR and US."""
-    root = tmp_path_factory.mktemp("inference_data")
-    env = {"LMKREG_raw": str(root / "raw"), "LMKREG_preprocessed": str(root / "pre"),
-           "LMKREG_results": str(root / "res")}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        generate_dataset(2, 8, 3, preset="tiny", seed=21, workers=1, root=Path(env["LMKREG_raw"]), progress=False)
-        plan_and_preprocess("2", workers=1)
+    with folders_under(tmp_path_factory.mktemp("inference_data")) as env:
+        planned_phantoms(2, 8, 3, seed=21)
         for modality in ("MR", "US"):
             for fold in (0, 1):
                 train("2", modality, fold, num_epochs=2, iterations_per_epoch=8, num_workers=0, progress_bar=False)
@@ -44,8 +38,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture
 def env(trained, monkeypatch):
-    for k, v in trained[0].items():
-        monkeypatch.setenv(k, v)
+    use_folders(monkeypatch, trained[0])
     return trained[1]
 
 

@@ -8,21 +8,23 @@ import pytest
 import SimpleITK as sitk
 from scipy.ndimage import map_coordinates
 
+from lmkreg.config.augmentation import DEFAULT_AUGMENTATION
+from lmkreg.config.cost import step_cost
+from lmkreg.config.network import UNetSpec
+from lmkreg.config.plans import PLANS_FILE, Plans
+from lmkreg.config.splits import SPLITS_FILE, load_or_create_splits, make_splits
 from lmkreg.errors import ConfigurationError
 from lmkreg.geometry import ImageGeometry
 from lmkreg.geometry.spaces import apply_affine
 from lmkreg.paths import preprocessed_root
 from lmkreg.phantoms.presets import PRESETS as PHANTOM_PRESETS
-from lmkreg.planning.cost import main as cost_main, measure_cpu_step_times, step_cost
+from lmkreg.planning.cost import main as cost_main, measure_cpu_step_times
 from lmkreg.planning.plan_and_preprocess import main as plan_main, plan_and_preprocess
 from lmkreg.planning.planner import (FOV_MARGIN_MM, Budget, coarsen, plan_configuration, target_spacing,
                                      topology)
-from lmkreg.planning.plans import PLANS_FILE, Plans
-from lmkreg.planning.splits import SPLITS_FILE, load_or_create_splits, make_splits
 from lmkreg.preprocessing.preprocessor import normalize
 from lmkreg.preprocessing.storage import load_array
-from lmkreg.training.augmentation import DEFAULT_AUGMENTATION, build_augmentation
-from lmkreg.training.network import UNetSpec
+from lmkreg.training.augmentation import build_augmentation
 from toydata import make_toy_dataset, ramp_value
 
 

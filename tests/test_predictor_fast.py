@@ -17,8 +17,8 @@ from torch import nn
 
 import lmkreg.inference.predict_folder as predict_folder_module
 import lmkreg.inference.predictor as predictor_module
+from lmkreg.config.plans import PLANS_FILE
 from lmkreg.inference.predictor import LandmarkPredictor
-from lmkreg.planning.plans import PLANS_FILE
 from lmkreg.training.checkpoint import save_checkpoint
 from lmkreg.training.registry import find_trainer
 
@@ -58,7 +58,7 @@ def models(tmp_path_factory):
     a model folder with two folds of different random weights."""
     from toydata import planned_toy_mr_dataset
 
-    from lmkreg.planning.plans import Plans
+    from lmkreg.config.plans import Plans
 
     root = tmp_path_factory.mktemp("predictor_fast")
     env, ds, pre = planned_toy_mr_dataset(root)

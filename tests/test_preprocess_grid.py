@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from lmkreg.config.plans import Normalization
 from lmkreg.geometry import ImageGeometry
-from lmkreg.planning.plans import Normalization
 from lmkreg.preprocessing.preprocessor import crop_to_grid, normalized_on_grid
 
 SCHEMES = {"zscore": Normalization("zscore"), "percentile_clip": Normalization("percentile_clip", 20.0, 180.0)}

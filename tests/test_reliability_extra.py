@@ -126,7 +126,7 @@ def test_register_folders_accept_the_json_and_mrk_json_twins_that_predict_writes
 def model():
     """Toy dataset 7 planned (no preprocessing) and an untrained LandmarkTrainer__MR fold 0."""
     from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
-    from lmkreg.planning.plans import PLANS_FILE, Plans
+    from lmkreg.config.plans import PLANS_FILE, Plans
     from lmkreg.training.checkpoint import save_checkpoint
     from lmkreg.training.trainers import LandmarkTrainer
     from toydata import make_toy_dataset
@@ -249,7 +249,7 @@ def test_fewer_cases_than_folds_stops_planning_naming_the_dataset(capsys):
 
 def test_edited_plans_stop_training_naming_the_file_and_the_key(capsys):
     from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
-    from lmkreg.planning.plans import PLANS_FILE
+    from lmkreg.config.plans import PLANS_FILE
     from lmkreg.training.run import main as train_main
     from toydata import make_toy_dataset
 

@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 import torch
 
+from lmkreg.config.plans import Plans
+from lmkreg.config.splits import load_or_create_splits
 from lmkreg.dataset.layout import open_dataset
 from lmkreg.io.landmarks import read_lmkreg_json
+from lmkreg.paths import preprocessed_folder
 from lmkreg.phantoms.generator import generate_dataset
-from lmkreg.planning.plan_and_preprocess import plan_and_preprocess, preprocessed_folder
-from lmkreg.planning.plans import Plans
-from lmkreg.planning.splits import load_or_create_splits
+from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
 from lmkreg.training.checkpoint import load_checkpoint
 from lmkreg.training.run import model_folder, train
 from lmkreg.training.runtime import seed_everything

@@ -18,10 +18,9 @@ from lmkreg.inference.predictor import LandmarkPredictor
 from lmkreg.io.images import read_image
 from lmkreg.io.landmark_files import read_landmarks
 from lmkreg.io.landmarks import read_lmkreg_json, write_lmkreg_json
-from lmkreg.phantoms.generator import generate_dataset
-from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
 from lmkreg.trust.calibration import CALIBRATION_FILE, FOLD_CASES_FILE, Calibration, calibrate_fold, conformal_quantile
 from lmkreg.trust.plausibility import STATISTICS_FILE
+from toydata import folders_under, planned_phantoms, use_folders
 
 DS = "Dataset003_Phantom"
 
@@ -34,14 +33,8 @@ def models(tmp_path_factory):
     again on all 10 training cases (optimistic for the trained model, which saw 8 of them)."""
     from lmkreg.training.run import model_folder, train
 
-    root = tmp_path_factory.mktemp("trust_data")
-    env = {"LMKREG_raw": str(root / "raw"), "LMKREG_preprocessed": str(root / "pre"),
-           "LMKREG_results": str(root / "res")}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        generate_dataset(3, 10, 6, preset="tiny", seed=33, workers=1, root=Path(env["LMKREG_raw"]), progress=False)
-        plan_and_preprocess("3", workers=1)
+    with folders_under(tmp_path_factory.mktemp("trust_data")) as env:
+        planned_phantoms(3, 10, 6, seed=33)
         train("3", "MR", 0, trainer="HeatmapMatchingTrainer", num_epochs=3, iterations_per_epoch=6, num_workers=0,
               progress_bar=False)
         train("3", "MR", 0, trainer="LandmarkTrainer", num_epochs=1, iterations_per_epoch=2, num_workers=0,
@@ -57,8 +50,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture
 def env(models, monkeypatch):
-    for k, v in models[0].items():
-        monkeypatch.setenv(k, v)
+    use_folders(monkeypatch, models[0])
     return models[1]
 
 

@@ -2,15 +2,18 @@
 affine function of the world position, so any interpolated value has an exact reference."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
+import pytest
 
 from lmkreg.dataset.layout import Dataset, DatasetSpec, dataset_folder_name
 from lmkreg.geometry import ImageGeometry, rotation_direction
 from lmkreg.io.images import write_image
 from lmkreg.io.landmarks import DEFAULT_LANDMARK_NAMES, LandmarkSet, write_lmkreg_json
+from lmkreg.paths import raw_root
 
 RAMP = np.array([0.8, -0.5, 1.3])  # intensity gradient per world mm (L, P, S)
 
@@ -47,19 +50,41 @@ def make_toy_dataset(raw_root: Path, n_cases: int = 6, dataset_id: int = 7, moda
     return ds
 
 
+@contextmanager
+def folders_under(root: Path) -> Iterator[dict[str, str]]:
+    """LMKREG_raw, LMKREG_preprocessed and LMKREG_results set to root/raw, root/pre and root/res
+    for the block: module fixtures build data there (they cannot use a test's monkeypatch).
+    Yields the variables, which each test sets again with `use_folders`."""
+    env = {"LMKREG_raw": str(root / "raw"), "LMKREG_preprocessed": str(root / "pre"),
+           "LMKREG_results": str(root / "res")}
+    with pytest.MonkeyPatch.context() as mp:
+        use_folders(mp, env)
+        yield env
+
+
+def use_folders(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    """Point this test's LMKREG_* variables at the folders a module fixture filled."""
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+
+
+def planned_phantoms(dataset_id: int, n_train: int, n_test: int = 0, *, seed: int, num_folds: int = 5) -> Path:
+    """Tiny phantom pairs as dataset `dataset_id` in $LMKREG_raw, planned and preprocessed with
+    one worker; returns the preprocessed folder."""
+    from lmkreg.phantoms.generator import generate_dataset
+    from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
+
+    generate_dataset(dataset_id, n_train, n_test, preset="tiny", seed=seed, workers=1, root=raw_root(), progress=False)
+    return plan_and_preprocess(str(dataset_id), workers=1, num_folds=num_folds)
+
+
 def planned_toy_mr_dataset(root: Path, n_cases: int = 5, dataset_id: int = 7) -> tuple[dict, Dataset, Path]:
     """An MR-only toy dataset planned (no preprocessing) under its own LMKREG_* folders in
     `root`: returns those folders as environment variables, the dataset and the
     preprocessed folder holding plans.json.  For module fixtures that build model folders."""
-    import pytest
-
     from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
 
-    env = {"LMKREG_raw": str(root / "raw"), "LMKREG_preprocessed": str(root / "pre"),
-           "LMKREG_results": str(root / "res")}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
+    with folders_under(root) as env:
         ds = make_toy_dataset(root / "raw", n_cases=n_cases, dataset_id=dataset_id, modalities=("MR",))
         pre = plan_and_preprocess(str(dataset_id), workers=1, skip_preprocessing=True)
     return env, ds, pre

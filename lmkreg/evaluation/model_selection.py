@@ -94,8 +94,8 @@ def trainer_folders(folder: Path, modality: str) -> dict[str, Path]:
 
 def load_splits(dataset: Dataset) -> Optional[list[dict]]:
     """The dataset's splits_final.json (never created here), or None if there is none."""
-    from lmkreg.planning.plan_and_preprocess import preprocessed_folder
-    from lmkreg.planning.splits import SPLITS_FILE
+    from lmkreg.paths import preprocessed_folder
+    from lmkreg.config.splits import SPLITS_FILE
 
     path = preprocessed_folder(dataset) / SPLITS_FILE
     if not path.is_file():

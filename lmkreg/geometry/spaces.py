@@ -146,6 +146,12 @@ class ImageGeometry:
         return ImageGeometry.create(d["shape_zyx"], d["spacing_xyz"], d["origin_xyz"], d["direction"])
 
 
+def image_centre_world(geometry: ImageGeometry) -> np.ndarray:
+    """World LPS point at the centre of the voxel grid (the anchor of single-stage and localizer
+    grids: planning measures landmark offsets from it, preprocessing centres the grid on it)."""
+    return geometry.index_to_world((np.asarray(geometry.shape_zyx, float) - 1) / 2)
+
+
 def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Apply a 4x4 homogeneous matrix to points of shape (..., 3)."""
     pts = np.asarray(points, dtype=float)

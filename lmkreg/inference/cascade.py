@@ -31,7 +31,7 @@ from lmkreg.errors import ConfigurationError
 from lmkreg.geometry import ImageGeometry
 from lmkreg.inference.predictor import LandmarkPredictor, Prediction, available_folds, model_folder_for
 from lmkreg.io.landmarks import LandmarkSet
-from lmkreg.planning.plans import PLANS_FILE, Plans
+from lmkreg.config.plans import PLANS_FILE, Plans
 from lmkreg.preprocessing.preprocessor import landmark_anchor
 
 # a refine landmark further than this many times the trained crop jitter (per-axis bound, so

@@ -28,7 +28,7 @@ from torch import nn
 from lmkreg.errors import ConfigurationError
 from lmkreg.geometry import ImageGeometry
 from lmkreg.io.landmarks import LandmarkSet
-from lmkreg.planning.plans import PLANS_FILE, Plans
+from lmkreg.config.plans import PLANS_FILE, Plans
 from lmkreg.preprocessing.preprocessor import stage_input
 from lmkreg.training.checkpoint import load_checkpoint
 from lmkreg.training.registry import find_trainer

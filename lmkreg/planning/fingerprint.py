@@ -17,6 +17,7 @@ import SimpleITK as sitk
 from lmkreg.dataset.layout import Dataset
 from lmkreg.geometry import ImageGeometry, orientation_code
 from lmkreg.geometry.canonical import canonical_axis_order
+from lmkreg.geometry.spaces import image_centre_world
 from lmkreg.io.atomic import atomic_write_json
 from lmkreg.io.images import read_image
 from lmkreg.io.landmarks import read_lmkreg_json
@@ -24,11 +25,6 @@ from lmkreg.parallel import parallel_map
 
 FINGERPRINT_FILE = "dataset_fingerprint.json"
 SAMPLES_PER_CASE = 20000
-
-
-def image_centre_world(geometry: ImageGeometry) -> np.ndarray:
-    """World LPS point at the centre of the voxel grid."""
-    return geometry.index_to_world((np.asarray(geometry.shape_zyx, float) - 1) / 2)
 
 
 def canonical_spacing_zyx(geometry: ImageGeometry) -> np.ndarray:

@@ -13,20 +13,16 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from lmkreg.cli_utils import friendly_errors, make_parser
+from lmkreg.config.plans import PLANS_FILE, Configuration, Plans
+from lmkreg.config.splits import SPLITS_FILE, load_or_create_splits
 from lmkreg.dataset.layout import Dataset, open_dataset
 from lmkreg.errors import ConfigurationError
-from lmkreg.paths import preprocessed_root
+from lmkreg.paths import preprocessed_folder
 from lmkreg.planning.fingerprint import compute_fingerprint, save_fingerprint
 from lmkreg.planning.planner import Budget, plan_dataset
-from lmkreg.planning.plans import PLANS_FILE, Configuration, Plans
 from lmkreg.planning.stages import describe_stage
-from lmkreg.planning.splits import SPLITS_FILE, load_or_create_splits
 from lmkreg.parallel import parallel_map
 from lmkreg.preprocessing.preprocessor import CaseFiles, is_up_to_date, preprocess_case
-
-
-def preprocessed_folder(dataset: Dataset) -> Path:
-    return preprocessed_root() / dataset.name
 
 
 def plan(dataset: Dataset, budget: Optional[Budget] = None, workers: Optional[int] = None,

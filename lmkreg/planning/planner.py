@@ -12,10 +12,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from lmkreg.planning.cost import step_cost
-from lmkreg.planning.plans import Configuration, Normalization, Plans, modality_kind
-from lmkreg.training.augmentation import DEFAULT_AUGMENTATION
-from lmkreg.training.network import UNetSpec
+from lmkreg.config.augmentation import DEFAULT_AUGMENTATION
+from lmkreg.config.cost import step_cost
+from lmkreg.config.modality import modality_kind
+from lmkreg.config.network import UNetSpec
+from lmkreg.config.plans import Configuration, Normalization, Plans
 
 ANISOTROPY_THRESHOLD = 3.0
 FOV_MARGIN_MM = 15.0

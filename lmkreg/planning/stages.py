@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from lmkreg.planning.plans import Configuration
+from lmkreg.config.plans import Configuration
 
 LOCALIZER_PAD_MM = 4.0  # room for snapping the localizer grid to its world lattice
 TRANSLATION_MARGIN_MM = 10.0  # localizer translations: spread of gland positions + this

@@ -26,8 +26,8 @@ from lmkreg.geometry import ImageGeometry
 from lmkreg.io.atomic import atomic_write_json
 from lmkreg.io.images import read_image
 from lmkreg.io.landmarks import LandmarkSet, read_lmkreg_json
-from lmkreg.planning.fingerprint import image_centre_world
-from lmkreg.planning.plans import Configuration, Normalization
+from lmkreg.config.plans import Configuration, Normalization
+from lmkreg.geometry.spaces import image_centre_world
 from lmkreg.preprocessing.storage import ARRAY_SUFFIX, save_array
 
 PREPROCESSING_VERSION = 2  # 2: normalisation no longer uses the mask

@@ -22,13 +22,13 @@ preprocessed ultrasound 0 means "outside the ultrasound fan", not "dark tissue".
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
 
+from lmkreg.config.augmentation import augmentation_settings
 from lmkreg.errors import ConfigurationError
 
 Sample = dict[str, Any]
@@ -411,79 +411,28 @@ class Compose:
         return sample
 
 
-_REGISTRY: dict[str, type] = {
+# name (lmkreg.config.augmentation.AUGMENTATIONS, as written in plans.json) -> transform class
+TRANSFORMS: dict[str, type] = {
     "spatial": SpatialTransform, "mirror": MirrorLeftRight, "speckle": SpeckleNoise,
     "acoustic_shadow": AcousticShadow, "gaussian_blur": GaussianBlur, "brightness": Brightness,
     "contrast": Contrast, "gamma": Gamma, "gaussian_noise": GaussianNoise,
 }
 
-# Plain JSON-able defaults (stored in plans.json under training.augmentation).  Keys are applied
-# in this order; a key set to null (None) is switched off.
-DEFAULT_AUGMENTATION: dict[str, dict[str, Optional[dict[str, Any]]]] = {
-    "MR": {
-        "spatial": {"rotation_deg": [[-10.0, 10.0], [-10.0, 10.0], [-15.0, 15.0]], "scale": [0.85, 1.15],
-                    "translation_mm": 10.0, "p_rotation": 0.5, "p_scale": 0.5, "p_translation": 0.5,
-                    "isotropic_scale": True, "elastic_alpha_mm": 0.0, "elastic_sigma_mm": 12.0, "p_elastic": 0.0},
-        "mirror": {"p": 0.5},
-        "speckle": None,
-        "acoustic_shadow": None,
-        "gaussian_blur": {"p": 0.15, "sigma_mm": [0.5, 1.5], "keep_zero": False},
-        "brightness": {"p": 0.15, "factor": [0.75, 1.25], "keep_zero": False},
-        "contrast": {"p": 0.15, "factor": [0.75, 1.25], "keep_zero": False},
-        "gamma": {"p": 0.15, "gamma": [0.7, 1.5], "keep_zero": False},
-        "gaussian_noise": {"p": 0.15, "std": [0.0, 0.1], "keep_zero": False},
-    },
-    "US": {
-        "spatial": {"rotation_deg": [[-15.0, 15.0], [-15.0, 15.0], [-30.0, 30.0]], "scale": [0.85, 1.15],
-                    "translation_mm": 10.0, "p_rotation": 0.6, "p_scale": 0.5, "p_translation": 0.5,
-                    "isotropic_scale": True, "elastic_alpha_mm": 0.0, "elastic_sigma_mm": 12.0, "p_elastic": 0.0},
-        "mirror": {"p": 0.5},
-        "speckle": {"p": 0.3, "std": [0.05, 0.25], "correlation_mm": 1.0, "keep_zero": True},
-        "acoustic_shadow": {"p": 0.2, "attenuation": [0.3, 0.7], "width_mm": [4.0, 15.0],
-                            "height_mm": [10.0, 40.0], "keep_zero": True},
-        "gaussian_blur": {"p": 0.15, "sigma_mm": [0.5, 1.5], "keep_zero": True},
-        "brightness": {"p": 0.15, "factor": [0.75, 1.25], "keep_zero": True},
-        "contrast": {"p": 0.15, "factor": [0.75, 1.25], "keep_zero": True},
-        "gamma": {"p": 0.15, "gamma": [0.7, 1.5], "keep_zero": True},
-        "gaussian_noise": {"p": 0.15, "std": [0.0, 0.05], "keep_zero": True},
-    },
-}
-
-
-def augmentation_settings(kind: str, params: Optional[dict] = None) -> dict[str, Optional[dict[str, Any]]]:
-    """The defaults for `kind` with `params` merged in per transform (a transform's given keys
-    replace the default ones; None switches it off).  `params` may also be keyed by kind."""
-    if kind not in DEFAULT_AUGMENTATION:
-        raise ConfigurationError(f"augmentation kind must be one of {sorted(DEFAULT_AUGMENTATION)}, got {kind!r}")
-    settings = copy.deepcopy(DEFAULT_AUGMENTATION[kind])
-    if params and set(params) <= set(DEFAULT_AUGMENTATION):
-        params = params.get(kind)
-    for name, value in (params or {}).items():
-        if name not in _REGISTRY:
-            raise ConfigurationError(f"unknown augmentation {name!r} in training.augmentation; "
-                                     f"known: {', '.join(_REGISTRY)}")
-        if value is None:
-            settings[name] = None
-        elif not isinstance(value, dict):
-            raise ConfigurationError(f"training.augmentation.{name} must be an object or null, got {value!r}")
-        else:
-            settings[name] = {**(settings[name] or {}), **value}
-    return settings
-
 
 def build_augmentation(kind: str, params: Optional[dict] = None) -> Compose:
-    """The augmentation pipeline for "MR" or "US" (see DEFAULT_AUGMENTATION), with overrides."""
+    """The augmentation pipeline for "MR" or "US" (lmkreg.config.augmentation.DEFAULT_AUGMENTATION),
+    with overrides."""
     transforms: list[Transform] = []
     for name, kwargs in augmentation_settings(kind, params).items():
         if kwargs is None:
             continue
         try:
-            transforms.append(_REGISTRY[name](**kwargs))
+            transforms.append(TRANSFORMS[name](**kwargs))
         except (TypeError, ValueError) as e:
             raise ConfigurationError(f"training.augmentation.{name}: {e}") from e
     return Compose(transforms)
 
 
 __all__ = ["SpatialTransform", "MirrorLeftRight", "GaussianNoise", "GaussianBlur", "Gamma", "Contrast",
-           "Brightness", "SpeckleNoise", "AcousticShadow", "Compose", "build_augmentation",
-           "augmentation_settings", "DEFAULT_AUGMENTATION", "rotation_matrix_zyx", "inside_grid", "Sample"]
+           "Brightness", "SpeckleNoise", "AcousticShadow", "Compose", "TRANSFORMS", "build_augmentation",
+           "rotation_matrix_zyx", "inside_grid", "Sample"]

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lmkreg.errors import InputError, LmkregError
 from lmkreg.preprocessing.storage import ARRAY_SUFFIX, load_array
-from lmkreg.training.augmentation import (DEFAULT_AUGMENTATION, Compose, Sample,  # noqa: F401  (re-exported)
+from lmkreg.training.augmentation import (Compose, Sample,  # noqa: F401  (re-exported)
                                           build_augmentation, inside_grid)
 
 PathLike = Union[str, Path]
@@ -285,4 +285,4 @@ def make_val_batches(cases: PreprocessedCases, batch_size: int) -> Iterator[dict
 
 
 __all__ = ["load_case", "crop_sample", "centre_crop", "jittered_crop", "PreprocessedCases", "AugmentedSamples", "make_train_loader", "iterate_batches",
-           "make_val_batches", "build_augmentation", "DEFAULT_AUGMENTATION", "to_tensors", "worker_init_fn"]
+           "make_val_batches", "build_augmentation", "to_tensors", "worker_init_fn"]

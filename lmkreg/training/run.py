@@ -19,10 +19,10 @@ from lmkreg.dataset.layout import open_dataset
 from lmkreg.errors import ConfigurationError
 from lmkreg.io.atomic import atomic_write_text
 from lmkreg.paths import results_root
-from lmkreg.planning.plan_and_preprocess import preprocessed_folder
-from lmkreg.planning.plans import PLANS_FILE, Plans
+from lmkreg.paths import preprocessed_folder
+from lmkreg.config.plans import PLANS_FILE, Plans
+from lmkreg.config.splits import SPLITS_FILE, load_or_create_splits
 from lmkreg.training.budget import DEFAULT_LIMIT_FACTOR
-from lmkreg.planning.splits import SPLITS_FILE, load_or_create_splits
 from lmkreg.training.registry import find_trainer
 
 DEFAULT_TRAINER = "LandmarkTrainer"

@@ -29,8 +29,8 @@ from lmkreg.errors import LmkregError
 from lmkreg.geometry.spaces import apply_affine
 from lmkreg.io.atomic import atomic_write_json
 from lmkreg.io.landmarks import LandmarkSet, write_lmkreg_json
-from lmkreg.planning.planner import modality_kind
-from lmkreg.planning.plans import Configuration, Plans
+from lmkreg.config.modality import modality_kind
+from lmkreg.config.plans import Configuration, Plans
 from lmkreg.training.budget import StepBudget
 from lmkreg.training.checkpoint import load_checkpoint, save_checkpoint
 from lmkreg.training.convergence import ADVICE, DEFAULT_MIN_STEPS, TrainingVerdict, judge_training

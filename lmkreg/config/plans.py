@@ -5,18 +5,18 @@ by people, so loading validates every key and names the one that is wrong.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from lmkreg.config.augmentation import AUGMENTATION_PARAMETERS, AUGMENTATIONS, DEFAULT_AUGMENTATION, parameter_problem
+from lmkreg.config.cost import step_cost
+from lmkreg.config.modality import modality_kind
+from lmkreg.config.network import UNetSpec
 from lmkreg.errors import ConfigurationError
 from lmkreg.io.atomic import atomic_write_json
-from lmkreg.training.augmentation import _REGISTRY as AUGMENTATIONS  # name -> transform class
-from lmkreg.training.augmentation import DEFAULT_AUGMENTATION
-from lmkreg.training.network import UNetSpec
 
 PathLike = Union[str, Path]
 PLANS_FILE = "plans.json"
@@ -32,12 +32,6 @@ TRAINING_NUMBERS: dict[str, tuple[type, float]] = {
     "iterations_per_epoch": (int, 1), "seed": (int, 0), "lambda1": (float, 0.0),
     "lambda2_variance": (float, 0.0), "lambda2_distance": (float, 0.0),
 }
-
-
-def modality_kind(modality: str) -> str:
-    """'US' for ultrasound names (US, TRUS, ultrasound...), otherwise 'MR'."""
-    m = modality.upper()
-    return "US" if m.startswith(("US", "TRUS")) or "ULTRASOUND" in m else "MR"
 
 
 @dataclass
@@ -255,11 +249,9 @@ def _configuration(v: _Validator, c: Any, where: str) -> Configuration:
 def _check_limits(v: _Validator, where: str, spec: UNetSpec, size: list[int], batch: int,
                   max_batch: int = 1024, max_features: int = 2048) -> None:
     """Refuse hand-edited values that cannot run: a batch or feature count far beyond any real
-    plan, or an input whose estimated memory (lmkreg.planning.cost) exceeds this machine's.
+    plan, or an input whose estimated memory (lmkreg.config.cost) exceeds this machine's.
     Otherwise prediction tries to allocate terabytes and training hangs."""
     import os
-
-    from lmkreg.planning.cost import step_cost
 
     if batch > max_batch:
         v.fail(f"{where}.batch_size", f"is {batch}; at most {max_batch} is accepted (planned values are 2-16)")
@@ -274,7 +266,7 @@ def _check_limits(v: _Validator, where: str, spec: UNetSpec, size: list[int], ba
         machine = float("inf")
     predict_gb = (cost.activations + cost.parameters) * 4 / 1e9  # one sample forward, float32
     train_gb = cost.gpu_memory_gb(batch, mixed_precision=False)
-    try:
+    try:  # imported only here, to ask for GPU memory: importing lmkreg.config must not load torch
         import torch
         if torch.cuda.is_available():
             machine_train = max(machine, max(torch.cuda.get_device_properties(i).total_memory / 1e9
@@ -323,72 +315,26 @@ def _training(v: _Validator, t: dict, where: str, kind: str) -> dict:
     return t
 
 
-def _field_default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:  # pragma: no cover - no such field today
-        return f.default_factory()
-    return None
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _is_range(x: Any) -> bool:
-    return isinstance(x, list) and len(x) == 2 and all(_is_number(e) for e in x) and x[0] <= x[1]
-
-
-def _augmentation_value(v: _Validator, key: str, name: str, value: Any, default: Any) -> None:
-    """One augmentation parameter, checked against the type of its default value."""
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            v.fail(key, f"must be true or false, got {value!r}")
-    elif isinstance(default, int) and not isinstance(default, float):
-        if not (isinstance(value, int) and not isinstance(value, bool)):
-            v.fail(key, f"must be an integer, got {value!r}")
-        if name == "order" and not 0 <= value <= 5:
-            v.fail(key, f"must be a spline order 0-5, got {value}")
-        if name == "depth_axis" and not 0 <= value <= 2:
-            v.fail(key, f"must be an array axis 0, 1 or 2, got {value}")
-    elif isinstance(default, float):
-        if not _is_number(value):
-            v.fail(key, f"must be a number, got {value!r}")
-        if (name == "p" or name.startswith("p_")) and not 0 <= value <= 1:
-            v.fail(key, f"is a probability and must be in [0, 1], got {value!r}")
-        if name != "cval" and value < 0:
-            v.fail(key, f"must not be negative, got {value!r}")
-    elif isinstance(default, (list, tuple)) and default and isinstance(default[0], (list, tuple)):
-        if not (isinstance(value, list) and len(value) == len(default) and all(_is_range(r) for r in value)):
-            v.fail(key, f"must be {len(default)} [low, high] ranges (low <= high), got {value!r}")
-    elif isinstance(default, (list, tuple)):
-        if not _is_range(value):
-            v.fail(key, f"must be a [low, high] range of numbers with low <= high, got {value!r}")
-
-
 def _augmentation(v: _Validator, aug: dict, where: str, kind: str) -> None:
     """training.augmentation: transform name -> parameters (merged over the per-kind defaults
-    of lmkreg.training.augmentation.DEFAULT_AUGMENTATION) or null to switch it off.  Like
-    build_augmentation, it also accepts the parameters keyed by modality kind ("MR", "US")."""
+    of lmkreg.config.augmentation.DEFAULT_AUGMENTATION) or null to switch it off.  Like
+    augmentation_settings, it also accepts the parameters keyed by modality kind ("MR", "US")."""
     if aug and set(aug) <= set(DEFAULT_AUGMENTATION):
         if aug.get(kind) is not None:
             _augmentation(v, v.key(aug, kind, dict, where), f"{where}.{kind}", kind)
         return
     for name, params in aug.items():
         key = f"{where}.{name}"
-        if name not in AUGMENTATIONS:
+        if name not in AUGMENTATION_PARAMETERS:
             v.fail(key, f"is not a known augmentation; known: {', '.join(AUGMENTATIONS)}")
         if params is None:
             continue
         if not isinstance(params, dict):
             v.fail(key, f"must be an object of parameters or null (switched off), got {params!r}")
-        cls = AUGMENTATIONS[name]
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        known = AUGMENTATION_PARAMETERS[name]
         for p, value in params.items():
-            if p not in fields:
-                v.fail(f"{key}.{p}", f"is not a parameter of {name}; known: {', '.join(fields)}")
-            _augmentation_value(v, f"{key}.{p}", p, value, _field_default(fields[p]))
-        try:
-            cls(**{**(DEFAULT_AUGMENTATION[kind].get(name) or {}), **params})
-        except (TypeError, ValueError) as exc:
-            v.fail(key, f"is not valid: {exc}")
+            if p not in known:
+                v.fail(f"{key}.{p}", f"is not a parameter of {name}; known: {', '.join(known)}")
+            problem = parameter_problem(known[p], value)
+            if problem:
+                v.fail(f"{key}.{p}", problem)

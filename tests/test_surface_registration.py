@@ -134,12 +134,13 @@ def test_trimming_keeps_a_partial_us_view_from_pulling(phantom):
     us_cut = gland_surface(_cut_us_mask(phantom, 0.9))
     start = _perturbed_start(mr.centre)
     pts = surface_points(mr.mesh, 4000, seed=11)
-    trimmed = refine_on_surfaces(start, mr, us_cut, SurfaceSettings(trim_fraction=0.85))
+    assert us_cut.volume_ml < 0.92 * gland_surface(phantom["us_mask"]).volume_ml  # a tenth of the gland is cut
+    trimmed = refine_on_surfaces(start, mr, us_cut)  # default trim fraction
     untrimmed = refine_on_surfaces(start, mr, us_cut, SurfaceSettings(trim_fraction=1.0))
     sre_trimmed = surface_registration_error(pts, TRUTH, trimmed.transform)
     sre_untrimmed = surface_registration_error(pts, TRUTH, untrimmed.surface_transform)
-    assert trimmed.accepted and sre_trimmed < 0.7
-    assert sre_untrimmed > sre_trimmed + 0.5  # without trimming the cut face pulls: the test can fail
+    assert trimmed.accepted and sre_trimmed < 0.5
+    assert sre_untrimmed > 1.5  # without trimming the cut face pulls the gland off: the test can fail
 
 
 def test_a_refinement_beyond_the_bound_is_refused_and_the_landmark_transform_kept(phantom):

@@ -42,7 +42,7 @@ from lmkreg.errors import InputError
 from lmkreg.geometry.rigid import RigidTransform
 
 # -- defaults (named so the plans / CLI can override them) ------------------------------------
-DEFAULT_TRIM_FRACTION = 0.85  # share of MR->US pairs kept per iteration (partial TRUS views)
+DEFAULT_TRIM_FRACTION = 0.8  # share of MR->US pairs kept per iteration (partial TRUS views)
 MAX_ROTATION_DEG = 20.0  # the refinement may rotate this far from the landmark transform ...
 MAX_SHIFT_MM = 10.0  # ... and move the MR gland centre this far; beyond: surfaces and landmarks disagree
 DEFAULT_LANDMARK_WEIGHT = 0.0  # landmarks as extra pairs: weight of their mean squared error vs the surface's

@@ -6,6 +6,7 @@ measured with the evaluation metric (surface_registration_error), independently 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -141,6 +142,25 @@ def test_trimming_keeps_a_partial_us_view_from_pulling(phantom):
     sre_untrimmed = surface_registration_error(pts, TRUTH, untrimmed.surface_transform)
     assert trimmed.accepted and sre_trimmed < 0.5
     assert sre_untrimmed > 1.5  # without trimming the cut face pulls the gland off: the test can fail
+
+
+def test_a_gland_cut_by_the_image_border_is_not_pulled_by_the_border(phantom):
+    """A partial view by the field of view (as the phantoms' partial views): the faces that close
+    the mask at the image border are not gland and are left out, even without trimming."""
+    us_full = phantom["us_mask"]
+    k = int(np.quantile(np.argwhere(phantom["us_arr"])[:, 0], 0.88))  # array z of the cut
+    us_cropped = us_full[:, :, :k]  # SimpleITK slicing keeps the geometry of the kept voxels
+    mr = gland_surface(phantom["mr_mask"])
+    us = gland_surface(us_cropped)
+    assert 0.05 < us.border_fraction < 0.3 and gland_surface(us_full).border_fraction == 0.0
+    start = _perturbed_start(mr.centre)
+    pts = surface_points(mr.mesh, 4000, seed=11)
+    untrimmed = SurfaceSettings(trim_fraction=1.0)
+    aware = refine_on_surfaces(start, mr, us, untrimmed)
+    naive = refine_on_surfaces(start, mr, dataclasses.replace(us, border_faces=None), untrimmed)
+    assert surface_registration_error(pts, TRUTH, aware.transform) < 0.5
+    assert surface_registration_error(pts, TRUTH, naive.surface_transform) > 1.5  # the border face would pull
+    assert aware.to_json()["surface_cut_by_image_border"]["US"] == pytest.approx(us.border_fraction)
 
 
 def test_a_refinement_beyond_the_bound_is_refused_and_the_landmark_transform_kept(phantom):

@@ -40,6 +40,7 @@ from scipy.spatial.transform import Rotation
 
 from lmkreg.errors import InputError
 from lmkreg.geometry.rigid import RigidTransform
+from lmkreg.geometry.spaces import ImageGeometry
 
 # -- defaults (named so the plans / CLI can override them) ------------------------------------
 DEFAULT_TRIM_FRACTION = 0.8  # share of MR->US pairs kept per iteration (partial TRUS views)
@@ -89,20 +90,44 @@ class SurfaceSettings:
 class GlandSurface:
     """A prostate surface mesh in the world LPS mm of its image, and where it came from."""
 
-    mesh: trimesh.Trimesh
+    mesh: trimesh.Trimesh  # closed: where the gland leaves the image, closed by the image border
     source: str  # file name, or a description such as "predicted"
     volume_ml: float
     dropped_voxels: int = 0  # voxels outside the largest connected component
+    border_faces: Optional[np.ndarray] = None  # per face: lies on the image border (a cut, not gland)
+    geometry: Optional[ImageGeometry] = None  # grid of the mask
+
+    @property
+    def field_of_view(self) -> Optional[ImageGeometry]:
+        """The mask's grid when the gland leaves it (a partial view), else None: only then does
+        a point outside the grid mean 'not seen' rather than 'not gland'."""
+        return self.geometry if self.border_fraction > 0 else None
 
     @property
     def centre(self) -> np.ndarray:
         """Centre of the enclosed volume (world LPS mm)."""
         return np.asarray(self.mesh.center_mass if self.mesh.is_volume else self.mesh.centroid, float)
 
+    @property
+    def border_fraction(self) -> float:
+        """Share of the surface area lying on the image border (a partial view cut by the field of view)."""
+        if self.border_faces is None or not self.border_faces.any():
+            return 0.0
+        return float(self.mesh.area_faces[self.border_faces].sum() / self.mesh.area)
+
+    @property
+    def gland_mesh(self) -> trimesh.Trimesh:
+        """The surface without its faces on the image border: only what is really gland boundary."""
+        if self.border_faces is None or not self.border_faces.any() or self.border_faces.all():
+            return self.mesh
+        return self.mesh.submesh([np.flatnonzero(~self.border_faces)], append=True)
+
     def sample(self, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """`count` points spread by area over the surface and the outward normal at each."""
-        points, faces = trimesh.sample.sample_surface(self.mesh, count, seed=seed)
-        return np.asarray(points, float), np.asarray(self.mesh.face_normals[faces], float)
+        """`count` points spread by area over the gland boundary (image-border faces excluded)
+        and the outward normal at each."""
+        mesh = self.gland_mesh
+        points, faces = trimesh.sample.sample_surface(mesh, count, seed=seed)
+        return np.asarray(points, float), np.asarray(mesh.face_normals[faces], float)
 
 
 def largest_component(mask: sitk.Image) -> tuple[sitk.Image, int]:
@@ -137,7 +162,19 @@ def gland_surface(mask: MaskLike, source: Optional[str] = None) -> GlandSurface:
     kept, dropped = largest_component(image)
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
     volume_ml = float(np.count_nonzero(sitk.GetArrayViewFromImage(kept))) * voxel_ml
-    return GlandSurface(mask_to_mesh(kept), name, volume_ml, dropped)
+    mesh = mask_to_mesh(kept)
+    geometry = ImageGeometry.from_image(kept)
+    return GlandSurface(mesh, name, volume_ml, dropped, border_faces(mesh, geometry), geometry)
+
+
+def border_faces(mesh: trimesh.Trimesh, geometry: ImageGeometry, tolerance: float = 1e-3) -> np.ndarray:
+    """Per face of a mask's mesh (world LPS mm): True where all its vertices lie on the image
+    border, half a voxel outside the outermost voxel centres, where mask_to_mesh closes a gland
+    that leaves the image.  Such faces are the field of view, not the gland's boundary."""
+    idx = geometry.world_to_index(mesh.vertices)
+    hi = np.asarray(geometry.shape_zyx, float) - 0.5
+    on_border = np.any((np.abs(idx + 0.5) < tolerance) | (np.abs(idx - hi) < tolerance), axis=1)
+    return np.all(on_border[mesh.faces], axis=1)
 
 
 # -- ICP ---------------------------------------------------------------------------------------
@@ -157,6 +194,17 @@ def _kept(dist: np.ndarray, fraction: float) -> np.ndarray:
     return np.argpartition(dist, k - 1)[:k]
 
 
+def _seen(points: np.ndarray, field_of_view: Optional[ImageGeometry]) -> np.ndarray:
+    """Which points (US world) lie inside the US grid (all without a field of view); refuses
+    when almost none do (the MR gland mapped outside the US image)."""
+    if field_of_view is None:
+        return np.ones(len(points), bool)
+    seen = field_of_view.contains_world(points, margin=0.0)
+    if seen.sum() < max(10, 0.1 * len(points)):
+        raise ValueError(f"only {int(seen.sum())} of {len(points)} MR surface points map inside the US image")
+    return seen
+
+
 def _skew(v: np.ndarray) -> np.ndarray:
     """(N, 3) vectors -> (N, 3, 3) cross-product matrices [v]x."""
     z = np.zeros(len(v))
@@ -166,15 +214,16 @@ def _skew(v: np.ndarray) -> np.ndarray:
 
 def trimmed_icp(mr_points: np.ndarray, us_points: np.ndarray, us_normals: np.ndarray, initial: RigidTransform,
                 trim_fraction: float = DEFAULT_TRIM_FRACTION, max_iterations: int = MAX_ITERATIONS,
-                landmarks: Optional[tuple[np.ndarray, np.ndarray]] = None, landmark_weight: float = 0.0
-                ) -> IcpResult:
+                landmarks: Optional[tuple[np.ndarray, np.ndarray]] = None, landmark_weight: float = 0.0,
+                field_of_view: Optional[ImageGeometry] = None) -> IcpResult:
     """Rigid MR->US transform by trimmed point-to-plane ICP.
 
     `mr_points` (MR world) are moved onto the surface sampled by `us_points`/`us_normals` (US
     world).  Per iteration each moved MR point is paired with its nearest US sample, only the
     closest `trim_fraction` of pairs are kept, and the linearised least-squares step minimises
     mean((q - p) . n)^2 + landmark_weight * mean ||q_l - p_l||^2 over a small rotation and a
-    translation (landmarks: (MR points, US points) in the same worlds)."""
+    translation (landmarks: (MR points, US points) in the same worlds).  With `field_of_view` (the
+    US grid of a partial view), moved MR points outside it have no partner and are left out."""
     tree = cKDTree(us_points)
     t = initial
     use_landmarks = landmarks is not None and landmark_weight > 0
@@ -183,7 +232,8 @@ def trimmed_icp(mr_points: np.ndarray, us_points: np.ndarray, us_normals: np.nda
     for it in range(1, max_iterations + 1):
         p = t.apply(mr_points)
         dist, idx = tree.query(p)
-        keep = _kept(dist, trim_fraction)
+        seen = _seen(p, field_of_view)
+        keep = np.flatnonzero(seen)[_kept(dist[seen], trim_fraction)]
         p, q, n = p[keep], us_points[idx[keep]], us_normals[idx[keep]]
         c = p.mean(0)  # the step rotates about the kept points' centre: a well-conditioned system
         a = np.hstack([np.cross(p - c, n), n]) / math.sqrt(len(p))
@@ -225,10 +275,13 @@ def distance_to_mesh(points: np.ndarray, mesh: trimesh.Trimesh, neighbours: int 
 
 
 def trimmed_surface_distance(mr_points: np.ndarray, transform: RigidTransform, us_mesh: trimesh.Trimesh,
-                             trim_fraction: float = DEFAULT_TRIM_FRACTION) -> float:
+                             trim_fraction: float = DEFAULT_TRIM_FRACTION,
+                             field_of_view: Optional[ImageGeometry] = None) -> float:
     """Mean distance (mm) from the mapped MR surface points (MR world) to the US mesh (US
-    world), over the closest `trim_fraction` of the points."""
-    dist = distance_to_mesh(transform.apply(mr_points), us_mesh)
+    world), over the closest `trim_fraction` of the points (of those inside `field_of_view`)."""
+    p = transform.apply(mr_points)
+    p = p[_seen(p, field_of_view)]
+    dist = distance_to_mesh(p, us_mesh)
     return float(np.mean(dist[_kept(dist, trim_fraction)]))
 
 
@@ -250,8 +303,8 @@ class SurfaceRefinement:
     surface_transform: Optional[RigidTransform]  # the ICP result, also when refused (None if ICP failed)
     accepted: bool
     reason: str
-    distance_landmarks_mm: float  # trimmed surface distance under the landmark transform
-    distance_surface_mm: Optional[float]  # ... under the ICP result
+    distance_landmarks_mm: Optional[float]  # trimmed surface distance under the landmark transform
+    distance_surface_mm: Optional[float]  # ... under the ICP result (inf: it maps the gland outside the US image)
     rotation_change_deg: Optional[float]
     shift_mm: Optional[float]
     beyond_bound: bool
@@ -263,6 +316,7 @@ class SurfaceRefinement:
     mr_volume_ml: float
     us_volume_ml: float
     landmark_residuals_mm: dict = field(default_factory=dict)  # per landmark, under the final transform
+    border_fraction: dict = field(default_factory=dict)  # per modality: surface share cut by the image border
 
     @property
     def transform(self) -> RigidTransform:
@@ -290,7 +344,8 @@ class SurfaceRefinement:
         return {"method": "rigid trimmed point-to-plane ICP, MR surface onto US surface",
                 "accepted": self.accepted, "reason": self.reason, "transform_used": "surface" if self.accepted
                 else "landmarks",
-                "surface_distance_mm": {"landmarks": self.distance_landmarks_mm, "surface": self.distance_surface_mm,
+                "surface_distance_mm": {"landmarks": _finite(self.distance_landmarks_mm),
+                                        "surface": _finite(self.distance_surface_mm),
                                         "measure": f"mean MR-surface-to-US-surface distance over the closest "
                                                    f"{self.settings.trim_fraction:g} of the points"},
                 "change_from_landmarks": {"rotation_deg": self.rotation_change_deg,
@@ -300,6 +355,7 @@ class SurfaceRefinement:
                 "iterations": self.iterations, "converged": self.converged, "settings": self.settings.to_json(),
                 "mr_mask": self.mr_surface, "us_mask": self.us_surface,
                 "gland_volume_ml": {"MR": self.mr_volume_ml, "US": self.us_volume_ml},
+                "surface_cut_by_image_border": self.border_fraction,
                 "landmark_residuals_mm_final": self.landmark_residuals_mm}
 
 
@@ -315,24 +371,38 @@ def refine_on_surfaces(landmark_transform: RigidTransform, mr: GlandSurface, us:
         raise ValueError(problem)
     src, _ = mr.sample(settings.source_points, settings.seed)
     tgt, normals = us.sample(settings.target_points, settings.seed + 1)
-    before = trimmed_surface_distance(src, landmark_transform, us.mesh, settings.trim_fraction)
-    common = dict(settings=settings, mr_surface=mr.source, us_surface=us.source, mr_volume_ml=mr.volume_ml,
-                  us_volume_ml=us.volume_ml, distance_landmarks_mm=before, landmark_transform=landmark_transform)
+    us_gland, fov = us.gland_mesh, us.field_of_view
     try:
+        before: Optional[float] = trimmed_surface_distance(src, landmark_transform, us_gland, settings.trim_fraction,
+                                                           fov)
+    except ValueError as exc:  # the landmark transform puts the gland (almost) outside a partial US view
+        before, failure = None, f"the landmark transform maps the MR gland outside the US image ({exc})"
+    else:
+        failure = None
+    common = dict(settings=settings, mr_surface=mr.source, us_surface=us.source, mr_volume_ml=mr.volume_ml,
+                  us_volume_ml=us.volume_ml, distance_landmarks_mm=before, landmark_transform=landmark_transform,
+                  border_fraction={"MR": mr.border_fraction, "US": us.border_fraction})
+    try:
+        if failure:
+            raise ValueError(failure)
         icp = trimmed_icp(src, tgt, normals, landmark_transform, settings.trim_fraction, settings.max_iterations,
-                          landmarks, settings.landmark_weight)
+                          landmarks, settings.landmark_weight, fov)
     except (ValueError, np.linalg.LinAlgError) as exc:
-        return SurfaceRefinement(surface_transform=None, accepted=False, reason=f"ICP failed ({exc})",
+        return SurfaceRefinement(surface_transform=None, accepted=False,
+                                 reason=str(exc) if failure else f"ICP failed ({exc})",
                                  distance_surface_mm=None, rotation_change_deg=None, shift_mm=None,
                                  beyond_bound=False, iterations=0, converged=False,
                                  landmark_residuals_mm=_residuals(landmark_transform, landmarks, landmark_names),
                                  **common)
     cand = RigidTransform(icp.transform.rotation, icp.transform.translation, landmark_transform.source,
                           landmark_transform.target)
-    after = trimmed_surface_distance(src, cand, us.mesh, settings.trim_fraction)
+    try:
+        after = trimmed_surface_distance(src, cand, us_gland, settings.trim_fraction, fov)
+    except ValueError:
+        after = math.inf
     rot, shift = transform_change(landmark_transform, cand, mr.centre)
     reasons = []
-    if not after < before:
+    if not after < before:  # an infinite `after`: the result maps the gland outside the US image
         reasons.append(f"it does not lower the trimmed surface distance ({before:.2f} mm with the landmarks, "
                        f"{after:.2f} mm refined)")
     beyond = []
@@ -351,6 +421,10 @@ def refine_on_surfaces(landmark_transform: RigidTransform, mr: GlandSurface, us:
                              rotation_change_deg=rot, shift_mm=shift, beyond_bound=bool(beyond),
                              iterations=icp.iterations, converged=icp.converged,
                              landmark_residuals_mm=_residuals(final, landmarks, landmark_names), **common)
+
+
+def _finite(v: Optional[float]) -> Optional[float]:
+    return v if v is not None and math.isfinite(v) else None
 
 
 def _residuals(t: RigidTransform, landmarks: Optional[tuple[np.ndarray, np.ndarray]],

@@ -50,7 +50,8 @@ DEFAULT_LANDMARK_WEIGHT = 0.0  # landmarks as extra pairs: weight of their mean 
 SOURCE_POINTS = 3000  # MR surface points (ICP and the reported distance)
 TARGET_POINTS = 30000  # US surface samples for the correspondence search (about 0.4 mm apart on a gland)
 MAX_ITERATIONS = 60
-STEP_TOLERANCE = 1e-6  # stop when a step rotates less than this (rad) and moves less than this (mm)
+NORMAL_NEIGHBOURS = 20  # US samples per normal estimate (about 1.3 mm around a point at 30000 samples)
+CONVERGED_STEP_MM = 0.01  # converged when a step moves no kept surface point farther than this
 
 MaskLike = Union[str, Path, sitk.Image]
 
@@ -186,6 +187,20 @@ class IcpResult:
     converged: bool
 
 
+def surface_normals(points: np.ndarray, face_normals: np.ndarray, neighbours: int = NORMAL_NEIGHBOURS) -> np.ndarray:
+    """Unit normals of a densely sampled surface from the plane through each point's
+    `neighbours` nearest samples (least variance direction), oriented like `face_normals`.
+
+    Marching-cubes faces follow the voxel staircase, so their own normals tilt by tens of degrees
+    from the gland's; point-to-plane ICP on them crept for 50+ iterations in tests, on these it
+    converges in about 15."""
+    _, idx = cKDTree(points).query(points, k=min(neighbours, len(points)))
+    nb = points[idx] - points[idx].mean(axis=1, keepdims=True)
+    _, vectors = np.linalg.eigh(np.einsum("nki,nkj->nij", nb, nb))
+    normals = vectors[:, :, 0]
+    return normals * np.where((normals * face_normals).sum(1) < 0, -1.0, 1.0)[:, None]
+
+
 def _kept(dist: np.ndarray, fraction: float) -> np.ndarray:
     """Indices of the closest `fraction` of the distances (at least 3)."""
     k = max(3, min(len(dist), int(round(fraction * len(dist)))))
@@ -250,7 +265,7 @@ def trimmed_icp(mr_points: np.ndarray, us_points: np.ndarray, us_normals: np.nda
             raise ValueError("ICP step is not finite")
         r = Rotation.from_rotvec(x[:3]).as_matrix()
         t = RigidTransform(r, c - r @ c + x[3:], t.target, t.target).compose(t)
-        if np.linalg.norm(x[:3]) < STEP_TOLERANCE and np.linalg.norm(x[3:]) < STEP_TOLERANCE:
+        if np.max(np.linalg.norm(np.cross(x[:3], p - c) + x[3:], axis=1)) < CONVERGED_STEP_MM:
             converged = True
             break
     return IcpResult(t, it, converged)
@@ -371,6 +386,7 @@ def refine_on_surfaces(landmark_transform: RigidTransform, mr: GlandSurface, us:
         raise ValueError(problem)
     src, _ = mr.sample(settings.source_points, settings.seed)
     tgt, normals = us.sample(settings.target_points, settings.seed + 1)
+    normals = surface_normals(tgt, normals)
     us_gland, fov = us.gland_mesh, us.field_of_view
     try:
         before: Optional[float] = trimmed_surface_distance(src, landmark_transform, us_gland, settings.trim_fraction,

@@ -517,7 +517,8 @@ class SurfaceRequest:
         trust["surface"] = {"accepted": result.accepted, "reason": result.reason,
                             "surface_distance_mm": result.distance_surface_mm if result.accepted
                             else result.distance_landmarks_mm,
-                            "notes": ["the uncertainty above is that of the landmark transform"] if result.accepted
+                            "notes": ["rms_residual_mm and uncertainty describe the landmark transform, not the refined "
+                                      "one in use"] if result.accepted
                             else []}
         if result.flags:
             trust.setdefault("flags", []).extend(result.flags)

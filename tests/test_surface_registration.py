@@ -163,6 +163,31 @@ def test_a_gland_cut_by_the_image_border_is_not_pulled_by_the_border(phantom):
     assert aware.to_json()["surface_cut_by_image_border"]["US"] == pytest.approx(us.border_fraction)
 
 
+def test_a_start_outside_a_partial_us_view_keeps_the_landmark_transform_and_says_why(phantom):
+    mr = gland_surface(phantom["mr_mask"])
+    us = gland_surface(phantom["us_mask"][:, :, :40])  # a partial view
+    far = RigidTransform(TRUTH.rotation, TRUTH.translation + [0.0, 0.0, 150.0])  # gland mapped far off the image
+    result = refine_on_surfaces(far, mr, us)
+    assert not result.accepted and "outside the US image" in result.reason
+    np.testing.assert_array_equal(result.transform.matrix(), far.matrix())
+    json.dumps(result.to_json(), allow_nan=False)  # no NaN/inf in the record
+
+
+def test_a_result_that_fits_the_surfaces_worse_is_refused(phantom, monkeypatch):
+    """The acceptance rule alone: an ICP (replaced here) that ends 3 deg off the true map, started
+    from the true map, must not replace it."""
+    import lmkreg.registration.surface as surface
+
+    mr, us = gland_surface(phantom["mr_mask"]), gland_surface(phantom["us_mask"])
+    worse = _perturbed_start(mr.centre, degrees=3.0, shift_mm=0.0)
+    monkeypatch.setattr(surface, "trimmed_icp", lambda *a, **k: surface.IcpResult(worse, 1, True))
+    result = refine_on_surfaces(TRUTH, mr, us)
+    assert not result.accepted and not result.beyond_bound and not result.flags
+    assert "does not lower the trimmed surface distance" in result.reason
+    assert result.distance_surface_mm > result.distance_landmarks_mm
+    np.testing.assert_array_equal(result.transform.matrix(), TRUTH.matrix())
+
+
 def test_a_refinement_beyond_the_bound_is_refused_and_the_landmark_transform_kept(phantom):
     mr, us = gland_surface(phantom["mr_mask"]), gland_surface(phantom["us_mask"])
     start = _perturbed_start(mr.centre)

@@ -7,10 +7,13 @@ is the start and a rigid ICP between the MR and US gland surfaces refines it:
 * surfaces: marching cubes of each mask in index space, mapped to world LPS mm through the
   image's own geometry (``lmkreg.evaluation.metrics.mask_to_mesh``), largest connected
   component only (a stray island of a predicted mask is not prostate);
-* ICP: MR surface points onto the US surface, point-to-plane (residual along the US normal),
-  rigid, *trimmed*: each iteration keeps only the closest ``trim_fraction`` of the pairs, so
-  MR surface that the TRUS fan did not see (its US mask is cut flat by the fan) does not pull;
-  optionally the landmarks as extra point-to-point pairs of a given weight;
+* partial views: where a mask leaves its image, the faces closing it at the image border are
+  a cut, not gland: they are left out, and MR points mapped outside such a US grid get no partner;
+* ICP: MR surface points onto the US surface, point-to-plane (residual along the US normal,
+  estimated from the neighbouring US samples, not the staircase faces), rigid, *trimmed*: each
+  iteration keeps only the closest ``trim_fraction`` of the pairs, so MR surface that the TRUS
+  fan did not see (its US mask is cut flat by the fan) does not pull; optionally the landmarks
+  as extra point-to-point pairs of a given weight;
 * acceptance: the refined transform replaces the landmark one only if it lowers the trimmed
   surface distance and stays within ``max_rotation_deg`` / ``max_shift_mm`` (rotation between
   the two, displacement of the MR gland centre) of it; otherwise the landmark transform is kept

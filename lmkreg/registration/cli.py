@@ -15,6 +15,9 @@ Per case it writes ``CASE_MR_to_US.json`` (4x4 matrix mapping MR world LPS mm to
 LPS mm, residual per landmark) and ``CASE_MR_to_US.tfm`` (ITK resampling direction: maps US
 points to MR points, so SimpleITK's Resample and 3D Slicer show the MR in US space).
 ``--mr-image/--us-image`` also write the MR (and ``--mr-mask``) resampled into US space.
+``--refine surface --mr-mask M --us-mask U`` refines the landmark transform by rigid ICP between
+the prostate surfaces and keeps it only if it fits the surfaces better within a bound of the
+landmark transform (lmkreg.registration.surface); the JSON records both transforms.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ from lmkreg.io.dicom import read_image_or_series
 from lmkreg.io.images import write_image
 from lmkreg.io.landmarks import LandmarkSet
 from lmkreg.registration.landmark_fit import LandmarkRegistration, register_landmarks
+from lmkreg.registration.surface import SurfaceRequest, add_surface_options, surface_request
 from lmkreg.registration.transform_files import to_sitk_resampling_transform, write_itk_transform
 from lmkreg.trust.summary import STRICT_HELP, exit_status, print_unreliable
 
@@ -92,8 +96,8 @@ def confidence_weights(landmarks: LandmarkSet, source: Optional[Path] = None) ->
 
 
 def register_pair(mr_file: Path, us_file: Path, out_dir: Path, name: str, weighted: bool = False,
-                  names: Optional[Sequence[str]] = None, landmark_map: Optional[dict[str, str]] = None
-                  ) -> LandmarkRegistration:
+                  names: Optional[Sequence[str]] = None, landmark_map: Optional[dict[str, str]] = None,
+                  surface: Optional[SurfaceRequest] = None) -> LandmarkRegistration:
     """Fit the MR->US transform of one pair of landmark files on the landmark `names` only (see
     choose_landmark_names); labels are renamed by `landmark_map` first.  Says which labels it used
     and which it ignored.  ``NAME_MR_to_US.json/.tfm`` are lmkreg's by their name and are replaced."""
@@ -130,6 +134,8 @@ def register_pair(mr_file: Path, us_file: Path, out_dir: Path, name: str, weight
            "rms_residual_mm": reg.rms_mm, "weights": weights, "mr_landmarks": str(mr_file), "us_landmarks": str(us_file),
            "itk_file": f"{name}_MR_to_US.tfm",
            "itk_file_direction": "US world point -> MR world point (ITK resampling convention)", "trust": reg.trust}
+    if surface is not None:  # --refine surface (issue 17): the transform to use, both recorded in doc
+        reg, doc = surface.refine_pair(reg, doc, mr, us, name)
     write_transform_pair(reg, doc, out_dir / f"{name}_MR_to_US.json", out_dir / f"{name}_MR_to_US.tfm")
     return reg
 
@@ -229,7 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weighted", action="store_true", help="weight landmarks by predicted confidence")
     p.add_argument("--mr-image", type=Path,
                    help="single pair: MR image (file or DICOM series folder) to resample into US space")
-    p.add_argument("--mr-mask", type=Path, help="single pair: MR mask to resample into US space")
+    p.add_argument("--mr-mask", type=Path, help="MR prostate mask: for one pair resampled into US space with "
+                                                "--us-image; for --refine surface its surface (a folder of masks "
+                                                "matched by case name with --mr-dir/--us-dir)")
     p.add_argument("--us-image", type=Path,
                    help="single pair: US image (file or DICOM series folder) defining the output grid")
     p.add_argument("--mr-series", help="DICOM folder with several series: the MR series (UID or description)")
@@ -251,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="one shot: replace NAME_MR.json / NAME_US.json (and .mrk.json) files lmkreg did not write")
     p.add_argument("--strict", action="store_true", help=STRICT_HELP)
+    add_surface_options(p)
     return p
 
 
@@ -260,6 +269,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     p = build_parser()
     args = p.parse_args(argv)
+    surface = surface_request(args, p)  # --refine surface: masks and bounds checked before any work
     landmark_map = parse_landmark_map(args.landmark_map)
     names = args.landmark_names
     if args.dataset is not None and not names:
@@ -285,17 +295,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.mr is None or args.us is None:
             p.error("--mr and --us go together")
         name = check_case_id(args.name or case_name(args.mr), "--name")
-        if (args.mr_image or args.mr_mask) and args.us_image is None:
+        if (args.mr_image or (args.mr_mask and surface is None)) and args.us_image is None:
             p.error("--mr-image/--mr-mask need --us-image for the output grid")
         for image, is_mask, series in ((args.mr_image, False, args.mr_series), (args.mr_mask, True, None),
                                        (args.us_image, False, args.us_series)):
             if image is not None:  # check every input before any output is written
                 read_image_or_series(image, series, is_mask=is_mask)
-        reg = register_pair(args.mr, args.us, args.output, name, args.weighted, names, landmark_map)
+        reg = register_pair(args.mr, args.us, args.output, name, args.weighted, names, landmark_map, surface)
         print(f"{name}: rotation {reg.transform.rotation_angle_deg():.1f} deg, RMS residual {reg.rms_mm:.2f} mm "
               f"-> {args.output / (name + '_MR_to_US.json')}")
         print_unreliable({name: reg.flags} if reg.flags else {}, 1, "pair")
-        if args.mr_image or args.mr_mask:
+        if (args.mr_image or args.mr_mask) and args.us_image is not None:
             for src, mask, suffix in ((args.mr_image, False, "MR_in_US"), (args.mr_mask, True, "MRmask_in_US")):
                 if src is not None:
                     print(f"  wrote {resample_into_us(reg, src, args.us_image, args.output / f'{name}_{suffix}.nii.gz', mask, args.mr_series if not mask else None, args.us_series)}")
@@ -303,7 +313,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     failed, unreliable = 0, {}
     for name, mr_file, us_file in pairs:
         try:
-            reg = register_pair(mr_file, us_file, args.output, name, args.weighted, names, landmark_map)
+            reg = register_pair(mr_file, us_file, args.output, name, args.weighted, names, landmark_map, surface)
             print(f"{name}: rotation {reg.transform.rotation_angle_deg():.1f} deg, RMS residual {reg.rms_mm:.2f} mm")
             if reg.flags:
                 unreliable[name] = reg.flags

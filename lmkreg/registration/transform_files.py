@@ -62,3 +62,37 @@ def read_itk_transform(path: PathLike, source: str = "MR", target: str = "US") -
     except ValueError:
         raise InputError(p, "transform is not rigid (rotation + translation)") from None
     return us_to_mr.inverse()
+
+
+# -- surface refinement (issue 17): both transforms in one transform JSON ----------------------
+
+def refinement_fields(result) -> dict:
+    """Fields a transform JSON gains from ``lmkreg_register --refine surface`` (a
+    lmkreg.registration.surface.SurfaceRefinement): the top-level ``matrix`` stays the transform
+    to use; ``landmark_transform`` and ``surface_transform`` (the ICP result, also when refused)
+    keep both, and ``surface_refinement`` says whether the refined one was accepted and why."""
+    return {"transform_source": "surface" if result.accepted else "landmarks",
+            "landmark_transform": result.landmark_transform.to_json(),
+            "surface_transform": None if result.surface_transform is None else result.surface_transform.to_json(),
+            "surface_refinement": result.to_json()}
+
+
+def read_transform_record(path: PathLike) -> dict[str, RigidTransform]:
+    """The transforms of an lmkreg transform JSON: ``used`` (the top-level matrix) and, when the
+    file comes from a surface refinement, ``landmarks`` and ``surface`` (each MR -> US)."""
+    import json
+
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(p, "file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(p, f"not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise InputError(p, "a transform JSON must hold an object")
+    out = {"used": RigidTransform.from_json(doc, p)}
+    for key, name in (("landmark_transform", "landmarks"), ("surface_transform", "surface")):
+        if isinstance(doc.get(key), dict):
+            out[name] = RigidTransform.from_json(doc[key], p)
+    return out

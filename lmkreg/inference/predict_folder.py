@@ -224,15 +224,15 @@ def trust_notes(predictor: LandmarkPredictor) -> list[str]:
     notes = []
     localizer = getattr(predictor, "localizer", None)
     predictor = getattr(predictor, "refiner", predictor)  # a cascade's answer is its refine stage's
+    if localizer is not None and localizer.calibration is None:
+        notes.append(f"{localizer.model_folder.name} has no calibration.json: the stages' disagreement is checked "
+                     f"against the refine crop offset it was trained for, not the localizer's error radius")
     if predictor.calibration is None and localizer is not None and localizer.calibration is not None:
         notes.append(f"{predictor.model_folder.name} has no calibration.json: the landmarks carry the localizer's "
                      f"error radii ({localizer.model_folder.name}), usually larger than their errors")
     elif predictor.calibration is None:
         notes.append(f"{predictor.model_folder.name} has no calibration.json: no error radii (retrain, or see "
                      f"documentation/inference.md)")
-    if localizer is not None and localizer.calibration is None:
-        notes.append(f"{localizer.model_folder.name} has no calibration.json: the stages' disagreement is checked "
-                     f"against the refine crop offset it was trained for, not the localizer's error radius")
     else:
         missing = {n: r for n, r in predictor.calibration.reasons.items() if r}
         for n, r in missing.items():

@@ -200,20 +200,27 @@ def speed_only(args) -> dict:
     if stages is None:  # pragma: no cover - cascade=True always plans one
         raise SystemExit("the plans have no MR cascade")
     shape = tuple(args.whole_shape) if args.whole_shape else WHOLE_SHAPE_ZYX
-    volume = write_whole_volume(ds.image_path(ds.cases("Ts")[0], "MR", "Ts"),
-                                root / f"whole_{'x'.join(str(n) for n in shape[::-1])}.nii.gz", shape)
+    volume = root / f"whole_{'x'.join(str(n) for n in shape[::-1])}.nii.gz"
+    if not volume.is_file():  # the same volume for every run (it depends on the seed only)
+        write_whole_volume(ds.image_path(ds.cases("Ts")[0], "MR", "Ts"), volume, shape)
     warm = ds.image_path(ds.cases("Tr")[0], "MR")
-    runs = []
     for trainer in args.trainers:
         random_cascade_models(ds, trainer, stages)
+    env = os.environ.copy()
+    if args.threads:
+        env["LMKREG_NUM_THREADS"] = str(args.threads)
+    runs = []
+    for trainer in [] if args.prepare_only else args.trainers:
         for tta in ("on", "off"):
             log(f"predict {volume.name} with {trainer}'s random-weight cascade, mirror TTA {tta}")
+            load = os.getloadavg()[0]
             out = subprocess.run([sys.executable, "-c", SPEED_CHILD, str(results_root() / ds.name), trainer,
-                                  str(volume), str(warm), tta], capture_output=True, text=True, env=os.environ.copy())
+                                  str(volume), str(warm), tta], capture_output=True, text=True, env=env)
             if out.returncode != 0:
                 runs.append({"trainer": trainer, "mirror_tta": tta == "on", "error": out.stderr[-2000:]})
             else:
                 runs.append({"trainer": trainer, **json.loads(out.stdout.strip().splitlines()[-1])})
+            runs[-1]["load_1min_before"] = load
             log(json.dumps(runs[-1]))
     confs = {n: {"spacing_zyx": plans.configuration(n).spacing_zyx, "input_size_zyx": plans.configuration(n).input_size_zyx,
                  "features_per_stage": plans.configuration(n).network.features_per_stage} for n in stages}
@@ -297,6 +304,11 @@ def main() -> None:
     p.add_argument("--whole-shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
                    help="--speed-only: volume size in voxels (default 300 512 512)")
     p.add_argument("--no-write", action="store_true", help="--speed-only: print the results, write no file")
+    p.add_argument("--threads", type=int, default=None,
+                   help="--speed-only: torch threads of the predicting process (default: lmkreg's policy, the free "
+                        "cores)")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="--speed-only: generate, plan, write the models and the volume, time nothing")
     args = p.parse_args()
     if args.speed_only:
         start = time.time()
@@ -307,7 +319,7 @@ def main() -> None:
         r = speed_only(args)
         r["minutes"] = (time.time() - start) / 60
         print(json.dumps(r, indent=1))
-        if not args.no_write:
+        if not args.no_write and not args.prepare_only:
             out = REPO / "benchmarks" / "results" / "cascade_speed.json"
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(r, indent=1) + "\n")

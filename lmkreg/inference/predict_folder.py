@@ -167,8 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cascade, or one configuration such as MR or MR_localizer (default: the cascade when both "
                         "of its stages are trained, else the single stage)")
     p.add_argument("-tr", "--trainer", default=None,
-                   help="trainer of the model (default: the only model trained for this modality; with several, "
-                        "the error lists them)")
+                   help="trainer of the model (default: the only trainer with a model for this modality, a single "
+                        "stage or a localizer + refine cascade; with several, the error lists them)")
     p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (default: all trained)")
     p.add_argument("-chk", "--checkpoint", default="final", choices=["final", "best", "latest"],
                    help="which checkpoint of each fold to use (default final)")

@@ -246,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rename labels of the files first, e.g. Apex=apex BN=bladder_neck PM=posterior_median "
                         "(ignoring upper/lower case)")
     p.add_argument("-tr", "--trainer", default=None,
-                   help="one shot: trainer of both models (default: the only one trained per modality)")
+                   help="one shot: trainer of both models (default: the only one with a model per modality, a "
+                        "single stage or a cascade)")
     p.add_argument("--mr-trainer", help="one shot: MR trainer (default --trainer)")
     p.add_argument("--us-trainer", help="one shot: US trainer (default --trainer)")
     p.add_argument("-f", "--folds", nargs="+", help="one shot: folds to ensemble (default: all trained)")

@@ -12,6 +12,21 @@ is in every table and the settings are fixed by the command line.
 in a separate process (models loaded and warmed up first) and reports the prediction time
 and that process's peak resident memory (targets: <= 10 s on 2 cores, < 3 GB).
 
+``--speed-only`` measures only that, without any training: it plans the preset from a small
+phantom set (the planner's real configurations, cascade forced), creates each trainer's MR
+localizer and refine networks with random initial weights and saves them through the normal
+checkpoint code (the time and memory of a prediction do not depend on the weights: the
+networks' sizes come from the plans, and a refine step always blends the crops at the 8
+lattice points around its anchor), then predicts one 512 x 512 x 300 MR volume in a separate
+process per trainer and per mirror-TTA setting (models loaded and warmed up on another image
+first, threads set as lmkreg_predict sets them).  Default trainers: LandmarkTrainer (the U-Net
+every DSNT variant and heatmap matching use) and DirectRegressionTrainer (encoder + dense
+head).  Writes benchmarks/results/cascade_speed.json (not with --no-write).
+
+    python benchmarks/cascade_benchmark.py --speed-only --preset pelvic
+    python benchmarks/cascade_benchmark.py --speed-only --preset pelvic_tiny --speed-cases 5 \
+        --whole-shape 40 64 64 --trainers LandmarkTrainer --no-write      # smoke run
+
     python benchmarks/cascade_benchmark.py --preset mu_regpro --train 40 --test 40 --epochs 20
     python benchmarks/cascade_benchmark.py --preset pelvic --train 40 --test 40 --epochs 20 --whole-volume
     python benchmarks/cascade_benchmark.py --tiny      # smoke run: pelvic_tiny, minutes, numbers meaningless
@@ -87,6 +102,137 @@ def evaluate_mode(ds, trainer: str, configuration: str, names: list[str]) -> dic
             "floor_read_seconds_per_pair": float(np.median(floor)) if floor else None}
 
 
+SPEED_CHILD = r"""
+import json, resource, sys, time
+from lmkreg.threads import configure_threads
+threads = configure_threads()  # as lmkreg_predict does
+import torch
+from lmkreg.inference.cascade import build_predictor
+from lmkreg.io.images import read_image
+res, trainer, path, warm, tta = sys.argv[1:6]
+t0 = time.perf_counter()
+predictor = build_predictor(res, trainer, "MR", None, folds=["all"], mirror_tta=tta == "on")
+t1 = time.perf_counter()
+predictor.predict(read_image(warm))  # warm-up on another image
+predictor.predict(read_image(warm))
+loaded_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t2 = time.perf_counter(); image = read_image(path); t3 = time.perf_counter()
+pred = predictor.predict(image); t4 = time.perf_counter()
+print(json.dumps({"kind": type(predictor).__name__, "mirror_tta": tta == "on",
+                  "torch_threads": torch.get_num_threads(), "load_seconds": t1 - t0,
+                  "read_seconds": t3 - t2, "predict_seconds": t4 - t3, "read_and_predict_seconds": t4 - t2,
+                  "refine_crops": len(getattr(pred, "crop_centres_lps", [])),
+                  "peak_rss_gb_models_loaded_and_warm": loaded_kb / 1e6,
+                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}))
+"""
+
+
+def write_whole_volume(source_image: Path, path: Path, shape_zyx=WHOLE_SHAPE_ZYX,
+                       spacing_xyz=(0.5, 0.5, 0.6)) -> Path:
+    """A volume of `shape_zyx` voxels around the centre of `source_image` (resampled, linear)."""
+    import SimpleITK as sitk
+
+    from lmkreg.io.images import read_image, write_image
+
+    src = read_image(source_image)
+    size_xyz = tuple(int(n) for n in shape_zyx[::-1])
+    centre = np.asarray(src.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in src.GetSize()]))
+    ref = sitk.Image(list(size_xyz), sitk.sitkFloat32)
+    ref.SetSpacing(spacing_xyz)
+    ref.SetOrigin((centre - (np.asarray(size_xyz) - 1) / 2 * np.asarray(spacing_xyz)).tolist())
+    big = sitk.Resample(sitk.Cast(src, sitk.sitkFloat32), ref, sitk.Transform(), sitk.sitkLinear, 0.0)
+    return write_image(big, path)
+
+
+def random_cascade_models(ds, trainer: str, configurations) -> list[Path]:
+    """Model folders TRAINER__CONF (fold 'all') holding randomly initialised networks, saved by
+    lmkreg's checkpoint code with the plans and dataset description, like a trained model."""
+    import shutil
+
+    import torch
+
+    from lmkreg.paths import results_root
+    from lmkreg.planning.plan_and_preprocess import preprocessed_folder
+    from lmkreg.planning.plans import PLANS_FILE, Plans
+    from lmkreg.training.checkpoint import save_checkpoint
+    from lmkreg.training.registry import find_trainer
+
+    pre = preprocessed_folder(ds)
+    plans = Plans.load(pre / PLANS_FILE)
+    folders = []
+    for i, name in enumerate(configurations):
+        folder = results_root() / ds.name / f"{trainer}__{name}"
+        (folder / "fold_all").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(pre / PLANS_FILE, folder / PLANS_FILE)
+        shutil.copyfile(ds.folder / "dataset.json", folder / "dataset.json")
+        conf = plans.configuration(name)
+        torch.manual_seed(i)
+        net = find_trainer(trainer).build_network(conf, len(plans.landmarks))
+        save_checkpoint({"trainer": trainer, "modality": name, "fold": "all", "epoch": 0, "network": net.state_dict(),
+                         "configuration": conf.to_json(), "landmarks": list(plans.landmarks),
+                         "note": "random initial weights (speed benchmark)"},
+                        folder / "fold_all" / "checkpoint_final.pth")
+        folders.append(folder)
+    return folders
+
+
+def speed_only(args) -> dict:
+    """See the module docstring (--speed-only)."""
+    from lmkreg.dataset.layout import open_dataset
+    from lmkreg.phantoms.generator import generate_dataset
+    from lmkreg.planning.plan_and_preprocess import plan_and_preprocess, preprocessed_folder
+    from lmkreg.planning.plans import PLANS_FILE, Plans
+    from lmkreg.paths import results_root
+
+    root = args.root / f"speed_{args.preset}"
+    for var, sub in (("LMKREG_raw", "raw"), ("LMKREG_preprocessed", "pre"), ("LMKREG_results", "res")):
+        os.environ[var] = str(root / sub)
+    dataset_id = DATASET_IDS[args.preset]
+    if not any((root / "raw").glob(f"Dataset{dataset_id}_*")):
+        log(f"generating {args.speed_cases} + 1 {args.preset} pairs")
+        generate_dataset(dataset_id, args.speed_cases, 1, name=f"Speed_{args.preset}", preset=args.preset, seed=13,
+                         root=root / "raw", workers=args.workers, progress=False)
+    plan_and_preprocess(str(dataset_id), workers=args.workers, num_folds=min(5, args.speed_cases),
+                        skip_preprocessing=True, cascade=True)
+    ds = open_dataset(dataset_id)
+    plans = Plans.load(preprocessed_folder(ds) / PLANS_FILE)
+    stages = plans.cascade("MR")
+    if stages is None:  # pragma: no cover - cascade=True always plans one
+        raise SystemExit("the plans have no MR cascade")
+    shape = tuple(args.whole_shape) if args.whole_shape else WHOLE_SHAPE_ZYX
+    volume = root / f"whole_{'x'.join(str(n) for n in shape[::-1])}.nii.gz"
+    if not volume.is_file():  # the same volume for every run (it depends on the seed only)
+        write_whole_volume(ds.image_path(ds.cases("Ts")[0], "MR", "Ts"), volume, shape)
+    warm = ds.image_path(ds.cases("Tr")[0], "MR")
+    for trainer in args.trainers:
+        random_cascade_models(ds, trainer, stages)
+    env = os.environ.copy()
+    if args.threads:
+        env["LMKREG_NUM_THREADS"] = str(args.threads)
+    runs = []
+    for trainer in [] if args.prepare_only else args.trainers:
+        for tta in ("on", "off"):
+            log(f"predict {volume.name} with {trainer}'s random-weight cascade, mirror TTA {tta}")
+            load = os.getloadavg()[0]
+            out = subprocess.run([sys.executable, "-c", SPEED_CHILD, str(results_root() / ds.name), trainer,
+                                  str(volume), str(warm), tta], capture_output=True, text=True, env=env)
+            if out.returncode != 0:
+                runs.append({"trainer": trainer, "mirror_tta": tta == "on", "error": out.stderr[-2000:]})
+            else:
+                runs.append({"trainer": trainer, **json.loads(out.stdout.strip().splitlines()[-1])})
+            runs[-1]["load_1min_before"] = load
+            log(json.dumps(runs[-1]))
+    confs = {n: {"spacing_zyx": plans.configuration(n).spacing_zyx, "input_size_zyx": plans.configuration(n).input_size_zyx,
+                 "features_per_stage": plans.configuration(n).network.features_per_stage} for n in stages}
+    return {"preset": args.preset, "command": "python benchmarks/cascade_benchmark.py " + " ".join(sys.argv[1:]),
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "weights": "random initial weights saved as checkpoints: the time and memory of a prediction do not "
+                       "depend on the weights (network sizes come from the plans; every refine step blends 8 crops)",
+            "planned_from_cases": args.speed_cases, "configurations": confs, "shape_zyx": list(shape),
+            "spacing_xyz_mm": [0.5, 0.5, 0.6], "runs": runs,
+            "targets": {"predict_seconds": 10.0, "peak_rss_gb": 3.0, "cores": 2}}
+
+
 WHOLE_VOLUME_CHILD = r"""
 import json, resource, sys, time
 import numpy as np, SimpleITK as sitk
@@ -107,22 +253,9 @@ print(json.dumps({"read_seconds": t1 - t0, "predict_seconds": t2 - t1, "kind": t
 def whole_volume(ds, trainer: str, folder: Path) -> dict:
     """A 512 x 512 x 300 MR volume (a test MR resampled onto a 0.5 x 0.5 x 0.6 mm grid of that
     size around it), predicted in a fresh process."""
-    import SimpleITK as sitk
-
-    from lmkreg.io.images import read_image, write_image
     from lmkreg.paths import results_root
 
-    case = ds.cases("Ts")[0]
-    src = read_image(ds.image_path(case, "MR", "Ts"))
-    size_xyz = WHOLE_SHAPE_ZYX[::-1]
-    spacing = (0.5, 0.5, 0.6)
-    centre = np.asarray(src.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in src.GetSize()]))
-    ref = sitk.Image(list(size_xyz), sitk.sitkFloat32)
-    ref.SetSpacing(spacing)
-    ref.SetOrigin((centre - (np.asarray(size_xyz) - 1) / 2 * np.asarray(spacing)).tolist())
-    big = sitk.Resample(sitk.Cast(src, sitk.sitkFloat32), ref, sitk.Transform(), sitk.sitkLinear, 0.0)
-    path = folder / "whole_512x512x300.nii.gz"
-    write_image(big, path)
+    path = write_whole_volume(ds.image_path(ds.cases("Ts")[0], "MR", "Ts"), folder / "whole_512x512x300.nii.gz")
     out = subprocess.run([sys.executable, "-c", WHOLE_VOLUME_CHILD, str(results_root() / ds.name), trainer, str(path),
                           str(ds.image_path(ds.cases("Ts")[-1], "MR", "Ts"))],
                          capture_output=True, text=True, env=os.environ.copy())
@@ -165,7 +298,33 @@ def main() -> None:
     p.add_argument("--whole-volume", action="store_true", help="also time a 512x512x300 volume")
     p.add_argument("--root", type=Path, default=Path.home() / "lmkreg_cascade_benchmark")
     p.add_argument("--tiny", action="store_true", help="smoke run (pelvic_tiny, 6+3 cases, 1 epoch of 5 steps)")
+    p.add_argument("--speed-only", action="store_true",
+                   help="no training: time one whole MR volume with random-weight cascades (see above)")
+    p.add_argument("--speed-cases", type=int, default=6, help="--speed-only: phantom cases to plan from")
+    p.add_argument("--whole-shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                   help="--speed-only: volume size in voxels (default 300 512 512)")
+    p.add_argument("--no-write", action="store_true", help="--speed-only: print the results, write no file")
+    p.add_argument("--threads", type=int, default=None,
+                   help="--speed-only: torch threads of the predicting process (default: lmkreg's policy, the free "
+                        "cores)")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="--speed-only: generate, plan, write the models and the volume, time nothing")
     args = p.parse_args()
+    if args.speed_only:
+        start = time.time()
+        if args.preset == "mu_regpro" and "--preset" not in sys.argv:
+            args.preset = "pelvic"
+        if "--trainers" not in sys.argv:  # the DSNT variants and heatmap matching run the same U-Net
+            args.trainers = ["LandmarkTrainer", "DirectRegressionTrainer"]
+        r = speed_only(args)
+        r["minutes"] = (time.time() - start) / 60
+        print(json.dumps(r, indent=1))
+        if not args.no_write and not args.prepare_only:
+            out = REPO / "benchmarks" / "results" / "cascade_speed.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(r, indent=1) + "\n")
+            log(f"wrote {out}")
+        return
     if args.tiny:
         args.preset, args.train, args.test, args.epochs, args.iterations = "pelvic_tiny", 6, 3, 1, 5
         args.trainers = args.trainers[:1] + ["HeatmapMatchingTrainer"] if args.trainers == TRAINERS else args.trainers

@@ -67,25 +67,72 @@ def friendly_errors(main: Callable[[Optional[Sequence[str]]], int]) -> Callable[
     return wrapper
 
 
-def trained_trainers(results_dataset_folder: Path, modality: str) -> list[str]:
-    """Trainer names with a trained model folder ``TRAINER__MODALITY`` in the dataset's results."""
+def _plans_configuration(model_folder: Path, name: str) -> dict:
+    """The configuration `name` of the plans.json a model folder carries ({} when it has none or
+    cannot be read: such a folder is not a usable model)."""
+    import json
+
+    try:
+        doc = json.loads((model_folder / "plans.json").read_text(encoding="utf-8"))
+        conf = doc["configurations"][name]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return conf if isinstance(conf, dict) else {}
+
+
+def _has_cascade(folder: Path, trainer: str, modality: str) -> bool:
+    """True when `trainer` has a refine model folder of `modality` whose plans name a localizer
+    configuration that has a model folder too (``TRAINER__MR_refine`` + ``TRAINER__MR_localizer``)."""
+    for refine in folder.glob(f"{trainer}__{modality}_*"):
+        conf = _plans_configuration(refine, refine.name.partition("__")[2])
+        previous = conf.get("previous_stage")
+        if (refine.is_dir() and conf.get("stage") == "refine" and conf.get("modality") == modality
+                and isinstance(previous, str) and (folder / f"{trainer}__{previous}").is_dir()):
+            return True
+    return False
+
+
+def trained_trainers(results_dataset_folder: Path, modality: str, configuration: Optional[str] = None) -> list[str]:
+    """Trainer names with a trained model for `modality` in the dataset's results: a model folder
+    ``TRAINER__MODALITY`` (single stage) or a cascade (``TRAINER__MODALITY_refine`` and the
+    localizer folder its plans name).  `configuration` (as ``lmkreg_predict -c``): 'cascade' (or a
+    refine configuration) counts only cascades, another name only folders of that configuration."""
     folder = Path(results_dataset_folder)
     if not folder.is_dir():
         return []
-    suffix = f"__{modality}"
-    return sorted(p.name[: -len(suffix)] for p in folder.iterdir() if p.is_dir() and p.name.endswith(suffix))
+    names = {p.name.partition("__")[0] for p in folder.iterdir() if p.is_dir() and "__" in p.name}
+    cascade = configuration in ("cascade", "refine") or (configuration or "").endswith("_refine")
+    wanted = None if configuration is None or cascade else configuration
+    if wanted is not None and wanted != modality and not wanted.startswith(f"{modality}_"):
+        wanted = f"{modality}_{wanted}"
+    found = []
+    for trainer in sorted(names):
+        if wanted is not None:
+            ok = (folder / f"{trainer}__{wanted}").is_dir()
+        elif cascade:
+            ok = _has_cascade(folder, trainer, modality)
+        else:
+            ok = (folder / f"{trainer}__{modality}").is_dir() or _has_cascade(folder, trainer, modality)
+        if ok:
+            found.append(trainer)
+    return found
 
 
-def choose_trainer(results_dataset_folder: Path, modality: str, trainer: Optional[str]) -> str:
-    """The trainer whose model to use: the one given, else the only one trained for this modality;
-    with several (or none) trained, say which exist and how to choose."""
+def choose_trainer(results_dataset_folder: Path, modality: str, trainer: Optional[str],
+                   configuration: Optional[str] = None) -> str:
+    """The trainer whose model to use: the one given, else the only one trained for this modality
+    (single stage or cascade; see trained_trainers); with several (or none) trained, say which
+    exist and how to choose."""
     if trainer:
         return trainer
-    found = trained_trainers(results_dataset_folder, modality)
+    found = trained_trainers(results_dataset_folder, modality, configuration)
     if len(found) == 1:
         return found[0]
     if not found:
-        raise ConfigurationError(f"{results_dataset_folder}: no trained {modality} model (no TRAINER__{modality} "
-                                 f"folder); train one with lmkreg_train")
+        what = f"no TRAINER__{modality} folder and no cascade TRAINER__{modality}_localizer + TRAINER__{modality}_refine"
+        if configuration:
+            what = f"none of configuration {configuration}"
+        raise ConfigurationError(f"{results_dataset_folder}: no trained {modality} model ({what}); train one with "
+                                 f"lmkreg_train")
     raise ConfigurationError(f"{results_dataset_folder}: {len(found)} trained {modality} models ({', '.join(found)}); "
                              f"choose one with -tr/--trainer (lmkreg_find_best_configuration ranks them)")

@@ -14,12 +14,20 @@ little give answers that differ a little, never by a jump of one crop voxel.
 ``LandmarkPredictor``, so ``predict_folder`` runs either (reading and the localizer's
 preprocessing of the next image overlap the networks of the current one).  Its predictions
 record the localizer's landmarks and every crop centre in the output JSON (``cascade``).
+
+Trust (issue 14, lmkreg.inference.stage_trust): a refine landmark further from the localizer's
+than the two stages' calibrated radii allow (without a localizer radius: the crop offset the
+refine stage was trained for), or whose heatmap sits at its crop's border, is flagged; the
+distance, the limit and the border share are recorded per landmark.  A refine stage without a
+calibration borrows the localizer's (larger) radius, and says so.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -29,37 +37,68 @@ import SimpleITK as sitk
 
 from lmkreg.errors import ConfigurationError
 from lmkreg.geometry import ImageGeometry
-from lmkreg.inference.predictor import LandmarkPredictor, Prediction, available_folds, model_folder_for
+from lmkreg.inference.predictor import (BORDER_MASS_FLAG, LandmarkPredictor, Prediction, _finite, available_folds,
+                                        model_folder_for)
+from lmkreg.inference.stage_trust import LOCALIZER, StageCheck, borrow_localizer_radii, check_stages
 from lmkreg.io.landmarks import LandmarkSet
 from lmkreg.config.plans import PLANS_FILE, Plans
 from lmkreg.preprocessing.preprocessor import landmark_anchor
 
-# a refine landmark further than this many times the trained crop jitter (per-axis bound, so
-# x sqrt(3) for the diagonal) from the localizer's is flagged: the crop may have missed it
-MOVE_FLAG_FACTOR = 1.0
-
 
 @dataclass
 class CascadePrediction(Prediction):
-    """The refine stage's prediction, with the localizer's landmarks and the crop centres."""
+    """The refine stage's prediction, with the localizer's landmarks, the crop centres and the
+    stage check (``stage_check``: distance, limit and crop-border share per landmark;
+    ``radius_from``: which stage's calibrated radius each landmark carries)."""
 
     stage1: Optional[Prediction] = None
     crop_centres_lps: list[list[float]] = field(default_factory=list)
     configurations: tuple[str, str] = ("", "")
+    stage_check: Optional[StageCheck] = None
+    radius_from: dict[str, str] = field(default_factory=dict)
+
+    def trust_document(self) -> dict:
+        doc = super().trust_document()
+        for n, lm in doc["landmarks"].items():
+            if self.radius_from.get(n):
+                lm["radius_from"] = self.radius_from[n]
+            if self.radius_from.get(n) == LOCALIZER:
+                lm["radius_note"] = self.radius_note.get(n, "")
+        return doc
+
+    def describe(self, name: str) -> str:
+        r = self.radius_mm.get(name)
+        if self.radius_from.get(name) != LOCALIZER or r is None or not self.coverage:
+            return super().describe(name)
+        return (f"within {r:.1f} mm at {self.coverage:.0%} (the localizer's radius: the refine stage is not "
+                f"calibrated)" + ("; UNRELIABLE" if self.landmark_flagged(name) else ""))
 
     def with_extras(self) -> LandmarkSet:
         out = super().with_extras()
         extras = dict(out.extras)
         stage1 = self.stage1.landmarks if self.stage1 is not None else LandmarkSet({})
-        moved = {n: _distance(stage1.points.get(n), self.landmarks.points.get(n)) for n in self.landmarks.names}
+        check = self.stage_check or StageCheck()
+        names = self.landmarks.names
+        moved = {n: _distance(stage1.points.get(n), self.landmarks.points.get(n)) for n in names}
         extras["cascade"] = {
             "localizer": self.configurations[0], "refine": self.configurations[1],
             "stage1_landmarks_lps": {n: None if p is None else [round(float(v), 4) for v in p]
                                      for n, p in stage1.points.items()},
             "stage1_flags": list(self.stage1.flags) if self.stage1 is not None else [],
+            "stage1_radius_mm": {n: _finite(self.stage1.radius_mm.get(n)) if self.stage1 is not None else None
+                                 for n in names},
             "crop_centres_lps": [[round(float(v), 4) for v in c] for c in self.crop_centres_lps],
-            "stage2_moved_mm": moved}
+            "stage2_moved_mm": moved,
+            "stage2_moved_limit_mm": {n: _finite(check.limit_mm.get(n)) for n in names},
+            "stage2_moved_limit_from": {n: check.limit_from.get(n) for n in names},
+            "crop_border_mass": {n: _finite(check.border_mass.get(n)) for n in names},
+            "crop_border_mass_limit": BORDER_MASS_FLAG}
         return LandmarkSet(dict(out.points), extras)
+
+
+def _flag_kind(flag: str) -> str:
+    """A flag without its numbers: the blended crops raise the same flag with other values."""
+    return re.sub(r"-?\d+(\.\d+)?", "#", flag)
 
 
 def _distance(a: Optional[np.ndarray], b: Optional[np.ndarray]) -> Optional[float]:
@@ -113,18 +152,22 @@ class CascadePredictor:
             pred, blended = self._blend(staged.image, anchor)
             centres += blended
             anchor = landmark_anchor(pred.landmarks.to_array(self.names))
-        flags = list(pred.flags)
-        limit = MOVE_FLAG_FACTOR * self.conf.crop_jitter_mm * np.sqrt(3)
-        for n in self.names:
-            d = _distance(stage1.landmarks.points.get(n), pred.landmarks.points.get(n))
-            if d is not None and d > limit:
-                flags.append(f"{n}: refine stage moved it {d:.1f} mm from the localizer's estimate (> "
-                             f"{limit:.1f} mm, the crop jitter it was trained with)")
         values = {f.name: getattr(pred, f.name) for f in dataclasses.fields(pred)}
-        values["flags"] = flags
-        return CascadePrediction(**values, stage1=stage1, crop_centres_lps=[c.tolist() for c in centres],
-                                 configurations=(self.localizer.model_folder.name.partition("__")[2],
-                                                 self.refiner.model_folder.name.partition("__")[2]))
+        for key in ("flags", "signals", "radius_mm", "radius_note"):  # own copies: the stage check edits them
+            values[key] = copy.deepcopy(values[key])
+        out = CascadePrediction(**values, stage1=stage1, crop_centres_lps=[c.tolist() for c in centres],
+                                configurations=(self.localizer.model_folder.name.partition("__")[2],
+                                                self.refiner.model_folder.name.partition("__")[2]))
+        # stage disagreement and crop border (issue 14), judged with the refine stage's own radii
+        out.stage_check = check_stages(stage1, out, self.names, self.conf.crop_jitter_mm)
+        out.flags += out.stage_check.flags
+        out.radius_from = borrow_localizer_radii(out, stage1, self.names, self.refiner.max_radius_mm)
+        return out
+
+    def check_image(self, pred: Prediction, image_geometry: ImageGeometry) -> None:
+        """Landmarks outside the image, image extent against training (the refine model's
+        statistics); see LandmarkPredictor.check_image."""
+        self.refiner.check_image(pred, image_geometry)
 
     def _blend(self, image: sitk.Image, anchor: np.ndarray) -> tuple[Prediction, list[np.ndarray]]:
         """The refine prediction for a crop centred anywhere: the predictions of the crops at
@@ -153,16 +196,24 @@ class CascadePredictor:
         def mean_of(attr: str) -> dict[str, float]:
             return {n: float(sum(w * getattr(p, attr).get(n, np.nan) for w, p in zip(wts, preds))) for n in self.names}
 
-        flags = list(dict.fromkeys(f for p in preds for f in p.flags))
-        main = preds[int(np.argmax(wts))]
+        order = np.argsort(-wts)  # each kind of flag once, as the crop of largest weight says it
+        flags = list({_flag_kind(f): f for i in order[::-1] for f in preds[i].flags}.values())
+        main = preds[int(order[0])]
+        signals = copy.deepcopy(main.signals)
+        for n in self.names:  # the crop-border share of the blend: weighted like the landmarks
+            shares = [p.signals.get(n, {}).get("crop_border_mass") for p in preds]
+            if all(v is not None for v in shares) and n in signals:
+                signals[n]["crop_border_mass"] = float(sum(w * v for w, v in zip(wts, shares)))
         out = dataclasses.replace(main, landmarks=LandmarkSet.from_array(self.names, world),
                                   spread_mm=mean_of("spread_mm"), fold_disagreement_mm=mean_of("fold_disagreement_mm"),
-                                  flags=flags)
+                                  flags=flags, signals=signals)
         return out, centres
 
     def predict(self, image: sitk.Image) -> CascadePrediction:
         staged, grid = self.preprocess(image)
-        return self.predict_array(staged, grid)
+        pred = self.predict_array(staged, grid)
+        self.check_image(pred, ImageGeometry.from_image(image))
+        return pred
 
 
 def cascade_folders(results_dataset_folder: Path, trainer: str, modality: str,

@@ -167,8 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cascade, or one configuration such as MR or MR_localizer (default: the cascade when both "
                         "of its stages are trained, else the single stage)")
     p.add_argument("-tr", "--trainer", default=None,
-                   help="trainer of the model (default: the only model trained for this modality; with several, "
-                        "the error lists them)")
+                   help="trainer of the model (default: the only trainer with a model for this modality, a single "
+                        "stage or a localizer + refine cascade; with several, the error lists them)")
     p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (default: all trained)")
     p.add_argument("-chk", "--checkpoint", default="final", choices=["final", "best", "latest"],
                    help="which checkpoint of each fold to use (default final)")
@@ -201,7 +201,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from lmkreg.threads import configure_threads; configure_threads()  # noqa: E702  (threads from the free cores)
     dataset_name = find_dataset(args.dataset).name
     results = results_root() / dataset_name
-    trainer = args.trainer or choose_trainer(results, args.modality, None)
+    trainer = args.trainer or choose_trainer(results, args.modality, None, args.configuration)
     list_images(args.input, args.num_parts, args.part_id, args.series)  # bad input fails before models load
     predictor = build_predictor(results, trainer, args.modality, args.configuration,
                                 folds=args.folds, checkpoint=args.checkpoint, device=args.device, mirror_tta=args.tta,
@@ -222,8 +222,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def trust_notes(predictor: LandmarkPredictor) -> list[str]:
     """What the run could not check, said once instead of per case."""
     notes = []
+    localizer = getattr(predictor, "localizer", None)
     predictor = getattr(predictor, "refiner", predictor)  # a cascade's answer is its refine stage's
-    if predictor.calibration is None:
+    if localizer is not None and localizer.calibration is None:
+        notes.append(f"{localizer.model_folder.name} has no calibration.json: the stages' disagreement is checked "
+                     f"against the refine crop offset it was trained for, not the localizer's error radius")
+    if predictor.calibration is None and localizer is not None and localizer.calibration is not None:
+        notes.append(f"{predictor.model_folder.name} has no calibration.json: the landmarks carry the localizer's "
+                     f"error radii ({localizer.model_folder.name}), usually larger than their errors")
+    elif predictor.calibration is None:
         notes.append(f"{predictor.model_folder.name} has no calibration.json: no error radii (retrain, or see "
                      f"documentation/inference.md)")
     else:

@@ -41,6 +41,12 @@ DISAGREEMENT_FLAG_MM = 5.0
 # evaluation counts as a failure
 RADIUS_FLAG_MM = 5.0
 
+# a refine stage's crop "did not hold" a landmark when more than BORDER_MASS_FLAG of its heatmap
+# lies in the outer BORDER_VOXELS voxels of the crop (training never puts a landmark there: the
+# planned crop keeps every landmark >= 10 mm inside); see crop_border_mass
+BORDER_VOXELS = 2
+BORDER_MASS_FLAG = 0.5
+
 # the optimised module must reproduce the eager output to this fraction of its largest magnitude
 # (at least 1): float reassociation in MKLDNN gives ~1e-6; anything near this is a real fault
 OPTIMIZE_TOLERANCE = 1e-4
@@ -104,6 +110,28 @@ class Prediction:
 
 def _finite(v: Optional[float]) -> Optional[float]:
     return None if v is None or not np.isfinite(v) else round(float(v), 4)
+
+
+def crop_border_mass(outputs: torch.Tensor, vox_zyx: np.ndarray, grid_shape_zyx: Sequence[int],
+                     band: int = BORDER_VOXELS) -> np.ndarray:
+    """Per landmark (L,): the share of the network's heatmap in the outer `band` voxels of its
+    grid (shape `grid_shape_zyx`), for a batch of one.  Heatmap networks: the softmax of the
+    output over the grid (the DSNT heatmap itself; for heatmap matching it is dominated by the
+    peak).  Networks without a heatmap (regression): 1 when the decoded point `vox_zyx` (L, 3
+    voxel indices) lies in that band or outside the grid, else 0.  Why: a landmark outside a
+    crop is pushed to the crop's border, whatever the network, and its spread can stay small."""
+    shape = [int(n) for n in grid_shape_zyx]
+    bands = [min(band, (n - 1) // 2) for n in shape]
+    if outputs.dim() == 5 and list(outputs.shape[2:]) == shape:
+        from lmkreg.training.dsnt import flat_softmax
+
+        h = flat_softmax(outputs[:1].float())[0]  # (L, Z, Y, X)
+        inner = tuple(slice(b, n - b) for b, n in zip(bands, shape))
+        return (1.0 - h[(slice(None),) + inner].sum(dim=(1, 2, 3))).clamp(0.0, 1.0).double().cpu().numpy()
+    v = np.asarray(vox_zyx, float)
+    lo = np.asarray(bands, float) - 0.5
+    hi = np.asarray(shape, float) - np.asarray(bands, float) - 0.5
+    return (~((v >= lo) & (v <= hi)).all(axis=-1)).astype(float)
 
 
 def available_folds(model_folder: Path, checkpoint: str) -> list[str]:
@@ -229,6 +257,7 @@ class LandmarkPredictor:
         spacing = list(self.conf.spacing_zyx)
         worlds, spreads = [], []
         per_fold_mean, per_fold_gap, per_fold_spread = [], [], []
+        borders = []  # refine stage: heatmap share at the crop border per pass (crop_border_mass)
         affine = grid.index_to_world_affine()
         for net, module in zip(self.networks, self.inference_modules):
             run = module if planned else net
@@ -241,6 +270,8 @@ class LandmarkPredictor:
                 vox = mm[0].double().cpu().numpy() / np.asarray(spacing)
                 if flipped:
                     vox[:, 2] = array.shape[-1] - 1 - vox[:, 2]
+                if self.conf.stage == "refine":  # the band is symmetric: the flip does not matter
+                    borders.append(crop_border_mass(out, vox, array.shape[-3:]))
                 fold_worlds.append(vox @ affine[:3, :3].T + affine[:3, 3])
                 fold_spreads.append(spread[0].double().cpu().numpy())
             worlds += fold_worlds
@@ -267,6 +298,9 @@ class LandmarkPredictor:
         pred = Prediction(LandmarkSet.from_array(self.names, mean), dict(zip(self.names, map(float, spread))),
                           dict(zip(self.names, map(float, disagreement))), flags)
         self._assess(pred, array, grid, np.stack(per_fold_mean), np.stack(per_fold_gap), np.stack(per_fold_spread))
+        if borders:
+            for n, share in zip(self.names, np.mean(borders, axis=0)):
+                pred.signals[n]["crop_border_mass"] = float(share)
         if image_geometry is not None:
             self.check_image(pred, image_geometry)
         return pred

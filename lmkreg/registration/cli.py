@@ -4,8 +4,9 @@ One pair:   lmkreg_register --mr case1_MR.json --us case1_US.json -o out/
 Folders:    lmkreg_register --mr-dir pred_MR/ --us-dir pred_US/ -o out/   (matched by case name:
             the file name without suffix and without a trailing _MR / _US)
 One shot:   lmkreg_register --mr-image mr.nii.gz --us-image us.nii.gz -d 1 -o out/   (predicts the
-            landmarks of both volumes with the dataset's trained models, then registers; an image
-            may be a folder holding a DICOM series)
+            landmarks of both volumes with the dataset's trained models, a modality's cascade when
+            both of its stages are trained, then registers; an image may be a folder holding a
+            DICOM series)
 
 Only the dataset's landmark names are fitted (-d; default apex, bladder_neck, posterior_median
 or --landmark-names); labels of other tools are renamed with --landmark-map Apex=apex BN=...,
@@ -197,9 +198,10 @@ def predict_pair(dataset: str, mr_image: Path, us_image: Path, out_dir: Path, na
                  trainers: dict[str, Optional[str]], folds: Optional[Sequence[str]] = None,
                  series: Optional[dict[str, Optional[str]]] = None, overwrite: bool = False) -> tuple[Path, Path]:
     """Landmarks of an MR and a US volume with the trained models: ``NAME_MR.json`` / ``NAME_US.json``
-    (lmkreg JSON with confidence) and their ``.mrk.json`` twins in `out_dir`."""
+    (lmkreg JSON with confidence) and their ``.mrk.json`` twins in `out_dir`.  Like
+    ``lmkreg_predict``, a modality's cascade is used when both of its stages are trained."""
     from lmkreg.dataset.layout import find_dataset
-    from lmkreg.inference.predictor import LandmarkPredictor, model_folder_for
+    from lmkreg.inference.cascade import build_predictor
     from lmkreg.io.landmark_files import write_landmarks
     from lmkreg.io.landmarks import write_lmkreg_json
     from lmkreg.paths import results_root
@@ -214,8 +216,8 @@ def predict_pair(dataset: str, mr_image: Path, us_image: Path, out_dir: Path, na
     for modality, image in (("MR", mr_image), ("US", us_image)):
         # one image per model: building the optimised CPU module would cost more than it saves
         trainer = choose_trainer(results, modality, trainers.get(modality))
-        predictor = LandmarkPredictor(model_folder_for(results, trainer, modality), folds, optimize=False,
-                                      mirror_tta=True)  # mirror TTA: the calibrated radius needs it
+        predictor = build_predictor(results, trainer, modality, None, folds=folds, optimize=False,
+                                    mirror_tta=True)  # mirror TTA: the calibrated radius needs it
         pred = predictor.predict(read_image_or_series(image, (series or {}).get(modality)))
         write_landmarks(pred.landmarks, out_dir / f"{name}_{modality}.mrk.json")
         written.append(write_lmkreg_json(pred.with_extras(), out_dir / f"{name}_{modality}.json"))
@@ -252,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rename labels of the files first, e.g. Apex=apex BN=bladder_neck PM=posterior_median "
                         "(ignoring upper/lower case)")
     p.add_argument("-tr", "--trainer", default=None,
-                   help="one shot: trainer of both models (default: the only one trained per modality)")
+                   help="one shot: trainer of both models (default: the only one with a model per modality, a "
+                        "single stage or a cascade)")
     p.add_argument("--mr-trainer", help="one shot: MR trainer (default --trainer)")
     p.add_argument("--us-trainer", help="one shot: US trainer (default --trainer)")
     p.add_argument("-f", "--folds", nargs="+", help="one shot: folds to ensemble (default: all trained)")

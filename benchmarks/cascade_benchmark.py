@@ -153,7 +153,7 @@ def random_cascade_models(ds, trainer: str, configurations) -> list[Path]:
 
     from lmkreg.paths import results_root
     from lmkreg.planning.plan_and_preprocess import preprocessed_folder
-    from lmkreg.planning.plans import PLANS_FILE, Plans
+    from lmkreg.config.plans import PLANS_FILE, Plans
     from lmkreg.training.checkpoint import save_checkpoint
     from lmkreg.training.registry import find_trainer
 
@@ -181,7 +181,7 @@ def speed_only(args) -> dict:
     from lmkreg.dataset.layout import open_dataset
     from lmkreg.phantoms.generator import generate_dataset
     from lmkreg.planning.plan_and_preprocess import plan_and_preprocess, preprocessed_folder
-    from lmkreg.planning.plans import PLANS_FILE, Plans
+    from lmkreg.config.plans import PLANS_FILE, Plans
     from lmkreg.paths import results_root
 
     root = args.root / f"speed_{args.preset}"

@@ -21,7 +21,7 @@ from torch import nn
 from lmkreg.geometry import ImageGeometry, rotation_direction
 from lmkreg.inference.predictor import BORDER_VOXELS
 from lmkreg.io.atomic import atomic_write_json
-from lmkreg.planning.plans import PLANS_FILE, Plans
+from lmkreg.config.plans import PLANS_FILE, Plans
 from lmkreg.training.checkpoint import save_checkpoint
 from lmkreg.training.registry import find_trainer
 

@@ -20,7 +20,7 @@ from lmkreg.phantoms.presets import PRESETS
 from lmkreg.planning.stages import case_centroids, plan_cascade
 from lmkreg.preprocessing.preprocessor import snap_to_lattice, stage_input, target_geometry
 from lmkreg.training.data import centre_crop, crop_sample, jittered_crop
-from toydata import folders_under, use_folders
+from toydata import folders_under, pelvic_mr_dataset, use_folders
 
 NAMES = list(DEFAULT_LANDMARK_NAMES)
 
@@ -165,26 +165,18 @@ EPOCHS, ITERATIONS, TRAINER = 10, 20, "HeatmapMatchingTrainer"
 def trained_cascade(tmp_path_factory):
     """10 MR-only pelvic_tiny cases (gland up to ~30 mm off-centre) -> plans with a cascade
     under a small CPU budget -> both stages trained on every case (fold 'all')."""
-    from lmkreg.dataset.layout import Dataset, DatasetSpec, dataset_folder_name
-    from lmkreg.io.images import write_image
-    from lmkreg.io.landmarks import write_lmkreg_json
     from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
     from lmkreg.planning.planner import Budget
     from lmkreg.training.run import train
 
     root = tmp_path_factory.mktemp("cascade")
     with folders_under(root) as env:
-        spec = DatasetSpec(name=dataset_folder_name(41, "PelvicToy"), modalities=["MR"], num_training=10)
-        ds = Dataset.create(root / "raw" / spec.name, spec)
-        for i in range(10):
-            case = generate_case(100 + i, "pelvic_tiny", mr_only=True)
-            write_image(case.mr_image, ds.image_path(f"p{i:03d}", "MR"))
-            write_lmkreg_json(case.mr_landmarks, ds.landmarks_path(f"p{i:03d}", "MR"))
+        ds = pelvic_mr_dataset(41, "PelvicToy", 10, first_seed=100)
         pre = plan_and_preprocess("41", Budget("cpu", None, 0.06), workers=1, num_folds=2, cascade=True)
         summaries = {c: train("41", "MR", "all", TRAINER, device="cpu", num_epochs=EPOCHS,
                               iterations_per_epoch=ITERATIONS, num_workers=0, progress_bar=False, configuration=c)
                      for c in ("localizer", "refine")}
-    return env, root / "res" / spec.name, pre, summaries
+    return env, root / "res" / ds.name, pre, summaries
 
 
 def test_cascade_finds_the_same_world_landmarks_whatever_the_frame(trained_cascade, monkeypatch):

@@ -161,25 +161,15 @@ def test_planned_jitter_when_the_localizer_has_no_cross_validation(tmp_path):
 def cascade(tmp_path_factory):
     """Six MR pelvic_tiny cases, two folds, a planned cascade.  Refine fold 1 is trained before
     any localizer (planned jitter), then localizer folds 0 and 1, then refine fold 0 (measured)."""
-    from lmkreg.dataset.layout import Dataset, DatasetSpec, dataset_folder_name
-    from lmkreg.io.images import write_image
-    from lmkreg.phantoms.generator import generate_case
+    from toydata import folders_under, pelvic_mr_dataset
+
     from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
     from lmkreg.planning.planner import Budget
     from lmkreg.training.run import train
 
     root = tmp_path_factory.mktemp("cascade_training")
-    env = {"LMKREG_raw": str(root / "raw"), "LMKREG_preprocessed": str(root / "pre"),
-           "LMKREG_results": str(root / "res")}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        spec = DatasetSpec(name=dataset_folder_name(43, "CascadeTrain"), modalities=["MR"], num_training=6)
-        ds = Dataset.create(root / "raw" / spec.name, spec)
-        for i in range(6):
-            case = generate_case(200 + i, "pelvic_tiny", mr_only=True)
-            write_image(case.mr_image, ds.image_path(f"p{i:03d}", "MR"))
-            write_lmkreg_json(case.mr_landmarks, ds.landmarks_path(f"p{i:03d}", "MR"))
+    with folders_under(root):
+        ds = pelvic_mr_dataset(43, "CascadeTrain", 6, first_seed=200)
         pre = plan_and_preprocess("43", Budget("cpu", None, 0.06), workers=1, num_folds=2, cascade=True)
         kw = dict(trainer=TRAINER, device="cpu", num_epochs=1, iterations_per_epoch=2, num_workers=0,
                   progress_bar=False)
@@ -187,7 +177,7 @@ def cascade(tmp_path_factory):
         for fold in (0, 1):
             train("43", "MR", fold, configuration="localizer", **kw)
         summaries["refine_0"] = train("43", "MR", 0, configuration="refine", **kw)
-    return ds, pre, root / "res" / spec.name, summaries
+    return ds, pre, root / "res" / ds.name, summaries
 
 
 def test_refine_trains_on_the_localizer_out_of_fold_error(cascade):

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from toydata import use_folders
 from torch import nn
 
 from lmkreg.geometry import ImageGeometry, rotation_direction
@@ -46,16 +47,12 @@ def cascade_models(tmp_path_factory):
     """Toy MR + US dataset planned with a cascade (no preprocessing); for each modality only
     the two cascade model folders (TRAINER__M_localizer, TRAINER__M_refine), fold 'all', with
     random weights saved by the checkpoint code."""
-    from toydata import make_toy_dataset
+    from toydata import folders_under, make_toy_dataset
 
     from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
 
     root = tmp_path_factory.mktemp("cascade_trust")
-    env = {"LMKREG_raw": str(root / "raw"), "LMKREG_preprocessed": str(root / "pre"),
-           "LMKREG_results": str(root / "res")}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
+    with folders_under(root) as env:
         ds = make_toy_dataset(root / "raw", n_cases=5, dataset_id=DATASET_ID, modalities=("MR", "US"))
         pre = plan_and_preprocess(str(DATASET_ID), workers=1, skip_preprocessing=True, cascade=True)
     doc = json.loads((pre / PLANS_FILE).read_text())
@@ -75,8 +72,7 @@ def cascade_models(tmp_path_factory):
 
 
 def _use_env(models, monkeypatch):
-    for k, v in models["env"].items():
-        monkeypatch.setenv(k, v)
+    use_folders(monkeypatch, models["env"])
 
 
 # ---- a blob finder in place of each stage's networks --------------------------------------

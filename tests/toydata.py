@@ -78,6 +78,20 @@ def planned_phantoms(dataset_id: int, n_train: int, n_test: int = 0, *, seed: in
     return plan_and_preprocess(str(dataset_id), workers=1, num_folds=num_folds)
 
 
+def pelvic_mr_dataset(dataset_id: int, name: str, n_cases: int, first_seed: int) -> Dataset:
+    """MR-only pelvic_tiny phantom cases p000.. (seeds first_seed, first_seed+1, ...) written as
+    dataset `dataset_id` in $LMKREG_raw: the cascade tests' data (gland far from the frame centre)."""
+    from lmkreg.phantoms.generator import generate_case
+
+    spec = DatasetSpec(name=dataset_folder_name(dataset_id, name), modalities=["MR"], num_training=n_cases)
+    ds = Dataset.create(raw_root() / spec.name, spec)
+    for i in range(n_cases):
+        case = generate_case(first_seed + i, "pelvic_tiny", mr_only=True)
+        write_image(case.mr_image, ds.image_path(f"p{i:03d}", "MR"))
+        write_lmkreg_json(case.mr_landmarks, ds.landmarks_path(f"p{i:03d}", "MR"))
+    return ds
+
+
 def planned_toy_mr_dataset(root: Path, n_cases: int = 5, dataset_id: int = 7) -> tuple[dict, Dataset, Path]:
     """An MR-only toy dataset planned (no preprocessing) under its own LMKREG_* folders in
     `root`: returns those folders as environment variables, the dataset and the

@@ -173,7 +173,8 @@ def run_demo(quick: bool = False, output: Path = Path("lmkreg_demo"), dataset_id
             dst = images / src.name
             if not dst.exists():
                 dst.symlink_to(src.resolve())
-        predictor = LandmarkPredictor(model_folder(ds.name, trainer, modality), folds=["0"])
+        # with mirror TTA, as lmkreg_predict does by default: the calibrated error radius needs it
+        predictor = LandmarkPredictor(model_folder(ds.name, trainer, modality), folds=["0"], mirror_tta=True)
         predictions[modality] = output / "predictions" / modality
         report = predict_folder(predictor, images, predictions[modality], overwrite=True)
         if report.failed:

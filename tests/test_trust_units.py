@@ -14,7 +14,7 @@ from lmkreg.evaluation.evaluate import CaseResult, calibration_summary
 from lmkreg.evaluation.metrics import radius_coverage, roc_auc
 from lmkreg.io.landmarks import LandmarkSet
 from lmkreg.registration.landmark_fit import fit_rigid
-from lmkreg.trust.calibration import conformal_quantile, minimum_cases, signal_scale
+from lmkreg.trust.calibration import Calibration, conformal_quantile, minimum_cases, signal_scale
 from lmkreg.trust.pair import COVERAGE_SIGMA, RMS_FACTOR_95, assess_pair, transform_uncertainty
 from lmkreg.trust.plausibility import TrainingStatistics, _summary, landmark_features
 
@@ -178,3 +178,92 @@ def test_evaluation_calibration_summary_counts_coverage_and_auc():
     assert cal["MR"]["apex"]["auc_flag_vs_error"] == pytest.approx(expected)
     assert cal["pair"]["auc_flag_vs_sre"] == pytest.approx(expected) and cal["pair"]["num_flagged"] == 3
     assert cal["US"]["apex"]["n"] == 0 and cal["US"]["apex"]["auc_flag_vs_error"] is None
+
+
+# ---- few calibration cases and no radii (issue 14: the demo's false pair flags) ------------------------
+
+def test_few_cases_give_the_largest_score_at_coverage_n_over_n_plus_1():
+    from lmkreg.trust.calibration import SMALL_SAMPLE_MIN_CASES, radius_quantile
+
+    scores = [0.4, 2.0, 1.1, 0.7, 1.6, 0.9, 1.3, 0.5]
+    q, level, note = radius_quantile(scores, 0.9)
+    assert q == max(scores) and level == pytest.approx(8 / 9) and "8/9" in note
+    q, level, note = radius_quantile(scores + [0.1, 0.2], 0.9)  # 10 cases: the ordinary conformal quantile
+    assert q == sorted(scores + [0.1, 0.2])[math.ceil(11 * 0.9) - 1] and level == 0.9 and note == ""
+    q, level, note = radius_quantile(scores[:SMALL_SAMPLE_MIN_CASES - 1], 0.9)
+    assert q is None and "needs at least 9" in note
+
+
+def test_largest_of_n_scores_covers_n_over_n_plus_1_of_new_cases():
+    """The guarantee of the small-sample radius, by simulation: P(new <= max of n) = n / (n + 1)."""
+    rng = np.random.default_rng(7)
+    from lmkreg.trust.calibration import radius_quantile
+
+    hits = []
+    for _ in range(3000):
+        s = np.abs(rng.standard_t(3, 9))
+        q, level, _ = radius_quantile(s[:8], 0.9)
+        hits.append(s[8] <= q)
+    assert np.mean(hits) == pytest.approx(8 / 9, abs=0.02)
+
+
+def test_pool_calibration_writes_level_and_validation_rms(tmp_path):
+    import json
+
+    from lmkreg.trust.calibration import FOLD_CASES_FILE, pool_calibration
+
+    rng = np.random.default_rng(8)
+    err = rng.uniform(0.5, 3.0, (8, 3))
+    scale = rng.uniform(1.0, 2.0, (8, 3))
+    rows = [{"case": f"c{i}", "landmarks": {n: {"error_mm": float(err[i, j]), "scale_mm": float(scale[i, j])}
+                                              for j, n in enumerate(NAMES)}} for i in range(8)]
+    (tmp_path / "fold_0").mkdir()
+    (tmp_path / "fold_0" / FOLD_CASES_FILE).write_text(json.dumps({"fold": "0", "cases": rows}))
+    cal = pool_calibration(tmp_path, NAMES)
+    for j, n in enumerate(NAMES):
+        assert cal.quantiles[n] == pytest.approx(np.max(err[:, j] / scale[:, j]))
+        assert cal.level(n) == pytest.approx(8 / 9)
+        assert cal.rms_error_mm[n] == pytest.approx(np.sqrt(np.mean(err[:, j] ** 2)))
+    again = Calibration.load(tmp_path)  # round trip through calibration.json
+    assert again.level(NAMES[0]) == pytest.approx(8 / 9) and again.rms_error_mm == pytest.approx(cal.rms_error_mm)
+
+
+def _noisy_pair(rng, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    r = Rotation.from_euler("xyz", [5, -10, 20], degrees=True).as_matrix()
+    return (TRIANGLE + rng.normal(0, sigma, (3, 3)),
+            (TRIANGLE @ r.T + [3.0, -2.0, 30.0]) + rng.normal(0, sigma, (3, 3)))
+
+
+def test_pair_limit_counts_the_validation_error_when_there_are_no_radii():
+    """The demo's case: true-triangle residuals p95 ~1 mm, landmarks with ~1.5 mm RMS error and no
+    radii.  Counting no localisation error flags many clean pairs; counting the validation RMS
+    error (sigma = e / sqrt 3) flags about 5 % of them, as the limit's 95th percentile says."""
+    rng = np.random.default_rng(9)
+    rms_err = 1.5  # 3D RMS error of each landmark, i.e. sigma = 1.5 / sqrt(3) per coordinate
+    trust_none = {"coverage": None, "landmarks": {n: {"radius_mm": None} for n in NAMES},
+                  "training_pair_rms_mm": {"n": 20, "p95": 0.2, "max": 0.3}}
+    trust_val = {"coverage": None, "landmarks": {n: {"radius_mm": None, "validation_rms_error_mm": rms_err} for n in NAMES},
+                 "training_pair_rms_mm": {"n": 20, "p95": 0.2, "max": 0.3}}
+    flagged_none, flagged_val = [], []
+    for _ in range(400):
+        p, q = _noisy_pair(rng, rms_err / math.sqrt(3))
+        t = fit_rigid(p, q)
+        rms = float(np.sqrt(np.mean(np.sum((t.apply(p) - q) ** 2, 1))))
+        for trust, out in ((trust_none, flagged_none), (trust_val, flagged_val)):
+            a = LandmarkSet(dict(zip(NAMES, p)), {"trust": trust})
+            b = LandmarkSet(dict(zip(NAMES, q)), {"trust": trust})
+            out.append(not assess_pair(a, b, NAMES, rms)["reliable"])
+    assert np.mean(flagged_none) > 0.5
+    assert np.mean(flagged_val) == pytest.approx(0.05, abs=0.03)
+    doc = assess_pair(a, b, NAMES, 0.1)
+    assert any("uncalibrated" in n for n in doc["notes"]) and "uncalibrated" in doc["uncertainty"]["from"]
+
+
+def test_pair_sigma_uses_each_radius_own_coverage():
+    from scipy.stats import chi2
+
+    from lmkreg.trust.pair import sigmas_of
+
+    trust = {"coverage": 0.9, "landmarks": {n: {"radius_mm": 2.0, "coverage": 8 / 9} for n in NAMES}}
+    s, src = sigmas_of(LandmarkSet(dict(zip(NAMES, TRIANGLE)), {"trust": trust}), NAMES)
+    assert src == "calibrated" and s == pytest.approx(np.full(3, 2.0 / math.sqrt(chi2.ppf(8 / 9, 3))))

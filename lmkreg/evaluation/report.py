@@ -131,7 +131,8 @@ def calibration_markdown(cal: Optional[dict], names: Sequence[str]) -> list[str]
     t = cal["error_threshold_mm"]
     lines = ["", "## Calibration (how far to trust each result)", "",
              f"Coverage: share of landmarks whose error is within the radius written in their file (the target is "
-             f"the radius' stated coverage, 90 %). AUC: area under the ROC curve of the \"unreliable\" flag against "
+             f"the radius' stated coverage: 90 %, or n/(n+1) when the model had n < 9 calibration cases; see each "
+             f"file's trust block). AUC: area under the ROC curve of the \"unreliable\" flag against "
              f"an error > {t:g} mm (0.5: the flag says nothing; 1: it flags exactly the bad ones; n/a: one class "
              f"is empty).", "",
              "| modality | landmark | n | coverage | median radius (mm) | flagged | error > 5 mm | AUC |",

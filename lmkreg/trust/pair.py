@@ -5,11 +5,14 @@ anatomical deformation between the scans (measured on the training pairs' true l
 landmark localisation error (the files' calibrated radii) remain.  A residual far above that
 means a wrong landmark or a pair that does not belong together, whatever the fit says.
 
-Expected residual: with isotropic Gaussian landmark errors of sd sigma per coordinate (the 90 %
-radius r of a 3D error is r = 2.50 sigma), the sum of squared residuals of a 3-point rigid fit
-is sigma^2 chi^2 with 3N - 6 = 3 degrees of freedom, so the 95th percentile of the RMS residual
-is sigma sqrt(7.81 / 3).  The limit adds that in quadrature to the training pairs' 95th
-percentile RMS residual (no radii: only the latter; no training statistics: DEFAULT_LIMIT_MM).
+Expected residual: with isotropic Gaussian landmark errors of sd sigma per coordinate (the
+radius r at coverage c of a 3D error is r = sqrt(chi2_3(c)) sigma, 2.50 sigma at 90 %), the sum
+of squared residuals of a 3-point rigid fit is sigma^2 chi^2 with 3N - 6 = 3 degrees of freedom,
+so the 95th percentile of the RMS residual is sigma sqrt(7.81 / 3).  The limit adds that in
+quadrature to the training pairs' 95th percentile RMS residual (no training statistics:
+DEFAULT_LIMIT_MM).  A file without radii (too few calibration cases, or predicted without
+mirror TTA) still counts its landmarks' error through the model's pooled validation RMS error
+e (sigma = e / sqrt 3), marked uncalibrated in the notes; only a file with neither counts none.
 
 Transform uncertainty: Monte Carlo over the radii (each landmark moved by an isotropic Gaussian
 of its sigma, the fit repeated), reported as the 90th percentile of the rotation between the
@@ -32,18 +35,44 @@ DEFAULT_LIMIT_MM = 5.0
 MONTE_CARLO_SAMPLES = 400
 
 
-def radii_of(landmarks: LandmarkSet, names: Sequence[str]) -> Optional[np.ndarray]:
-    """Calibrated radii (mm) from an lmkreg prediction's ``trust`` extras, None if any is missing."""
+def _number(v) -> Optional[float]:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 else None
+
+
+def _trust_landmarks(landmarks: LandmarkSet) -> Optional[dict]:
     trust = landmarks.extras.get("trust") if isinstance(landmarks.extras, dict) else None
     if not isinstance(trust, dict) or not isinstance(trust.get("landmarks"), dict):
         return None
-    out = []
-    for n in names:
-        r = (trust["landmarks"].get(n) or {}).get("radius_mm")
-        if not isinstance(r, (int, float)) or isinstance(r, bool) or not math.isfinite(r) or r < 0:
-            return None
-        out.append(float(r))
-    return np.asarray(out)
+    return trust
+
+
+def radii_of(landmarks: LandmarkSet, names: Sequence[str]) -> Optional[np.ndarray]:
+    """Calibrated radii (mm) from an lmkreg prediction's ``trust`` extras, None if any is missing."""
+    trust = _trust_landmarks(landmarks)
+    if trust is None:
+        return None
+    out = [_number((trust["landmarks"].get(n) or {}).get("radius_mm")) for n in names]
+    return None if any(r is None for r in out) else np.asarray(out)
+
+
+def sigmas_of(landmarks: LandmarkSet, names: Sequence[str]) -> tuple[Optional[np.ndarray], str]:
+    """(per-landmark error sd per coordinate in mm, source) of one landmark file: from the
+    calibrated radii at each landmark's coverage ("calibrated"), else from the model's pooled
+    validation RMS error ("uncalibrated"), else (None, "")."""
+    trust = _trust_landmarks(landmarks)
+    if trust is None:
+        return None, ""
+    radii = radii_of(landmarks, names)
+    if radii is not None:
+        levels = []
+        for n in names:
+            c = _number((trust["landmarks"].get(n) or {}).get("coverage")) or _number(trust.get("coverage")) or 0.9
+            levels.append(math.sqrt(chi2.ppf(min(c, 0.999), 3)))
+        return radii / np.asarray(levels), "calibrated"
+    rms = [_number((trust["landmarks"].get(n) or {}).get("validation_rms_error_mm")) for n in names]
+    if all(e is not None for e in rms):
+        return np.asarray(rms) / math.sqrt(3.0), "uncalibrated"
+    return None, ""
 
 
 def _training_pair(mr: LandmarkSet, us: LandmarkSet) -> Optional[dict]:
@@ -85,18 +114,24 @@ def assess_pair(mr: LandmarkSet, us: LandmarkSet, names: Sequence[str], rms_mm: 
     """The ``trust`` block of a transform JSON: expected residual limit, whether the fit's RMS
     residual exceeds it (``flags``), and the transform uncertainty when both files have radii."""
     names = list(names)
-    r_mr, r_us = radii_of(mr, names), radii_of(us, names)
+    (s_mr, src_mr), (s_us, src_us) = sigmas_of(mr, names), sigmas_of(us, names)
     training = _training_pair(mr, us)
     notes, flags = [], []
     base = training["p95"] if training else None
     if base is None:
         notes.append(f"no training pair statistics in the landmark files: residual checked against the default "
                      f"{DEFAULT_LIMIT_MM} mm")
-    have_radii = r_mr is not None and r_us is not None
-    if not have_radii:
-        notes.append("no calibrated radii in both landmark files: the transform uncertainty is unavailable and the "
-                     "residual limit counts the localisation error of the file(s) with radii only")
-    sigma2 = sum(float(np.mean((r / COVERAGE_SIGMA) ** 2)) for r in (r_mr, r_us) if r is not None)
+    for src, label in ((src_mr, "MR"), (src_us, "US")):
+        if src == "uncalibrated":
+            notes.append(f"the {label} file has no calibrated radii: its localisation error is counted as the model's "
+                         f"validation RMS error (uncalibrated)")
+        elif not src:
+            notes.append(f"the {label} file has neither radii nor a validation error: the residual limit does not count "
+                         f"its localisation error")
+    have_sigmas = s_mr is not None and s_us is not None
+    if not have_sigmas:
+        notes.append("the transform uncertainty needs an error estimate for both files: unavailable")
+    sigma2 = sum(float(np.mean(s ** 2)) for s in (s_mr, s_us) if s is not None)
     limit = DEFAULT_LIMIT_MM if base is None else math.sqrt(base ** 2 + RMS_FACTOR_95 ** 2 * sigma2)
     if rms_mm > limit:
         flags.append(f"pair: RMS residual {rms_mm:.1f} mm > {limit:.1f} mm expected at most (by {rms_mm - limit:.1f} mm): "
@@ -107,10 +142,13 @@ def assess_pair(mr: LandmarkSet, us: LandmarkSet, names: Sequence[str], rms_mm: 
         if isinstance(s.extras, dict) and s.extras.get("reliable") is False:
             flags.append(f"pair: the {src} landmarks are flagged unreliable ({'; '.join(s.extras.get('flags', []))})")
     doc["reliable"] = not flags
-    if have_radii:
+    if have_sigmas:
         p = mr.to_array(names)
         q = us.to_array(names)
-        doc["uncertainty"] = transform_uncertainty(p, q, r_mr / COVERAGE_SIGMA, r_us / COVERAGE_SIGMA)
+        doc["uncertainty"] = {**transform_uncertainty(p, q, s_mr, s_us),
+                              "from": "calibrated radii" if src_mr == src_us == "calibrated"
+                              else "validation RMS errors (uncalibrated) for " +
+                                   " and ".join(m for m, s in (("MR", src_mr), ("US", src_us)) if s == "uncalibrated")}
     else:
         doc["uncertainty"] = None
     return doc

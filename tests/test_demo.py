@@ -31,12 +31,12 @@ def test_demo_runs_every_stage_and_reports_measured_metrics(tmp_path, capsys):
         r = matrix[:3, :3]
         assert np.allclose(r @ r.T, np.eye(3), atol=1e-6) and math.isclose(np.linalg.det(r), 1.0, abs_tol=1e-6)
     # the demo predicts as lmkreg_predict does, with mirror TTA: every landmark has its mirror gap (the
-    # calibrated radius needs it) and the model's validation error for the pair check
+    # calibrated radius needs it) and the model's median validation error for the pair check
     for modality in ("MR", "US"):
         for f in sorted((out / "predictions" / modality).glob("*[!k].json")):
             trust = json.loads(f.read_text())["extras"]["trust"]
             for lm in trust["landmarks"].values():
-                assert lm["mirror_gap_mm"] is not None and lm["validation_rms_error_mm"] > 0
+                assert lm["mirror_gap_mm"] is not None and lm["validation_median_error_mm"] > 0
     # the summary holds what evaluation.json holds, computed from these predictions
     on_disk = json.loads((report / "evaluation.json").read_text())["summary"]
     assert summary == on_disk

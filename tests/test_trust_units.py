@@ -180,40 +180,16 @@ def test_evaluation_calibration_summary_counts_coverage_and_auc():
     assert cal["US"]["apex"]["n"] == 0 and cal["US"]["apex"]["auc_flag_vs_error"] is None
 
 
-# ---- few calibration cases and no radii (issue 14: the demo's false pair flags) ------------------------
+# ---- no radii (issue 14: the demo's false pair flags) ----------------------------------------------------
 
-def test_few_cases_give_the_largest_score_at_coverage_n_over_n_plus_1():
-    from lmkreg.trust.calibration import SMALL_SAMPLE_MIN_CASES, radius_quantile
-
-    scores = [0.4, 2.0, 1.1, 0.7, 1.6, 0.9, 1.3, 0.5]
-    q, level, note = radius_quantile(scores, 0.9)
-    assert q == max(scores) and level == pytest.approx(8 / 9) and "8/9" in note
-    q, level, note = radius_quantile(scores + [0.1, 0.2], 0.9)  # 10 cases: the ordinary conformal quantile
-    assert q == sorted(scores + [0.1, 0.2])[math.ceil(11 * 0.9) - 1] and level == 0.9 and note == ""
-    q, level, note = radius_quantile(scores[:SMALL_SAMPLE_MIN_CASES - 1], 0.9)
-    assert q is None and "needs at least 9" in note
-
-
-def test_largest_of_n_scores_covers_n_over_n_plus_1_of_new_cases():
-    """The guarantee of the small-sample radius, by simulation: P(new <= max of n) = n / (n + 1)."""
-    rng = np.random.default_rng(7)
-    from lmkreg.trust.calibration import radius_quantile
-
-    hits = []
-    for _ in range(3000):
-        s = np.abs(rng.standard_t(3, 9))
-        q, level, _ = radius_quantile(s[:8], 0.9)
-        hits.append(s[8] <= q)
-    assert np.mean(hits) == pytest.approx(8 / 9, abs=0.02)
-
-
-def test_pool_calibration_writes_level_and_validation_rms(tmp_path):
+def test_pool_calibration_stores_the_median_validation_error_and_no_radius_below_9_cases(tmp_path):
     import json
 
     from lmkreg.trust.calibration import FOLD_CASES_FILE, pool_calibration
 
     rng = np.random.default_rng(8)
     err = rng.uniform(0.5, 3.0, (8, 3))
+    err[0, 0] = 31.0  # one failed validation case
     scale = rng.uniform(1.0, 2.0, (8, 3))
     rows = [{"case": f"c{i}", "landmarks": {n: {"error_mm": float(err[i, j]), "scale_mm": float(scale[i, j])}
                                               for j, n in enumerate(NAMES)}} for i in range(8)]
@@ -221,11 +197,17 @@ def test_pool_calibration_writes_level_and_validation_rms(tmp_path):
     (tmp_path / "fold_0" / FOLD_CASES_FILE).write_text(json.dumps({"fold": "0", "cases": rows}))
     cal = pool_calibration(tmp_path, NAMES)
     for j, n in enumerate(NAMES):
-        assert cal.quantiles[n] == pytest.approx(np.max(err[:, j] / scale[:, j]))
-        assert cal.level(n) == pytest.approx(8 / 9)
-        assert cal.rms_error_mm[n] == pytest.approx(np.sqrt(np.mean(err[:, j] ** 2)))
-    again = Calibration.load(tmp_path)  # round trip through calibration.json
-    assert again.level(NAMES[0]) == pytest.approx(8 / 9) and again.rms_error_mm == pytest.approx(cal.rms_error_mm)
+        assert cal.quantiles[n] is None and "needs at least 9" in cal.reasons[n]
+        assert cal.median_error_mm[n] == pytest.approx(np.median(err[:, j]))
+    assert cal.median_error_mm["apex"] < 3.0  # the failed case does not move the median
+    assert Calibration.load(tmp_path).median_error_mm == pytest.approx(cal.median_error_mm)  # round trip
+
+
+def test_median_sigma_is_the_median_length_of_a_3d_gaussian_error():
+    from lmkreg.trust.pair import MEDIAN_SIGMA
+
+    e = np.linalg.norm(np.random.default_rng(10).normal(0, 0.7, (200000, 3)), axis=1)
+    assert np.median(e) / 0.7 == pytest.approx(MEDIAN_SIGMA, rel=0.01)
 
 
 def _noisy_pair(rng, sigma: float) -> tuple[np.ndarray, np.ndarray]:
@@ -235,18 +217,22 @@ def _noisy_pair(rng, sigma: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_pair_limit_counts_the_validation_error_when_there_are_no_radii():
-    """The demo's case: true-triangle residuals p95 ~1 mm, landmarks with ~1.5 mm RMS error and no
-    radii.  Counting no localisation error flags many clean pairs; counting the validation RMS
-    error (sigma = e / sqrt 3) flags about 5 % of them, as the limit's 95th percentile says."""
+    """The demo's case: true-triangle residuals small, landmarks with ~1.5 mm median error and no
+    radii.  Counting no localisation error flags most clean pairs; counting the median validation
+    error (sigma = m / 1.538) flags about 5 % of them, as the limit's 95th percentile says."""
+    from lmkreg.trust.pair import MEDIAN_SIGMA
+
     rng = np.random.default_rng(9)
-    rms_err = 1.5  # 3D RMS error of each landmark, i.e. sigma = 1.5 / sqrt(3) per coordinate
+    sigma = 0.9
+    median = sigma * MEDIAN_SIGMA
+    pair_stats = {"n": 20, "p95": 0.2, "max": 0.3}
     trust_none = {"coverage": None, "landmarks": {n: {"radius_mm": None} for n in NAMES},
-                  "training_pair_rms_mm": {"n": 20, "p95": 0.2, "max": 0.3}}
-    trust_val = {"coverage": None, "landmarks": {n: {"radius_mm": None, "validation_rms_error_mm": rms_err} for n in NAMES},
-                 "training_pair_rms_mm": {"n": 20, "p95": 0.2, "max": 0.3}}
+                  "training_pair_rms_mm": pair_stats}
+    trust_val = {"coverage": None, "landmarks": {n: {"radius_mm": None, "validation_median_error_mm": median}
+                                                 for n in NAMES}, "training_pair_rms_mm": pair_stats}
     flagged_none, flagged_val = [], []
     for _ in range(400):
-        p, q = _noisy_pair(rng, rms_err / math.sqrt(3))
+        p, q = _noisy_pair(rng, sigma)
         t = fit_rigid(p, q)
         rms = float(np.sqrt(np.mean(np.sum((t.apply(p) - q) ** 2, 1))))
         for trust, out in ((trust_none, flagged_none), (trust_val, flagged_val)):
@@ -257,13 +243,10 @@ def test_pair_limit_counts_the_validation_error_when_there_are_no_radii():
     assert np.mean(flagged_val) == pytest.approx(0.05, abs=0.03)
     doc = assess_pair(a, b, NAMES, 0.1)
     assert any("uncalibrated" in n for n in doc["notes"]) and "uncalibrated" in doc["uncertainty"]["from"]
-
-
-def test_pair_sigma_uses_each_radius_own_coverage():
-    from scipy.stats import chi2
-
-    from lmkreg.trust.pair import sigmas_of
-
-    trust = {"coverage": 0.9, "landmarks": {n: {"radius_mm": 2.0, "coverage": 8 / 9} for n in NAMES}}
-    s, src = sigmas_of(LandmarkSet(dict(zip(NAMES, TRIANGLE)), {"trust": trust}), NAMES)
-    assert src == "calibrated" and s == pytest.approx(np.full(3, 2.0 / math.sqrt(chi2.ppf(8 / 9, 3))))
+    # a file with radii uses them (sigma = r / 2.50 at 90 %), not the median
+    with_radii = {"coverage": 0.9, "landmarks": {n: {"radius_mm": 2.5, "validation_median_error_mm": 9.0}
+                                                 for n in NAMES}, "training_pair_rms_mm": pair_stats}
+    a = LandmarkSet(dict(zip(NAMES, p)), {"trust": with_radii})
+    doc = assess_pair(a, a, NAMES, 0.1)
+    expected = math.sqrt(0.2 ** 2 + RMS_FACTOR_95 ** 2 * 2 * (2.5 / COVERAGE_SIGMA) ** 2)
+    assert doc["expected_rms_limit_mm"] == pytest.approx(expected) and doc["uncertainty"]["from"] == "calibrated radii"

@@ -68,9 +68,9 @@ class CascadePrediction(Prediction):
 
     def describe(self, name: str) -> str:
         r = self.radius_mm.get(name)
-        if self.radius_from.get(name) != LOCALIZER or r is None or not self.level(name):
+        if self.radius_from.get(name) != LOCALIZER or r is None or not self.coverage:
             return super().describe(name)
-        return (f"within {r:.1f} mm at {self.level(name):.0%} (the localizer's radius: the refine stage is not "
+        return (f"within {r:.1f} mm at {self.coverage:.0%} (the localizer's radius: the refine stage is not "
                 f"calibrated)" + ("; UNRELIABLE" if self.landmark_flagged(name) else ""))
 
     def with_extras(self) -> LandmarkSet:
@@ -153,7 +153,7 @@ class CascadePredictor:
             centres += blended
             anchor = landmark_anchor(pred.landmarks.to_array(self.names))
         values = {f.name: getattr(pred, f.name) for f in dataclasses.fields(pred)}
-        for key in ("flags", "signals", "radius_mm", "radius_note", "radius_coverage"):  # own copies: the stage check edits them
+        for key in ("flags", "signals", "radius_mm", "radius_note"):  # own copies: the stage check edits them
             values[key] = copy.deepcopy(values[key])
         out = CascadePrediction(**values, stage1=stage1, crop_centres_lps=[c.tolist() for c in centres],
                                 configurations=(self.localizer.model_folder.name.partition("__")[2],

@@ -59,10 +59,9 @@ class Prediction:
     ``signals`` per landmark: mirror_gap_mm (half the plain-vs-mirrored distance, RMS over
     folds), heatmap_spread_mm, between_folds_mm (RMS distance of the fold means from the
     ensemble) and scale_mm (the calibrated signal).  ``radius_mm``: the calibrated error radius
-    at ``radius_coverage`` (the nominal ``coverage``, or n/(n+1) when the model had n < 9
-    calibration cases; None, with ``radius_note`` saying why, when there is none).
-    ``validation_rms_mm``: the model's pooled validation error per landmark, uncalibrated, for
-    the pair check when there is no radius.  ``flags``: every
+    at ``coverage`` (None, with ``radius_note`` saying why, when there is none).
+    ``validation_median_mm``: the model's pooled median validation error per landmark,
+    uncalibrated, which the pair check counts when there is no radius.  ``flags``: every
     reason not to trust the case; a flag naming a landmark ("apex: ...") concerns that landmark,
     the others ("case: ...", "image: ...") the whole case."""
 
@@ -75,12 +74,7 @@ class Prediction:
     radius_note: dict[str, str] = field(default_factory=dict)
     coverage: Optional[float] = None
     training_pair_rms_mm: Optional[dict] = None
-    radius_coverage: dict[str, float] = field(default_factory=dict)
-    validation_rms_mm: dict[str, Optional[float]] = field(default_factory=dict)
-
-    def level(self, name: str) -> Optional[float]:
-        """Coverage of `name`'s radius (per landmark; the nominal coverage when not set)."""
-        return self.radius_coverage.get(name, self.coverage)
+    validation_median_mm: dict[str, Optional[float]] = field(default_factory=dict)
 
     @property
     def reliable(self) -> bool:
@@ -97,18 +91,16 @@ class Prediction:
         for n in self.landmarks.names:
             sig = {k: _finite(v) for k, v in self.signals.get(n, {}).items()}
             lm[n] = {"radius_mm": _finite(self.radius_mm.get(n)), "flagged": self.landmark_flagged(n), **sig}
-            if self.radius_mm.get(n) is not None:
-                lm[n]["coverage"] = self.level(n)
-            if self.validation_rms_mm.get(n) is not None:
-                lm[n]["validation_rms_error_mm"] = _finite(self.validation_rms_mm[n])
+            if self.validation_median_mm.get(n) is not None:
+                lm[n]["validation_median_error_mm"] = _finite(self.validation_median_mm[n])
             if self.radius_mm.get(n) is None and self.radius_note.get(n):
                 lm[n]["radius_unavailable"] = self.radius_note[n]
         return {"coverage": self.coverage, "landmarks": lm, "training_pair_rms_mm": self.training_pair_rms_mm}
 
     def describe(self, name: str) -> str:
         """One line for a landmark (the Slicer control point description)."""
-        r, level = self.radius_mm.get(name), self.level(name)
-        text = (f"within {r:.1f} mm at {level:.0%}" if r is not None and level
+        r = self.radius_mm.get(name)
+        text = (f"within {r:.1f} mm at {self.coverage:.0%}" if r is not None and self.coverage
                 else f"error radius unavailable: {self.radius_note.get(name, 'no calibration')}")
         return text + ("; UNRELIABLE" if self.landmark_flagged(name) else "")
 
@@ -354,11 +346,9 @@ class LandmarkPredictor:
             if note:
                 pred.radius_note[n] = note
             if self.calibration is not None:
-                pred.validation_rms_mm[n] = self.calibration.rms_error_mm.get(n)
-                if r is not None:
-                    pred.radius_coverage[n] = self.calibration.level(n)
+                pred.validation_median_mm[n] = self.calibration.median_error_mm.get(n)
             if r is not None and r > self.max_radius_mm:
-                pred.flags.append(f"{n}: {pred.level(n):.0%} error radius {r:.1f} mm > {self.max_radius_mm:g} mm")
+                pred.flags.append(f"{n}: {pred.coverage:.0%} error radius {r:.1f} mm > {self.max_radius_mm:g} mm")
             if r is not None and np.isfinite(between[i]) and between[i] > r:
                 pred.flags.append(f"{n}: folds disagree by {between[i]:.1f} mm, more than the error radius {r:.1f} mm")
         if self.statistics is not None:

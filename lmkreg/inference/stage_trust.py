@@ -109,10 +109,8 @@ def borrow_localizer_radii(final: Prediction, stage1: Prediction, names: Sequenc
         source[n] = LOCALIZER
         if final.coverage is None:
             final.coverage = stage1.coverage
-        if stage1.level(n) is not None:
-            final.radius_coverage[n] = stage1.level(n)
         if borrowed > max_radius_mm:
-            final.flags.append(f"{n}: {stage1.level(n):.0%} error radius {borrowed:.1f} mm (the localizer's; the "
+            final.flags.append(f"{n}: {stage1.coverage:.0%} error radius {borrowed:.1f} mm (the localizer's; the "
                                f"refine stage has none) > {max_radius_mm:g} mm")
     return source
 

@@ -8,12 +8,13 @@ landmark is ``q * scale`` with ``q`` the ceil((n+1) c)-th smallest of the n cali
 (c the coverage).  If the calibration cases are exchangeable with the new case, the true point
 lies within the radius with probability >= c.
 
-Few cases: a 90 % quantile needs n >= 9 cases.  With fewer (a single trained fold of a small
-dataset, such as the demo's 8 validation cases) the largest of the n scores is itself a
-conformal radius, of coverage n / (n + 1) (88.9 % with 8 cases): the same guarantee at a level
-stated per landmark (``levels``), used down to ``SMALL_SAMPLE_MIN_CASES``.  Below that there is
-no radius; the pooled validation error (``rms_error_mm``, not a calibrated radius) is still
-stored so that the pair check can count the landmarks' error (lmkreg.trust.pair).
+Why no radius from fewer than 9 cases: the largest of n scores is a conformal radius of
+coverage n/(n+1), but with the demo's 8 validation cases one failed case (a US apex 31 mm off)
+made it 20 mm for every case, and the >5 mm radius rule flagged all 10 test pairs
+(benchmarks/results/demo_flags_small_sample_radius.json).  So a radius needs
+``minimum_cases`` scores.  The pooled median validation error (``median_error_mm``,
+uncalibrated, robust to such a failure) is stored for every landmark instead, so that the pair
+check can still count the landmarks' typical error (lmkreg.trust.pair).
 
 Calibration cases are each fold's validation cases, predicted by that fold's final model with
 mirror test-time augmentation when the fold finishes training (``calibrate_fold``); they are
@@ -48,8 +49,6 @@ FOLD_CASES_FILE = "calibration_cases.json"
 # added in quadrature to the signals: keeps the score finite when the signals vanish, and
 # makes the radius at least q mm
 SCALE_FLOOR_MM = 1.0
-# fewest calibration cases for a radius from the largest score (coverage n / (n + 1) >= 83 %)
-SMALL_SAMPLE_MIN_CASES = 5
 SIGNAL_DEFINITION = ("scale = sqrt(1 mm^2 + mirror_gap^2 + heatmap_spread^2) per fold, RMS over folds; "
                      "mirror_gap = half the distance between the plain and the left-right mirrored prediction")
 
@@ -80,23 +79,6 @@ def conformal_quantile(scores: Sequence[float], coverage: float = COVERAGE) -> t
     return float(s[k - 1]), ""
 
 
-def radius_quantile(scores: Sequence[float], coverage: float = COVERAGE) -> tuple[Optional[float], float, str]:
-    """(q, its coverage level, note): the conformal quantile at `coverage` when there are enough
-    scores; else, from ``SMALL_SAMPLE_MIN_CASES`` scores on, the largest score at level n/(n+1)
-    (with a note saying so); else (None, coverage, why)."""
-    q, why = conformal_quantile(scores, coverage)
-    if q is not None:
-        return q, coverage, ""
-    s = [v for v in scores if v is not None and math.isfinite(v)]
-    n = len(s)
-    if n >= SMALL_SAMPLE_MIN_CASES:
-        level = n / (n + 1)
-        return float(max(s)), level, (f"{n} calibration cases, fewer than the {minimum_cases(coverage)} a "
-                                      f"{coverage:.0%} radius needs: the largest score, a radius of coverage "
-                                      f"{n}/{n + 1} = {level:.1%}")
-    return None, coverage, why
-
-
 @dataclass
 class Calibration:
     """Per landmark: the conformal quantile ``q`` (None with a reason when there are too few cases)."""
@@ -107,12 +89,7 @@ class Calibration:
     reasons: dict[str, str] = field(default_factory=dict)
     folds: list[str] = field(default_factory=list)
     crop_placement: dict[str, str] = field(default_factory=dict)  # refine stage: fold -> how its crops were placed
-    levels: dict[str, float] = field(default_factory=dict)  # coverage of each landmark's q (default: coverage)
-    rms_error_mm: dict[str, Optional[float]] = field(default_factory=dict)  # pooled validation error, uncalibrated
-
-    def level(self, name: str) -> float:
-        """The coverage of `name`'s radius: the nominal one, or n/(n+1) with few cases."""
-        return float(self.levels.get(name, self.coverage))
+    median_error_mm: dict[str, Optional[float]] = field(default_factory=dict)  # pooled validation error, uncalibrated
 
     def radius(self, name: str, scale: Optional[float]) -> tuple[Optional[float], str]:
         """(radius mm, "") or (None, why there is none)."""
@@ -128,8 +105,8 @@ class Calibration:
     def to_json(self) -> dict:
         return {"coverage": self.coverage, "signal": SIGNAL_DEFINITION, "folds": self.folds,
                 **({"crop_placement": self.crop_placement} if self.crop_placement else {}),
-                "landmarks": {n: {"q": self.quantiles[n], "num_cases": self.num_cases[n], "coverage": self.level(n),
-                                  "rms_error_mm": self.rms_error_mm.get(n),
+                "landmarks": {n: {"q": self.quantiles[n], "num_cases": self.num_cases[n],
+                                  "median_error_mm": self.median_error_mm.get(n),
                                   **({"reason": self.reasons[n]} if self.reasons.get(n) else {})}
                               for n in self.quantiles}}
 
@@ -139,9 +116,7 @@ class Calibration:
         return Calibration(float(d["coverage"]), {n: v.get("q") for n, v in lm.items()},
                            {n: int(v.get("num_cases", 0)) for n, v in lm.items()},
                            {n: v["reason"] for n, v in lm.items() if v.get("reason")}, list(d.get("folds", [])),
-                           dict(d.get("crop_placement", {})),
-                           {n: float(v["coverage"]) for n, v in lm.items() if v.get("coverage") is not None},
-                           {n: v.get("rms_error_mm") for n, v in lm.items()})
+                           dict(d.get("crop_placement", {})), {n: v.get("median_error_mm") for n, v in lm.items()})
 
     @staticmethod
     def load(model_folder: Path) -> Optional["Calibration"]:
@@ -171,12 +146,12 @@ def pool_calibration(model_folder: Path, names: Sequence[str], coverage: float =
                     scores[n].append(v["error_mm"] / v["scale_mm"])
                 if n in errors and v.get("error_mm") is not None:
                     errors[n].append(float(v["error_mm"]))
-    quantiles, reasons, levels = {}, {}, {}
+    quantiles, reasons = {}, {}
     for n in names:
-        quantiles[n], levels[n], reasons[n] = radius_quantile(scores[n], coverage)
-    rms = {n: float(np.sqrt(np.mean(np.square(e)))) if e else None for n, e in errors.items()}
+        quantiles[n], reasons[n] = conformal_quantile(scores[n], coverage)
+    medians = {n: float(np.median(e)) if e else None for n, e in errors.items()}
     cal = Calibration(coverage, quantiles, {n: len(scores[n]) for n in names}, {n: r for n, r in reasons.items() if r},
-                      folds, placement, levels, rms)
+                      folds, placement, medians)
     atomic_write_json(model_folder / CALIBRATION_FILE, cal.to_json())
     return cal
 

@@ -10,9 +10,12 @@ radius r at coverage c of a 3D error is r = sqrt(chi2_3(c)) sigma, 2.50 sigma at
 of squared residuals of a 3-point rigid fit is sigma^2 chi^2 with 3N - 6 = 3 degrees of freedom,
 so the 95th percentile of the RMS residual is sigma sqrt(7.81 / 3).  The limit adds that in
 quadrature to the training pairs' 95th percentile RMS residual (no training statistics:
-DEFAULT_LIMIT_MM).  A file without radii (too few calibration cases, or predicted without
-mirror TTA) still counts its landmarks' error through the model's pooled validation RMS error
-e (sigma = e / sqrt 3), marked uncalibrated in the notes; only a file with neither counts none.
+DEFAULT_LIMIT_MM).  A file without radii (fewer than 9 calibration cases, or predicted without
+mirror TTA) still counts its landmarks' error through the model's pooled median validation
+error m: the median of a 3D isotropic Gaussian error is 1.538 sigma, so sigma = m / 1.538
+(marked uncalibrated in the notes).  The median, not the RMS: one failed validation case would
+inflate an RMS and with it the limit that is meant to catch such failures.  Only a file with
+neither counts no localisation error.
 
 Transform uncertainty: Monte Carlo over the radii (each landmark moved by an isotropic Gaussian
 of its sigma, the fit repeated), reported as the 90th percentile of the rotation between the
@@ -30,6 +33,7 @@ from scipy.stats import chi2
 from lmkreg.io.landmarks import LandmarkSet
 
 COVERAGE_SIGMA = math.sqrt(chi2.ppf(0.9, 3))  # 90 % radius of a 3D isotropic Gaussian / sigma
+MEDIAN_SIGMA = math.sqrt(chi2.ppf(0.5, 3))  # median length of a 3D isotropic Gaussian error / sigma (1.538)
 RMS_FACTOR_95 = math.sqrt(chi2.ppf(0.95, 3) / 3)  # 95th percentile RMS residual / sigma (3 points)
 DEFAULT_LIMIT_MM = 5.0
 MONTE_CARLO_SAMPLES = 400
@@ -57,21 +61,18 @@ def radii_of(landmarks: LandmarkSet, names: Sequence[str]) -> Optional[np.ndarra
 
 def sigmas_of(landmarks: LandmarkSet, names: Sequence[str]) -> tuple[Optional[np.ndarray], str]:
     """(per-landmark error sd per coordinate in mm, source) of one landmark file: from the
-    calibrated radii at each landmark's coverage ("calibrated"), else from the model's pooled
-    validation RMS error ("uncalibrated"), else (None, "")."""
+    calibrated radii at the file's coverage ("calibrated"), else from the model's pooled median
+    validation error ("uncalibrated"), else (None, "")."""
     trust = _trust_landmarks(landmarks)
     if trust is None:
         return None, ""
     radii = radii_of(landmarks, names)
     if radii is not None:
-        levels = []
-        for n in names:
-            c = _number((trust["landmarks"].get(n) or {}).get("coverage")) or _number(trust.get("coverage")) or 0.9
-            levels.append(math.sqrt(chi2.ppf(min(c, 0.999), 3)))
-        return radii / np.asarray(levels), "calibrated"
-    rms = [_number((trust["landmarks"].get(n) or {}).get("validation_rms_error_mm")) for n in names]
-    if all(e is not None for e in rms):
-        return np.asarray(rms) / math.sqrt(3.0), "uncalibrated"
+        c = _number(trust.get("coverage")) or 0.9
+        return radii / math.sqrt(chi2.ppf(min(c, 0.999), 3)), "calibrated"
+    med = [_number((trust["landmarks"].get(n) or {}).get("validation_median_error_mm")) for n in names]
+    if all(e is not None for e in med):
+        return np.asarray(med) / MEDIAN_SIGMA, "uncalibrated"
     return None, ""
 
 
@@ -123,8 +124,8 @@ def assess_pair(mr: LandmarkSet, us: LandmarkSet, names: Sequence[str], rms_mm: 
                      f"{DEFAULT_LIMIT_MM} mm")
     for src, label in ((src_mr, "MR"), (src_us, "US")):
         if src == "uncalibrated":
-            notes.append(f"the {label} file has no calibrated radii: its localisation error is counted as the model's "
-                         f"validation RMS error (uncalibrated)")
+            notes.append(f"the {label} file has no calibrated radii: its localisation error is counted from the model's "
+                         f"median validation error (uncalibrated)")
         elif not src:
             notes.append(f"the {label} file has neither radii nor a validation error: the residual limit does not count "
                          f"its localisation error")
@@ -147,7 +148,7 @@ def assess_pair(mr: LandmarkSet, us: LandmarkSet, names: Sequence[str], rms_mm: 
         q = us.to_array(names)
         doc["uncertainty"] = {**transform_uncertainty(p, q, s_mr, s_us),
                               "from": "calibrated radii" if src_mr == src_us == "calibrated"
-                              else "validation RMS errors (uncalibrated) for " +
+                              else "median validation errors (uncalibrated) for " +
                                    " and ".join(m for m, s in (("MR", src_mr), ("US", src_us)) if s == "uncalibrated")}
     else:
         doc["uncertainty"] = None

@@ -298,3 +298,60 @@ def test_cli_refuses_incomplete_surface_options(tmp_path, phantom, capsys):
         register_main(base + ["--refine", "surface", "--mr-mask", str(files["mr_mask"]), "--us-mask",
                               str(files["us_mask"]), "--trim-fraction", "0"])
     assert not (tmp_path / "out").exists()
+
+
+# ---- rescue of a pair with one wrong landmark (lmkreg.registration.rescue) ----------------------------
+
+def _wrong_apex(phantom, cut: bool):
+    """The demo's pair 042: the US apex is wrong, put next to the bladder neck (as a network puts a
+    landmark it cannot see), optionally with the US gland cut by the image border."""
+    from lmkreg.registration.landmark_fit import fit_rigid
+
+    p = phantom["landmarks_mr"]
+    q = TRUTH.apply(p)
+    q[0] = q[1] + 0.1 * (q[0] - q[1])
+    us_mask = phantom["us_mask"]
+    if cut:
+        k = int(np.quantile(np.argwhere(phantom["us_arr"])[:, 0], 0.85))
+        us_mask = us_mask[:, :, :k]
+    return p, q, fit_rigid(p, q), us_mask
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_rescue_leaves_out_the_wrong_landmark_and_recovers_the_map(phantom, cut):
+    from lmkreg.registration.rescue import rescue_on_surfaces
+
+    p, q, landmark_fit, us_mask = _wrong_apex(phantom, cut)
+    mr, us = gland_surface(phantom["mr_mask"]), gland_surface(us_mask)
+    pts = surface_points(mr.mesh, 4000, seed=11)
+    assert surface_registration_error(pts, TRUTH, landmark_fit) > 5.0  # the landmark fit is far off
+    refined = refine_on_surfaces(landmark_fit, mr, us)
+    assert not refined.accepted and refined.beyond_bound  # the surface refinement may not go that far
+    rescue = rescue_on_surfaces(mr, us, (p, q), NAMES)
+    assert rescue.accepted, rescue.reason
+    assert rescue.left_out == "apex" and rescue.left_out_residual_mm > 10.0
+    assert surface_registration_error(pts, TRUTH, rescue.transform) < 1.0
+    assert residual_rotation_deg(TRUTH, rescue.transform) < 2.0
+    assert "apex" in rescue.flag and json.dumps(rescue.to_json(), allow_nan=False)
+
+
+def test_rescue_is_refused_when_no_landmark_is_wrong(phantom):
+    from lmkreg.registration.rescue import rescue_on_surfaces
+
+    p = phantom["landmarks_mr"]
+    rescue = rescue_on_surfaces(gland_surface(phantom["mr_mask"]), gland_surface(phantom["us_mask"]),
+                                (p, TRUTH.apply(p)), NAMES)
+    assert not rescue.accepted and "no single landmark is wrong" in rescue.reason and rescue.transform is None
+
+
+def test_rescue_on_a_symmetric_gland_is_refused_as_ambiguous():
+    """A ball has no spin to read from its surface: two landmarks on it leave the pose open."""
+    from lmkreg.registration.rescue import rescue_on_surfaces
+
+    geom = _grid(np.zeros(3), 48.0, (0.8, 0.8, 0.8), (0, 0, 0))
+    ball = geom.make_image((np.linalg.norm(geom.voxel_centres_world(), axis=-1) <= 15.0).astype(np.uint8))
+    p = np.array([[0.0, 0.0, -15.0], [0.0, 0.0, 15.0], [0.0, 12.0, 0.0]])
+    q = p.copy()
+    q[2] = [9.0, 8.0, 0.0]  # the third landmark 12 mm off, on the ball
+    rescue = rescue_on_surfaces(gland_surface(ball), gland_surface(ball), (p, q), NAMES)
+    assert not rescue.accepted and "ambiguous" in rescue.reason

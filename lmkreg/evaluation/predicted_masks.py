@@ -92,7 +92,7 @@ def refined_registrations(result, masks: dict[str, Path], predicted: RigidTransf
                                                               "surface": ref.distance_surface_mm},
                                       "landmark_weight": weight, "transform": t.matrix().tolist()}
         if not ref.accepted:
-            result.notes.append(f"{VARIANTS[variant]} refinement refused, landmark transform kept: {ref.reason}")
+            result.notes.append(f"{VARIANTS[variant]}: refinement refused, landmark transform kept: {ref.reason}")
 
 
 def mask_summary(results: Sequence) -> dict:

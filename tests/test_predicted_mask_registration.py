@@ -300,3 +300,50 @@ def test_benchmark_rows_come_from_the_evaluation(mask_predictions, monkeypatch):
     lines = "\n".join(bench.mask_tables({"registration": {"HeatmapMatchingTrainer_Seg": {"masks": block}}}))
     assert "| HeatmapMatchingTrainer_Seg | surface-refined |" in lines
     assert "| HeatmapMatchingTrainer_Seg | MR |" in lines
+
+
+class _FakePredictor:
+    """Stands in for a trained model in one-shot register: answers the true landmarks + OFFSETS
+    and, as a segmentation model would (``has_segmentation``, ``Prediction.mask``), the true mask."""
+
+    def __init__(self, ds, case, modality, segments):
+        self.ds, self.case, self.modality = ds, case, modality
+        if segments:
+            self.has_segmentation = True
+
+    def predict(self, image):
+        from lmkreg.inference.predictor import Prediction
+
+        truth = read_lmkreg_json(self.ds.landmarks_path(self.case, self.modality, "Ts"))
+        pts = {n: truth[n] + np.asarray(o) for n, o in zip(NAMES, OFFSETS[self.modality])}
+        pred = Prediction(LandmarkSet(pts), {}, {})
+        pred.mask = sitk.ReadImage(str(self.ds.mask_path(self.case, self.modality, "Ts")))
+        return pred
+
+
+@pytest.mark.parametrize("segments", [True, False])
+def test_one_shot_feeds_the_predictors_masks_to_the_refinement(mask_predictions, tmp_path, monkeypatch, capsys,
+                                                               segments):
+    import lmkreg.inference.cascade as cascade
+    from lmkreg.dataset.layout import Dataset
+
+    folder, _, cases = mask_predictions
+    monkeypatch.setenv("LMKREG_raw", str(folder.parent))
+    ds = Dataset(folder)
+    monkeypatch.setattr(cascade, "build_predictor", lambda results, trainer, modality, *a, **k:
+                        _FakePredictor(ds, cases[0], modality, segments))
+    out = tmp_path / "out"
+    assert register_main(["-d", "34", "--mr-image", str(ds.image_path(cases[0], "MR", "Ts")), "--us-image",
+                          str(ds.image_path(cases[0], "US", "Ts")), "-tr", "Fake_Seg", "-o", str(out),
+                          "--refine", "surface"]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads((out / f"{cases[0]}_MR_to_US.json").read_text())
+    if segments:
+        assert doc["transform_source"] == "surface"
+        assert doc["surface_refinement"]["mr_mask"] == "predicted MR mask (in memory)"
+        assert find_predicted_mask(out / f"{cases[0]}_US.json")[0] == out / f"{cases[0]}_US_prostate.nii.gz"
+    else:
+        assert "has no segmentation head" in captured.err
+        assert doc["transform_source"] == "landmarks" and "no predicted prostate mask" in \
+            doc["surface_refinement"]["reason"]
+        assert not (out / f"{cases[0]}_US_prostate.nii.gz").exists()

@@ -87,6 +87,7 @@ def test_a_case_without_a_predicted_mask_keeps_its_landmark_transform_and_says_w
     printed = capsys.readouterr().out
     assert "case1: surface refinement accepted" in printed
     assert "case2: surface refinement not done, landmark transform kept: no predicted prostate mask" in printed
+    assert "surface refinement: 1 of 2 pair(s) refined, 0 refused (landmark transform kept), 1 not done" in printed
     doc = json.loads((out / "case2_MR_to_US.json").read_text())
     assert doc["transform_source"] == "landmarks" and doc["surface_transform"] is None
     assert "no 'prostate' entry" in doc["surface_refinement"]["reason"]

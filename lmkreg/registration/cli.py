@@ -335,16 +335,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if src is not None:
                     print(f"  wrote {resample_into_us(reg, src, args.us_image, args.output / f'{name}_{suffix}.nii.gz', mask, args.mr_series if not mask else None, args.us_series)}")
         return exit_status(0, len(reg.flags), args.strict)
-    failed, unreliable = 0, {}
+    failed, unreliable, outcomes = 0, {}, []
     for name, mr_file, us_file in pairs:
         try:
             reg = register_pair(mr_file, us_file, args.output, name, args.weighted, names, landmark_map, surface)
             print(f"{name}: rotation {reg.transform.rotation_angle_deg():.1f} deg, RMS residual {reg.rms_mm:.2f} mm")
             if reg.flags:
                 unreliable[name] = reg.flags
+            outcomes.append((reg.trust or {}).get("surface") if isinstance(reg.trust, dict) else None)
         except LmkregError as exc:
             failed += 1
             print(f"error: {exc}", file=sys.stderr)
+    if surface is not None and outcomes:
+        done = [o for o in outcomes if o and not o.get("not_done")]
+        print(f"surface refinement: {sum(bool(o['accepted']) for o in done)} of {len(outcomes)} pair(s) refined, "
+              f"{sum(not o['accepted'] for o in done)} refused (landmark transform kept), "
+              f"{len(outcomes) - len(done)} not done (no usable masks; landmark transform kept)")
     print_unreliable(unreliable, len(pairs) - failed, "pair")
     return exit_status(failed, len(unreliable), args.strict)
 

@@ -584,7 +584,8 @@ class SurfaceRequest:
         from lmkreg.registration.transform_files import not_refined_fields
 
         trust = reg.trust if isinstance(reg.trust, dict) else {}
-        trust["surface"] = {"accepted": False, "reason": reason, "surface_distance_mm": None, "notes": []}
+        trust["surface"] = {"accepted": False, "reason": reason, "surface_distance_mm": None, "not_done": True,
+                            "notes": []}
         reg.trust = trust
         print(f"{case}: surface refinement not done, landmark transform kept: {reason}")
         return {**doc, **not_refined_fields(reg.transform, reason, self.settings), "trust": trust}

@@ -9,7 +9,9 @@ For every test case with MR and US ground truth:
   impossible (fewer than 3 landmarks annotated in both modalities, e.g. a partial TRUS view)
   ICP is started from several poses built from the meshes alone and the best fit is kept;
 * SRE and residual rotation of both registrations against the reference; Dice of the MR mask
-  mapped into US space against the US mask.
+  mapped into US space against the US mask;
+* with predicted prostate masks (a segmentation model): their Dice and surface distances, and the
+  surface-refined and landmarks+surface registrations (lmkreg.evaluation.predicted_masks).
 """
 from __future__ import annotations
 

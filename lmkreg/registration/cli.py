@@ -257,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="single pair: MR image (file or DICOM series folder) to resample into US space")
     p.add_argument("--mr-mask", type=Path, help="MR prostate mask: for one pair resampled into US space with "
                                                 "--us-image; for --refine surface its surface (a folder of masks "
-                                                "matched by case name with --mr-dir/--us-dir)")
+                                                "matched by case name with --mr-dir/--us-dir; without --mr-mask and "
+                                                "--us-mask the masks predicted with the landmarks are used)")
     p.add_argument("--us-image", type=Path,
                    help="single pair: US image (file or DICOM series folder) defining the output grid")
     p.add_argument("--mr-series", help="DICOM folder with several series: the MR series (UID or description)")

@@ -478,7 +478,8 @@ def add_surface_options(p: argparse.ArgumentParser) -> None:
                         "stays within --max-rotation-deg and --max-shift-mm of the landmark transform")
     p.add_argument("--us-mask", type=Path,
                    help="US prostate mask for --refine surface: a file for one pair, a folder of masks matched "
-                        "by case name with --mr-dir/--us-dir")
+                        "by case name with --mr-dir/--us-dir (default, with no --mr-mask either: the masks a "
+                        "segmentation model predicted, named in each landmark JSON)")
     p.add_argument("--trim-fraction", type=float, default=DEFAULT_TRIM_FRACTION,
                    help=f"--refine surface: share of surface point pairs kept per ICP iteration, the closest "
                         f"ones, so a partial TRUS view does not pull the result (default {DEFAULT_TRIM_FRACTION})")
@@ -488,7 +489,7 @@ def add_surface_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-shift-mm", type=float, default=MAX_SHIFT_MM,
                    help=f"--refine surface: refuse a refinement moving the gland centre more than this many mm "
                         f"from the landmark transform (default {MAX_SHIFT_MM:g})")
-    p.add_argument("--landmark-weight", type=float, default=DEFAULT_LANDMARK_WEIGHT,
+    p.add_argument("--landmark-weight", type=float, default=DEFAULT_LANDMARK_WEIGHT, metavar="W",
                    help="--refine surface: also fit the landmarks as point pairs; the ICP minimises the mean "
                         "squared surface distance plus W times the mean squared landmark distance (default 0: "
                         "surfaces only; W = 0.1 lets the landmarks pull about a third as hard as the surfaces)")

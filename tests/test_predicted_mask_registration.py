@@ -223,7 +223,7 @@ def test_evaluate_scores_predicted_masks_and_the_three_registrations(mask_predic
     monkeypatch.setenv("LMKREG_raw", str(folder.parent))
     report = tmp_path / "report"
     assert evaluate_main(["-d", "34", "--mr-pred", str(pred / "MR"), "--us-pred", str(pred / "US"), "-o", str(report),
-                          "--qc", "0", "--workers", "1", "--no-progress"]) == 0
+                          "--qc", "2", "--workers", "1", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "segmentation MR" in printed and "surface-refined" in printed and "landmarks+surface" in printed
     doc = json.loads((report / "evaluation.json").read_text())
@@ -259,6 +259,8 @@ def test_evaluate_scores_predicted_masks_and_the_three_registrations(mask_predic
     md = (report / "evaluation.md").read_text()
     assert "## Segmentation (predicted prostate masks)" in md and "| surface-refined |" in md
     assert "| landmarks+surface |" in md and "| landmark-only |" in md
+    assert (report / "qc" / f"{cases[0]}_fusion_surface.png").is_file()  # the refined view of the refined case
+    assert not (report / "qc" / f"{cases[1]}_fusion_surface.png").exists()
     with (report / "evaluation.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert float(rows[0]["sre_surface_mm"]) == pytest.approx(first["sre_surface_mm"])

@@ -116,6 +116,13 @@ def _qc_case(result: CaseResult, dataset_folder: str, split: str, predictions: d
                       f"Dice {result.dice_predicted:.2f}); green US prostate, magenta MR prostate",
                       qc_dir / f"{case}_fusion.png", us_mask=masks["US"], mr_mask=masks["MR"])
         written.append(f"{QC_FOLDER}/{case}_fusion.png")
+        refined = result.refinement.get("surface")
+        if refined and refined.get("accepted"):  # predicted masks: the same view after --refine surface
+            fusion_figure(images["MR"], images["US"], RigidTransform.from_matrix(refined["transform"]),
+                          f"{case}: MR on US after the surface refinement on the predicted masks (SRE "
+                          f"{result.sre_surface_mm:.1f} mm, Dice {result.dice_surface:.2f}); true outlines",
+                          qc_dir / f"{case}_fusion_surface.png", us_mask=masks["US"], mr_mask=masks["MR"])
+            written.append(f"{QC_FOLDER}/{case}_fusion_surface.png")
     return written
 
 

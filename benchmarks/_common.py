@@ -23,15 +23,16 @@ def use_root(root: Path) -> None:
 
 def planned_phantoms(root: Path, dataset_id: int, name: str, n_train: int, n_test: int, preset: str, seed: int,
                      workers: int):
-    """The phantom dataset `dataset_id` under root/raw, generated unless it is there with `n_test`
-    test cases, then planned and preprocessed (up-to-date cases are skipped); returns it opened."""
+    """The phantom dataset `dataset_id` under root/raw, generated unless it is there with `n_train`
+    training and `n_test` test cases, then planned and preprocessed (up-to-date cases are skipped); returns it opened."""
     from lmkreg.dataset.layout import Dataset, dataset_folder_name, open_dataset
     from lmkreg.phantoms.generator import generate_dataset
     from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
 
     raw = root / "raw"
     folder = raw / dataset_folder_name(dataset_id, name)
-    if not (folder / "dataset.json").is_file() or len(Dataset(folder).cases("Ts")) != n_test:
+    if not (folder / "dataset.json").is_file() or len(Dataset(folder).cases("Ts")) != n_test \
+            or len(Dataset(folder).cases("Tr")) != n_train:
         log(f"generating {n_train} + {n_test} phantom pairs")
         generate_dataset(dataset_id, n_train, n_test, name=name, preset=preset, seed=seed, root=raw, overwrite=True,
                          progress=False)

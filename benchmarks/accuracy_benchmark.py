@@ -17,6 +17,11 @@ every trainer is reported in every table, and the settings were fixed before the
 
     python benchmarks/accuracy_benchmark.py [--train 40] [--test 40] [--epochs 20] [--cv-epochs 4]
 
+A trainer with a segmentation head (``--trainers HeatmapMatchingTrainer_Seg``) also gets the rows of
+issue 17, computed by lmkreg_evaluate's API: segmentation Dice per modality and the registration
+rows landmark-only / surface-refined / landmarks+surface.  ``--masks-as-predicted`` writes the
+true masks as predicted ones for trainers without a head (exercises the rows; optimistic).
+
 Writes benchmarks/results/accuracy.json and documentation/benchmark_accuracy.md; with
 ``--name NAME`` (a second experiment next to the main one) accuracy_NAME.json and
 benchmark_accuracy_NAME.md instead.
@@ -49,19 +54,108 @@ SRE_BINS = (0, 5, 10, 15, 20, 25, 30, 45, math.inf)
 ROT_BINS = (0, 5, 10, 20, 30, 40, 60, 70, math.inf)
 
 
-def predict_test_set(ds, trainer: str, modality: str, out: Path, folds) -> Path:
-    """lmkreg JSON predictions ``CASE_MODALITY.json`` for every test volume."""
+def predict_test_set(ds, trainer: str, modality: str, out: Path, folds, masks_as_predicted: bool = False) -> Path:
+    """lmkreg JSON predictions ``CASE_MODALITY.json`` for every test volume; a model with a
+    segmentation head also writes its prostate mask beside each (lmkreg_predict's form), and
+    `masks_as_predicted` writes the TRUE mask there instead when the model has none (exercises the
+    mask rows without a segmentation model; optimistic, see --masks-as-predicted)."""
     from lmkreg.inference.predictor import LandmarkPredictor
     from lmkreg.io.images import read_image
     from lmkreg.io.landmarks import write_lmkreg_json
+    from lmkreg.registration.predicted_masks import attach_mask
     from lmkreg.training.run import model_folder
 
     pred_dir = out / "pred" / f"{trainer}__{modality}__{'-'.join(map(str, folds))}"
     predictor = LandmarkPredictor(model_folder(ds.name, trainer, modality), folds=[str(f) for f in folds])
+    segments = bool(getattr(predictor, "has_segmentation", False))
     for case in ds.cases("Ts", modality):
         pred = predictor.predict(read_image(ds.image_path(case, modality, "Ts")))
-        write_lmkreg_json(pred.with_extras(), pred_dir / f"{case}_{modality}.json")
+        f = write_lmkreg_json(pred.with_extras(), pred_dir / f"{case}_{modality}.json")
+        mask = getattr(pred, "mask", None) if segments else None
+        if mask is None and masks_as_predicted and ds.mask_path(case, modality, "Ts").is_file():
+            mask = read_image(ds.mask_path(case, modality, "Ts"), is_mask=True)
+        if mask is not None:
+            attach_mask(f, mask)
     return pred_dir
+
+
+def mask_block(cases) -> dict:
+    """The predicted-mask results of one trainer from lmkreg_evaluate's per-case results (the
+    evaluation's own summary, nothing recomputed here): summary and per-case values."""
+    from lmkreg.evaluation.predicted_masks import VARIANT_KEYS, mask_summary
+    from lmkreg.evaluation.report import json_safe
+
+    per_case = {r.case: {"segmentation": r.segmentation, **{k: float(getattr(r, k)) for k in VARIANT_KEYS},
+                         "sre_predicted_mm": float(r.sre_predicted_mm),
+                         "rotation_predicted_deg": float(r.rotation_predicted_deg),
+                         "dice_predicted": float(r.dice_predicted),
+                         "refinement": {v: {k: d[k] for k in ("accepted", "reason", "beyond_bound")}
+                                        for v, d in r.refinement.items()}} for r in cases}
+    return json_safe({"summary": mask_summary(cases), "per_case": per_case})
+
+
+def mask_targets(block: dict) -> dict[str, tuple[bool, float]]:
+    """Issue 17's targets for a trainer with masks: surface-refined every pair < 10 deg, SRE <=
+    1.0 mm, Dice >= 0.94; segmentation Dice >= 0.90 per modality (means over the test pairs)."""
+    s = block["summary"]
+    out = {}
+    v = s.get("registration_variants", {}).get("surface")
+    if v:
+        out["surface_max_rotation"] = (v["rotation_deg"]["worst"] < 10, v["rotation_deg"]["worst"])
+        out["surface_sre"] = (v["sre_mm"]["mean"] <= 1.0, v["sre_mm"]["mean"])
+        out["surface_dice"] = (v["dice"]["mean"] >= 0.94, v["dice"]["mean"])
+    for m, seg in s.get("segmentation", {}).items():
+        out[f"segmentation_dice_{m}"] = (seg["dice"]["mean"] >= 0.90, seg["dice"]["mean"])
+    return out
+
+
+def mask_tables(results: dict) -> list[str]:
+    """Report lines: segmentation per modality and the three registration rows of every trainer
+    whose predictions carried masks."""
+    from lmkreg.evaluation.predicted_masks import VARIANTS
+
+    blocks = {t: d["masks"] for t, d in results.get("registration", {}).items()
+              if d.get("masks", {}).get("summary", {}).get("registration_variants")
+              or d.get("masks", {}).get("summary", {}).get("segmentation")}
+    if not blocks:
+        return []
+
+    def f(s, digits=2):
+        return "n/a" if not s or not s.get("n") else f"{s['mean']:.{digits}f} ± {s['sd']:.{digits}f}"
+
+    def w(s, digits=2):
+        return "n/a" if not s or not s.get("n") else f"{s['worst']:.{digits}f}"
+
+    L = ["## Predicted prostate masks (issue 17)", "",
+         "Computed by lmkreg_evaluate's API (lmkreg.evaluation.predicted_masks) on the same test pairs: the "
+         "transforms of `lmkreg_register --refine surface` on the predicted masks, started from the predicted-"
+         "landmark transform, with default settings (landmarks+surface: landmark weight "
+         f"{results.get('settings', {}).get('landmark_weight', 0.1)}), against the same ICP reference as Table 2.",
+         "", "| trainer | transform | SRE (mm) | SRE worst | Dice | Dice worst | rotation (deg) | rotation worst | "
+         "refused (beyond bound) |", "|---|---|---|---|---|---|---|---|---|"]
+    for t, b in blocks.items():
+        for v, label in VARIANTS.items():
+            r = b["summary"].get("registration_variants", {}).get(v)
+            if not r:
+                continue
+            refused = "–" if "refused" not in r else f"{r['refused']} ({r['beyond_bound']})"
+            L.append(f"| {t} | {label} | {f(r['sre_mm'])} | {w(r['sre_mm'])} | {f(r['dice'], 3)} | {w(r['dice'], 3)} | "
+                     f"{f(r['rotation_deg'], 1)} | {w(r['rotation_deg'], 1)} | {refused} |")
+    L += ["", "Segmentation (Dice with the true mask; symmetric surface distance, world mm):", "",
+          "| trainer | modality | Dice | Dice median | Dice worst | mean distance (mm) | 95 % distance (mm) | "
+          "95 % distance worst |", "|---|---|---|---|---|---|---|---|"]
+    for t, b in blocks.items():
+        for m, seg in b["summary"].get("segmentation", {}).items():
+            d = seg["dice"]
+            L.append(f"| {t} | {m} | {f(d, 3)} | {d.get('median', float('nan')):.3f} | {w(d, 3)} | "
+                     f"{f(seg['mean_surface_distance_mm'])} | {f(seg['surface_distance_95_mm'])} | "
+                     f"{w(seg['surface_distance_95_mm'])} |")
+    L += ["", "Targets (issue 17): surface-refined every pair < 10°, SRE ≤ 1.0 mm, Dice ≥ 0.94; segmentation Dice "
+          "≥ 0.90 per modality.", ""]
+    for t, b in blocks.items():
+        L.append(f"- {t}: " + ", ".join(f"{k} {'met' if ok else 'MISSED'} ({v:.2f})"
+                                        for k, (ok, v) in mask_targets(b).items()))
+    return L + [""]
 
 
 def per_case_mre(ds, pred_dir: Path, modality: str, names) -> dict[str, float]:
@@ -122,6 +216,12 @@ def main() -> None:
     p.add_argument("--root", type=Path, default=Path.home() / "lmkreg_benchmark",
                    help="LMKREG_raw/preprocessed/results go under this folder")
     p.add_argument("--seed", type=int, default=2024)
+    p.add_argument("--masks-as-predicted", action="store_true",
+                   help="write each test case's TRUE prostate masks as the predicted ones of trainers without a "
+                        "segmentation head, to exercise the surface rows without a _Seg model (optimistic: the "
+                        "refinement then sees the reference's own surfaces; use --name to keep the main report)")
+    p.add_argument("--landmark-weight", type=float, default=None,
+                   help="landmark weight of the landmarks+surface row (default: lmkreg_evaluate's)")
     p.add_argument("--name", default="",
                    help="suffix of the result and report files, so a second experiment keeps the main report")
     args = p.parse_args()
@@ -157,7 +257,8 @@ def main() -> None:
                 train_seconds = time.perf_counter() - t0
             else:
                 epochs, train_seconds = None, None
-            preds[(trainer, modality)] = predict_test_set(ds, trainer, modality, work, ["all"])
+            preds[(trainer, modality)] = predict_test_set(ds, trainer, modality, work, ["all"],
+                                                          args.masks_as_predicted)
             mre = per_case_mre(ds, preds[(trainer, modality)], modality, names)
             errs = per_landmark_errors(ds, preds[(trainer, modality)], modality, names)
             results["trainers"].setdefault(trainer, {})[modality] = {
@@ -213,15 +314,21 @@ def main() -> None:
         log(f"registration metrics from {trainer} landmarks")
         cases, failed = evaluate_cases(ds, ds.cases("Ts"), "Ts", {"MR": preds[(trainer, "MR")],
                                                                   "US": preds[(trainer, "US")]},
-                                       names, workers=args.workers, progress=False)
+                                       names, workers=args.workers, progress=False,
+                                       landmark_weight=args.landmark_weight)
         if failed:
             log(f"  evaluation failed for {sorted(failed)}")
         results["registration"][trainer] = {
             "per_case": {r.case: {k: float(getattr(r, k)) for k in keys} for r in cases},
             "failed": failed}
+        if any(r.segmentation or r.refinement for r in cases):  # predicted masks: issue 17's rows
+            results["registration"][trainer]["masks"] = mask_block(cases)
     results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                           "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
-    results["settings"] = vars(args) | {"root": str(args.root)}
+    from lmkreg.evaluation.predicted_masks import LANDMARKS_SURFACE_WEIGHT
+
+    results["settings"] = vars(args) | {"root": str(args.root), "landmark_weight": args.landmark_weight
+                                        if args.landmark_weight is not None else LANDMARKS_SURFACE_WEIGHT}
     results["targets"] = {t: targets_met(results, t) for t in results["trainers"]}
     results["command"] = command
     results["wall_minutes"] = (time.perf_counter() - started) / 60
@@ -277,6 +384,7 @@ def main() -> None:
         L += [f"## {title}", "", "| landmarks from | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
         L += [f"| {t} | " + " | ".join(map(str, hist(r[kp], edges))) + " |" for t, r in reg.items()]
         L += ["| true landmarks | " + " | ".join(map(str, hist(any_reg[km], edges))) + " |", ""]
+    L += mask_tables(results)
     L += ["## Targets (issue 6) per trainer", "",
           "| trainer | MRE MR ≤ 1.5 | MRE US ≤ 1.5 | SRE ≤ 2.5 | Dice ≥ 0.88 | every case < 10° |", "|---|---|---|---|---|---|"]
     for t, tg in results["targets"].items():

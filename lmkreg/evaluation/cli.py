@@ -6,7 +6,10 @@
 Every case of the split with true landmarks in both modalities is evaluated: MRE per landmark
 (paper Table 1), SRE / Dice / residual rotation of the registration from the predicted
 landmarks and from the true ones against the ICP reference (Table 2), and their histograms
-(Tables 3 and 4).  Prediction files are found by case name (``CASE_MR.json`` as lmkreg_predict
+(Tables 3 and 4).  When the prediction files name predicted prostate masks (a segmentation model),
+also Dice and surface distances per modality and the registration rows landmark-only /
+surface-refined / landmarks+surface (the refinement of lmkreg_register on the predicted masks).
+Prediction files are found by case name (``CASE_MR.json`` as lmkreg_predict
 writes them, or ``CASE.json``; ``.mrk.json`` and ``.fcsv`` too).  Writes ``evaluation.md``,
 ``evaluation.csv`` (one row per case), ``evaluation.json`` and ``histograms.png``, and for the
 ``--qc`` worst cases by SRE ``qc/CASE_landmarks_MR.png``, ``qc/CASE_landmarks_US.png`` and
@@ -26,6 +29,7 @@ from lmkreg.cli_utils import friendly_errors, make_parser
 from lmkreg.dataset.layout import Dataset, check_case_id, open_dataset
 from lmkreg.errors import ConfigurationError, OutputError
 from lmkreg.evaluation.evaluate import MODALITIES, CaseResult, evaluate_cases, find_prediction, summarize
+from lmkreg.evaluation.predicted_masks import LANDMARKS_SURFACE_WEIGHT
 
 QC_FOLDER = "qc"
 
@@ -112,6 +116,13 @@ def _qc_case(result: CaseResult, dataset_folder: str, split: str, predictions: d
                       f"Dice {result.dice_predicted:.2f}); green US prostate, magenta MR prostate",
                       qc_dir / f"{case}_fusion.png", us_mask=masks["US"], mr_mask=masks["MR"])
         written.append(f"{QC_FOLDER}/{case}_fusion.png")
+        refined = result.refinement.get("surface")
+        if refined and refined.get("accepted"):  # predicted masks: the same view after --refine surface
+            fusion_figure(images["MR"], images["US"], RigidTransform.from_matrix(refined["transform"]),
+                          f"{case}: MR on US after the surface refinement on the predicted masks (SRE "
+                          f"{result.sre_surface_mm:.1f} mm, Dice {result.dice_surface:.2f}); true outlines",
+                          qc_dir / f"{case}_fusion_surface.png", us_mask=masks["US"], mr_mask=masks["MR"])
+            written.append(f"{QC_FOLDER}/{case}_fusion_surface.png")
     return written
 
 
@@ -131,7 +142,7 @@ def write_qc(run: EvaluationRun, dataset: Dataset, predictions: dict[str, Path],
 
 def evaluate_predictions(dataset_id: str, mr_pred: Path, us_pred: Path, out_dir: Optional[Path], split: str = "Ts",
                          cases: Optional[Sequence[str]] = None, qc: int = 5, workers: Optional[int] = None,
-                         progress: bool = True) -> EvaluationRun:
+                         progress: bool = True, landmark_weight: Optional[float] = None) -> EvaluationRun:
     """Evaluate every selected case and (with out_dir) write the report and QC pictures."""
     from lmkreg.evaluation.report import write_report
     from lmkreg.parallel import default_workers
@@ -146,7 +157,8 @@ def evaluate_predictions(dataset_id: str, mr_pred: Path, us_pred: Path, out_dir:
             raise ConfigurationError(f"{folder}: {m} prediction folder not found")
     todo, missing = select_cases(dataset, split, predictions, cases)
     workers = default_workers() if workers is None else max(1, int(workers))
-    results, failed = evaluate_cases(dataset, todo, split, predictions, names, workers, progress) if todo else ([], {})
+    results, failed = (evaluate_cases(dataset, todo, split, predictions, names, workers, progress, landmark_weight)
+                       if todo else ([], {}))
     run = EvaluationRun(dataset.name, split, results, summarize(results, names), missing, failed)
     if out_dir is not None and results:
         out_dir = Path(out_dir)
@@ -186,6 +198,20 @@ def summary_table(summary: dict) -> str:
              f(summary.get("unflagged_pairs", {}).get("sre_predicted_mm", {})), ""),
             ("Dice", f(summary["dice_predicted"]), f(summary["dice_manual"])),
             ("rotation (deg)", f(summary["rotation_predicted_deg"], 1), f(summary["rotation_manual_deg"], 1))]
+    seg = summary.get("segmentation") or {}
+    for m, b in seg.items():
+        rows.append((f"segmentation {m}: Dice / 95 % distance (mm)", f(b["dice"], 3),
+                     f(b["surface_distance_95_mm"])))
+    var = summary.get("registration_variants") or {}
+    if var:
+        from lmkreg.evaluation.predicted_masks import VARIANTS
+
+        rows.append((f"{summary.get('registration_variants_cases', 0)} pair(s) with masks", "SRE (mm) | Dice",
+                     "rotation (deg) | refused"))
+        for v, label in VARIANTS.items():
+            b = var[v]
+            rows.append((f"  {label}", f"{f(b['sre_mm'])} | {f(b['dice'], 3)}",
+                         f"{f(b['rotation_deg'], 1)} | {b.get('refused', '–')}"))
     w = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join(f"{a:<{w[0]}}  {b:>{w[1]}}  {c:>{w[2]}}".rstrip() for a, b, c in rows)
 
@@ -201,13 +227,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--cases", nargs="+", default=None, help="only these cases (default: all with ground truth)")
     p.add_argument("--qc", type=int, default=5, metavar="N", help="QC pictures of the N worst cases by SRE "
                                                                   "(default 5, 0: none)")
+    p.add_argument("--landmark-weight", type=float, default=LANDMARKS_SURFACE_WEIGHT, metavar="W",
+                   help=f"with predicted masks: the weight of the landmarks in the landmarks+surface registration "
+                        f"row, as lmkreg_register --refine surface --landmark-weight (default "
+                        f"{LANDMARKS_SURFACE_WEIGHT:g})")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: available cores, max 8)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = p.parse_args(argv)
     if args.qc < 0:
         p.error("--qc must be >= 0")
+    if not (args.landmark_weight > 0 and args.landmark_weight < float("inf")):
+        p.error("--landmark-weight must be a finite number above 0 (0 is the surface-refined row)")
     run = evaluate_predictions(args.dataset, args.mr_pred, args.us_pred, args.output, args.split, args.cases,
-                               args.qc, args.workers, not args.no_progress)
+                               args.qc, args.workers, not args.no_progress, args.landmark_weight)
     for case, why in sorted(run.missing.items()):
         print(f"not evaluated: {case}: {why}", file=sys.stderr)
     for case, why in sorted(run.failed.items()):

@@ -9,7 +9,9 @@ For every test case with MR and US ground truth:
   impossible (fewer than 3 landmarks annotated in both modalities, e.g. a partial TRUS view)
   ICP is started from several poses built from the meshes alone and the best fit is kept;
 * SRE and residual rotation of both registrations against the reference; Dice of the MR mask
-  mapped into US space against the US mask.
+  mapped into US space against the US mask;
+* with predicted prostate masks (a segmentation model): their Dice and surface distances, and the
+  surface-refined and landmarks+surface registrations (lmkreg.evaluation.predicted_masks).
 """
 from __future__ import annotations
 
@@ -55,6 +57,16 @@ class CaseResult:
     radii_mm: dict[str, dict[str, Optional[float]]] = field(default_factory=dict)  # modality -> landmark -> radius
     flagged: dict[str, dict[str, bool]] = field(default_factory=dict)  # modality -> landmark -> unreliable
     pair_flagged: Optional[bool] = None  # lmkreg_register's pair flag for the predicted landmarks
+    # predicted prostate masks (issue 17; lmkreg.evaluation.predicted_masks): segmentation per modality and
+    # the surface-refined / landmarks+surface registrations against the same reference
+    segmentation: dict[str, dict] = field(default_factory=dict)  # modality -> Dice, surface distances, volumes
+    sre_surface_mm: float = float("nan")
+    rotation_surface_deg: float = float("nan")
+    dice_surface: float = float("nan")
+    sre_landmarks_surface_mm: float = float("nan")
+    rotation_landmarks_surface_deg: float = float("nan")
+    dice_landmarks_surface: float = float("nan")
+    refinement: dict[str, dict] = field(default_factory=dict)  # variant -> accepted, reason, distances, transform
 
     def mre_mm(self, modality: str) -> float:
         """Mean radial error of this case in one modality (mean over landmarks that have an error)."""
@@ -167,19 +179,25 @@ def reference_registration(mr_mesh, us_mesh, manual: Optional[RigidTransform] = 
 
 
 def evaluate_case(dataset: Dataset, case: str, split: str, predictions: dict[str, Path],
-                  names: Sequence[str], surface_samples: int = 5000) -> CaseResult:
+                  names: Sequence[str], surface_samples: int = 5000,
+                  landmark_weight: Optional[float] = None) -> CaseResult:
     """All metrics for one case; `predictions` maps modality -> folder of predicted landmark files.
 
     A modality without a prediction file is noted (its MRE and the predicted registration are
-    then NaN).  Raises InputError if a ground-truth or prediction file is unreadable.
+    then NaN).  Raises InputError if a ground-truth or prediction file is unreadable.  Predicted
+    prostate masks named by the prediction files add segmentation metrics and the surface-refined
+    and landmarks+surface registrations (`landmark_weight`: that row's weight, default
+    lmkreg.evaluation.predicted_masks.LANDMARKS_SURFACE_WEIGHT).
     """
+    from lmkreg.evaluation import predicted_masks as pm
     from lmkreg.io.landmark_files import read_landmarks
 
     truth = {m: read_lmkreg_json(dataset.landmarks_path(case, m, split)) for m in MODALITIES}
     pred: dict[str, LandmarkSet] = {}
     result = CaseResult(case, {})
+    pred_files = {}
     for m in MODALITIES:
-        f = find_prediction(predictions[m], case, m) if m in predictions else None
+        f = pred_files[m] = find_prediction(predictions[m], case, m) if m in predictions else None
         if f is None:
             result.notes.append(f"no {m} prediction")
             continue
@@ -191,10 +209,16 @@ def evaluate_case(dataset: Dataset, case: str, split: str, predictions: dict[str
         if lost:
             result.notes.append(f"{m} prediction lacks {', '.join(lost)}")
     mr_mask_path, us_mask_path = dataset.mask_path(case, "MR", split), dataset.mask_path(case, "US", split)
+    true_masks = {m: read_image(p, is_mask=True) if p.is_file() else None
+                  for m, p in (("MR", mr_mask_path), ("US", us_mask_path))}
+    pred_masks, no_mask = pm.predicted_mask_files(pred_files)
+    if pred_masks:  # a model with a segmentation head: its masks are scored, a missing one noted
+        pm.segmentation_of_case(result, pred_masks, true_masks)
+        result.notes += [f"{m}: {why}" for m, why in no_mask.items()]
     if not (mr_mask_path.is_file() and us_mask_path.is_file()):
         result.notes.append("no masks: SRE and Dice skipped")
         return result
-    mr_mask, us_mask = read_image(mr_mask_path, is_mask=True), read_image(us_mask_path, is_mask=True)
+    mr_mask, us_mask = true_masks["MR"], true_masks["US"]
     try:
         mr_mesh, us_mesh = mask_to_mesh(mr_mask), mask_to_mesh(us_mask)
     except ValueError as exc:
@@ -232,6 +256,10 @@ def evaluate_case(dataset: Dataset, case: str, split: str, predictions: dict[str
             result.sre_predicted_mm = surface_registration_error(pts, reference, predicted)
             result.rotation_predicted_deg = residual_rotation_deg(reference, predicted)
             result.dice_predicted = registration_dice(mr_mask, us_mask, predicted)
+            if len(pred_masks) == 2:
+                pm.refined_registrations(result, pred_masks, predicted, reference, pts, mr_mask, us_mask,
+                                         (pred["MR"].to_array(fit.names), pred["US"].to_array(fit.names)), fit.names,
+                                         pm.LANDMARKS_SURFACE_WEIGHT if landmark_weight is None else landmark_weight)
     return result
 
 
@@ -278,22 +306,24 @@ def calibration_summary(results: Sequence[CaseResult], names: Sequence[str], err
 
 
 def _evaluate_or_error(case: str, dataset_folder: str, split: str, predictions: dict[str, str],
-                       names: Sequence[str]):
+                       names: Sequence[str], landmark_weight: Optional[float] = None):
     """Worker: a CaseResult, or (case, message) when a file of the case is unusable."""
     try:
-        return evaluate_case(Dataset(dataset_folder), case, split, {m: Path(p) for m, p in predictions.items()}, names)
+        return evaluate_case(Dataset(dataset_folder), case, split, {m: Path(p) for m, p in predictions.items()}, names,
+                             landmark_weight=landmark_weight)
     except LmkregError as exc:
         return case, str(exc)
 
 
 def evaluate_cases(dataset: Dataset, cases: Sequence[str], split: str, predictions: dict[str, Path],
-                   names: Sequence[str], workers: int = 1, progress: bool = True
-                   ) -> tuple[list[CaseResult], dict[str, str]]:
+                   names: Sequence[str], workers: int = 1, progress: bool = True,
+                   landmark_weight: Optional[float] = None) -> tuple[list[CaseResult], dict[str, str]]:
     """evaluate_case over `cases` in `workers` processes; returns (results, {case: error}) in case order."""
     from lmkreg.parallel import parallel_map
 
     fn = functools.partial(_evaluate_or_error, dataset_folder=str(dataset.folder), split=split,
-                           predictions={m: str(p) for m, p in predictions.items()}, names=list(names))
+                           predictions={m: str(p) for m, p in predictions.items()}, names=list(names),
+                           landmark_weight=landmark_weight)
     out = parallel_map(fn, list(cases), workers=workers, desc="evaluating", disable_progress=not progress)
     results = [r for r in out if isinstance(r, CaseResult)]
     failed = {r[0]: r[1] for r in out if not isinstance(r, CaseResult)}
@@ -333,12 +363,17 @@ def summarize(results: Sequence[CaseResult], names: Sequence[str]) -> dict:
     out["unflagged_pairs"] = {key: stats([getattr(r, key) for r in kept])
                               for key in ("sre_predicted_mm", "dice_predicted", "rotation_predicted_deg")}
     out["calibration"] = calibration_summary(results, names)
+    from lmkreg.evaluation.predicted_masks import mask_summary
+
+    out.update(mask_summary(results))  # "segmentation", "registration_variants" (empty without predicted masks)
     return out
 
 
 def case_rows(results: Sequence[CaseResult], names: Sequence[str]) -> list[dict]:
-    """One flat row per case (the CSV): landmark errors, per-case MRE, registration metrics, notes."""
+    """One flat row per case (the CSV): landmark errors, per-case MRE, registration metrics, notes;
+    with predicted masks also segmentation metrics and the surface-refined registrations."""
     rows = []
+    with_masks = any(r.segmentation or r.refinement for r in results)
     for r in results:
         row: dict = {"case": r.case}
         for m in MODALITIES:
@@ -347,6 +382,15 @@ def case_rows(results: Sequence[CaseResult], names: Sequence[str]) -> list[dict]
             row[f"{m}_mre_mm"] = r.mre_mm(m)
         d = asdict(r)
         row.update({k: d[k] for k in METRIC_KEYS})
+        if with_masks:  # columns of predicted masks only when there are any (the CSV stays as it was without)
+            from lmkreg.evaluation.predicted_masks import VARIANT_KEYS
+            from lmkreg.evaluation.segmentation import SEGMENTATION_KEYS
+
+            for m in MODALITIES:
+                row.update({f"{m}_seg_{k}": r.segmentation.get(m, {}).get(k, float("nan")) for k in SEGMENTATION_KEYS})
+            row.update({k: d[k] for k in VARIANT_KEYS})
+            row.update({f"{v}_accepted": r.refinement.get(v, {}).get("accepted", "")
+                        for v in ("surface", "landmarks_surface")})
         row["notes"] = "; ".join(r.notes)
         rows.append(row)
     return rows

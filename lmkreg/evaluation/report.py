@@ -103,6 +103,7 @@ def markdown(summary: dict, results: Sequence[CaseResult], names: Sequence[str],
         for label, key in (("predicted", key_p), ("manual", key_m)):
             counts = histogram([getattr(r, key) for r in results], edges)
             lines.append(f"| {label} | " + " | ".join(map(str, counts)) + " |")
+    lines += mask_markdown(summary)
     lines += calibration_markdown(summary.get("calibration"), names)
     if qc:
         lines += ["", "## Worst cases (largest SRE of the predicted registration)", "",
@@ -122,6 +123,48 @@ def markdown(summary: dict, results: Sequence[CaseResult], names: Sequence[str],
         lines += [f"- {case}: {why}" for case, why in sorted((missing or {}).items())]
         lines += [f"- {case}: failed: {why}" for case, why in sorted((failed or {}).items())]
     return "\n".join(lines) + "\n"
+
+
+def _worst(s: Optional[dict], digits: int = 2) -> str:
+    return "n/a" if not s or s.get("n", 0) == 0 else f"{s['worst']:.{digits}f}"
+
+
+def mask_markdown(summary: dict) -> list[str]:
+    """Segmentation per modality and the three registration rows (predicted masks, issue 17);
+    nothing without predicted masks."""
+    from lmkreg.evaluation.predicted_masks import VARIANTS
+
+    lines: list[str] = []
+    seg = summary.get("segmentation") or {}
+    if seg:
+        lines += ["", "## Segmentation (predicted prostate masks)", "",
+                  "Dice with the true mask; symmetric surface distance between the boundary voxel centres of "
+                  "the two masks, world mm, both directions pooled (mean and 95th percentile).", "",
+                  "| modality | n | Dice mean ± sd | Dice median | Dice worst | mean distance (mm) median | "
+                  "mean distance worst | 95 % distance (mm) median | 95 % distance worst |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for m, b in seg.items():
+            d, a, h = b["dice"], b["mean_surface_distance_mm"], b["surface_distance_95_mm"]
+            lines.append(f"| {m} | {d.get('n', 0)} | {_fmt(d, 3)} | {_median(d, 3)} | {_worst(d, 3)} | {_median(a)} | "
+                         f"{_worst(a)} | {_median(h)} | {_worst(h)} |")
+    var = summary.get("registration_variants") or {}
+    if var:
+        lines += ["", "## Registration variants (predicted landmarks and masks)", "",
+                  f"Over the {summary.get('registration_variants_cases', 0)} case(s) with both predicted masks: the "
+                  f"transform from the predicted landmarks, and the ones `lmkreg_register --refine surface` gives on "
+                  f"the predicted masks (surfaces only; and with the landmarks as extra pairs). Scored against the "
+                  f"same ICP reference (true masks) as above; a refused refinement keeps the landmark transform.", "",
+                  "| transform | SRE (mm) | SRE median | SRE worst | Dice | Dice worst | rotation (deg) | "
+                  "rotation worst | refused (beyond bound) |", "|---|---|---|---|---|---|---|---|---|"]
+        for v, label in VARIANTS.items():
+            b = var.get(v)
+            if not b:
+                continue
+            refused = "–" if "refused" not in b else f"{b['refused']} ({b['beyond_bound']})"
+            lines.append(f"| {label} | {_fmt(b['sre_mm'])} | {_median(b['sre_mm'])} | {_worst(b['sre_mm'])} | "
+                         f"{_fmt(b['dice'], 3)} | {_worst(b['dice'], 3)} | {_fmt(b['rotation_deg'], 1)} | "
+                         f"{_worst(b['rotation_deg'], 1)} | {refused} |")
+    return lines
 
 
 def calibration_markdown(cal: Optional[dict], names: Sequence[str]) -> list[str]:
@@ -193,7 +236,9 @@ def write_report(results: Sequence[CaseResult], summary: dict, names: Sequence[s
         w.writerows([{k: ("" if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
                      for row in rows])
     paths = {k: out_dir / v for k, v in REPORT_FILES.items()}
-    cases = [{**row, "notes": r.notes, **{k: getattr(r, k) for k in TRANSFORM_KEYS}}
+    cases = [{**row, "notes": r.notes, **{k: getattr(r, k) for k in TRANSFORM_KEYS},
+              **({"segmentation": r.segmentation} if r.segmentation else {}),
+              **({"refinement": r.refinement} if r.refinement else {})}
              for row, r in zip(rows, results)]
     doc = {"title": title, **(extra or {}), "summary": summary, "cases": cases,
            "missing_predictions": dict(missing or {}), "failed": dict(failed or {}), "qc": dict(qc or {})}

@@ -18,7 +18,10 @@ points to MR points, so SimpleITK's Resample and 3D Slicer show the MR in US spa
 ``--mr-image/--us-image`` also write the MR (and ``--mr-mask``) resampled into US space.
 ``--refine surface --mr-mask M --us-mask U`` refines the landmark transform by rigid ICP between
 the prostate surfaces and keeps it only if it fits the surfaces better within a bound of the
-landmark transform (lmkreg.registration.surface); the JSON records both transforms.
+landmark transform (lmkreg.registration.surface); the JSON records both transforms and the
+surface distance before and after.  Without --mr-mask/--us-mask the masks are the predicted ones
+(a segmentation model's ``STEM_prostate.nii.gz``, named in the landmark JSON; in one shot the
+predictor's masks); a case without them keeps its landmark transform and says why.
 """
 from __future__ import annotations
 
@@ -136,7 +139,7 @@ def register_pair(mr_file: Path, us_file: Path, out_dir: Path, name: str, weight
            "itk_file": f"{name}_MR_to_US.tfm",
            "itk_file_direction": "US world point -> MR world point (ITK resampling convention)", "trust": reg.trust}
     if surface is not None:  # --refine surface (issue 17): the transform to use, both recorded in doc
-        reg, doc = surface.refine_pair(reg, doc, mr, us, name)
+        reg, doc = surface.refine_pair(reg, doc, mr, us, name, mr_file, us_file)
     write_transform_pair(reg, doc, out_dir / f"{name}_MR_to_US.json", out_dir / f"{name}_MR_to_US.tfm")
     return reg
 
@@ -196,20 +199,26 @@ def _pairs(mr_dir: Path, us_dir: Path) -> list[tuple[str, Path, Path]]:
 
 def predict_pair(dataset: str, mr_image: Path, us_image: Path, out_dir: Path, name: str,
                  trainers: dict[str, Optional[str]], folds: Optional[Sequence[str]] = None,
-                 series: Optional[dict[str, Optional[str]]] = None, overwrite: bool = False) -> tuple[Path, Path]:
+                 series: Optional[dict[str, Optional[str]]] = None, overwrite: bool = False,
+                 masks: Optional[dict] = None) -> tuple[Path, Path]:
     """Landmarks of an MR and a US volume with the trained models: ``NAME_MR.json`` / ``NAME_US.json``
     (lmkreg JSON with confidence) and their ``.mrk.json`` twins in `out_dir`.  Like
-    ``lmkreg_predict``, a modality's cascade is used when both of its stages are trained."""
+    ``lmkreg_predict``, a modality's cascade is used when both of its stages are trained.  A model
+    with a segmentation head also gives its prostate mask: written as ``NAME_MOD_prostate.nii.gz``
+    (named in the JSON like lmkreg_predict does) and, when `masks` is a dict, put there by
+    modality so a surface refinement uses it directly."""
     from lmkreg.dataset.layout import find_dataset
     from lmkreg.inference.cascade import build_predictor
     from lmkreg.io.landmark_files import write_landmarks
     from lmkreg.io.landmarks import write_lmkreg_json
     from lmkreg.paths import results_root
+    from lmkreg.registration.predicted_masks import attach_mask
 
     from lmkreg.cli_utils import choose_trainer
     from lmkreg.io.ownership import check_replaceable
 
     results = results_root() / find_dataset(dataset).name
+    # NAME_MOD_prostate.nii.gz is lmkreg's by its name (like NAME_MR_to_US.tfm) and is replaced
     check_replaceable([out_dir / f"{name}_{m}{ext}" for m in ("MR", "US") for ext in (".json", ".mrk.json")],
                       overwrite)
     written = []
@@ -221,6 +230,15 @@ def predict_pair(dataset: str, mr_image: Path, us_image: Path, out_dir: Path, na
         pred = predictor.predict(read_image_or_series(image, (series or {}).get(modality)))
         write_landmarks(pred.landmarks, out_dir / f"{name}_{modality}.mrk.json")
         written.append(write_lmkreg_json(pred.with_extras(), out_dir / f"{name}_{modality}.json"))
+        mask = getattr(pred, "mask", None) if getattr(predictor, "has_segmentation", False) else None
+        if mask is not None:
+            print(f"  {modality}: predicted prostate mask -> {attach_mask(written[-1], mask).name}")
+            if masks is not None:
+                masks[modality] = mask
+        elif masks is not None:
+            print(f"note: the {modality} model ({trainer}) has no segmentation head, so no predicted prostate "
+                  f"mask; --refine surface will keep the landmark transform (train a {trainer}_Seg model, or give "
+                  f"--mr-mask and --us-mask)", file=sys.stderr)
         for flag in pred.flags:
             print(f"warning: {image}: {flag}", file=sys.stderr)
     return written[0], written[1]
@@ -239,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="single pair: MR image (file or DICOM series folder) to resample into US space")
     p.add_argument("--mr-mask", type=Path, help="MR prostate mask: for one pair resampled into US space with "
                                                 "--us-image; for --refine surface its surface (a folder of masks "
-                                                "matched by case name with --mr-dir/--us-dir)")
+                                                "matched by case name with --mr-dir/--us-dir; without --mr-mask and "
+                                                "--us-mask the masks predicted with the landmarks are used)")
     p.add_argument("--us-image", type=Path,
                    help="single pair: US image (file or DICOM series folder) defining the output grid")
     p.add_argument("--mr-series", help="DICOM folder with several series: the MR series (UID or description)")
@@ -286,8 +305,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _output_folder(args.output)
         name = check_case_id(args.name or case_name(args.mr_image), "--name")
         trainers = {"MR": args.mr_trainer or args.trainer, "US": args.us_trainer or args.trainer}
+        masks = {} if surface is not None and surface.predicted else None
         args.mr, args.us = predict_pair(args.dataset, args.mr_image, args.us_image, args.output, name, trainers,
-                                        args.folds, {"MR": args.mr_series, "US": args.us_series}, args.overwrite)
+                                        args.folds, {"MR": args.mr_series, "US": args.us_series}, args.overwrite,
+                                        masks)
+        if masks:  # the predictor's masks feed the refinement directly
+            surface.images[name] = masks
         args.name = name
     single = args.mr is not None or args.us is not None
     if single == (args.mr_dir is not None or args.us_dir is not None):
@@ -313,16 +336,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if src is not None:
                     print(f"  wrote {resample_into_us(reg, src, args.us_image, args.output / f'{name}_{suffix}.nii.gz', mask, args.mr_series if not mask else None, args.us_series)}")
         return exit_status(0, len(reg.flags), args.strict)
-    failed, unreliable = 0, {}
+    failed, unreliable, outcomes = 0, {}, []
     for name, mr_file, us_file in pairs:
         try:
             reg = register_pair(mr_file, us_file, args.output, name, args.weighted, names, landmark_map, surface)
             print(f"{name}: rotation {reg.transform.rotation_angle_deg():.1f} deg, RMS residual {reg.rms_mm:.2f} mm")
             if reg.flags:
                 unreliable[name] = reg.flags
+            outcomes.append((reg.trust or {}).get("surface") if isinstance(reg.trust, dict) else None)
         except LmkregError as exc:
             failed += 1
             print(f"error: {exc}", file=sys.stderr)
+    if surface is not None and outcomes:
+        done = [o for o in outcomes if o and not o.get("not_done")]
+        print(f"surface refinement: {sum(bool(o['accepted']) for o in done)} of {len(outcomes)} pair(s) refined, "
+              f"{sum(not o['accepted'] for o in done)} refused (landmark transform kept), "
+              f"{len(outcomes) - len(done)} not done (no usable masks; landmark transform kept)")
     print_unreliable(unreliable, len(pairs) - failed, "pair")
     return exit_status(failed, len(unreliable), args.strict)
 

@@ -77,6 +77,16 @@ def refinement_fields(result) -> dict:
             "surface_refinement": result.to_json()}
 
 
+def not_refined_fields(landmark_transform: RigidTransform, reason: str, settings) -> dict:
+    """Fields of a transform JSON whose surface refinement could not run (e.g. no predicted
+    mask): the same keys as a refused refinement, the landmark transform in use, and why."""
+    return {"transform_source": "landmarks", "landmark_transform": landmark_transform.to_json(),
+            "surface_transform": None,
+            "surface_refinement": {"accepted": False, "reason": reason, "transform_used": "landmarks",
+                                   "surface_distance_mm": {"landmarks": None, "surface": None},
+                                   "settings": settings.to_json()}}
+
+
 def read_transform_record(path: PathLike) -> dict[str, RigidTransform]:
     """The transforms of an lmkreg transform JSON: ``used`` (the top-level matrix) and, when the
     file comes from a surface refinement, ``landmarks`` and ``surface`` (each MR -> US)."""

@@ -132,13 +132,13 @@ def mask_tables(results: dict) -> list[str]:
          "landmark transform, with default settings (landmarks+surface: landmark weight "
          f"{results.get('settings', {}).get('landmark_weight', 0.1)}), against the same ICP reference as Table 2.",
          "", "| trainer | transform | SRE (mm) | SRE worst | Dice | Dice worst | rotation (deg) | rotation worst | "
-         "refused (beyond bound) |", "|---|---|---|---|---|---|---|---|---|"]
+         "refused (beyond bound; rescued) |", "|---|---|---|---|---|---|---|---|---|"]
     for t, b in blocks.items():
         for v, label in VARIANTS.items():
             r = b["summary"].get("registration_variants", {}).get(v)
             if not r:
                 continue
-            refused = "–" if "refused" not in r else f"{r['refused']} ({r['beyond_bound']})"
+            refused = "–" if "refused" not in r else f"{r['refused']} ({r['beyond_bound']}; {r.get('rescued', 0)})"
             L.append(f"| {t} | {label} | {f(r['sre_mm'])} | {w(r['sre_mm'])} | {f(r['dice'], 3)} | {w(r['dice'], 3)} | "
                      f"{f(r['rotation_deg'], 1)} | {w(r['rotation_deg'], 1)} | {refused} |")
     L += ["", "Segmentation (Dice with the true mask; symmetric surface distance, world mm):", "",

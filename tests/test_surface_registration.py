@@ -355,3 +355,21 @@ def test_rescue_on_a_symmetric_gland_is_refused_as_ambiguous():
     q[2] = [9.0, 8.0, 0.0]  # the third landmark 12 mm off, on the ball
     rescue = rescue_on_surfaces(gland_surface(ball), gland_surface(ball), (p, q), NAMES)
     assert not rescue.accepted and "ambiguous" in rescue.reason
+
+
+def test_a_refused_refinement_with_a_wrong_landmark_is_rescued_and_flagged(phantom):
+    """refine_on_surfaces tries the rescue when the bound refuses: the transform in use is the
+    rescued one, the JSON says so and the pair carries a flag naming the left-out landmark."""
+    p, q, landmark_fit, us_mask = _wrong_apex(phantom, cut=False)
+    mr, us = gland_surface(phantom["mr_mask"]), gland_surface(us_mask)
+    result = refine_on_surfaces(landmark_fit, mr, us, landmarks=(p, q), landmark_names=NAMES)
+    assert not result.accepted and result.beyond_bound and result.rescued
+    pts = surface_points(mr.mesh, 4000, seed=11)
+    assert surface_registration_error(pts, TRUTH, result.transform) < 1.0
+    doc = result.to_json()
+    assert doc["transform_used"] == "surface_rescue" and doc["rescue"]["left_out"] == "apex"
+    assert any("'apex' is inconsistent" in f for f in result.flags)
+    assert result.landmark_residuals_mm["apex"] > 10.0 > result.landmark_residuals_mm["bladder_neck"]
+    # without the landmarks there is nothing to leave out: the landmark transform is kept
+    plain = refine_on_surfaces(landmark_fit, mr, us)
+    assert plain.rescue is None and plain.transform is landmark_fit

@@ -87,11 +87,13 @@ def refined_registrations(result, masks: dict[str, Path], predicted: RigidTransf
         setattr(result, f"rotation_{variant}_deg", residual_rotation_deg(reference, t))
         setattr(result, f"dice_{variant}", registration_dice(mr_true, us_true, t))
         result.refinement[variant] = {"accepted": ref.accepted, "reason": ref.reason,
-                                      "beyond_bound": ref.beyond_bound,
+                                      "beyond_bound": ref.beyond_bound, "rescued": ref.rescued,
                                       "surface_distance_mm": {"landmarks": ref.distance_landmarks_mm,
                                                               "surface": ref.distance_surface_mm},
                                       "landmark_weight": weight, "transform": t.matrix().tolist()}
-        if not ref.accepted:
+        if ref.rescued:
+            result.notes.append(f"{VARIANTS[variant]}: refinement refused ({ref.reason}); rescued: {ref.rescue.reason}")
+        elif not ref.accepted:
             result.notes.append(f"{VARIANTS[variant]}: refinement refused, landmark transform kept: {ref.reason}")
 
 
@@ -116,6 +118,7 @@ def mask_summary(results: Sequence) -> dict:
             if variant != "landmarks":
                 row["refused"] = int(sum(not r.refinement.get(variant, {}).get("accepted", False) for r in both))
                 row["beyond_bound"] = int(sum(bool(r.refinement.get(variant, {}).get("beyond_bound")) for r in both))
+                row["rescued"] = int(sum(bool(r.refinement.get(variant, {}).get("rescued")) for r in both))
             out["registration_variants"][variant] = row
         out["registration_variants_cases"] = len(both)
     return out

@@ -153,14 +153,15 @@ def mask_markdown(summary: dict) -> list[str]:
                   f"Over the {summary.get('registration_variants_cases', 0)} case(s) with both predicted masks: the "
                   f"transform from the predicted landmarks, and the ones `lmkreg_register --refine surface` gives on "
                   f"the predicted masks (surfaces only; and with the landmarks as extra pairs). Scored against the "
-                  f"same ICP reference (true masks) as above; a refused refinement keeps the landmark transform.", "",
+                  f"same ICP reference (true masks) as above; a refused refinement keeps the landmark transform "
+                  f"unless the surface rescue (one landmark left out) was accepted.", "",
                   "| transform | SRE (mm) | SRE median | SRE worst | Dice | Dice worst | rotation (deg) | "
-                  "rotation worst | refused (beyond bound) |", "|---|---|---|---|---|---|---|---|---|"]
+                  "rotation worst | refused (beyond bound; rescued) |", "|---|---|---|---|---|---|---|---|---|"]
         for v, label in VARIANTS.items():
             b = var.get(v)
             if not b:
                 continue
-            refused = "–" if "refused" not in b else f"{b['refused']} ({b['beyond_bound']})"
+            refused = "–" if "refused" not in b else f"{b['refused']} ({b['beyond_bound']}; {b.get('rescued', 0)})"
             lines.append(f"| {label} | {_fmt(b['sre_mm'])} | {_median(b['sre_mm'])} | {_worst(b['sre_mm'])} | "
                          f"{_fmt(b['dice'], 3)} | {_worst(b['dice'], 3)} | {_fmt(b['rotation_deg'], 1)} | "
                          f"{_worst(b['rotation_deg'], 1)} | {refused} |")

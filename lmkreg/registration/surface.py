@@ -32,7 +32,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -44,6 +44,9 @@ from scipy.spatial.transform import Rotation
 from lmkreg.errors import InputError
 from lmkreg.geometry.rigid import RigidTransform
 from lmkreg.geometry.spaces import ImageGeometry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lmkreg.registration.rescue import SurfaceRescue
 
 # -- defaults (named so the plans / CLI can override them) ------------------------------------
 DEFAULT_TRIM_FRACTION = 0.8  # share of MR->US pairs kept per iteration (partial TRUS views)
@@ -335,20 +338,30 @@ class SurfaceRefinement:
     us_volume_ml: float
     landmark_residuals_mm: dict = field(default_factory=dict)  # per landmark, under the final transform
     border_fraction: dict = field(default_factory=dict)  # per modality: surface share cut by the image border
+    rescue: Optional["SurfaceRescue"] = None  # tried when the refinement is refused beyond the bound or fails
+
+    @property
+    def rescued(self) -> bool:
+        """The landmark transform was refused and a leave-one-landmark-out pose on the surfaces used."""
+        return not self.accepted and self.rescue is not None and self.rescue.accepted
 
     @property
     def transform(self) -> RigidTransform:
         """The transform to use: the refined one if accepted, else the landmark one."""
-        return self.surface_transform if self.accepted and self.surface_transform is not None \
-            else self.landmark_transform
+        if self.accepted and self.surface_transform is not None:
+            return self.surface_transform
+        return self.rescue.transform if self.rescued else self.landmark_transform
 
     @property
     def flags(self) -> list[str]:
         """Trust flags: refusal because the surfaces pull beyond the bound."""
-        if not self.beyond_bound:
-            return []
-        return [f"pair: the gland surfaces disagree with the landmark transform ({self.reason}); check the "
-                f"landmarks and the masks"]
+        out = []
+        if self.beyond_bound:
+            out.append(f"pair: the gland surfaces disagree with the landmark transform ({self.reason}); check the "
+                       f"landmarks and the masks")
+        if self.rescued:
+            out.append(self.rescue.flag)
+        return out
 
     def summary(self) -> str:
         after = "n/a" if self.distance_surface_mm is None else f"{self.distance_surface_mm:.2f}"
@@ -356,12 +369,17 @@ class SurfaceRefinement:
             return (f"surface refinement accepted: trimmed surface distance {self.distance_landmarks_mm:.2f} -> "
                     f"{after} mm, {self.rotation_change_deg:.1f} deg / {self.shift_mm:.1f} mm from the landmark "
                     f"transform")
-        return f"surface refinement refused, landmark transform kept: {self.reason}"
+        if self.rescued:
+            return (f"surface refinement refused ({self.reason}); rescued: {self.rescue.reason}, surface distance "
+                    f"{self.rescue.distance_mm:.2f} mm (pair flagged)")
+        tried = f"; rescue refused: {self.rescue.reason}" if self.rescue is not None else ""
+        return f"surface refinement refused, landmark transform kept: {self.reason}{tried}"
 
     def to_json(self) -> dict:
         return {"method": "rigid trimmed point-to-plane ICP, MR surface onto US surface",
-                "accepted": self.accepted, "reason": self.reason, "transform_used": "surface" if self.accepted
-                else "landmarks",
+                "accepted": self.accepted, "reason": self.reason,
+                "transform_used": "surface" if self.accepted else "surface_rescue" if self.rescued else "landmarks",
+                "rescue": None if self.rescue is None else self.rescue.to_json(),
                 "surface_distance_mm": {"landmarks": _finite(self.distance_landmarks_mm),
                                         "surface": _finite(self.distance_surface_mm),
                                         "measure": f"mean MR-surface-to-US-surface distance over the closest "
@@ -383,7 +401,29 @@ def refine_on_surfaces(landmark_transform: RigidTransform, mr: GlandSurface, us:
                        landmark_names: Optional[Sequence[str]] = None) -> SurfaceRefinement:
     """Refine `landmark_transform` (MR world -> US world) on the two gland surfaces and decide
     whether to use the result (see the module doc).  `landmarks`: (MR points, US points), used as
-    weighted pairs when settings.landmark_weight > 0 and for the residuals reported."""
+    weighted pairs when settings.landmark_weight > 0 and for the residuals reported.
+
+    When the refinement is refused beyond the bound (or cannot start) and all three landmarks
+    are given, the surfaces and landmarks disagree: one landmark may be wrong, and the rescue
+    (lmkreg.registration.rescue) tries each leave-one-out pose; an accepted rescue is used and
+    the pair flagged."""
+    result = _refine(landmark_transform, mr, us, settings, landmarks, landmark_names)
+    failed_start = result.surface_transform is None
+    if result.accepted or not (result.beyond_bound or failed_start) or landmarks is None \
+            or landmark_names is None or len(landmark_names) != 3:
+        return result
+    from lmkreg.registration.rescue import rescue_on_surfaces
+
+    result.rescue = rescue_on_surfaces(mr, us, landmarks, landmark_names, settings,
+                                       source=landmark_transform.source, target=landmark_transform.target)
+    if result.rescued:
+        result.landmark_residuals_mm = _residuals(result.transform, landmarks, landmark_names)
+    return result
+
+
+def _refine(landmark_transform: RigidTransform, mr: GlandSurface, us: GlandSurface, settings: SurfaceSettings,
+            landmarks: Optional[tuple[np.ndarray, np.ndarray]], landmark_names: Optional[Sequence[str]]
+            ) -> SurfaceRefinement:
     problem = settings.problem()
     if problem:
         raise ValueError(problem)
@@ -566,10 +606,12 @@ class SurfaceRequest:
         trust = reg.trust if isinstance(reg.trust, dict) else {}
         trust["surface"] = {"accepted": result.accepted, "reason": result.reason,
                             "surface_distance_mm": result.distance_surface_mm if result.accepted
-                            else result.distance_landmarks_mm,
-                            "notes": ["rms_residual_mm and uncertainty describe the landmark transform, not the refined "
-                                      "one in use"] if result.accepted
-                            else []}
+                            else result.rescue.distance_mm if result.rescued else result.distance_landmarks_mm,
+                            "notes": ["rms_residual_mm and uncertainty describe the landmark transform, not the "
+                                      f"{'refined' if result.accepted else 'rescued'} one in use"]
+                            if result.accepted or result.rescued else []}
+        if result.rescued:
+            trust["surface"]["rescue"] = result.rescue.reason
         if result.flags:
             trust.setdefault("flags", []).extend(result.flags)
             trust["reliable"] = False

@@ -71,7 +71,8 @@ def refinement_fields(result) -> dict:
     lmkreg.registration.surface.SurfaceRefinement): the top-level ``matrix`` stays the transform
     to use; ``landmark_transform`` and ``surface_transform`` (the ICP result, also when refused)
     keep both, and ``surface_refinement`` says whether the refined one was accepted and why."""
-    return {"transform_source": "surface" if result.accepted else "landmarks",
+    return {"transform_source": "surface" if result.accepted else "surface_rescue" if getattr(result, "rescued", False)
+            else "landmarks",
             "landmark_transform": result.landmark_transform.to_json(),
             "surface_transform": None if result.surface_transform is None else result.surface_transform.to_json(),
             "surface_refinement": result.to_json()}

@@ -215,7 +215,7 @@ class SegmentationMixin:
     def write_validation(self) -> dict:
         summary = super().write_validation()
         if summary:
-            summary["segmentation_dice_per_case"] = {c: None if v is None else round(float(v), 5)
+            summary["segmentation_dice_per_case"] = {c: None if v is None else float(v)
                                                      for c, v in self.val_dice.items()}
             summary["segmentation_dice_mean"] = self.mean_val_dice()
             summary["segmentation_weight"] = self.segmentation_weight

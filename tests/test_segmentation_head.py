@@ -303,3 +303,116 @@ def test_cascade_layers_blend_where_they_cover_and_fall_back_elsewhere():
     assert prob[3, 3, 6] == pytest.approx(0.6)  # only crop b
     assert prob[0, 0, 0] == pytest.approx(0.8) and prob[8, 3, 4] == pytest.approx(0.8)  # localizer
     assert probability_on_image(layers, None, image)[0, 0, 0] == 0.0
+
+
+@pytest.mark.parametrize("name", ["LandmarkTrainer", "LandmarkTrainer_Variance", "LandmarkTrainer_Distance",
+                                  "HeatmapMatchingTrainer"])
+def test_every_landmark_trainer_has_a_seg_variant_sharing_its_landmark_network(trained, name):
+    """Same seed: the _Seg network's landmark part has the single-task network's initial weights,
+    its output is those landmark channels plus one logit, and decode reads only the former."""
+    from lmkreg.config.plans import Plans
+
+    conf = Plans.load(trained["pre"] / "plans.json").configuration("MR")
+    base, multi = find_trainer(name), find_trainer(f"{name}_Seg")
+    torch.manual_seed(5)
+    single_net = base.build_network(conf, 3).eval()
+    torch.manual_seed(5)
+    seg_net = multi.build_network(conf, 3).eval()
+    single_state = single_net.state_dict()
+    assert {k.removeprefix("unet."): v for k, v in seg_net.state_dict().items() if k.startswith("unet.")}.keys() \
+        == single_state.keys()
+    for k, v in single_state.items():
+        assert torch.equal(seg_net.state_dict()[f"unet.{k}"], v), k
+    x = torch.randn(1, 1, *conf.input_size_zyx, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out, ref = seg_net(x), single_net(x)
+    assert out.shape[1] == ref.shape[1] + 1
+    torch.testing.assert_close(out[:, :-1], ref)
+    for a, b in zip(multi.decode(out, conf.spacing_zyx), base.decode(ref, conf.spacing_zyx)):
+        torch.testing.assert_close(a, b, equal_nan=True)
+
+
+def test_mirror_tta_probability_is_the_mean_of_plain_and_unflipped_mirror(trained):
+    from lmkreg.inference.predictor import LandmarkPredictor
+
+    predictor = LandmarkPredictor(trained["folder"], device="cpu", mirror_tta=True, optimize=False)
+    image = sitk.ReadImage(str(trained["ds"].image_path(trained["ds"].cases("Tr", "MR")[3], "MR")))
+    array, grid = predictor.preprocess(image)
+    pred = predictor.predict_array(array, grid)
+    x = torch.from_numpy(np.ascontiguousarray(array[None]))
+    net = predictor.networks[0]
+    with torch.no_grad():
+        plain = torch.sigmoid(net(x)[0, -1])
+        mirrored = torch.flip(torch.sigmoid(net(torch.flip(x, dims=[-1]))[0, -1]), dims=[-1])
+    assert len(pred.seg_layers) == 1 and pred.seg_layers[0].grid.same_as(grid)
+    np.testing.assert_allclose(pred.seg_layers[0].probability, ((plain + mirrored) / 2).numpy(), atol=1e-5)
+    assert pred.mask is None  # predict_array without the source geometry: no input grid to map to
+
+
+# ---- cascade --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def seg_cascade(tmp_path_factory):
+    """MR-only pelvic_tiny cases with gland masks, planned as a cascade, both stages of
+    HeatmapMatchingTrainer_Seg trained a few steps on every case."""
+    from toydata import folders_under
+
+    from lmkreg.dataset.layout import Dataset, DatasetSpec, dataset_folder_name
+    from lmkreg.io.images import write_image
+    from lmkreg.io.landmarks import write_lmkreg_json
+    from lmkreg.paths import raw_root
+    from lmkreg.phantoms.generator import generate_case
+    from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
+    from lmkreg.planning.planner import Budget
+    from lmkreg.training.run import train
+
+    root = tmp_path_factory.mktemp("seg_cascade")
+    with folders_under(root) as env:
+        spec = DatasetSpec(name=dataset_folder_name(43, "PelvicSeg"), modalities=["MR"], num_training=6)
+        ds = Dataset.create(raw_root() / spec.name, spec)
+        for i in range(6):
+            case = generate_case(300 + i, "pelvic_tiny", mr_only=True)
+            write_image(case.mr_image, ds.image_path(f"p{i:03d}", "MR"))
+            write_image(case.mr_mask, ds.mask_path(f"p{i:03d}", "MR"))
+            write_lmkreg_json(case.mr_landmarks, ds.landmarks_path(f"p{i:03d}", "MR"))
+        plan_and_preprocess("43", Budget("cpu", None, 0.06), workers=1, num_folds=2, cascade=True)
+        for c in ("localizer", "refine"):
+            train("43", "MR", "all", "HeatmapMatchingTrainer_Seg", device="cpu", num_epochs=1, iterations_per_epoch=2,
+                  num_workers=0, progress_bar=False, configuration=c)
+    return env, ds
+
+
+def test_cascade_writes_the_refine_mask_on_the_input_grid(seg_cascade, tmp_path, monkeypatch):
+    from toydata import use_folders
+
+    from lmkreg.inference.cascade import CascadePredictor, build_predictor
+    from lmkreg.inference.predict_folder import main
+    from lmkreg.paths import results_root
+
+    env, ds = seg_cascade
+    use_folders(monkeypatch, env)
+    predictor = build_predictor(results_root() / ds.name, "HeatmapMatchingTrainer_Seg", "MR", device="cpu",
+                                mirror_tta=False)
+    assert isinstance(predictor, CascadePredictor) and predictor.has_segmentation
+    image = sitk.ReadImage(str(ds.image_path("p000", "MR")))
+    pred = predictor.predict(image)
+    # the refine crops' layers, the localizer's as the fallback outside them
+    assert pred.seg_layers and all(layer.grid.shape_zyx == tuple(predictor.refiner.conf.input_size_zyx)
+                                   for layer in pred.seg_layers)
+    assert sum(layer.weight for layer in pred.seg_layers) == pytest.approx(1.0)
+    assert pred.seg_fallback is not None and pred.seg_fallback.grid.same_as(pred.stage1.seg_layers[0].grid)
+    assert pred.mask.GetSize() == image.GetSize()
+    inp = tmp_path / "in"
+    inp.mkdir()
+    shutil.copy(ds.image_path("p001", "MR"), inp / "b.nii.gz")
+    assert main(["-i", str(inp), "-o", str(tmp_path / "out"), "-d", "43", "-m", "MR", "-tr",
+                 "HeatmapMatchingTrainer_Seg", "--device", "cpu", "--no-progress"]) in (0, 3)
+    src = sitk.ReadImage(str(inp / "b.nii.gz"))
+    mask = sitk.ReadImage(str(tmp_path / "out" / "b_prostate.nii.gz"))
+    assert mask.GetSize() == src.GetSize()
+    np.testing.assert_allclose(mask.GetOrigin(), src.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(mask.GetSpacing(), src.GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(mask.GetDirection(), src.GetDirection(), atol=1e-6)
+    doc = json.loads((tmp_path / "out" / "b.json").read_text())
+    assert doc["prostate"]["volume_ml"] == pytest.approx(
+        sitk.GetArrayFromImage(mask).sum() * np.prod(src.GetSpacing()) / 1000.0)

@@ -208,7 +208,8 @@ class CascadePredictor:
             shares = [p.signals.get(n, {}).get("crop_border_mass") for p in preds]
             if all(v is not None for v in shares) and n in signals:
                 signals[n]["crop_border_mass"] = float(sum(w * v for w, v in zip(wts, shares)))
-        layers = [SegLayer(layer.probability, layer.grid, float(w)) for w, p in zip(wts, preds) for layer in p.seg_layers]
+        layers = [SegLayer(layer.probability, layer.grid, float(w))  # segmentation head: the crops' masks, weighted
+                  for w, p in zip(wts, preds) for layer in p.seg_layers]
         out = dataclasses.replace(main, landmarks=LandmarkSet.from_array(self.names, world),
                                   spread_mm=mean_of("spread_mm"), fold_disagreement_mm=mean_of("fold_disagreement_mm"),
                                   flags=flags, signals=signals, seg_layers=layers)

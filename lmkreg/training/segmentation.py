@@ -47,7 +47,7 @@ SEG_CHANNELS = 1  # one logit per voxel: prostate probability = sigmoid(logit)
 # on 20 tiny MR phantoms, 200 steps, fold 0 (documentation/training.md): DSNT w 1 -> Dice 0.00,
 # 10 -> 0.17, 25 -> 0.88, 50 -> 0.90 (MRE 3.99 mm single-task; 3.93 / 3.78 / 3.96 / 4.14 mm);
 # heatmap matching (MRE 3.11 mm single-task) w 1 -> 0.61, 2 -> 0.76, 5 -> 0.80 (2.95 / 3.02 / 3.00 mm),
-# 15 -> MRE 11.7 mm; on US w 5 broke one case's apex (MRE 8.0 mm vs 2.54 single-task), w 2 did not (2.69 mm).
+# 15 -> MRE 11.7 mm; on US w 5 broke the apex (MRE 8.0 mm, apex 19.1 mm, vs 2.54 single-task), w 2 did not (2.69 mm).
 DEFAULT_SEGMENTATION_WEIGHT = 25.0
 DICE_EPS = 1e-5
 THRESHOLD = 0.5

@@ -31,6 +31,7 @@ TRAINING_NUMBERS: dict[str, tuple[type, float]] = {
     "learning_rate": (float, 0.0), "weight_decay": (float, 0.0), "num_epochs": (int, 1),
     "iterations_per_epoch": (int, 1), "seed": (int, 0), "lambda1": (float, 0.0),
     "lambda2_variance": (float, 0.0), "lambda2_distance": (float, 0.0),
+    "segmentation_weight": (float, 0.0),  # the *_Seg trainers' weight of the prostate loss
 }
 
 

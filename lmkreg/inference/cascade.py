@@ -39,6 +39,7 @@ from lmkreg.errors import ConfigurationError
 from lmkreg.geometry import ImageGeometry
 from lmkreg.inference.predictor import (BORDER_MASS_FLAG, LandmarkPredictor, Prediction, _finite, available_folds,
                                         model_folder_for)
+from lmkreg.inference.segmentation import SegLayer, attach_mask
 from lmkreg.inference.stage_trust import LOCALIZER, StageCheck, borrow_localizer_radii, check_stages
 from lmkreg.io.landmarks import LandmarkSet
 from lmkreg.config.plans import PLANS_FILE, Plans
@@ -134,6 +135,8 @@ class CascadePredictor:
         self.modality = refiner.conf.modality
         self.names = list(refiner.names)
         self.conf = refiner.conf
+        # the mask is the refine crops' where they reach, the localizer's elsewhere (lmkreg.inference.segmentation)
+        self.has_segmentation = refiner.has_segmentation or localizer.has_segmentation
 
     def preprocess(self, image: sitk.Image) -> tuple[StagedInput, ImageGeometry]:
         if image.GetPixelID() != sitk.sitkFloat32:  # once, not once per refine crop
@@ -162,6 +165,7 @@ class CascadePredictor:
         out.stage_check = check_stages(stage1, out, self.names, self.conf.crop_jitter_mm)
         out.flags += out.stage_check.flags
         out.radius_from = borrow_localizer_radii(out, stage1, self.names, self.refiner.max_radius_mm)
+        out.seg_fallback = stage1.seg_layers[0] if stage1.seg_layers else None
         return out
 
     def check_image(self, pred: Prediction, image_geometry: ImageGeometry) -> None:
@@ -204,15 +208,18 @@ class CascadePredictor:
             shares = [p.signals.get(n, {}).get("crop_border_mass") for p in preds]
             if all(v is not None for v in shares) and n in signals:
                 signals[n]["crop_border_mass"] = float(sum(w * v for w, v in zip(wts, shares)))
+        layers = [SegLayer(layer.probability, layer.grid, float(w))  # segmentation head: the crops' masks, weighted
+                  for w, p in zip(wts, preds) for layer in p.seg_layers]
         out = dataclasses.replace(main, landmarks=LandmarkSet.from_array(self.names, world),
                                   spread_mm=mean_of("spread_mm"), fold_disagreement_mm=mean_of("fold_disagreement_mm"),
-                                  flags=flags, signals=signals)
+                                  flags=flags, signals=signals, seg_layers=layers)
         return out, centres
 
     def predict(self, image: sitk.Image) -> CascadePrediction:
         staged, grid = self.preprocess(image)
         pred = self.predict_array(staged, grid)
         self.check_image(pred, ImageGeometry.from_image(image))
+        attach_mask(pred, ImageGeometry.from_image(image))
         return pred
 
 

@@ -4,7 +4,9 @@ IN may be an image file, a folder of images, a folder holding one DICOM series, 
 whose subfolders each hold one DICOM series (the case is named after the folder).
 
 Writes per image ``NAME.mrk.json`` (3D Slicer markups, LPS) and ``NAME.json`` (lmkreg JSON with
-per-landmark confidence and a reliability flag).  Models are loaded once; the next image is
+per-landmark confidence and a reliability flag); a model with a segmentation head (``*_Seg``
+trainers) also writes the prostate mask ``NAME_prostate.nii.gz`` on the input image's grid, named
+with its volume in the JSON's ``prostate`` entry.  Models are loaded once; the next image is
 read and preprocessed in a background thread while the current one runs through the networks.
 Existing outputs are skipped unless ``--overwrite``; a same-named file lmkreg did not write
 (e.g. a dcm2niix ``NAME.json`` sidecar) stops the run before any work unless ``--overwrite``; ``--num-parts/--part-id`` shard a large
@@ -17,6 +19,7 @@ radius is computed from it (--no-tta turns it off, and the radii become unavaila
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -40,6 +43,7 @@ from lmkreg.paths import results_root
 from lmkreg.inference.predictor import LandmarkPredictor, Prediction, model_folder_for
 from lmkreg.trust.summary import STRICT_HELP, exit_status, print_unreliable
 from lmkreg.inference.cascade import build_predictor
+from lmkreg.inference.segmentation import attach_mask, mask_path_for, prostate_record, write_mask
 
 
 @dataclass
@@ -82,8 +86,17 @@ def list_images(folder: Path, num_parts: int = 1, part_id: int = 0, series: Opti
     return images[part_id::num_parts]
 
 
-def write_case_outputs(pred: Prediction, json_path: Path, mrk_path: Path) -> None:
-    """Write a case's ``NAME.mrk.json`` and ``NAME.json`` so that they always belong together.
+def case_paths(image: Union[Path, InputImage], out_dir: Path, predictor: object) -> tuple[Path, ...]:
+    """Every output of a case: ``output_paths`` and, for a model with a segmentation head, the
+    ``NAME_prostate.nii.gz`` mask (lmkreg.inference.segmentation)."""
+    paths = output_paths(image, out_dir)
+    return paths + ((mask_path_for(paths[0]),) if getattr(predictor, "has_segmentation", False) else ())
+
+
+def write_case_outputs(pred: Prediction, json_path: Path, mrk_path: Path, mask_path: Optional[Path] = None) -> None:
+    """Write a case's ``NAME.mrk.json`` and ``NAME.json`` (and with `mask_path` and a predicted
+    mask, ``NAME_prostate.nii.gz``, named in the JSON's ``prostate`` entry) so that they always
+    belong together.
 
     Both are first written completely to temporaries: a failure there (disk full) leaves any
     previous pair untouched.  Then the old ``NAME.json`` is removed, the ``.mrk.json`` moved into
@@ -92,11 +105,18 @@ def write_case_outputs(pred: Prediction, json_path: Path, mrk_path: Path) -> Non
     of skipping a new ``.mrk.json`` next to an old ``.json`` (after ``--overwrite``)."""
     from lmkreg.io.landmark_files import write_landmarks
 
-    with atomic_path(json_path) as tmp_json:
+    mask = getattr(pred, "mask", None) if mask_path is not None else None
+    with atomic_path(json_path) as tmp_json, contextlib.ExitStack() as stack:
+        tmp_mask = stack.enter_context(atomic_path(mask_path)) if mask is not None else None
         with atomic_path(mrk_path) as tmp_mrk:
             write_landmarks(pred.landmarks, tmp_mrk)
             add_descriptions(tmp_mrk, pred)
             write_lmkreg_json(pred.with_extras(), tmp_json)
+            if tmp_mask is not None:
+                write_mask(mask, tmp_mask)
+                doc = json.loads(tmp_json.read_text(encoding="utf-8"))
+                doc["prostate"] = prostate_record(json_path, pred.volume_ml)
+                tmp_json.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
             json_path.unlink(missing_ok=True)
 
 
@@ -123,9 +143,9 @@ def predict_folder(predictor: LandmarkPredictor, input_folder: Path, output_fold
     todo = []
     images = list_images(input_folder, num_parts, part_id, series)
     # never replace a file lmkreg did not write (a dcm2niix NAME.json sidecar): refuse before any work
-    check_replaceable([p for image in images for p in output_paths(image, output_folder)], overwrite)
+    check_replaceable([p for image in images for p in case_paths(image, output_folder, predictor)], overwrite)
     for image in images:
-        if not overwrite and all(p.is_file() for p in output_paths(image, output_folder)):
+        if not overwrite and all(p.is_file() for p in case_paths(image, output_folder, predictor)):
             report.skipped.append(image.label)
         else:
             todo.append(image)
@@ -144,8 +164,10 @@ def predict_folder(predictor: LandmarkPredictor, input_folder: Path, output_fold
                 pred = predictor.predict_array(array, grid)
                 if hasattr(predictor, "check_image"):  # outside the image, image extent (issue 14)
                     predictor.check_image(pred, image_geometry)
+                attach_mask(pred, image_geometry)  # segmentation head: the mask on the input grid
                 json_path, mrk_path = output_paths(image, output_folder)
-                write_case_outputs(pred, json_path, mrk_path)
+                write_case_outputs(pred, json_path, mrk_path,
+                                   mask_path_for(json_path) if getattr(predictor, "has_segmentation", False) else None)
                 report.done.append(image.label)
                 if pred.flags:
                     report.unreliable[image.label] = pred.flags

@@ -27,6 +27,7 @@ from torch import nn
 
 from lmkreg.errors import ConfigurationError
 from lmkreg.geometry import ImageGeometry
+from lmkreg.inference import segmentation as seg
 from lmkreg.io.landmarks import LandmarkSet
 from lmkreg.config.plans import PLANS_FILE, Plans
 from lmkreg.preprocessing.preprocessor import stage_input
@@ -75,6 +76,12 @@ class Prediction:
     coverage: Optional[float] = None
     training_pair_rms_mm: Optional[dict] = None
     validation_median_mm: dict[str, Optional[float]] = field(default_factory=dict)
+    # models with a segmentation head (lmkreg.inference.segmentation): the prostate mask on the
+    # input image's grid (uint8 0/1) and its volume, from the probability layers on the network grids
+    mask: Optional[sitk.Image] = None
+    volume_ml: Optional[float] = None
+    seg_layers: list = field(default_factory=list, repr=False)
+    seg_fallback: Optional[object] = field(default=None, repr=False)
 
     @property
     def reliable(self) -> bool:
@@ -204,6 +211,7 @@ class LandmarkPredictor:
         self.conf = self.plans.configuration(modality)
         self.names = list(self.plans.landmarks)
         self.trainer = find_trainer(trainer_name, trainer_modules)
+        self.has_segmentation = seg.has_segmentation(self.trainer)
         self.device = select_device(device)
         self.mirror_tta = mirror_tta
         folds = [str(f) for f in folds] if folds else available_folds(self.model_folder, checkpoint)
@@ -263,6 +271,7 @@ class LandmarkPredictor:
         worlds, spreads = [], []
         per_fold_mean, per_fold_gap, per_fold_spread = [], [], []
         borders = []  # refine stage: heatmap share at the crop border per pass (crop_border_mass)
+        probabilities = []  # segmentation head: prostate probability per pass, unmirrored
         affine = grid.index_to_world_affine()
         for net, module in zip(self.networks, self.inference_modules):
             run = module if planned else net
@@ -275,8 +284,12 @@ class LandmarkPredictor:
                 vox = mm[0].double().cpu().numpy() / np.asarray(spacing)
                 if flipped:
                     vox[:, 2] = array.shape[-1] - 1 - vox[:, 2]
+                landmark_out = out
+                if self.has_segmentation:
+                    landmark_out, prob = seg.split(out)
+                    probabilities.append(torch.flip(prob, dims=[-1]) if flipped else prob)
                 if self.conf.stage == "refine":  # the band is symmetric: the flip does not matter
-                    borders.append(crop_border_mass(out, vox, array.shape[-3:]))
+                    borders.append(crop_border_mass(landmark_out, vox, array.shape[-3:]))
                 fold_worlds.append(vox @ affine[:3, :3].T + affine[:3, 3])
                 fold_spreads.append(spread[0].double().cpu().numpy())
             worlds += fold_worlds
@@ -306,8 +319,11 @@ class LandmarkPredictor:
         if borders:
             for n, share in zip(self.names, np.mean(borders, axis=0)):
                 pred.signals[n]["crop_border_mass"] = float(share)
+        if probabilities:
+            pred.seg_layers = [seg.SegLayer(torch.stack(probabilities).mean(0).cpu().numpy(), grid)]
         if image_geometry is not None:
             self.check_image(pred, image_geometry)
+            seg.attach_mask(pred, image_geometry)
         return pred
 
     def check_image(self, pred: Prediction, image_geometry: ImageGeometry) -> None:

@@ -23,6 +23,23 @@ _OUR_POINT_KEYS = {"id", "label", "description", "associatedNodeID", "selected",
                    "orientation", "position", "positionStatus"}
 
 
+# header description (NIfTI "descrip") of the prostate masks lmkreg_predict writes (lmkreg.inference.segmentation)
+LMKREG_MASK_NOTE = "lmkreg prostate mask"
+
+
+def _is_lmkreg_mask(path: Path) -> bool:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+        keys = set(reader.GetMetaDataKeys())
+        return any(reader.GetMetaData(k).strip() == LMKREG_MASK_NOTE for k in ("descrip", "ITK_FileNotes") if k in keys)
+    except RuntimeError:
+        return False
+
+
 def _json(path: Path):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -33,9 +50,12 @@ def _json(path: Path):
 def written_by_lmkreg(path: PathLike) -> bool:
     """True when the content of `path` is one lmkreg writes: an lmkreg landmark JSON (``coordinate_system``
     LPS, ``units`` mm, ``landmarks``), an lmkreg transform JSON, or a markups file exactly as lmkreg's
-    writer lays it out.  Anything else (a dcm2niix sidecar, a Slicer-saved file) is someone else's."""
+    writer lays it out, or a NIfTI prostate mask whose header description is ``LMKREG_MASK_NOTE``.
+    Anything else (a dcm2niix sidecar, a Slicer-saved file) is someone else's."""
     p = Path(path)
     name = p.name.lower()
+    if name.endswith(".nii.gz"):  # a prostate mask carries lmkreg's note in its header
+        return p.is_file() and _is_lmkreg_mask(p)
     if not name.endswith(".json"):
         return False
     doc = _json(p)

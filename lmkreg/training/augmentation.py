@@ -5,6 +5,9 @@ A *sample* is a plain dict::
     {"image": (C, Z, Y, X) float32, "landmarks": (L, 3) float64 voxel (z, y, x), NaN rows = missing,
      "spacing": (3,) float zyx mm}
 
+and optionally ``"mask"``: a label array (1, Z, Y, X) on the image's grid (or None), which spatial
+transforms move with the same map (nearest neighbour) and intensity transforms leave alone.
+
 and every transform is ``transform(sample, rng) -> new sample``.  Transforms never modify their
 input arrays, draw all randomness from the ``np.random.Generator`` they are given (so a sample is
 reproducible from a seed), and keep any other keys of the dict unchanged.
@@ -183,6 +186,9 @@ class SpatialTransform:
                 ndimage.map_coordinates(image[c], coords, output=out[c], order=self.order, mode="constant", cval=self.cval)
         landmarks = self.move_points(sample["landmarks"], m, offset, displacement)
         landmarks[~inside_grid(landmarks, shape)] = np.nan
+        if sample.get("mask") is not None:  # same map, nearest neighbour: a label stays a label
+            return _with(sample, image=out, landmarks=landmarks,
+                         mask=_resample_mask(sample["mask"], m, offset, displacement))
         return _with(sample, image=out, landmarks=landmarks)
 
     @staticmethod
@@ -210,6 +216,22 @@ class SpatialTransform:
         return o
 
 
+def _resample_mask(mask: np.ndarray, m: np.ndarray, offset: np.ndarray,
+                   displacement: Optional[np.ndarray]) -> np.ndarray:
+    """A label array (C, Z, Y, X) under the sampling map v_in = M (v_out + d) + offset, order 0
+    (0 outside the input, like the image's cval)."""
+    out = np.empty(mask.shape, mask.dtype)
+    if displacement is None:
+        for c in range(mask.shape[0]):
+            ndimage.affine_transform(mask[c], m, offset, output=out[c], order=0, mode="constant", cval=0)
+        return out
+    grid = np.indices(mask.shape[1:], dtype=np.float32) + displacement
+    coords = np.einsum("ij,j...->i...", m.astype(np.float32), grid) + offset.astype(np.float32)[:, None, None, None]
+    for c in range(mask.shape[0]):
+        ndimage.map_coordinates(mask[c], coords, output=out[c], order=0, mode="constant", cval=0)
+    return out
+
+
 @dataclass
 class MirrorLeftRight:
     """Flip the array x axis (world left-right).  The three prostate landmarks lie on the
@@ -222,7 +244,10 @@ class MirrorLeftRight:
             return sample
         landmarks = np.array(sample["landmarks"], float)
         landmarks[:, 2] = sample["image"].shape[-1] - 1 - landmarks[:, 2]
-        return _with(sample, image=np.ascontiguousarray(sample["image"][..., ::-1]), landmarks=landmarks)
+        out = _with(sample, image=np.ascontiguousarray(sample["image"][..., ::-1]), landmarks=landmarks)
+        if sample.get("mask") is not None:
+            out["mask"] = np.ascontiguousarray(sample["mask"][..., ::-1])
+        return out
 
 
 # ---- intensity ------------------------------------------------------------------------------

@@ -32,9 +32,11 @@ DEFAULT_TIMEOUT_S = 300.0  # generous: the first batch includes worker start-up 
 
 # ---- cases in memory ------------------------------------------------------------------------
 
-def load_case(folder: PathLike, case: str) -> dict[str, Any]:
+def load_case(folder: PathLike, case: str, with_mask: bool = False) -> dict[str, Any]:
     """One preprocessed case: image (C, Z, Y, X) float32, landmarks (L, 3) voxel (z, y, x) with NaN
-    for missing ones, spacing (3,) zyx mm, index_to_world (4, 4), landmark_names, case.
+    for missing ones, spacing (3,) zyx mm, index_to_world (4, 4), landmark_names, case; with
+    `with_mask` also ``mask``: the prostate mask (1, Z, Y, X) uint8 0/1 on the same grid, or None
+    when the case has none (lmkreg.training.segmentation).
 
     Landmarks outside the preprocessed grid are NaN as well: the network cannot point there, so
     for training and validation they count as missing.
@@ -66,8 +68,13 @@ def load_case(folder: PathLike, case: str) -> dict[str, Any]:
     if margin.shape != (3,) or np.any(margin < 0) or np.any(2 * margin >= np.asarray(image.shape[1:])):
         raise InputError(meta_path, f"crop_margin_zyx {meta.get('crop_margin_zyx')} does not fit the array "
                                     f"{image.shape[1:]}")
-    return {"case": case, "image": image, "landmarks": landmarks, "spacing": spacing,
-            "index_to_world": affine, "landmark_names": names, "crop_margin": margin}
+    sample = {"case": case, "image": image, "landmarks": landmarks, "spacing": spacing,
+              "index_to_world": affine, "landmark_names": names, "crop_margin": margin}
+    if with_mask:
+        from lmkreg.training.segmentation import load_mask
+
+        sample["mask"] = load_mask(folder, case, image.shape)
+    return sample
 
 
 def crop_sample(sample: dict[str, Any], start_zyx: Sequence[int], shape_zyx: Sequence[int]) -> dict[str, Any]:
@@ -79,8 +86,11 @@ def crop_sample(sample: dict[str, Any], start_zyx: Sequence[int], shape_zyx: Seq
     landmarks[~inside_grid(landmarks, shape_zyx)] = np.nan
     shift = np.eye(4)
     shift[:3, 3] = start
-    return {**sample, "image": image, "landmarks": landmarks, "index_to_world": np.asarray(sample["index_to_world"]) @ shift,
-            "crop_margin": np.zeros(3, int)}
+    out = {**sample, "image": image, "landmarks": landmarks, "index_to_world": np.asarray(sample["index_to_world"]) @ shift,
+           "crop_margin": np.zeros(3, int)}
+    if sample.get("mask") is not None:  # the prostate mask shares the image's grid: same box
+        out["mask"] = sample["mask"][(slice(None),) + tuple(slice(int(a), int(a) + int(n)) for a, n in zip(start, shape_zyx))]
+    return out
 
 
 def centre_crop(sample: dict[str, Any]) -> dict[str, Any]:
@@ -110,10 +120,10 @@ class PreprocessedCases:
     give the centred crop (validation), ``full`` the whole stored box (training draws a
     jittered crop from it, see ``jittered_crop``)."""
 
-    def __init__(self, folder: PathLike, cases: Sequence[str]):
+    def __init__(self, folder: PathLike, cases: Sequence[str], with_masks: bool = False):
         self.folder = Path(folder)
         self.cases = list(cases)
-        self._full = {c: load_case(self.folder, c) for c in self.cases}
+        self._full = {c: load_case(self.folder, c, with_masks) for c in self.cases}
         self._data = {c: centre_crop(s) for c, s in self._full.items()}
         self.crop_offsets = None  # refine stage: where training crops sit (lmkreg.training.stage_offsets)
         shapes = {(self._full[c]["image"].shape, tuple(self._full[c]["crop_margin"])) for c in self.cases}
@@ -145,10 +155,15 @@ class PreprocessedCases:
 def to_tensors(sample: dict[str, Any]) -> dict[str, Any]:
     """Tensors for the network: image float32, landmarks float32 voxel zyx (NaN = missing), present bool."""
     landmarks = np.asarray(sample["landmarks"], np.float32)
-    return {"image": torch.from_numpy(np.ascontiguousarray(sample["image"], dtype=np.float32)),
-            "landmarks": torch.from_numpy(landmarks),
-            "present": torch.from_numpy(~np.isnan(landmarks).any(axis=1)),
-            "case": sample.get("case", "")}
+    out = {"image": torch.from_numpy(np.ascontiguousarray(sample["image"], dtype=np.float32)),
+           "landmarks": torch.from_numpy(landmarks),
+           "present": torch.from_numpy(~np.isnan(landmarks).any(axis=1)),
+           "case": sample.get("case", "")}
+    if "mask" in sample:  # loaded for a segmentation trainer: zeros and mask_present False when missing
+        from lmkreg.training.segmentation import mask_tensors
+
+        out.update(mask_tensors(sample))
+    return out
 
 
 class AugmentedSamples(Dataset):
@@ -278,10 +293,14 @@ def make_val_batches(cases: PreprocessedCases, batch_size: int) -> Iterator[dict
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for start in range(0, len(cases), batch_size):
         items = [to_tensors(cases[i]) for i in range(start, min(start + batch_size, len(cases)))]
-        yield {"image": torch.stack([t["image"] for t in items]),
-               "landmarks": torch.stack([t["landmarks"] for t in items]),
-               "present": torch.stack([t["present"] for t in items]),
-               "case": [t["case"] for t in items]}
+        batch = {"image": torch.stack([t["image"] for t in items]),
+                 "landmarks": torch.stack([t["landmarks"] for t in items]),
+                 "present": torch.stack([t["present"] for t in items]),
+                 "case": [t["case"] for t in items]}
+        for key in ("mask", "mask_present"):
+            if key in items[0]:
+                batch[key] = torch.stack([t[key] for t in items])
+        yield batch
 
 
 __all__ = ["load_case", "crop_sample", "centre_crop", "jittered_crop", "PreprocessedCases", "AugmentedSamples", "make_train_loader", "iterate_batches",

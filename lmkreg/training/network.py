@@ -74,9 +74,13 @@ class UNet3D(nn.Module):
             skips.append(x)
         return skips
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last decoder stage's features (what the heads read; the segmentation head too)."""
         skips = self.encode(x)
         x = skips[-1]
         for up, dec, skip in zip(self.upsample, self.decoder, reversed(skips[:-1])):
             x = dec(torch.cat([up(x), skip], dim=1))
-        return self.head(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))

@@ -38,7 +38,9 @@ def _load_module(spec: str) -> ModuleType:
 
 def trainer_modules(extra: Optional[Iterable[str]] = None) -> list[ModuleType]:
     specs = [s for s in os.environ.get(ENV_VAR, "").split(":") if s.strip()] + list(extra or [])
-    return [builtin] + [_load_module(s) for s in specs]
+    from lmkreg.training import segmentation  # the <Trainer>_Seg multi-task variants
+
+    return [builtin, segmentation] + [_load_module(s) for s in specs]
 
 
 def available_trainers(extra: Optional[Iterable[str]] = None) -> dict[str, type[LandmarkTrainer]]:

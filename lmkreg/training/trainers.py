@@ -54,6 +54,7 @@ class LandmarkTrainer:
     """3D U-Net + DSNT, loss ||P-G||_1 + lambda1 ||P-G||_2 (+ lambda2 R(H) in subclasses)."""
 
     regularizer = "none"
+    uses_masks = False  # True: the data carry each case's prostate mask (lmkreg.training.segmentation)
 
     def __init__(self, plans: Plans, modality: str, fold: Union[int, str], preprocessed_folder: Path,
                  output_folder: Path, splits: list[dict], device: Optional[str] = None,
@@ -148,8 +149,8 @@ class LandmarkTrainer:
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=float(t.get("learning_rate", 1e-4)),
                                           weight_decay=float(t.get("weight_decay", 0.0)))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.train_data = PreprocessedCases(self.data_folder, self.train_cases)
-        self.val_data = PreprocessedCases(self.data_folder, self.val_cases)
+        self.train_data = PreprocessedCases(self.data_folder, self.train_cases, with_masks=self.uses_masks)
+        self.val_data = PreprocessedCases(self.data_folder, self.val_cases, with_masks=self.uses_masks)
         self.augmentation = build_augmentation(self.kind, t.get("augmentation"))
         self.log = TrainingLog(self.output_folder / "training_log.txt", self.names,
                                echo=self.progress_bar and self.ddp.is_main)
@@ -226,6 +227,10 @@ class LandmarkTrainer:
         self.scaler.update()
         return float(loss.detach())
 
+    def validation_outputs(self, case: str, sample: dict, outputs: torch.Tensor) -> None:
+        """Hook: called with each validation case's outputs before its loss (the segmentation
+        trainers set the case's mask for the loss and measure its Dice here)."""
+
     @torch.no_grad()
     def validate(self) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
         """Validation loss, per-landmark MRE in world mm, and each case's predicted world points."""
@@ -237,6 +242,7 @@ class LandmarkTrainer:
             with torch.autocast(self.device.type, enabled=self.amp):
                 outputs = self.network(image)
             outputs = outputs.float()
+            self.validation_outputs(case, sample, outputs)
             target_vox = torch.from_numpy(sample["landmarks"][None]).float()
             present = ~torch.isnan(target_vox).any(-1)
             target_mm = torch.nan_to_num(target_vox).to(self.device) * torch.tensor(self.spacing, device=self.device)

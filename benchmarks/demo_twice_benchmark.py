@@ -59,10 +59,15 @@ def run_demo(root: Path, run: str, demo_args: list[str]) -> dict:
         raise RuntimeError(f"the {run} demo run failed (exit {rc}); see {log}")
     summary = json.loads((out / "evaluation" / "evaluation.json").read_text())["summary"]
     verdict = json.loads((out / "models_verdict.json").read_text())
+    from lmkreg.demo import registration_used
+
+    used, sre_used = registration_used(summary)  # the surface-refined SRE when the models predict masks
     return {"wall_s": wall, "log": str(log),
             "mre_mm": {m: summary["mre"][m]["per_case"]["mean"] for m in ("MR", "US")},
             "mre_sd_mm": {m: summary["mre"][m]["per_case"]["sd"] for m in ("MR", "US")},
-            "sre_mm": summary["sre_predicted_mm"]["mean"], "sre_sd_mm": summary["sre_predicted_mm"]["sd"],
+            "sre_mm": sre_used["mean"], "sre_sd_mm": sre_used["sd"], "registration_used": used,
+            "sre_landmarks_mm": summary["sre_predicted_mm"]["mean"],
+            "registration_variants": summary.get("registration_variants"), "segmentation": summary.get("segmentation"),
             "pairs_flagged": summary.get("pairs_flagged"),
             "sre_unflagged_pairs_mm": summary.get("unflagged_pairs", {}).get("sre_predicted_mm", {}).get("mean"),
             "dice": summary["dice_predicted"]["mean"], "rotation_deg": summary["rotation_predicted_deg"]["mean"],
@@ -80,8 +85,11 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2, help="worker processes of the demo (default 2)")
     p.add_argument("-o", "--output", type=Path, default=RESULTS, help="results JSON")
     p.add_argument("--note", default="", help="conditions of the run, stored with the results")
+    p.add_argument("-tr", "--trainer", default=None, help="trainer of the demo (default: the demo's)")
     args = p.parse_args(argv)
     demo_args = ["--workers", str(args.workers)] + (["--quick"] if args.quick else [])
+    if args.trainer:
+        demo_args += ["-tr", args.trainer]
     if args.train_minutes is not None:
         demo_args += ["--train-minutes", str(args.train_minutes)]
     t_start = time.perf_counter()

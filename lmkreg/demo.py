@@ -79,6 +79,22 @@ def _ensure_dataset(settings: DemoSettings, dataset_id: int, seed: int) -> Path:
 DEMO_TRAINER = "HeatmapMatchingTrainer"
 
 
+def has_segmentation(trainer: str) -> bool:
+    """Whether `trainer`'s models also predict the prostate mask (a ``*_Seg`` trainer)."""
+    from lmkreg.training.registry import find_trainer
+
+    return bool(getattr(find_trainer(trainer), "has_segmentation", False))
+
+
+def registration_used(summary: dict) -> tuple[str, dict]:
+    """(name, SRE summary) of the registration the demo's transforms use: the surface-refined
+    one when the models predicted masks (evaluate's "surface" row), else the landmark one."""
+    surface = (summary.get("registration_variants") or {}).get("surface")
+    if surface and surface.get("sre_mm", {}).get("n"):
+        return "surface-refined", surface["sre_mm"]
+    return "landmarks", summary["sre_predicted_mm"]
+
+
 def models_verdict(summaries: dict[str, dict], expected_mre_mm: float) -> dict:
     """Whether the trained models are fit for use: each reached `expected_mre_mm` on its
     validation cases and its trainer judged the training long enough."""
@@ -181,10 +197,13 @@ def run_demo(quick: bool = False, output: Path = Path("lmkreg_demo"), dataset_id
             raise RuntimeError(f"prediction failed for {sorted(report.failed)}")
     _done(t, str(output / "predictions"))
 
-    t = _stage(5, n, "rigid MR->US registration of every test pair")
+    surface = has_segmentation(trainer)
+    t = _stage(5, n, "rigid MR->US registration of every test pair" +
+               (", refined on the predicted gland surfaces" if surface else ""))
     transforms = output / "transforms"
+    # a model with a segmentation head predicted the prostate masks: register refines on them
     rc = register_main(["--mr-dir", str(predictions["MR"]), "--us-dir", str(predictions["US"]), "-o",
-                        str(transforms)])
+                        str(transforms)] + (["--refine", "surface"] if surface else []))
     if rc != 0:
         print("      some pairs could not be registered (see above)")
     _done(t, str(transforms))
@@ -200,6 +219,10 @@ def run_demo(quick: bool = False, output: Path = Path("lmkreg_demo"), dataset_id
 
     total = time.perf_counter() - start
     print(f"\nlmkreg demo finished in {total / 60:.1f} min.")
+    used, sre = registration_used(summary)
+    if sre.get("n"):
+        print(f"  registration: {used}, SRE {sre['mean']:.2f} mm mean, {sre.get('max', sre.get('worst', float('nan'))):.2f} "
+              f"mm worst over {sre['n']} pairs; {summary.get('pairs_flagged', 0)} pair(s) flagged by lmkreg_register")
     print(f"  report:       {report_dir / 'evaluation.md'}")
     print(f"  QC pictures:  {report_dir / 'qc'}")
     print(f"  transforms:   {transforms}")

@@ -49,3 +49,15 @@ def test_demo_runs_every_stage_and_reports_measured_metrics(tmp_path, capsys):
         assert any("fewer than the plan's minimum" in r for r in verdict["modalities"][modality]["reasons"])
     closing = captured.out.rstrip().splitlines()[-4:]
     assert closing[0].startswith("Models NOT fit for use") and "--train-minutes" in closing[-1]
+
+
+def test_demo_registers_on_surfaces_only_with_a_segmentation_head():
+    from lmkreg.demo import has_segmentation, registration_used
+
+    assert has_segmentation("HeatmapMatchingTrainer_Seg") and not has_segmentation("HeatmapMatchingTrainer")
+    landmark_row = {"n": 10, "mean": 5.3, "sd": 10.0, "median": 1.6, "max": 35.0}
+    surface_row = {"n": 10, "mean": 0.9, "sd": 0.4, "median": 0.8, "worst": 1.9}
+    assert registration_used({"sre_predicted_mm": landmark_row}) == ("landmarks", landmark_row)
+    assert registration_used({"sre_predicted_mm": landmark_row, "registration_variants": {}}) == ("landmarks", landmark_row)
+    with_masks = {"sre_predicted_mm": landmark_row, "registration_variants": {"surface": {"sre_mm": surface_row}}}
+    assert registration_used(with_masks) == ("surface-refined", surface_row)

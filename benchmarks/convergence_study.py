@@ -42,7 +42,7 @@ VARIANTS = {
 
 
 def train_variant(dataset: str, modality: str, variant: str, steps: int, iterations: int, trainer_name: str,
-                  out: Path, seed: int, workers: int) -> dict:
+                  out: Path, seed: int, workers: int, label: str | None = None) -> dict:
     from lmkreg.dataset.layout import open_dataset
     from lmkreg.paths import preprocessed_folder
     from lmkreg.config.plans import PLANS_FILE, Plans
@@ -58,20 +58,21 @@ def train_variant(dataset: str, modality: str, variant: str, steps: int, iterati
         conf.batch_size = int(changes.pop("batch_size"))
     conf.training.update(changes)
     splits = load_or_create_splits(pre, ds.cases("Tr"))
-    folder = out / f"{modality}_{variant}"
+    label = label or variant
+    folder = out / f"{modality}_{label}"
     cls = find_trainer(trainer_name)
     t = cls(plans, modality, 0, pre, folder, splits, num_epochs=-(-steps // iterations), iterations_per_epoch=iterations,
             num_workers=workers, seed=seed, progress_bar=False)
     t0 = time.perf_counter()
     summary = t.run()
     h = t.log.history
-    result = {"variant": variant, "changes": VARIANTS[variant], "modality": modality, "trainer": trainer_name,
+    result = {"variant": variant, "label": label, "changes": VARIANTS[variant], "modality": modality, "trainer": trainer_name,
               "batch_size": conf.batch_size, "iterations_per_epoch": iterations,
               "dataset": ds.name, "seed": seed, "steps": h["steps"], "val_mre_mm": h["val_mre"],
               "epoch_seconds": h["epoch_seconds"], "wall_s": time.perf_counter() - t0,
               "final_val_mre_mm": summary["mre_mm"], "verdict": summary["training_verdict"],
               "load_1min_at_end": os.getloadavg()[0]}
-    (out / f"{modality}_{variant}.json").write_text(json.dumps(result, indent=1))
+    (out / f"{modality}_{label}.json").write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -214,7 +215,7 @@ def summarize(folder: Path, output: Path, results_dir: Path = RESULTS.parent, fi
     for r in runs:
         curve = ", ".join(f"{s}:{m:.2f}" for s, m in zip(r["steps"], r["val_mre_mm"]))
         rs = r["reach_and_stay"]
-        print(f"{r['modality']} {r['variant']:16s} final {r['final_val_mre_mm']:.2f} mm; <= {target} mm from step "
+        print(f"{r['modality']} {r.get('label', r['variant']):16s} final {r['final_val_mre_mm']:.2f} mm; <= {target} mm from step "
               f"{rs['step']} ({rs['idle_equivalent_s']} s); {curve}")
     if figure is not None:
         plot(out, figure)
@@ -234,7 +235,7 @@ def plot(summary: dict, path: Path) -> None:
             if r["modality"] != m or r["idle_equivalent_s"] is None:
                 continue
             ax.plot(r["idle_equivalent_s"], r["val_mre_mm"], marker="o", ms=3,
-                    label=f"{r['variant']} ({r['step_time_ratio']:.2f}x step)")
+                    label=f"{r.get('label', r['variant'])} ({r['step_time_ratio']:.2f}x step)")
         ax.axhline(summary["target_mre_mm"], color="k", ls="--", lw=1, label=f"target {summary['target_mre_mm']:g} mm")
         today = [r for r in summary["runs"] if r["modality"] == m and r["variant"] == "today" and r["idle_equivalent_s"]]
         if today:
@@ -258,6 +259,7 @@ def main(argv=None) -> int:
     p.add_argument("-m", "--modality", default="US", help="modality (default US)")
     p.add_argument("-tr", "--trainer", default="HeatmapMatchingTrainer", help="trainer (default: the demo's)")
     p.add_argument("--variant", choices=sorted(VARIANTS), default="baseline", help="training variant")
+    p.add_argument("--label", default=None, help="name of the run's files (default: the variant), e.g. bf16_1000")
     p.add_argument("--steps", type=int, default=500, help="optimiser steps (default 500)")
     p.add_argument("--iterations", type=int, default=50, help="steps between validations (default 50)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0, the demo's)")
@@ -280,7 +282,7 @@ def main(argv=None) -> int:
         return 0
     args.output.mkdir(parents=True, exist_ok=True)
     r = train_variant(args.dataset, args.modality, args.variant, args.steps, args.iterations, args.trainer,
-                      args.output, args.seed, args.workers)
+                      args.output, args.seed, args.workers, args.label)
     print(json.dumps({k: r[k] for k in ("variant", "steps", "val_mre_mm", "wall_s", "final_val_mre_mm")}))
     return 0
 

@@ -225,6 +225,7 @@ def summarize(folder: Path, output: Path, results_dir: Path = RESULTS.parent, fi
 def plot(summary: dict, path: Path) -> None:
     """Validation MRE against idle-equivalent seconds: one panel per modality, one line per variant."""
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -242,6 +243,8 @@ def plot(summary: dict, path: Path) -> None:
             ax.axvline(today[0]["idle_equivalent_s"][-1] / 2, color="grey", ls=":", lw=1,
                        label="half of today's training time")
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.set_title(f"{m}: validation MRE, fold 0, seed 0")
         ax.set_xlabel("idle-equivalent training seconds on 2 cores")
         ax.set_ylabel("validation MRE (mm)")
@@ -266,7 +269,7 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=1, help="data-loader workers (default 1)")
     p.add_argument("-o", "--output", type=Path, default=Path("convergence_study"), help="folder for the runs")
     p.add_argument("--summarize", type=Path, default=None, metavar="FOLDER", help="collect the runs of FOLDER")
-    p.add_argument("--step-time", action="store_true", help="time fp32 against bf16, channels-last and compile")
+    p.add_argument("--step-time", action="store_true", help="time today's fp32 training step against the candidates, back to back")
     p.add_argument("--repeats", type=int, default=5, help="timed steps per candidate for --step-time")
     p.add_argument("--candidates", nargs="+", default=CANDIDATES, choices=sorted(CANDIDATE_SETTINGS),
                    help="what --step-time compares with fp32 (default: all but compile)")

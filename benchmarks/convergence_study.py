@@ -158,6 +158,9 @@ def step_time(dataset: str, modality: str, repeats: int, kinds: list[str] = CAND
 
 TARGET_MRE_MM = 1.5  # the demo's accuracy target per modality (documentation/benchmarks.md)
 FIGURE = ROOT / "documentation" / "figures" / "convergence_wallclock.png"
+PLOT_NAMES = {"today": "today: fp32, default layout", "baseline": "kept: channels-last",
+              "bf16": "bf16 + channels-last", "bf16_1000": "bf16 + channels-last, 1000 steps",
+              "lr2e-3_warmup": "lr 2e-3 + warm-up"}
 
 
 def step_time_file(results_dir: Path, modality: str, kinds: list[str] = CANDIDATES) -> Path:
@@ -230,13 +233,17 @@ def plot(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     modalities = sorted({r["modality"] for r in summary["runs"]})
+    labels = sorted({r.get("label", r["variant"]) for r in summary["runs"]},
+                    key=lambda x: (x != "today", x != "baseline", x))
+    colours = {label: f"C{i}" for i, label in enumerate(labels)}  # one colour per variant in every panel
     fig, axes = plt.subplots(1, len(modalities), figsize=(6 * len(modalities), 4.5), squeeze=False)
     for ax, m in zip(axes[0], modalities):
         for r in summary["runs"]:
             if r["modality"] != m or r["idle_equivalent_s"] is None:
                 continue
-            ax.plot(r["idle_equivalent_s"], r["val_mre_mm"], marker="o", ms=3,
-                    label=f"{r.get('label', r['variant'])} ({r['step_time_ratio']:.2f}x step)")
+            label = r.get("label", r["variant"])
+            ax.plot(r["idle_equivalent_s"], r["val_mre_mm"], marker="o", ms=3, color=colours[label],
+                    label=f"{PLOT_NAMES.get(label, label)} ({r['step_time_ratio']:.2f}x step)")
         ax.axhline(summary["target_mre_mm"], color="k", ls="--", lw=1, label=f"target {summary['target_mre_mm']:g} mm")
         today = [r for r in summary["runs"] if r["modality"] == m and r["variant"] == "today" and r["idle_equivalent_s"]]
         if today:

@@ -1,16 +1,17 @@
-"""Training-efficiency study: validation MRE against optimiser steps (and seconds) for today's
-training and candidate changes, same data, same seed.
+"""Training-efficiency study: validation MRE against optimiser steps for today's training and
+candidate changes, same data, same seed, converted to idle-equivalent seconds.
 
 Why steps: on a shared CPU seconds depend on what else runs; validation MRE after N steps does
-not.  Seconds come from the same run and are stored too, with the thread plan, so that a run on a
-quiet machine gives the wall-clock curve.  Step-time candidates that change no numbers
-(bfloat16, channels-last, torch.compile) are timed against fp32 back to back with ``--step-time``.
+not.  Step times are measured as ratios to today's step, back to back in one process
+(``--step-time``), and today's idle step time comes from benchmarks/results/thread_benchmark.json;
+``--summarize`` multiplies them out (documentation/benchmarks.md states the formula).
 
     # one variant, one modality, fixed length (the demo's dataset 900 must be planned and preprocessed)
-    python benchmarks/convergence_study.py -d 900 -m US --variant baseline --steps 500 -o /tmp/study
-    python benchmarks/convergence_study.py -d 900 -m US --variant lr2e-3_warmup --steps 500 -o /tmp/study
-    python benchmarks/convergence_study.py --summarize /tmp/study           # -> benchmarks/results/convergence_study.json
-    python benchmarks/convergence_study.py --step-time -d 900 -m US         # fp32 vs bf16 / channels-last / compile
+    python benchmarks/convergence_study.py -d 900 -m MR --variant today --steps 700 -o /tmp/study
+    python benchmarks/convergence_study.py -d 900 -m MR --variant bf16 --steps 700 -o /tmp/study
+    python benchmarks/convergence_study.py --step-time -d 900 -m MR     # today's step vs each candidate
+    python benchmarks/convergence_study.py --summarize /tmp/study       # -> benchmarks/results/convergence_study.json
+                                                                        #    and documentation/figures/convergence_wallclock.png
 """
 from __future__ import annotations
 

@@ -1,16 +1,17 @@
-"""Training-efficiency study: validation MRE against optimiser steps (and seconds) for today's
-training and candidate changes, same data, same seed.
+"""Training-efficiency study: validation MRE against optimiser steps for today's training and
+candidate changes, same data, same seed, converted to idle-equivalent seconds.
 
 Why steps: on a shared CPU seconds depend on what else runs; validation MRE after N steps does
-not.  Seconds come from the same run and are stored too, with the thread plan, so that a run on a
-quiet machine gives the wall-clock curve.  Step-time candidates that change no numbers
-(bfloat16, channels-last, torch.compile) are timed against fp32 back to back with ``--step-time``.
+not.  Step times are measured as ratios to today's step, back to back in one process
+(``--step-time``), and today's idle step time comes from benchmarks/results/thread_benchmark.json;
+``--summarize`` multiplies them out (documentation/benchmarks.md states the formula).
 
     # one variant, one modality, fixed length (the demo's dataset 900 must be planned and preprocessed)
-    python benchmarks/convergence_study.py -d 900 -m US --variant baseline --steps 500 -o /tmp/study
-    python benchmarks/convergence_study.py -d 900 -m US --variant lr2e-3_warmup --steps 500 -o /tmp/study
-    python benchmarks/convergence_study.py --summarize /tmp/study           # -> benchmarks/results/convergence_study.json
-    python benchmarks/convergence_study.py --step-time -d 900 -m US         # fp32 vs bf16 / channels-last / compile
+    python benchmarks/convergence_study.py -d 900 -m MR --variant today --steps 700 -o /tmp/study
+    python benchmarks/convergence_study.py -d 900 -m MR --variant bf16 --steps 700 -o /tmp/study
+    python benchmarks/convergence_study.py --step-time -d 900 -m MR     # today's step vs each candidate
+    python benchmarks/convergence_study.py --summarize /tmp/study       # -> benchmarks/results/convergence_study.json
+                                                                        #    and documentation/figures/convergence_wallclock.png
 """
 from __future__ import annotations
 
@@ -26,17 +27,23 @@ import lmkreg  # noqa: F401  (first: the OpenMP thread policy must be set before
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "convergence_study.json"
 
-# plan "training" keys each variant changes (the trainer reads them with fallbacks)
+# plan "training" keys each variant changes (the trainer reads them with fallbacks); "batch_size"
+# is the configuration's batch size, not a training key.  Every variant is compared with "today".
 VARIANTS = {
-    "baseline": {},  # today's planned training: Adam lr 1e-3, polynomial decay, no warm-up
+    # the demo's training before issue 16: fp32, default memory layout, Adam lr 1e-3, polynomial decay
+    "today": {"channels_last": False},
+    "baseline": {},  # the current defaults (channels-last 3D layout on the CPU)
+    "bf16": {"bf16_autocast_cpu": True},  # current defaults + bfloat16 autocast of the training forward pass
     "lr2e-3_warmup": {"learning_rate": 2e-3, "lr_warmup_steps": 50},
     "lr3e-3_warmup": {"learning_rate": 3e-3, "lr_warmup_steps": 50},
     "warmup": {"lr_warmup_steps": 50},
+    "batch1": {"batch_size": 1},
+    "batch4": {"batch_size": 4},
 }
 
 
 def train_variant(dataset: str, modality: str, variant: str, steps: int, iterations: int, trainer_name: str,
-                  out: Path, seed: int, workers: int) -> dict:
+                  out: Path, seed: int, workers: int, label: str | None = None) -> dict:
     from lmkreg.dataset.layout import open_dataset
     from lmkreg.paths import preprocessed_folder
     from lmkreg.config.plans import PLANS_FILE, Plans
@@ -46,30 +53,52 @@ def train_variant(dataset: str, modality: str, variant: str, steps: int, iterati
     ds = open_dataset(dataset)
     pre = preprocessed_folder(ds)
     plans = Plans.load(pre / PLANS_FILE)
-    plans.configuration(modality).training.update(VARIANTS[variant])
+    conf = plans.configuration(modality)
+    changes = dict(VARIANTS[variant])
+    if "batch_size" in changes:
+        conf.batch_size = int(changes.pop("batch_size"))
+    conf.training.update(changes)
     splits = load_or_create_splits(pre, ds.cases("Tr"))
-    folder = out / f"{modality}_{variant}"
+    label = label or variant
+    folder = out / f"{modality}_{label}"
     cls = find_trainer(trainer_name)
     t = cls(plans, modality, 0, pre, folder, splits, num_epochs=-(-steps // iterations), iterations_per_epoch=iterations,
             num_workers=workers, seed=seed, progress_bar=False)
     t0 = time.perf_counter()
     summary = t.run()
     h = t.log.history
-    result = {"variant": variant, "changes": VARIANTS[variant], "modality": modality, "trainer": trainer_name,
+    result = {"variant": variant, "label": label, "changes": VARIANTS[variant], "modality": modality, "trainer": trainer_name,
+              "batch_size": conf.batch_size, "iterations_per_epoch": iterations,
               "dataset": ds.name, "seed": seed, "steps": h["steps"], "val_mre_mm": h["val_mre"],
               "epoch_seconds": h["epoch_seconds"], "wall_s": time.perf_counter() - t0,
               "final_val_mre_mm": summary["mre_mm"], "verdict": summary["training_verdict"],
               "load_1min_at_end": os.getloadavg()[0]}
-    (out / f"{modality}_{variant}.json").write_text(json.dumps(result, indent=1))
+    (out / f"{modality}_{label}.json").write_text(json.dumps(result, indent=1))
     return result
 
 
-CANDIDATES = ["fp32", "bf16", "channels_last", "compile"]
+# step-time candidates: (channels-last 3D layout, bfloat16 autocast, batch size or None = planned, torch.compile);
+# "fp32" is today's step (default layout, fp32, planned batch) and the reference of every ratio
+CANDIDATE_SETTINGS = {
+    "fp32": (False, False, None, False),
+    "channels_last": (True, False, None, False),
+    "bf16": (False, True, None, False),
+    "bf16_channels_last": (True, True, None, False),
+    "compile": (False, False, None, True),
+    "batch1": (True, False, 1, False),
+    "batch4": (True, False, 4, False),
+}
+# what --step-time compares by default (torch.compile is left out: minutes of compilation, 0.90x measured before)
+CANDIDATES = ["fp32", "channels_last", "bf16", "bf16_channels_last", "batch1", "batch4"]
+# the step-time candidate each training variant runs with (current defaults: channels-last on the CPU)
+VARIANT_STEP = {"today": "fp32", "baseline": "channels_last", "bf16": "bf16_channels_last",
+                "lr2e-3_warmup": "channels_last", "lr3e-3_warmup": "channels_last", "warmup": "channels_last",
+                "batch1": "batch1", "batch4": "batch4"}
 
 
 def step_time(dataset: str, modality: str, repeats: int, kinds: list[str] = CANDIDATES) -> dict:
-    """Seconds per training step of the planned network: fp32 against each candidate, timed in
-    alternation so that a change in machine load hits both alike."""
+    """Seconds per training step of the planned network: today's fp32 step against each
+    candidate, timed in alternation so that a change in machine load hits all alike."""
     import torch
 
     from lmkreg.dataset.layout import open_dataset
@@ -80,26 +109,29 @@ def step_time(dataset: str, modality: str, repeats: int, kinds: list[str] = CAND
 
     plan = configure_threads(0)
     conf = Plans.load(preprocessed_folder(open_dataset(dataset)) / PLANS_FILE).configuration(modality)
-    x = torch.randn(conf.batch_size, 1, *conf.input_size_zyx)
-    target = torch.rand(conf.batch_size, 3, *conf.input_size_zyx)
 
     def make(kind):
+        channels_last, bf16, batch, compiled = CANDIDATE_SETTINGS[kind]
+        batch = batch or conf.batch_size
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(batch, 1, *conf.input_size_zyx, generator=gen)
+        target = torch.rand(batch, 3, *conf.input_size_zyx, generator=gen)
         torch.manual_seed(0)
         net = UNet3D(1, 3, conf.network, head_bias=True)
-        inp = x
-        if kind == "channels_last":
+        if channels_last:
             net = net.to(memory_format=torch.channels_last_3d)
-            inp = x.to(memory_format=torch.channels_last_3d)
-        if kind == "compile":
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        if compiled:
             net = torch.compile(net)
         opt = torch.optim.Adam(net.parameters(), 1e-3)
 
         def step():
             opt.zero_grad(set_to_none=True)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=kind == "bf16"):
-                out = net(inp)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = net(x)
             loss = ((out.float() - target) ** 2).mean()
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
             opt.step()
         return step
 
@@ -119,18 +151,117 @@ def step_time(dataset: str, modality: str, repeats: int, kinds: list[str] = CAND
             times[k].append(time.perf_counter() - t0)
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items() if v}
     return {"modality": modality, "input_size_zyx": conf.input_size_zyx, "batch_size": conf.batch_size,
+            "candidates": {k: dict(zip(("channels_last", "bf16", "batch_size", "compile"), CANDIDATE_SETTINGS[k]))
+                           for k in kinds},
             "threads": plan.describe(), "median_step_s": med, "ratio_to_fp32": {k: v / med["fp32"] for k, v in med.items()},
             "samples_s": times, "errors": errors, "load_1min": os.getloadavg()[0]}
 
 
-def summarize(folder: Path, output: Path) -> dict:
+TARGET_MRE_MM = 1.5  # the demo's accuracy target per modality (documentation/benchmarks.md)
+FIGURE = ROOT / "documentation" / "figures" / "convergence_wallclock.png"
+PLOT_NAMES = {"today": "today: fp32, default layout", "baseline": "kept: channels-last",
+              "bf16": "bf16 + channels-last", "bf16_1000": "bf16 + channels-last, 1000 steps",
+              "lr2e-3_warmup": "lr 2e-3 + warm-up"}
+
+
+def step_time_file(results_dir: Path, modality: str, kinds: list[str] = CANDIDATES) -> Path:
+    name = modality if list(kinds) == CANDIDATES else f"{modality}_{'_'.join(kinds)}"
+    return results_dir / f"step_time_candidates_{name}.json"
+
+
+def idle_step_seconds(results_dir: Path) -> dict[str, float]:
+    """Today's training step (fp32, default layout, planned batch) on 2 idle cores, per modality,
+    from the thread benchmark (benchmarks/thread_benchmark.py, current thread settings, no busy process)."""
+    d = json.loads((results_dir / "thread_benchmark.json").read_text())
+    run = next(r for r in d["runs"] if r["busy_processes"] == 0 and r["setting"] == "new")
+    return {m: float(c["train_step_s"]) for m, c in run["configurations"].items()}
+
+
+def first_stay_below(steps: list[int], mre: list[float], target: float) -> int | None:
+    """First validation step from which the validation MRE stays <= target to the end of the run."""
+    first = None
+    for s, m in zip(steps, mre):
+        if m <= target:
+            first = s if first is None else first
+        else:
+            first = None
+    return first
+
+
+def summarize(folder: Path, output: Path, results_dir: Path = RESULTS.parent, figure: Path | None = FIGURE,
+              target: float = TARGET_MRE_MM) -> dict:
+    """Collect the runs of `folder`, convert steps to idle-equivalent seconds and write `output`
+    (and the figure).  Idle-equivalent seconds of N steps of a variant =
+    N x (today's idle step time of the modality) x (variant's step-time ratio to today's step)."""
     runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
-    out = {"study": "convergence", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": runs}
+    idle = idle_step_seconds(results_dir)
+    ratios = {}
+    for m in sorted({r["modality"] for r in runs}):
+        path = step_time_file(results_dir, m)
+        ratios[m] = json.loads(path.read_text())["ratio_to_fp32"] if path.is_file() else {}
+    for r in runs:
+        m, kind = r["modality"], VARIANT_STEP.get(r["variant"], "channels_last")
+        ratio = ratios.get(m, {}).get(kind)
+        r["step_time_candidate"] = kind
+        r["step_time_ratio"] = ratio
+        r["idle_step_s"] = None if ratio is None else idle[m] * ratio
+        r["idle_equivalent_s"] = None if ratio is None else [s * r["idle_step_s"] for s in r["steps"]]
+        first = first_stay_below(r["steps"], r["val_mre_mm"], target)
+        r["reach_and_stay"] = {"target_mre_mm": target, "step": first,
+                               "idle_equivalent_s": None if first is None or ratio is None else first * r["idle_step_s"],
+                               "steps_run": r["steps"][-1] if r["steps"] else 0}
+    out = {"study": "convergence", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "target_mre_mm": target,
+           "idle_step_s_today": idle, "step_time_ratios": ratios,
+           "formula": "idle-equivalent seconds = optimiser steps x idle step time of today's training "
+                      "(thread_benchmark.json, 2 idle cores) x the variant's step-time ratio (back to back, one "
+                      "process); validation, data loading and start-up are left out", "runs": runs}
     output.write_text(json.dumps(out, indent=1))
     for r in runs:
         curve = ", ".join(f"{s}:{m:.2f}" for s, m in zip(r["steps"], r["val_mre_mm"]))
-        print(f"{r['modality']} {r['variant']:16s} final {r['final_val_mre_mm']:.2f} mm; {curve}")
+        rs = r["reach_and_stay"]
+        print(f"{r['modality']} {r.get('label', r['variant']):16s} final {r['final_val_mre_mm']:.2f} mm; <= {target} mm from step "
+              f"{rs['step']} ({rs['idle_equivalent_s']} s); {curve}")
+    if figure is not None:
+        plot(out, figure)
     return out
+
+
+def plot(summary: dict, path: Path) -> None:
+    """Validation MRE against idle-equivalent seconds: one panel per modality, one line per variant."""
+    import matplotlib
+    import matplotlib.ticker
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modalities = sorted({r["modality"] for r in summary["runs"]})
+    labels = sorted({r.get("label", r["variant"]) for r in summary["runs"]},
+                    key=lambda x: (x != "today", x != "baseline", x))
+    colours = {label: f"C{i}" for i, label in enumerate(labels)}  # one colour per variant in every panel
+    fig, axes = plt.subplots(1, len(modalities), figsize=(6 * len(modalities), 4.5), squeeze=False)
+    for ax, m in zip(axes[0], modalities):
+        for r in summary["runs"]:
+            if r["modality"] != m or r["idle_equivalent_s"] is None:
+                continue
+            label = r.get("label", r["variant"])
+            ax.plot(r["idle_equivalent_s"], r["val_mre_mm"], marker="o", ms=3, color=colours[label],
+                    label=f"{PLOT_NAMES.get(label, label)} ({r['step_time_ratio']:.2f}x step)")
+        ax.axhline(summary["target_mre_mm"], color="k", ls="--", lw=1, label=f"target {summary['target_mre_mm']:g} mm")
+        today = [r for r in summary["runs"] if r["modality"] == m and r["variant"] == "today" and r["idle_equivalent_s"]]
+        if today:
+            ax.axvline(today[0]["idle_equivalent_s"][-1] / 2, color="grey", ls=":", lw=1,
+                       label="half of today's training time")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.set_title(f"{m}: validation MRE, fold 0, seed 0")
+        ax.set_xlabel("idle-equivalent training seconds on 2 cores")
+        ax.set_ylabel("validation MRE (mm)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -139,16 +270,17 @@ def main(argv=None) -> int:
     p.add_argument("-m", "--modality", default="US", help="modality (default US)")
     p.add_argument("-tr", "--trainer", default="HeatmapMatchingTrainer", help="trainer (default: the demo's)")
     p.add_argument("--variant", choices=sorted(VARIANTS), default="baseline", help="training variant")
+    p.add_argument("--label", default=None, help="name of the run's files (default: the variant), e.g. bf16_1000")
     p.add_argument("--steps", type=int, default=500, help="optimiser steps (default 500)")
     p.add_argument("--iterations", type=int, default=50, help="steps between validations (default 50)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0, the demo's)")
     p.add_argument("--workers", type=int, default=1, help="data-loader workers (default 1)")
     p.add_argument("-o", "--output", type=Path, default=Path("convergence_study"), help="folder for the runs")
     p.add_argument("--summarize", type=Path, default=None, metavar="FOLDER", help="collect the runs of FOLDER")
-    p.add_argument("--step-time", action="store_true", help="time fp32 against bf16, channels-last and compile")
+    p.add_argument("--step-time", action="store_true", help="time today's fp32 training step against the candidates, back to back")
     p.add_argument("--repeats", type=int, default=5, help="timed steps per candidate for --step-time")
-    p.add_argument("--candidates", nargs="+", default=CANDIDATES, choices=CANDIDATES,
-                   help="what --step-time compares with fp32 (default: all)")
+    p.add_argument("--candidates", nargs="+", default=CANDIDATES, choices=sorted(CANDIDATE_SETTINGS),
+                   help="what --step-time compares with fp32 (default: all but compile)")
     args = p.parse_args(argv)
     if args.summarize:
         summarize(args.summarize, RESULTS)
@@ -156,12 +288,12 @@ def main(argv=None) -> int:
     if args.step_time:
         r = step_time(args.dataset, args.modality, args.repeats, args.candidates)
         print(json.dumps({k: r[k] for k in ("median_step_s", "ratio_to_fp32", "errors", "threads", "load_1min")}, indent=1))
-        path = RESULTS.with_name(f"step_time_candidates_{args.modality}_{'_'.join(args.candidates)}.json")
+        path = step_time_file(RESULTS.parent, args.modality, args.candidates)
         path.write_text(json.dumps(r, indent=1))
         return 0
     args.output.mkdir(parents=True, exist_ok=True)
     r = train_variant(args.dataset, args.modality, args.variant, args.steps, args.iterations, args.trainer,
-                      args.output, args.seed, args.workers)
+                      args.output, args.seed, args.workers, args.label)
     print(json.dumps({k: r[k] for k in ("variant", "steps", "val_mre_mm", "wall_s", "final_val_mre_mm")}))
     return 0
 

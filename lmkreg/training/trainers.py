@@ -48,6 +48,9 @@ LR_RESTART_FRACTION = 0.3  # rate at the start of a budget extension, relative t
 # channels-last 3D layout for convolutions on the CPU: same fp32 arithmetic, a training step took
 # 0.73-0.77x the time of the default layout (documentation/benchmarks.md, training-efficiency study)
 DEFAULT_CHANNELS_LAST_ON_CPU = True
+# bfloat16 autocast of the training forward pass on the CPU (training.bf16_autocast_cpu): cheaper
+# steps on CPUs with bf16 units, other arithmetic; validation and prediction stay fp32
+DEFAULT_BF16_AUTOCAST_CPU = False
 
 
 class LandmarkTrainer:
@@ -98,6 +101,7 @@ class LandmarkTrainer:
         self.device = select_device(device)
         self.ddp = init_distributed(self.device)
         self.amp = self.device.type == "cuda"
+        self.cpu_bf16 = self.device.type == "cpu" and bool(t.get("bf16_autocast_cpu", DEFAULT_BF16_AUTOCAST_CPU))
         self.spacing = [float(s) for s in self.conf.spacing_zyx]
 
     # ---- hooks ---------------------------------------------------------------------------
@@ -217,7 +221,7 @@ class LandmarkTrainer:
     def train_step(self, batch: dict) -> float:
         image, target_mm, present = self._to_device(batch)
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, enabled=self.amp):
+        with self._train_autocast():
             outputs = self.model(image)
         loss, _ = self.compute_loss(outputs.float(), target_mm, present)
         self.scaler.scale(loss).backward()
@@ -230,6 +234,13 @@ class LandmarkTrainer:
     def validation_outputs(self, case: str, sample: dict, outputs: torch.Tensor) -> None:
         """Hook: called with each validation case's outputs before its loss (the segmentation
         trainers set the case's mask for the loss and measure its Dice here)."""
+
+    def _train_autocast(self) -> torch.autocast:
+        """Mixed precision of the training forward pass: fp16 on CUDA, bfloat16 on the CPU
+        when the plan asks for it, otherwise none (fp32)."""
+        if self.cpu_bf16:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(self.device.type, enabled=self.amp)
 
     @torch.no_grad()
     def validate(self) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:

@@ -1,0 +1,112 @@
+"""Training variants of the efficiency study: the plan key training.bf16_autocast_cpu really
+changes the arithmetic of the training forward pass (and only of it), the default keeps fp32;
+and benchmarks/convergence_study.py turns runs into idle-equivalent seconds and the
+reach-and-stay step by the stated formula."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lmkreg.config.plans import Plans
+from lmkreg.config.splits import load_or_create_splits
+from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
+from lmkreg.training.trainers import HeatmapMatchingTrainer
+
+from toydata import folders_under, make_toy_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """A planned and preprocessed MR-only toy dataset (5 cases)."""
+    root = tmp_path_factory.mktemp("variants")
+    with folders_under(root):
+        ds = make_toy_dataset(root / "raw", n_cases=5, dataset_id=7, modalities=("MR",))
+        pre = plan_and_preprocess("7", workers=1)
+        splits = load_or_create_splits(pre, ds.cases("Tr"))
+    return pre, splits
+
+
+def _conv_output_dtypes(toy, folder: Path, changes: dict) -> tuple[list, list, float]:
+    """dtypes the first convolution produced in one training step and in one validation pass."""
+    pre, splits = toy
+    plans = Plans.load(pre / "plans.json")
+    plans.configuration("MR").training.update(changes)
+    t = HeatmapMatchingTrainer(plans, "MR", 0, pre, folder, splits, device="cpu", num_epochs=1,
+                               iterations_per_epoch=1, num_workers=0, progress_bar=False)
+    folder.mkdir(parents=True)
+    t._setup()
+    seen: list = []
+    conv = next(m for m in t.network.modules() if isinstance(m, torch.nn.Conv3d))
+    conv.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    sample = t.train_data.get(t.train_cases[0])
+    batch = {"image": torch.from_numpy(sample["image"][None]), "landmarks": torch.from_numpy(sample["landmarks"][None]),
+             "present": torch.ones(1, sample["landmarks"].shape[0], dtype=torch.bool)}
+    loss = t.train_step(batch)
+    train_dtypes, seen[:] = list(seen), []
+    t.validate()
+    assert all(p.dtype == torch.float32 for p in t.network.parameters())  # the weights stay fp32
+    return train_dtypes, list(seen), loss
+
+
+def test_bf16_autocast_key_changes_the_training_forward_pass_only(toy, tmp_path):
+    train, val, loss = _conv_output_dtypes(toy, tmp_path / "bf16", {"bf16_autocast_cpu": True})
+    assert train == [torch.bfloat16]
+    assert val and set(val) == {torch.float32}  # validation (like prediction) stays fp32
+    assert np.isfinite(loss)
+
+
+def test_default_training_stays_fp32(toy, tmp_path):
+    train, val, loss = _conv_output_dtypes(toy, tmp_path / "default", {})
+    assert train == [torch.float32] and set(val) == {torch.float32}
+    assert np.isfinite(loss)
+
+
+# ---- benchmarks/convergence_study.py --summarize -------------------------------------------
+
+def _study_module():
+    spec = importlib.util.spec_from_file_location("convergence_study", ROOT / "benchmarks" / "convergence_study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_first_stay_below():
+    cs = _study_module()
+    steps = [50, 100, 150, 200, 250]
+    assert cs.first_stay_below(steps, [3.0, 1.4, 1.6, 1.4, 1.2], 1.5) == 200  # the dip at 100 does not count
+    assert cs.first_stay_below(steps, [1.0, 1.1, 1.2, 1.3, 1.5], 1.5) == 50
+    assert cs.first_stay_below(steps, [1.0, 1.1, 1.2, 1.3, 1.6], 1.5) is None
+
+
+def test_summarize_converts_steps_to_idle_seconds_and_draws_the_figure(tmp_path):
+    cs = _study_module()
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    runs.mkdir()
+    results.mkdir()
+    (results / "thread_benchmark.json").write_text(json.dumps({"runs": [
+        {"busy_processes": 0, "setting": "old", "configurations": {"MR": {"train_step_s": 9.0}}},
+        {"busy_processes": 0, "setting": "new", "configurations": {"MR": {"train_step_s": 0.4}}},
+        {"busy_processes": 1, "setting": "new", "configurations": {"MR": {"train_step_s": 0.8}}}]}))
+    cs.step_time_file(results, "MR").write_text(json.dumps({"ratio_to_fp32": {"fp32": 1.0, "bf16_channels_last": 0.5}}))
+    steps = [50, 100, 150, 200]
+    for variant, mre in (("today", [5.0, 2.0, 1.4, 1.3]), ("bf16", [5.0, 1.4, 1.6, 1.2])):
+        (runs / f"MR_{variant}.json").write_text(json.dumps(
+            {"variant": variant, "modality": "MR", "steps": steps, "val_mre_mm": mre, "final_val_mre_mm": mre[-1]}))
+    figure = tmp_path / "fig.png"
+    out = cs.summarize(runs, tmp_path / "summary.json", results_dir=results, figure=figure)
+    by = {r["variant"]: r for r in out["runs"]}
+    assert by["today"]["idle_equivalent_s"] == pytest.approx([20.0, 40.0, 60.0, 80.0])  # steps x 0.4 s x 1.0
+    assert by["bf16"]["idle_equivalent_s"] == pytest.approx([10.0, 20.0, 30.0, 40.0])  # steps x 0.4 s x 0.5
+    assert by["today"]["reach_and_stay"]["step"] == 150
+    assert by["today"]["reach_and_stay"]["idle_equivalent_s"] == pytest.approx(60.0)
+    assert by["bf16"]["reach_and_stay"]["step"] == 200
+    assert by["bf16"]["reach_and_stay"]["idle_equivalent_s"] == pytest.approx(40.0)
+    assert json.loads((tmp_path / "summary.json").read_text())["runs"][0]["variant"] == "bf16"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -59,5 +59,6 @@ def test_demo_registers_on_surfaces_only_with_a_segmentation_head():
     surface_row = {"n": 10, "mean": 0.9, "sd": 0.4, "median": 0.8, "worst": 1.9}
     assert registration_used({"sre_predicted_mm": landmark_row}) == ("landmarks", landmark_row)
     assert registration_used({"sre_predicted_mm": landmark_row, "registration_variants": {}}) == ("landmarks", landmark_row)
-    with_masks = {"sre_predicted_mm": landmark_row, "registration_variants": {"surface": {"sre_mm": surface_row}}}
-    assert registration_used(with_masks) == ("surface-refined", surface_row)
+    with_masks = {"sre_predicted_mm": landmark_row, "registration_variants": {
+        "surface": {"sre_mm": landmark_row}, "landmarks_surface": {"sre_mm": surface_row}}}
+    assert registration_used(with_masks) == ("landmarks+surface", surface_row)

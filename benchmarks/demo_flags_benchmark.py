@@ -36,8 +36,7 @@ ERROR_MM = 5.0
 def rerun(root: Path, run: str, work: Path) -> dict:
     from lmkreg.dataset.layout import open_dataset
     from lmkreg.evaluation.cli import main as evaluate_main
-    from lmkreg.inference.predict_folder import predict_folder
-    from lmkreg.inference.predictor import LandmarkPredictor
+    from lmkreg.demo import predict_test_images
     from lmkreg.registration.cli import main as register_main
     from lmkreg.trust.calibration import pool_calibration
 
@@ -54,12 +53,8 @@ def rerun(root: Path, run: str, work: Path) -> dict:
         model = results / ds.name / f"{TRAINER}__{modality}"
         names = json.loads((model / "plans.json").read_text())["landmarks"]
         pool_calibration(model, names)
-        predictor = LandmarkPredictor(model, folds=["0"], mirror_tta=True)
-        preds[modality] = out / "predictions" / modality
-        report = predict_folder(predictor, root / run / "demo" / "test_images" / modality, preds[modality],
-                                overwrite=True, progress_bar=False)
-        if report.failed:
-            raise RuntimeError(f"{run}: prediction failed for {sorted(report.failed)}")
+        preds[modality] = predict_test_images(model, root / run / "demo" / "test_images" / modality,
+                                              out / "predictions" / modality, progress=False)
     register_main(["--mr-dir", str(preds["MR"]), "--us-dir", str(preds["US"]), "-o", str(out / "transforms")])
     evaluate_main(["-d", DATASET, "--mr-pred", str(preds["MR"]), "--us-pred", str(preds["US"]), "-o",
                    str(out / "evaluation"), "--split", "Ts", "--qc", "0", "--no-progress"])

@@ -79,10 +79,18 @@ def _ensure_dataset(settings: DemoSettings, dataset_id: int, seed: int) -> Path:
 DEMO_TRAINER = "HeatmapMatchingTrainer"
 
 
-# register's landmark weight in the demo's surface refinement: the landmarks+surface row of the
-# accuracy benchmark (documentation/benchmark_accuracy_seg.md: SRE 1.51 mm against 2.27 mm with the
-# surfaces alone and 2.32 mm from the landmarks alone), and the weight evaluate scores that row with
-from lmkreg.evaluation.predicted_masks import LANDMARKS_SURFACE_WEIGHT  # noqa: E402
+def predict_test_images(model: Path, images: Path, out: Path, progress: bool = True) -> Path:
+    """Predict a folder of test images the way the demo does (fold 0, mirror TTA, as
+    lmkreg_predict does by default: the calibrated error radius needs the mirror gap); the
+    landmark files (and masks of a segmentation model) go to `out`."""
+    from lmkreg.inference.predict_folder import predict_folder
+    from lmkreg.inference.predictor import LandmarkPredictor
+
+    report = predict_folder(LandmarkPredictor(model, folds=["0"], mirror_tta=True), images, out, overwrite=True,
+                            progress_bar=progress)
+    if report.failed:
+        raise RuntimeError(f"prediction failed for {sorted(report.failed)}")
+    return out
 
 
 def has_segmentation(trainer: str) -> bool:
@@ -142,8 +150,6 @@ def run_demo(quick: bool = False, output: Path = Path("lmkreg_demo"), dataset_id
     replaces the default/quick scale (tests use a smaller one)."""
     from lmkreg.dataset.layout import Dataset
     from lmkreg.evaluation.cli import main as evaluate_main
-    from lmkreg.inference.predict_folder import predict_folder
-    from lmkreg.inference.predictor import LandmarkPredictor
     from lmkreg.planning.plan_and_preprocess import describe, plan_and_preprocess
     from lmkreg.config.plans import Plans
     from lmkreg.io.atomic import atomic_write_json
@@ -196,19 +202,19 @@ def run_demo(quick: bool = False, output: Path = Path("lmkreg_demo"), dataset_id
             dst = images / src.name
             if not dst.exists():
                 dst.symlink_to(src.resolve())
-        # with mirror TTA, as lmkreg_predict does by default: the calibrated error radius needs it
-        predictor = LandmarkPredictor(model_folder(ds.name, trainer, modality), folds=["0"], mirror_tta=True)
-        predictions[modality] = output / "predictions" / modality
-        report = predict_folder(predictor, images, predictions[modality], overwrite=True)
-        if report.failed:
-            raise RuntimeError(f"prediction failed for {sorted(report.failed)}")
+        predictions[modality] = predict_test_images(model_folder(ds.name, trainer, modality), images,
+                                                    output / "predictions" / modality)
     _done(t, str(output / "predictions"))
 
     surface = has_segmentation(trainer)
     t = _stage(5, n, "rigid MR->US registration of every test pair" +
                (", refined on the predicted gland surfaces" if surface else ""))
     transforms = output / "transforms"
-    # a model with a segmentation head predicted the prostate masks: register refines on them
+    # a model with a segmentation head predicted the prostate masks: register refines on them, with
+    # the landmarks as pairs at the weight of the accuracy benchmark's best row (landmarks+surface,
+    # documentation/benchmark_accuracy_seg.md), the weight evaluate scores that row with
+    from lmkreg.evaluation.predicted_masks import LANDMARKS_SURFACE_WEIGHT
+
     rc = register_main(["--mr-dir", str(predictions["MR"]), "--us-dir", str(predictions["US"]), "-o",
                         str(transforms)] + (["--refine", "surface", "--landmark-weight", str(LANDMARKS_SURFACE_WEIGHT)]
                                             if surface else []))

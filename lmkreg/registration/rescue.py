@@ -36,8 +36,8 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from lmkreg.geometry.rigid import RigidTransform
-from lmkreg.registration.surface import (GlandSurface, SurfaceSettings, surface_normals, transform_change,
-                                         trimmed_icp, trimmed_surface_distance)
+from lmkreg.registration.surface import (GlandSurface, SurfaceSamples, SurfaceSettings, sample_surfaces,
+                                         transform_change, trimmed_icp, trimmed_surface_distance)
 
 SPIN_STEP_DEG = 30.0  # spin starts about the kept landmarks' axis (ICP's basin is wider than +-15 deg)
 LANDMARK_WEIGHT = 0.1  # the two kept landmarks as ICP pairs: their mean squared error x this vs the surface's
@@ -109,17 +109,18 @@ def axis_starts(mr_pair: np.ndarray, us_pair: np.ndarray, step_deg: float = SPIN
 def rescue_on_surfaces(mr: GlandSurface, us: GlandSurface, landmarks: tuple[np.ndarray, np.ndarray],
                        names: Sequence[str], settings: SurfaceSettings = SurfaceSettings(),
                        max_distance_mm: float = MAX_DISTANCE_MM, landmark_limit_mm: float = LANDMARK_LIMIT_MM,
-                       source: str = "MR", target: str = "US") -> SurfaceRescue:
+                       source: str = "MR", target: str = "US", samples: Optional[SurfaceSamples] = None
+                       ) -> SurfaceRescue:
     """Try every leave-one-landmark-out pose on the surfaces (see the module doc).
-    `landmarks`: (MR points (L, 3) MR world, US points (L, 3) US world) in the order of `names`."""
+    `landmarks`: (MR points (L, 3) MR world, US points (L, 3) US world) in the order of `names`;
+    `samples`: the pair's surface samples when the caller has them (else drawn here)."""
     names = list(names)
     p_all, q_all = (np.asarray(a, float) for a in landmarks)
     if len(names) != 3 or p_all.shape != (3, 3) or q_all.shape != (3, 3) or not (
             np.isfinite(p_all).all() and np.isfinite(q_all).all()):
         return SurfaceRescue(False, "the rescue needs all three landmarks in both files")
-    src, _ = mr.sample(settings.source_points, settings.seed)
-    tgt, normals = us.sample(settings.target_points, settings.seed + 1)
-    normals = surface_normals(tgt, normals)
+    samples = sample_surfaces(mr, us, settings) if samples is None else samples
+    src, tgt, normals = samples.mr_points, samples.us_points, samples.us_normals
     us_gland, fov = us.gland_mesh, us.field_of_view
     candidates: list[RescueCandidate] = []
     for i, left in enumerate(names):

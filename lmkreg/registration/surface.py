@@ -407,7 +407,11 @@ def refine_on_surfaces(landmark_transform: RigidTransform, mr: GlandSurface, us:
     are given, the surfaces and landmarks disagree: one landmark may be wrong, and the rescue
     (lmkreg.registration.rescue) tries each leave-one-out pose; an accepted rescue is used and
     the pair flagged."""
-    result = _refine(landmark_transform, mr, us, settings, landmarks, landmark_names)
+    problem = settings.problem()
+    if problem:
+        raise ValueError(problem)
+    samples = sample_surfaces(mr, us, settings)  # shared by the refinement and the rescue
+    result = _refine(landmark_transform, mr, us, settings, landmarks, landmark_names, samples)
     failed_start = result.surface_transform is None
     if result.accepted or not (result.beyond_bound or failed_start) or landmarks is None \
             or landmark_names is None or len(landmark_names) != 3:
@@ -415,21 +419,34 @@ def refine_on_surfaces(landmark_transform: RigidTransform, mr: GlandSurface, us:
     from lmkreg.registration.rescue import rescue_on_surfaces
 
     result.rescue = rescue_on_surfaces(mr, us, landmarks, landmark_names, settings,
-                                       source=landmark_transform.source, target=landmark_transform.target)
+                                       source=landmark_transform.source, target=landmark_transform.target,
+                                       samples=samples)
     if result.rescued:
         result.landmark_residuals_mm = _residuals(result.transform, landmarks, landmark_names)
     return result
 
 
-def _refine(landmark_transform: RigidTransform, mr: GlandSurface, us: GlandSurface, settings: SurfaceSettings,
-            landmarks: Optional[tuple[np.ndarray, np.ndarray]], landmark_names: Optional[Sequence[str]]
-            ) -> SurfaceRefinement:
-    problem = settings.problem()
-    if problem:
-        raise ValueError(problem)
+@dataclass(frozen=True)
+class SurfaceSamples:
+    """The point sets the ICP runs on: MR surface points (MR world) and US surface samples with
+    their normals (US world), all LPS mm."""
+
+    mr_points: np.ndarray
+    us_points: np.ndarray
+    us_normals: np.ndarray
+
+
+def sample_surfaces(mr: GlandSurface, us: GlandSurface, settings: SurfaceSettings) -> SurfaceSamples:
+    """Sample both surfaces once per pair (seeded by the settings), with smooth US normals."""
     src, _ = mr.sample(settings.source_points, settings.seed)
     tgt, normals = us.sample(settings.target_points, settings.seed + 1)
-    normals = surface_normals(tgt, normals)
+    return SurfaceSamples(src, tgt, surface_normals(tgt, normals))
+
+
+def _refine(landmark_transform: RigidTransform, mr: GlandSurface, us: GlandSurface, settings: SurfaceSettings,
+            landmarks: Optional[tuple[np.ndarray, np.ndarray]], landmark_names: Optional[Sequence[str]],
+            samples: SurfaceSamples) -> SurfaceRefinement:
+    src, tgt, normals = samples.mr_points, samples.us_points, samples.us_normals
     us_gland, fov = us.gland_mesh, us.field_of_view
     try:
         before: Optional[float] = trimmed_surface_distance(src, landmark_transform, us_gland, settings.trim_fraction,

@@ -333,6 +333,12 @@ def test_rescue_leaves_out_the_wrong_landmark_and_recovers_the_map(phantom, cut)
     assert surface_registration_error(pts, TRUTH, rescue.transform) < 1.0
     assert residual_rotation_deg(TRUTH, rescue.transform) < 2.0
     assert "apex" in rescue.flag and json.dumps(rescue.to_json(), allow_nan=False)
+    # the figures quoted in inference.md (pytest -s shows them)
+    print(f"\nrescue, US gland {'cut by the border' if cut else 'whole'}: landmark fit SRE "
+          f"{surface_registration_error(pts, TRUTH, landmark_fit):.2f} mm / "
+          f"{residual_rotation_deg(TRUTH, landmark_fit):.1f} deg; rescued SRE "
+          f"{surface_registration_error(pts, TRUTH, rescue.transform):.2f} mm / "
+          f"{residual_rotation_deg(TRUTH, rescue.transform):.2f} deg; {rescue.flag}")
 
 
 def test_rescue_is_refused_when_no_landmark_is_wrong(phantom):

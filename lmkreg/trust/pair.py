@@ -113,7 +113,8 @@ def transform_uncertainty(mr_points: np.ndarray, us_points: np.ndarray, sigma_mr
 
 def assess_pair(mr: LandmarkSet, us: LandmarkSet, names: Sequence[str], rms_mm: float) -> dict:
     """The ``trust`` block of a transform JSON: expected residual limit, whether the fit's RMS
-    residual exceeds it (``flags``), and the transform uncertainty when both files have radii."""
+    residual exceeds it (``flags``), and the transform uncertainty when both files have an error
+    estimate (radii, or the uncalibrated median validation error; ``uncertainty.from`` says which)."""
     names = list(names)
     (s_mr, src_mr), (s_us, src_us) = sigmas_of(mr, names), sigmas_of(us, names)
     training = _training_pair(mr, us)

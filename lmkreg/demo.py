@@ -236,7 +236,9 @@ def run_demo(quick: bool = False, output: Path = Path("lmkreg_demo"), dataset_id
     used, sre = registration_used(summary)
     if sre.get("n"):
         print(f"  registration: {used}, SRE {sre['mean']:.2f} mm mean, {sre.get('max', sre.get('worst', float('nan'))):.2f} "
-              f"mm worst over {sre['n']} pairs; {summary.get('pairs_flagged', 0)} pair(s) flagged by lmkreg_register")
+              f"mm worst over {sre['n']} pairs; {summary.get('pairs_flagged', 0)} pair(s) flagged by lmkreg_register"
+              + (f", {summary['pairs_two_landmarks']} of them registered from two landmarks (one wrong or missing)"
+                 if summary.get("pairs_two_landmarks") else ""))
     print(f"  report:       {report_dir / 'evaluation.md'}")
     print(f"  QC pictures:  {report_dir / 'qc'}")
     print(f"  transforms:   {transforms}")

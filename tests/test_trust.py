@@ -12,12 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy.spatial.transform import Rotation
 
 from lmkreg.dataset.layout import open_dataset
 from lmkreg.inference.predictor import LandmarkPredictor
 from lmkreg.io.images import read_image
 from lmkreg.io.landmark_files import read_landmarks
 from lmkreg.io.landmarks import read_lmkreg_json, write_lmkreg_json
+from lmkreg.registration.landmark_fit import register_landmarks
 from lmkreg.trust.calibration import CALIBRATION_FILE, FOLD_CASES_FILE, Calibration, calibrate_fold, conformal_quantile
 from lmkreg.trust.plausibility import STATISTICS_FILE
 from toydata import folders_under, planned_phantoms, use_folders
@@ -58,8 +60,9 @@ def _predictor(folder: Path, **kw) -> LandmarkPredictor:
     return LandmarkPredictor(folder, mirror_tta=True, optimize=False, **kw)
 
 
-def test_training_stores_calibration_and_training_statistics(models):
+def test_training_stores_calibration_and_training_statistics(models, monkeypatch):
     _, folders, stored = models
+    use_folders(monkeypatch, models[0])
     ds_cases = 10
     for key, folder in folders.items():
         val = json.loads((folder / "fold_0" / "validation" / "summary.json").read_text())["num_cases"]
@@ -67,6 +70,20 @@ def test_training_stores_calibration_and_training_statistics(models):
         assert stored[key]["landmarks"]["apex"]["q"] is None and "needs at least 9" in stored[key]["landmarks"]["apex"]["reason"]
         stats = json.loads((folder / STATISTICS_FILE).read_text())
         assert stats["num_cases"] == ds_cases and stats["pair_rms_residual_mm"]["n"] >= 1
+        # the orientation prior of two-landmark registrations: each training pair's MR->US rotation
+        ds = open_dataset(3)
+        expected = []
+        for case in ds.cases("Tr", "MR"):
+            try:
+                fit = register_landmarks(read_lmkreg_json(ds.landmarks_path(case, "MR")),
+                                         read_lmkreg_json(ds.landmarks_path(case, "US")))
+            except Exception:
+                continue
+            expected.append(Rotation.from_matrix(fit.transform.rotation).as_matrix())
+        got = Rotation.from_rotvec(stats["pair_rotation"]["rotvecs"]).as_matrix()
+        assert stats["pair_rotation"]["source"] == "MR" and stats["pair_rotation"]["target"] == "US"
+        assert stats["pair_rotation"]["n"] == stats["pair_rms_residual_mm"]["n"] == len(expected)
+        assert np.allclose(got, np.asarray(expected), atol=1e-5)
         # the pooled quantile is the conformal quantile of the stored cases' error / scale
         rows = json.loads((folder / "fold_0" / FOLD_CASES_FILE).read_text())["cases"]
         scores = [r["landmarks"]["apex"]["error_mm"] / r["landmarks"]["apex"]["scale_mm"] for r in rows]

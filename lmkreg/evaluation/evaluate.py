@@ -57,6 +57,7 @@ class CaseResult:
     radii_mm: dict[str, dict[str, Optional[float]]] = field(default_factory=dict)  # modality -> landmark -> radius
     flagged: dict[str, dict[str, bool]] = field(default_factory=dict)  # modality -> landmark -> unreliable
     pair_flagged: Optional[bool] = None  # lmkreg_register's pair flag for the predicted landmarks
+    registration_landmarks: list[str] = field(default_factory=list)  # those the predicted transform used
     # predicted prostate masks (issue 17; lmkreg.evaluation.predicted_masks): segmentation per modality and
     # the surface-refined / landmarks+surface registrations against the same reference
     segmentation: dict[str, dict] = field(default_factory=dict)  # modality -> Dice, surface distances, volumes
@@ -245,10 +246,14 @@ def evaluate_case(dataset: Dataset, case: str, split: str, predictions: dict[str
         result.icp_vs_true_transform_mm = surface_registration_error(pts, RigidTransform.load(true_path), reference)
     if "MR" in pred and "US" in pred:
         try:
-            fit = register_landmarks(pred["MR"], pred["US"], names)
+            from lmkreg.registration.pair_fit import fit_pair  # what lmkreg_register writes for the pair
+
+            fit = fit_pair(pred["MR"], pred["US"], names)
             predicted = fit.transform
-            from lmkreg.trust.pair import assess_pair
-            result.pair_flagged = not assess_pair(pred["MR"], pred["US"], fit.names, fit.rms_mm)["reliable"]
+            result.pair_flagged = not fit.trust["reliable"]
+            result.registration_landmarks = list(fit.names)
+            if fit.trust.get("two_landmarks"):
+                result.notes.append(f"registered on {' and '.join(fit.names)}: {fit.trust['two_landmarks']['reason']}")
         except InputError as exc:
             result.notes.append(f"no registration from predictions: {exc.problem}")
         else:
@@ -360,6 +365,8 @@ def summarize(results: Sequence[CaseResult], names: Sequence[str]) -> dict:
     # did not flag (a flagged pair is written but marked; it is not silently dropped from the above)
     kept = [r for r in results if r.pair_flagged is False]
     out["pairs_flagged"] = int(sum(r.pair_flagged is True for r in results))
+    # pairs registered from two landmarks (one wrong or missing: lmkreg.registration.pair_fit)
+    out["pairs_two_landmarks"] = int(sum(len(r.registration_landmarks) == 2 for r in results))
     out["unflagged_pairs"] = {key: stats([getattr(r, key) for r in kept])
                               for key in ("sre_predicted_mm", "dice_predicted", "rotation_predicted_deg")}
     out["calibration"] = calibration_summary(results, names)

@@ -85,7 +85,8 @@ def markdown(summary: dict, results: Sequence[CaseResult], names: Sequence[str],
               f"| residual rotation (deg) | {_fmt(summary['rotation_predicted_deg'], 1)} | "
               f"{_fmt(summary['rotation_manual_deg'], 1)} |", "",
               f"Pairs flagged unreliable by lmkreg_register: {summary.get('pairs_flagged', 0)} of "
-              f"{summary['sre_predicted_mm'].get('n', 0)}; over the pairs not flagged, SRE "
+              f"{summary['sre_predicted_mm'].get('n', 0)} ({summary.get('pairs_two_landmarks', 0)} of them registered "
+              f"from two landmarks, one being wrong or missing); over the pairs not flagged, SRE "
               f"{_fmt(summary.get('unflagged_pairs', {}).get('sre_predicted_mm', {}))} mm, Dice "
               f"{_fmt(summary.get('unflagged_pairs', {}).get('dice_predicted', {}))}, rotation "
               f"{_fmt(summary.get('unflagged_pairs', {}).get('rotation_predicted_deg', {}), 1)} deg.", "",

@@ -75,6 +75,7 @@ class Prediction:
     radius_note: dict[str, str] = field(default_factory=dict)
     coverage: Optional[float] = None
     training_pair_rms_mm: Optional[dict] = None
+    training_pair_rotation: Optional[dict] = None  # orientation prior of two-landmark registrations
     validation_median_mm: dict[str, Optional[float]] = field(default_factory=dict)
     # models with a segmentation head (lmkreg.inference.segmentation): the prostate mask on the
     # input image's grid (uint8 0/1) and its volume, from the probability layers on the network grids
@@ -102,7 +103,8 @@ class Prediction:
                 lm[n]["validation_median_error_mm"] = _finite(self.validation_median_mm[n])
             if self.radius_mm.get(n) is None and self.radius_note.get(n):
                 lm[n]["radius_unavailable"] = self.radius_note[n]
-        return {"coverage": self.coverage, "landmarks": lm, "training_pair_rms_mm": self.training_pair_rms_mm}
+        return {"coverage": self.coverage, "landmarks": lm, "training_pair_rms_mm": self.training_pair_rms_mm,
+                **({"training_pair_rotation": self.training_pair_rotation} if self.training_pair_rotation else {})}
 
     def describe(self, name: str) -> str:
         """One line for a landmark (the Slicer control point description)."""
@@ -369,6 +371,7 @@ class LandmarkPredictor:
                 pred.flags.append(f"{n}: folds disagree by {between[i]:.1f} mm, more than the error radius {r:.1f} mm")
         if self.statistics is not None:
             pred.training_pair_rms_mm = self.statistics.pair_residuals()
+            pred.training_pair_rotation = self.statistics.pair_rotation()
             if not np.isnan(mean).any():
                 pred.flags += [f"case: {m}" for m in self.statistics.check_landmarks(mean, grid_centre_world(grid))]
             pred.flags += self.statistics.check_image(crop_features(array))

@@ -41,7 +41,7 @@ from lmkreg.io.atomic import atomic_path, atomic_write_json, split_suffix
 from lmkreg.io.dicom import read_image_or_series
 from lmkreg.io.images import write_image
 from lmkreg.io.landmarks import LandmarkSet
-from lmkreg.registration.landmark_fit import LandmarkRegistration, register_landmarks
+from lmkreg.registration.landmark_fit import LandmarkRegistration
 from lmkreg.registration.surface import SurfaceRequest, add_surface_options, surface_request
 from lmkreg.registration.transform_files import to_sitk_resampling_transform, write_itk_transform
 from lmkreg.trust.summary import STRICT_HELP, exit_status, print_unreliable
@@ -128,12 +128,15 @@ def register_pair(mr_file: Path, us_file: Path, out_dir: Path, name: str, weight
         wm, wu = confidence_weights(mr, mr_file), confidence_weights(us, us_file)
         if wm and wu:
             weights = {n: 1.0 / (1.0 / wm.get(n, 1.0) + 1.0 / wu.get(n, 1.0)) for n in mr.names}
+    from lmkreg.registration.pair_fit import fit_pair  # trust (issue 14); two-landmark fallback (issue 16)
     try:
-        reg = register_landmarks(mr, us, names=fit_names, weights=weights)
+        reg = fit_pair(mr, us, fit_names, weights)
     except InputError as exc:
         raise InputError(f"{mr_file} + {us_file}", exc.problem) from None
-    from lmkreg.trust.pair import assess_pair  # pair plausibility, transform uncertainty (issue 14)
-    reg.trust = assess_pair(mr, us, reg.names, reg.rms_mm)
+    left = (reg.trust or {}).get("two_landmarks")
+    if left:
+        print(f"{name}: {left['reason']}; transform from {' and '.join(reg.names)} with the training orientation "
+              f"(flagged)")
     doc = {**reg.transform.to_json(), "landmarks_used": reg.names, "residuals_mm": reg.residuals_mm,
            "rms_residual_mm": reg.rms_mm, "weights": weights, "mr_landmarks": str(mr_file), "us_landmarks": str(us_file),
            "itk_file": f"{name}_MR_to_US.tfm",

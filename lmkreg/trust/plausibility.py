@@ -152,6 +152,10 @@ class TrainingStatistics:
     def pair_residuals(self) -> Optional[dict]:
         return self.doc.get("pair_rms_residual_mm")
 
+    def pair_rotation(self) -> Optional[dict]:
+        """The training pairs' rotations of this modality's world into the other's (older files: None)."""
+        return self.doc.get("pair_rotation")
+
     def check_landmarks(self, points: np.ndarray, grid_centre: Optional[np.ndarray] = None) -> list[str]:
         """Failed landmark-geometry checks (messages); `points` (L, 3) world LPS in ``names`` order."""
         if np.isnan(points).any():
@@ -206,7 +210,10 @@ def training_statistics(dataset, modality: str, preprocessed_data: Path, names: 
     (crop arrays, grids, source geometry, world landmarks) and the dataset's landmark files."""
     from lmkreg.io.landmark_files import read_landmarks
     from lmkreg.preprocessing.storage import load_array
+    from scipy.spatial.transform import Rotation
+
     from lmkreg.registration.landmark_fit import register_landmarks
+    from lmkreg.registration.two_landmarks import RotationPrior
 
     scalars: dict[str, list[float]] = {}
     directions: dict[str, list[np.ndarray]] = {}
@@ -242,27 +249,31 @@ def training_statistics(dataset, modality: str, preprocessed_data: Path, names: 
     if offsets:
         m = np.mean(offsets, 0)
         off_doc = {"mean": m.tolist(), "max_distance_mm": float(max(np.linalg.norm(o - m) for o in offsets))}
-    pair_rms = []
+    pair_rms, pair_rotvecs = [], []
     others = [m for m in dataset.spec.modalities if m != modality]
     for case in used:
         for other in others[:1]:
             try:
                 a = read_landmarks(dataset.landmarks_path(case, modality))
                 b = read_landmarks(dataset.landmarks_path(case, other))
-                pair_rms.append(register_landmarks(a, b, names).rms_mm)
+                fit = register_landmarks(a, b, names)
             except Exception:  # a case without a usable pair says nothing about pairs
                 continue
+            pair_rms.append(fit.rms_mm)
+            pair_rotvecs.append(Rotation.from_matrix(fit.transform.rotation).as_rotvec())
     pair_doc = None
     if pair_rms:
         r = np.asarray(pair_rms)
         pair_doc = {**_summary(r), "p95": float(np.percentile(r, 95)), "median": float(np.median(r))}
+    # the orientation prior of a two-landmark registration (lmkreg.registration.two_landmarks)
+    rotation_doc = RotationPrior(np.asarray(pair_rotvecs)).to_json(modality, others[0]) if len(pair_rotvecs) >= 2 else None
     ext = np.asarray(extents) if extents else np.zeros((0, 3))
     return {"modality": modality, "landmark_names": list(names), "num_cases": len(used),
             "landmarks": {"scalars": {k: _summary(v) for k, v in scalars.items()}, "directions": dir_doc,
                           "offset": off_doc},
             "image": {"crop": {k: _summary(v) for k, v in crops.items()},
                       "extent_lps_mm": [_summary(ext[:, i]) for i in range(3)] if len(ext) else None},
-            "pair_rms_residual_mm": pair_doc}
+            "pair_rms_residual_mm": pair_doc, "pair_rotation": rotation_doc}
 
 
 def write_training_statistics(model_folder: Path, dataset, modality: str, preprocessed_data: Path,

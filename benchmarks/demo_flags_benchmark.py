@@ -3,9 +3,10 @@
 Re-runs the demo's last three stages (predict, register, evaluate) with the current code on the
 models a finished ``demo_twice_benchmark.py`` run trained, without training again:
 
-1. each run's model folders are copied (the originals are not touched) and their calibration is
+1. each run's model folders are copied (the originals are not touched), their calibration is
    re-pooled from the stored per-case calibration records (``fold_0/calibration_cases.json``,
-   written at training time), as training with the current code would pool it;
+   written at training time) and their training statistics are written again, as training with
+   the current code would do;
 2. the demo's test images are predicted as the demo predicts them now (fold 0, mirror TTA);
 3. ``lmkreg_register`` and ``lmkreg_evaluate`` run as in the demo.
 
@@ -38,7 +39,10 @@ def rerun(root: Path, run: str, work: Path) -> dict:
     from lmkreg.evaluation.cli import main as evaluate_main
     from lmkreg.demo import predict_test_images
     from lmkreg.registration.cli import main as register_main
+    from lmkreg.config.plans import Plans
+    from lmkreg.paths import preprocessed_folder
     from lmkreg.trust.calibration import pool_calibration
+    from lmkreg.trust.plausibility import write_training_statistics
 
     results = work / run / "results"
     if results.exists():
@@ -51,8 +55,12 @@ def rerun(root: Path, run: str, work: Path) -> dict:
     preds = {}
     for modality in ("MR", "US"):
         model = results / ds.name / f"{TRAINER}__{modality}"
-        names = json.loads((model / "plans.json").read_text())["landmarks"]
+        plans = Plans.load(model / "plans.json")
+        names = list(plans.landmarks)
         pool_calibration(model, names)
+        conf = plans.configuration(modality)  # training statistics as the current code writes them
+        write_training_statistics(model, ds, modality, preprocessed_folder(ds) / conf.data_identifier, names,
+                                  ds.cases("Tr", modality))
         preds[modality] = predict_test_images(model, root / run / "demo" / "test_images" / modality,
                                               out / "predictions" / modality, progress=False)
     register_main(["--mr-dir", str(preds["MR"]), "--us-dir", str(preds["US"]), "-o", str(out / "transforms")])
@@ -66,7 +74,8 @@ def rerun(root: Path, run: str, work: Path) -> dict:
         trust = json.loads(t.read_text()).get("trust", {}) if t.is_file() else {}
         pairs.append({"case": c["case"], "sre_mm": c.get("sre_predicted_mm"), "flagged": not trust.get("reliable", True),
                       "rms_residual_mm": trust.get("rms_residual_mm"), "limit_mm": trust.get("expected_rms_limit_mm"),
-                      "flags": trust.get("flags", []), "notes": trust.get("notes", [])})
+                      "flags": trust.get("flags", []), "notes": trust.get("notes", []),
+                      "two_landmarks": trust.get("two_landmarks")})
     flagged = [p for p in pairs if p["flagged"]]
     true_flags = [p for p in flagged if p["sre_mm"] is not None and p["sre_mm"] > ERROR_MM]
     bad = [p for p in pairs if p["sre_mm"] is not None and p["sre_mm"] > ERROR_MM]
@@ -78,6 +87,7 @@ def rerun(root: Path, run: str, work: Path) -> dict:
             "pairs": len(pairs), "pairs_flagged": len(flagged), "true_flags": len(true_flags),
             "false_flags": len(flagged) - len(true_flags), "pairs_sre_above_5mm": len(bad),
             "missed_bad_pairs": len([p for p in bad if not p["flagged"]]),
+            "two_landmark_pairs": [p["case"] for p in pairs if p["two_landmarks"]],
             "radius_coverage": {m: (cal.get(m, {}).get("all", {}) or {}).get("coverage") for m in ("MR", "US")},
             "landmarks_flagged": {m: (cal.get(m, {}).get("all", {}) or {}).get("num_flagged") for m in ("MR", "US")},
             "per_pair": pairs}

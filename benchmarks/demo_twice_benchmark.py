@@ -68,7 +68,9 @@ def run_demo(root: Path, run: str, demo_args: list[str]) -> dict:
             "sre_mm": sre_used["mean"], "sre_sd_mm": sre_used["sd"], "registration_used": used,
             "sre_landmarks_mm": summary["sre_predicted_mm"]["mean"],
             "registration_variants": summary.get("registration_variants"), "segmentation": summary.get("segmentation"),
-            "pairs_flagged": summary.get("pairs_flagged"),
+            "pairs_flagged": summary.get("pairs_flagged"), "pairs_two_landmarks": summary.get("pairs_two_landmarks"),
+            "sre_per_pair_mm": {c["case"]: c.get("sre_predicted_mm") for c in
+                                json.loads((out / "evaluation" / "evaluation.json").read_text())["cases"]},
             "sre_unflagged_pairs_mm": summary.get("unflagged_pairs", {}).get("sre_predicted_mm", {}).get("mean"),
             "dice": summary["dice_predicted"]["mean"], "rotation_deg": summary["rotation_predicted_deg"]["mean"],
             "training": {m: {k: v.get(k) for k in ("val_mre_mm", "steps", "fit_for_use", "reasons")}

@@ -347,3 +347,42 @@ def test_build_augmentation_defaults_and_overrides():
     b = us(sample, np.random.default_rng(11))
     np.testing.assert_array_equal(a["image"], b["image"])
     np.testing.assert_array_equal(a["landmarks"], b["landmarks"])
+
+
+def test_sweep_cut_zeroes_beyond_a_plane_across_the_gland_axis_and_keeps_the_landmarks():
+    """Reference: an explicit loop over voxels computing each one's position along the
+    apex->bladder-neck axis (anisotropic spacing); the cut end's landmark lies the drawn distance
+    beyond the plane, inside `beyond_mm`, and nothing on the near side changes."""
+    from lmkreg.training.augmentation import SweepCut
+
+    rng0 = np.random.default_rng(0)
+    image = rng0.uniform(1.0, 2.0, size=(1, 12, 10, 14)).astype(np.float32)
+    spacing = np.array([2.0, 1.0, 0.8])
+    landmarks = np.array([[2.0, 3.0, 4.0], [9.0, 6.0, 10.0], [5.0, 8.0, 6.0]])
+    mask = (rng0.random((1, 12, 10, 14)) > 0.5).astype(np.uint8)
+    sample = {"image": image, "landmarks": landmarks, "spacing": spacing, "mask": mask}
+    cut = SweepCut(p=1.0, beyond_mm=(1.0, 3.0))
+    ends = set()
+    for seed in range(12):
+        out = cut(sample, np.random.default_rng(seed))
+        assert np.array_equal(out["landmarks"], landmarks) and out["mask"] is mask
+        zero = out["image"][0] == 0
+        assert zero.any() and not zero.all()
+        # which end was cut: the landmark (0 = apex, 1 = bladder neck) lying in the zeroed part's direction
+        a, b = landmarks[0] * spacing, landmarks[1] * spacing
+        idx = np.argwhere(zero)[0] * spacing
+        end = 0 if np.linalg.norm(idx - a) < np.linalg.norm(idx - b) else 1
+        ends.add(end)
+        tip, other = (a, b) if end == 0 else (b, a)
+        n = (tip - other) / np.linalg.norm(tip - other)
+        along = np.zeros(zero.shape)
+        for k, j, i in np.ndindex(*zero.shape):
+            along[k, j, i] = (np.array([k, j, i]) * spacing) @ n
+        first_cut, last_kept = along[zero].min(), along[~zero].max()
+        assert last_kept < first_cut  # one plane across the axis separates kept from cut voxels
+        # the plane lies in (last_kept, first_cut]; the landmark's distance beyond it was drawn in [1, 3] mm
+        assert tip @ n - first_cut <= 3.0 and tip @ n - last_kept >= 1.0
+        assert np.array_equal(out["image"][0][~zero], image[0][~zero])
+    assert ends == {0, 1}  # both ends get cut
+    missing = {**sample, "landmarks": np.array([[np.nan] * 3, [9.0, 6.0, 10.0], [5.0, 8.0, 6.0]])}
+    assert cut(missing, np.random.default_rng(0))["image"] is image  # no axis: left alone

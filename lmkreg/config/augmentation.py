@@ -32,6 +32,7 @@ AUGMENTATION_PARAMETERS: dict[str, dict[str, str]] = {
                 "isotropic_scale": "bool", "elastic_alpha_mm": "non_negative", "elastic_sigma_mm": "non_negative",
                 "p_elastic": "probability", "order": "order", "cval": "number"},
     "mirror": {"p": "probability"},
+    "sweep_cut": {"p": "probability", "beyond_mm": "range"},
     "speckle": {**_INTENSITY, "std": "range", "correlation_mm": "non_negative"},
     "acoustic_shadow": {**_INTENSITY, "attenuation": "range", "width_mm": "range", "height_mm": "range",
                         "edge_mm": "non_negative", "depth_axis": "axis", "probe_at_high_index": "bool"},
@@ -51,6 +52,7 @@ DEFAULT_AUGMENTATION: dict[str, dict[str, Optional[dict[str, Any]]]] = {
                     "translation_mm": 10.0, "p_rotation": 0.5, "p_scale": 0.5, "p_translation": 0.5,
                     "isotropic_scale": True, "elastic_alpha_mm": 0.0, "elastic_sigma_mm": 12.0, "p_elastic": 0.0},
         "mirror": {"p": 0.5},
+        "sweep_cut": None,
         "speckle": None,
         "acoustic_shadow": None,
         "gaussian_blur": {"p": 0.15, "sigma_mm": [0.5, 1.5], "keep_zero": False},
@@ -64,6 +66,7 @@ DEFAULT_AUGMENTATION: dict[str, dict[str, Optional[dict[str, Any]]]] = {
                     "translation_mm": 10.0, "p_rotation": 0.6, "p_scale": 0.5, "p_translation": 0.5,
                     "isotropic_scale": True, "elastic_alpha_mm": 0.0, "elastic_sigma_mm": 12.0, "p_elastic": 0.0},
         "mirror": {"p": 0.5},
+        "sweep_cut": None,  # a plan may switch it on: {"p": 0.2, "beyond_mm": [-2.0, 6.0]}
         "speckle": {"p": 0.3, "std": [0.05, 0.25], "correlation_mm": 1.0, "keep_zero": True},
         "acoustic_shadow": {"p": 0.2, "attenuation": [0.3, 0.7], "width_mm": [4.0, 15.0],
                             "height_mm": [10.0, 40.0], "keep_zero": True},

@@ -202,3 +202,31 @@ def test_register_writes_the_two_landmark_transform_and_flags_it(tmp_path, capsy
     assert "collinear" in doc["trust"]["two_landmarks"]["reason"]
     written = RigidTransform.from_matrix(np.asarray(doc["matrix"]))
     assert np.allclose(written.matrix(), fit_pair(mr, us_set, NAMES).transform.matrix())
+
+
+def test_of_one_disagreeing_distance_the_landmark_its_model_flagged_is_left_out():
+    """The US apex turned 35 deg about the posterior median in the triangle's plane: only the
+    apex-bladder-neck distance disagrees, so distances alone cannot tell apex from bladder neck.
+    The US file's own flag on the apex (its mirrored prediction disagreed) decides; a flag on
+    both, or on neither without a prior, leaves nothing out."""
+    rng = np.random.default_rng(8)
+    prior = _prior(rng)
+    truth = _pair(Rotation.from_rotvec(prior.rotvecs[4]))
+    normal = np.cross(MR_POINTS[1] - MR_POINTS[0], MR_POINTS[2] - MR_POINTS[0])
+    turned = MR_POINTS.copy()
+    turned[0] = MR_POINTS[2] + Rotation.from_rotvec(np.radians(35) * normal / np.linalg.norm(normal)).apply(
+        MR_POINTS[0] - MR_POINTS[2])
+    us = truth.apply(turned)
+    check = check_distances(NAMES, MR_POINTS, us, np.full(3, 0.9), np.full(3, 0.9), 1.0)
+    assert check.disagreeing == [("apex", "bladder_neck")]
+    assert landmark_to_leave_out(NAMES, MR_POINTS, us, check, None).name is None
+    assert landmark_to_leave_out(NAMES, MR_POINTS, us, check, None, {"apex": "US: apex: ..."}).name == "apex"
+    assert landmark_to_leave_out(NAMES, MR_POINTS, us, check, None, {"apex": "a", "bladder_neck": "b"}).name is None
+    mr, us_set = _sets(truth, prior, us)
+    us_set.extras["flags"] = ["apex: folds disagree by 17.8 mm > 5.0 mm", "case: triangle normal turned 40 deg"]
+    us_set.extras["reliable"] = False
+    reg = fit_pair(mr, us_set, NAMES)
+    assert reg.trust["two_landmarks"]["left_out"] == "apex"
+    assert "only apex is flagged by its model (US: apex: folds disagree" in reg.trust["two_landmarks"]["reason"]
+    centre = MR_POINTS.mean(0)
+    assert np.linalg.norm(reg.transform.apply(centre[None]) - truth.apply(centre[None])) < 3.0

@@ -40,6 +40,19 @@ def rotation_prior(mr: LandmarkSet, us: LandmarkSet) -> Optional[RotationPrior]:
     return None
 
 
+def landmark_suspects(mr: LandmarkSet, us: LandmarkSet, names: Sequence[str]) -> dict[str, str]:
+    """Landmarks a file's own flags name (``"apex: ..."``; case-wide flags name none), with the
+    flag, e.g. {"apex": "US: apex: folds disagree by 17.8 mm > 5.0 mm"}."""
+    out: dict[str, str] = {}
+    for landmarks, modality in ((mr, "MR"), (us, "US")):
+        flags = landmarks.extras.get("flags") if isinstance(landmarks.extras, dict) else None
+        for f in flags if isinstance(flags, list) else []:
+            for n in names:
+                if isinstance(f, str) and f.startswith(f"{n}:") and n not in out:
+                    out[n] = f"{modality}: {f}"
+    return out
+
+
 def fit_pair(mr: LandmarkSet, us: LandmarkSet, names: Sequence[str],
              weights: Optional[dict[str, float]] = None) -> LandmarkRegistration:
     """The MR->US landmark registration of a pair with its ``trust`` block (see the module doc).
@@ -68,7 +81,7 @@ def fit_pair(mr: LandmarkSet, us: LandmarkSet, names: Sequence[str],
     (s_mr, _), (s_us, _) = sigmas_of(mr, used), sigmas_of(us, used)
     training = _training_pair(mr, us)
     check = check_distances(used, p, q, s_mr, s_us, training["p95"] if training else None)
-    leave = landmark_to_leave_out(used, p, q, check, prior)
+    leave = landmark_to_leave_out(used, p, q, check, prior, landmark_suspects(mr, us, used))
     if reg is None:
         if leave.name is None:
             raise InputError(None, f"{failure}; no single landmark explains it ({leave.reason})")

@@ -14,8 +14,9 @@ Which landmark to leave out: a rigid map keeps distances, so with three landmark
 of each pair of landmarks must agree between MR and US up to localisation error and anatomical
 deformation.  A landmark that appears in every disagreeing distance, while the distance of the
 other two agrees, is the one to leave out; one disagreeing distance leaves two candidates,
-decided by which two-landmark fit needs the smaller turn from the training orientation (only
-when that is clear).
+decided by the models' own per-landmark flags when exactly one of them is flagged (e.g. its
+mirrored prediction disagrees), else by which two-landmark fit needs the smaller turn from the
+training orientation (only when that is clear).
 
 All points are world LPS mm; rotations map MR world to US world.
 """
@@ -152,8 +153,11 @@ class LeaveOut:
 
 
 def landmark_to_leave_out(names: Sequence[str], mr_points: np.ndarray, us_points: np.ndarray,
-                          check: DistanceCheck, prior: Optional[RotationPrior]) -> LeaveOut:
-    """The one landmark whose distances disagree while the other two agree (see module doc)."""
+                          check: DistanceCheck, prior: Optional[RotationPrior],
+                          suspects: Optional[dict[str, str]] = None) -> LeaveOut:
+    """The one landmark whose distances disagree while the other two agree (see module doc).
+    `suspects`: landmark -> the reason its own model flagged it (e.g. the mirrored prediction
+    disagrees); of the two candidates of one disagreeing distance, the only suspect is left out."""
     bad = check.disagreeing
     if not bad:
         return LeaveOut(None, "every landmark-to-landmark distance agrees between MR and US")
@@ -165,6 +169,10 @@ def landmark_to_leave_out(names: Sequence[str], mr_points: np.ndarray, us_points
                           f"in US (limit {r['limit_mm']:.1f})" for r in check.rows if r["disagrees"])
     if len(candidates) == 1:
         return LeaveOut(candidates[0], f"its distances to both other landmarks disagree ({described})")
+    flagged = [c for c in candidates if c in (suspects or {})]
+    if len(flagged) == 1:
+        return LeaveOut(flagged[0], f"one distance disagrees ({described}) and of its two landmarks only "
+                                    f"{flagged[0]} is flagged by its model ({suspects[flagged[0]]})")
     if prior is None:
         return LeaveOut(None, f"one distance disagrees ({described}); which of its two landmarks is wrong needs the "
                               f"training pairs' orientation, which the landmark files do not carry")

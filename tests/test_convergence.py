@@ -90,3 +90,10 @@ def test_demo_verdict_names_each_failing_model_and_what_to_do():
     lines = verdict_lines(v, 5.0)
     assert lines[0].startswith("Models NOT fit for use") and lines[1].startswith("  US: validation MRE 13.45 mm")
     assert "--train-minutes 10" in lines[-1] and "GPU" in lines[-1]
+    # a summary with the validation's largest errors: the reason says whether one landmark decides the mean
+    one_miss = {**good, "mre_mm": 1.76, "median_landmark_error_mm": 1.1,
+                "largest_errors_mm": [{"case": "X_009", "landmark": "apex", "error_mm": 15.24}]}
+    v = models_verdict({"MR": good, "US": one_miss}, 1.5)
+    assert v["modalities"]["US"]["reasons"][0] == ("validation MRE 1.76 mm on 8 cases is above the 1.5 mm expected "
+                                                   "(largest error: case X_009 apex 15.2 mm; median landmark error "
+                                                   "1.1 mm)")

@@ -76,6 +76,11 @@ def test_every_trainer_trains_and_validates(env, trainer):
         errors.append(np.linalg.norm(pred.to_array(true.names) - true.to_array(), axis=1))
     expected = np.nanmean(np.nanmean(np.array(errors), axis=0))
     assert summary["mre_mm"] == pytest.approx(expected, rel=1e-6)
+    # the largest errors and the median, which the demo's verdict quotes, from the same files
+    flat = np.array(errors).ravel()
+    flat = flat[np.isfinite(flat)]
+    assert summary["median_landmark_error_mm"] == pytest.approx(np.median(flat), rel=1e-6)
+    assert [r["error_mm"] for r in summary["largest_errors_mm"]] == pytest.approx(sorted(flat)[::-1][:3], rel=1e-6)
     assert (model_folder("Dataset001_Phantom", trainer, "US") / "plans.json").is_file()
 
 

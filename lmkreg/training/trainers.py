@@ -418,6 +418,21 @@ class LandmarkTrainer:
         expected = None if self.expected_mre_mm is None else float(self.expected_mre_mm)
         return judge_training(self.steps_done, self.min_steps, val_steps, h["val_mre"], expected)
 
+    def largest_errors(self, predictions: dict[str, np.ndarray], count: int = 3) -> dict:
+        """The validation errors a user needs to read the MRE: the median landmark error and the
+        `count` largest (case, landmark, mm), because with a handful of cases one missed landmark
+        (e.g. beyond the TRUS fan) can decide the mean."""
+        rows = []
+        for case, world in predictions.items():
+            sample = self.val_data.get(case)
+            true_world = apply_affine(np.asarray(sample["index_to_world"]), sample["landmarks"])
+            for n, e in zip(self.names, np.linalg.norm(world - true_world, axis=-1)):
+                if np.isfinite(e):
+                    rows.append({"case": case, "landmark": n, "error_mm": float(e)})
+        rows.sort(key=lambda r: -r["error_mm"])
+        return {"median_landmark_error_mm": float(np.median([r["error_mm"] for r in rows])) if rows else None,
+                "largest_errors_mm": rows[:count]}
+
     def write_validation(self) -> dict:
         """Predictions of the final model for the fold's validation cases, in world LPS, MREs, and
         the verdict on the training (a warning in the log and on the console when it is unfit)."""
@@ -431,6 +446,7 @@ class LandmarkTrainer:
         summary = {"trainer": type(self).__name__, "modality": self.modality, "fold": str(self.fold),
                    "num_cases": len(predictions),
                    "mre_per_landmark_mm": {n: float(v) for n, v in zip(self.names, per_landmark)},
+                   **self.largest_errors(predictions),
                    "mre_mm": float(np.nanmean(per_landmark)), "epochs": len(self.log.history["val_mre"]),
                    "steps": self.steps_done, "planned_steps": self.max_steps, "min_steps": self.min_steps,
                    "time_budget_s": self.time_budget_s, "time_limit_s": self.time_limit_s,

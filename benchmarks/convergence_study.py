@@ -195,7 +195,7 @@ def first_stay_below(steps: list[int], mre: list[float], target: float) -> int |
     return first
 
 
-def final_validation_errors(run_folder: Path, dataset: str, modality: str, over_mm: float = 4.0) -> dict | None:
+def final_validation_errors(run_folder: Path, dataset: str | None, modality: str, over_mm: float = 4.0) -> dict | None:
     """The final model's validation errors of one run (per landmark, mm, against the dataset's
     landmark files): the MRE, the MRE over the errors <= 10 mm, and every error above `over_mm`
     ("case:landmark") -- which shows whether one case decides a run's MRE.  None without the
@@ -205,11 +205,11 @@ def final_validation_errors(run_folder: Path, dataset: str, modality: str, over_
 
     files = sorted((run_folder / "validation").glob("*.json"))
     files = [f for f in files if f.name != "summary.json"]
+    if not files or not dataset:
+        return None
     try:
         ds = open_dataset(dataset)
     except Exception:
-        return None
-    if not files:
         return None
     errors, large = [], {}
     for f in files:
@@ -245,7 +245,8 @@ def summarize(folder: Path, output: Path, results_dir: Path = RESULTS.parent, fi
         r["idle_step_s"] = None if ratio is None else idle[m] * ratio
         r["idle_equivalent_s"] = None if ratio is None else [s * r["idle_step_s"] for s in r["steps"]]
         first = first_stay_below(r["steps"], r["val_mre_mm"], target)
-        r["final_validation"] = final_validation_errors(folder / f"{m}_{r.get('label') or r['variant']}", r["dataset"], m)
+        r["final_validation"] = final_validation_errors(folder / f"{m}_{r.get('label') or r['variant']}",
+                                                        r.get("dataset"), m)
         r["reach_and_stay"] = {"target_mre_mm": target, "step": first,
                                "idle_equivalent_s": None if first is None or ratio is None else first * r["idle_step_s"],
                                "steps_run": r["steps"][-1] if r["steps"] else 0}

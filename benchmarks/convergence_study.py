@@ -276,8 +276,9 @@ def plot(summary: dict, path: Path) -> None:
     modalities = sorted({r["modality"] for r in summary["runs"]})
     labels = sorted({r.get("label", r["variant"]) for r in summary["runs"]},
                     key=lambda x: (x != "today", x != "baseline", x))
-    colours = {label: f"C{i}" for i, label in enumerate(labels)}  # one colour per variant in every panel
-    fig, axes = plt.subplots(1, len(modalities), figsize=(6 * len(modalities), 4.5), squeeze=False)
+    cmap = plt.get_cmap("tab20")
+    colours = {label: cmap((2 * i) % 20 + (2 * i) // 20) for i, label in enumerate(labels)}  # one per variant
+    fig, axes = plt.subplots(1, len(modalities), figsize=(6.5 * len(modalities), 7.0), squeeze=False)
     for ax, m in zip(axes[0], modalities):
         for r in summary["runs"]:
             if r["modality"] != m or r["idle_equivalent_s"] is None:
@@ -297,7 +298,7 @@ def plot(summary: dict, path: Path) -> None:
         ax.set_xlabel("idle-equivalent training seconds on 2 cores")
         ax.set_ylabel("validation MRE (mm)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

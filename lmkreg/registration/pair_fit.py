@@ -22,8 +22,8 @@ import numpy as np
 from lmkreg.errors import InputError
 from lmkreg.io.landmarks import LandmarkSet
 from lmkreg.registration.landmark_fit import LandmarkRegistration, MIN_SEPARATION_MM, register_landmarks
-from lmkreg.registration.two_landmarks import (MIN_AXIS_MM, RotationPrior, check_distances, landmark_to_leave_out,
-                                              two_landmark_fit)
+from lmkreg.registration.two_landmarks import (MIN_AXIS_MM, RotationPrior, TwoLandmarkFit, check_distances,
+                                              landmark_to_leave_out, two_landmark_fit)
 
 MONTE_CARLO_SAMPLES = 400
 
@@ -116,7 +116,7 @@ def _two_landmark_registration(mr: LandmarkSet, us: LandmarkSet, kept: list[str]
                                f"too close to fix an axis (need {MIN_AXIS_MM:.0f} mm)")
     all_mr = mr.to_array([n for n in mr.names if mr.points.get(n) is not None])
     centre = all_mr.mean(0)
-    fit = two_landmark_fit(kept, p, q, prior, centre)
+    fit = two_landmark_fit(kept, p, q, prior)
     (s_mr, src_mr), (s_us, src_us) = sigmas_of(mr, kept), sigmas_of(us, kept)
     uncertainty = _monte_carlo(p, q, prior, centre, fit, s_mr, s_us)
     flag = (f"pair: transform from {kept[0]} and {kept[1]} only ({why}); the spin about their axis is the training "
@@ -134,7 +134,7 @@ def _two_landmark_registration(mr: LandmarkSet, us: LandmarkSet, kept: list[str]
     return LandmarkRegistration(fit.transform, kept, fit.residuals_mm, trust)
 
 
-def _monte_carlo(p: np.ndarray, q: np.ndarray, prior: RotationPrior, centre: np.ndarray, fit,
+def _monte_carlo(p: np.ndarray, q: np.ndarray, prior: RotationPrior, centre: np.ndarray, fit: TwoLandmarkFit,
                  s_mr: Optional[np.ndarray], s_us: Optional[np.ndarray], samples: int = MONTE_CARLO_SAMPLES,
                  seed: int = 0) -> dict:
     """90th percentiles of the rotation (deg) and gland-centre displacement (mm) of the
@@ -142,10 +142,10 @@ def _monte_carlo(p: np.ndarray, q: np.ndarray, prior: RotationPrior, centre: np.
     training pairs' spin errors about this axis (random sign)."""
     from scipy.spatial.transform import Rotation
 
-    from lmkreg.registration.two_landmarks import DEFAULT_SIGMA_MM, fit_two_landmarks, spin_errors_deg
+    from lmkreg.registration.two_landmarks import DEFAULT_SIGMA_MM, fit_two_landmarks
 
     rng = np.random.default_rng(seed)
-    spins = np.radians(spin_errors_deg(p[1] - p[0], prior))
+    spins = np.radians(fit.spin_errors_deg)
     s_mr = np.full(2, DEFAULT_SIGMA_MM) if s_mr is None else s_mr
     s_us = np.full(2, DEFAULT_SIGMA_MM) if s_us is None else s_us
     base = fit.transform

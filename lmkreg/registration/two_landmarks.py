@@ -57,6 +57,11 @@ class RotationPrior:
         """Chordal L2 mean of the training rotations (computed once: the Monte Carlo asks 400 times)."""
         return Rotation.from_rotvec(self.rotvecs).mean()
 
+    @cached_property
+    def deviations_deg(self) -> np.ndarray:
+        """Each training rotation's angle from the mean (degrees): the spread of the prior."""
+        return np.degrees((self.mean.inv() * Rotation.from_rotvec(self.rotvecs)).magnitude())
+
     @staticmethod
     def from_json(doc: Optional[dict], mr_is_source: bool) -> Optional["RotationPrior"]:
         """From a ``pair_rotation`` document of training statistics (rotations of its ``source``
@@ -72,7 +77,7 @@ class RotationPrior:
         return RotationPrior(v if mr_is_source else -v)  # R^-1 has rotation vector -v
 
     def to_json(self, source: str, target: str) -> dict:
-        dev = np.degrees((self.mean.inv() * Rotation.from_rotvec(self.rotvecs)).magnitude())
+        dev = self.deviations_deg
         return {"source": source, "target": target, "n": self.n, "rotvecs": np.round(self.rotvecs, 6).tolist(),
                 "deviation_from_mean_deg": {"median": float(np.median(dev)), "p90": float(np.percentile(dev, 90)),
                                             "max": float(dev.max())}}
@@ -185,7 +190,7 @@ def landmark_to_leave_out(names: Sequence[str], mr_points: np.ndarray, us_points
         t = fit_two_landmarks(mr_points[keep], us_points[keep], prior)
         turns[c] = math.degrees((Rotation.from_matrix(t.rotation) * prior.mean.inv()).magnitude())
     (best, t_best), (other, t_other) = sorted(turns.items(), key=lambda kv: kv[1])
-    limit = float(np.degrees((prior.mean.inv() * Rotation.from_rotvec(prior.rotvecs)).magnitude()).max())
+    limit = float(prior.deviations_deg.max())
     if t_other - t_best >= AMBIGUITY_MARGIN_DEG and t_best <= limit + AMBIGUITY_MARGIN_DEG:
         return LeaveOut(best, f"one distance disagrees ({described}); without {best} the fit turns {t_best:.0f} deg "
                               f"from the training orientation, without {other} {t_other:.0f} deg (training at most "
@@ -199,27 +204,22 @@ class TwoLandmarkFit:
     transform: RigidTransform
     names: list[str]
     residuals_mm: dict[str, float]
-    spin_uncertainty_deg_90: float
-    gland_centre_error_mm_90: Optional[float]
+    spin_errors_deg: np.ndarray  # the training pairs' spin errors about this axis (spin_errors_deg)
+
+    @property
+    def spin_uncertainty_deg_90(self) -> float:
+        return float(np.percentile(self.spin_errors_deg, 90))
 
     def to_json(self) -> dict:
         return {"landmarks_used": self.names, "spin_from": "training pairs' mean MR->US orientation",
-                "spin_uncertainty_deg_90": self.spin_uncertainty_deg_90,
-                "gland_centre_error_mm_90": self.gland_centre_error_mm_90}
+                "spin_uncertainty_deg_90": self.spin_uncertainty_deg_90}
 
 
-def two_landmark_fit(names: Sequence[str], mr_points: np.ndarray, us_points: np.ndarray, prior: RotationPrior,
-                     centre_mr: Optional[np.ndarray] = None) -> TwoLandmarkFit:
-    """Fit on two landmark pairs (world LPS mm) with the prior's spin, and its uncertainty:
-    the 90th percentile of the training pairs' spin errors about this axis, and the displacement
-    that spin error gives the gland centre `centre_mr` (MR world; e.g. the MR landmarks' centroid)."""
+def two_landmark_fit(names: Sequence[str], mr_points: np.ndarray, us_points: np.ndarray, prior: RotationPrior
+                     ) -> TwoLandmarkFit:
+    """Fit on two landmark pairs (world LPS mm) with the prior's spin, and the training pairs'
+    spin errors about this axis (their 90th percentile is the spin's uncertainty)."""
     t = fit_two_landmarks(mr_points, us_points, prior)
     res = np.linalg.norm(t.apply(mr_points) - us_points, axis=1)
-    spin = float(np.percentile(spin_errors_deg(mr_points[1] - mr_points[0], prior), 90))
-    centre_err = None
-    if centre_mr is not None:
-        axis = (mr_points[1] - mr_points[0]) / np.linalg.norm(mr_points[1] - mr_points[0])
-        off = centre_mr - mr_points.mean(0)
-        r = float(np.linalg.norm(off - (off @ axis) * axis))  # distance of the centre from the axis
-        centre_err = 2 * r * math.sin(math.radians(spin) / 2)
-    return TwoLandmarkFit(t, list(names), {n: float(x) for n, x in zip(names, res)}, spin, centre_err)
+    return TwoLandmarkFit(t, list(names), {n: float(x) for n, x in zip(names, res)},
+                          spin_errors_deg(mr_points[1] - mr_points[0], prior))

@@ -53,6 +53,12 @@ DEFAULT_CHANNELS_LAST_ON_CPU = True
 DEFAULT_BF16_AUTOCAST_CPU = False
 
 
+def world_errors_mm(sample: dict, world: np.ndarray) -> np.ndarray:
+    """Distance (mm) of predicted world LPS points (L, 3) to a sample's true landmarks, which are
+    voxel (z, y, x) on its grid; NaN where the truth is missing."""
+    return np.linalg.norm(world - apply_affine(np.asarray(sample["index_to_world"]), sample["landmarks"]), axis=-1)
+
+
 class LandmarkTrainer:
     """3D U-Net + DSNT, loss ||P-G||_1 + lambda1 ||P-G||_2 (+ lambda2 R(H) in subclasses)."""
 
@@ -263,8 +269,7 @@ class LandmarkTrainer:
             world = apply_affine(np.asarray(sample["index_to_world"]),
                                  pred_mm[0].cpu().double().numpy() / np.asarray(self.spacing))
             predictions[case] = world
-            true_world = apply_affine(np.asarray(sample["index_to_world"]), sample["landmarks"])
-            errors.append(np.linalg.norm(world - true_world, axis=-1))  # NaN for missing
+            errors.append(world_errors_mm(sample, world))  # NaN for missing
         self.network.train()
         err = np.array(errors)
         per_landmark = np.nanmean(err, axis=0) if len(err) else np.full(len(self.names), np.nan)
@@ -424,9 +429,7 @@ class LandmarkTrainer:
         (e.g. beyond the TRUS fan) can decide the mean."""
         rows = []
         for case, world in predictions.items():
-            sample = self.val_data.get(case)
-            true_world = apply_affine(np.asarray(sample["index_to_world"]), sample["landmarks"])
-            for n, e in zip(self.names, np.linalg.norm(world - true_world, axis=-1)):
+            for n, e in zip(self.names, world_errors_mm(self.val_data.get(case), world)):
                 if np.isfinite(e):
                     rows.append({"case": case, "landmark": n, "error_mm": float(e)})
         rows.sort(key=lambda r: -r["error_mm"])

@@ -135,3 +135,16 @@ def test_plans_refuse_a_non_positive_scale_naming_the_key():
     with pytest.raises(ConfigurationError, match=r"'configurations\.US\.training\.augmentation\.spatial\.scale' "
                                                  r"must be a \[low, high\] range of positive numbers"):
         Plans.from_json(data, "plans.json")
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_plans_refuse_a_bf16_setting_other_than_true_false_or_auto(value):
+    data = _plans_json()
+    for ok in (True, False, "auto"):
+        good = copy.deepcopy(data)
+        good["configurations"]["US"]["training"]["bf16_autocast_cpu"] = ok
+        assert Plans.from_json(good).configuration("US").training["bf16_autocast_cpu"] == ok
+    data["configurations"]["US"]["training"]["bf16_autocast_cpu"] = value
+    with pytest.raises(ConfigurationError, match=r"'configurations\.US\.training\.bf16_autocast_cpu' "
+                                                 r'must be true, false or "auto"'):
+        Plans.from_json(data, "plans.json")

@@ -63,9 +63,42 @@ def test_bf16_autocast_key_changes_the_training_forward_pass_only(toy, tmp_path)
 
 
 def test_default_training_stays_fp32(toy, tmp_path):
-    train, val, loss = _conv_output_dtypes(toy, tmp_path / "default", {})
+    train, val, loss = _conv_output_dtypes(toy, tmp_path / "default", {"bf16_autocast_cpu": False})
     assert train == [torch.float32] and set(val) == {torch.float32}
     assert np.isfinite(loss)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_bf16_follows_the_cpu_check(toy, tmp_path, monkeypatch, native):
+    from lmkreg.training import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
+    train, val, _ = _conv_output_dtypes(toy, tmp_path / "auto", {"bf16_autocast_cpu": "auto"})
+    assert train == [torch.bfloat16 if native else torch.float32]
+    assert set(val) == {torch.float32}
+
+
+def test_native_bf16_check_agrees_with_the_kernels_cpu_flags():
+    """torch's CPU probe against an independent reference: the flags Linux lists for the CPU."""
+    import re
+
+    from lmkreg.training.runtime import cpu_has_native_bf16
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo on this system")
+    flags = re.search(r"\b(avx512_bf16|amx_bf16)\b", cpuinfo.read_text()) is not None
+    assert cpu_has_native_bf16() is flags
+
+
+def test_the_log_says_which_precision_trained(toy, tmp_path):
+    pre, splits = toy
+    plans = Plans.load(pre / "plans.json")
+    plans.configuration("MR").training["bf16_autocast_cpu"] = True
+    HeatmapMatchingTrainer(plans, "MR", 0, pre, tmp_path / "run", splits, device="cpu", num_epochs=1,
+                           iterations_per_epoch=2, num_workers=0, progress_bar=False).run()
+    log = (tmp_path / "run" / "training_log.txt").read_text()
+    assert "precision: bfloat16 autocast of the training forward pass, channels-last 3D memory layout" in log
 
 
 # ---- benchmarks/convergence_study.py --summarize -------------------------------------------

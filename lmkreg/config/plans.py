@@ -311,6 +311,8 @@ def _training(v: _Validator, t: dict, where: str, kind: str) -> dict:
             value = v.key(t, key, kind_of, where)
             if not (math.isfinite(value) and value >= lowest):
                 v.fail(f"{where}.{key}", f"must be a finite number >= {lowest:g}, got {value!r}")
+    if "bf16_autocast_cpu" in t and not (isinstance(t["bf16_autocast_cpu"], bool) or t["bf16_autocast_cpu"] == "auto"):
+        v.fail(f"{where}.bf16_autocast_cpu", f'must be true, false or "auto", got {t["bf16_autocast_cpu"]!r}')
     if t.get("augmentation") is not None:
         _augmentation(v, v.key(t, "augmentation", dict, where), f"{where}.augmentation", kind)
     return t

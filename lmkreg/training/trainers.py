@@ -39,7 +39,7 @@ from lmkreg.training.losses import coordinate_loss, dsnt_loss, masked_mean
 from lmkreg.training.network import UNet3D
 from lmkreg.training.progress import TrainingLog
 from lmkreg.training.runtime import (Distributed, average_across_processes, barrier, broadcast_int,
-                                     init_distributed, seed_everything, select_device)
+                                     cpu_bf16_setting, init_distributed, seed_everything, select_device)
 
 GRAD_CLIP = 12.0
 # defaults of the optional keys of a plan's "training" dict that the run reads (a plan may set them)
@@ -107,7 +107,7 @@ class LandmarkTrainer:
         self.device = select_device(device)
         self.ddp = init_distributed(self.device)
         self.amp = self.device.type == "cuda"
-        self.cpu_bf16 = self.device.type == "cpu" and bool(t.get("bf16_autocast_cpu", DEFAULT_BF16_AUTOCAST_CPU))
+        self.cpu_bf16 = self.device.type == "cpu" and cpu_bf16_setting(t.get("bf16_autocast_cpu", DEFAULT_BF16_AUTOCAST_CPU))
         self.spacing = [float(s) for s in self.conf.spacing_zyx]
 
     # ---- hooks ---------------------------------------------------------------------------
@@ -241,6 +241,17 @@ class LandmarkTrainer:
         """Hook: called with each validation case's outputs before its loss (the segmentation
         trainers set the case's mask for the loss and measure its Dice here)."""
 
+    def precision_description(self) -> str:
+        """One log line: the arithmetic of the training forward pass and why (the plan's keys)."""
+        if self.amp:
+            return "precision: float16 autocast of the training forward pass (CUDA)"
+        layout = "channels-last 3D" if self.memory_format == torch.channels_last_3d else "default"
+        setting = self.conf.training.get("bf16_autocast_cpu", DEFAULT_BF16_AUTOCAST_CPU)
+        why = " (auto: this CPU has native bfloat16)" if setting == "auto" and self.cpu_bf16 else \
+            " (auto: no native bfloat16 on this CPU)" if setting == "auto" else ""
+        arithmetic = "bfloat16 autocast of the training forward pass" if self.cpu_bf16 else "float32"
+        return f"precision: {arithmetic}{why}, {layout} memory layout; validation and prediction in float32"
+
     def _train_autocast(self) -> torch.autocast:
         """Mixed precision of the training forward pass: fp16 on CUDA, bfloat16 on the CPU
         when the plan asks for it, otherwise none (fp32)."""
@@ -292,6 +303,7 @@ class LandmarkTrainer:
                        f"{self.iterations_per_epoch} iterations of batch {self.conf.batch_size} "
                        f"({self.max_steps} steps; minimum for a usable model {self.min_steps})")
         self.log.write(threads.describe())
+        self.log.write(self.precision_description())
         for warning in filter(None, [import_warning()]):
             self.log.write(f"warning: {warning}")
         per_process_batch = -(-self.conf.batch_size // self.ddp.world_size)

@@ -40,6 +40,8 @@ VARIANTS = {
     # current defaults + the TRUS sweep that ends inside the gland (lmkreg.training.augmentation.SweepCut)
     "sweep_cut": {"augmentation": {"sweep_cut": {"p": 0.2, "beyond_mm": [-2.0, 6.0]}}},
     "sweep_cut_bf16": {"bf16_autocast_cpu": True, "augmentation": {"sweep_cut": {"p": 0.2, "beyond_mm": [-2.0, 6.0]}}},
+    "sweep_cut_bf16_lr2e-3_warmup": {"bf16_autocast_cpu": True, "learning_rate": 2e-3, "lr_warmup_steps": 50,
+                                     "augmentation": {"sweep_cut": {"p": 0.2, "beyond_mm": [-2.0, 6.0]}}},
     "lr3e-3_warmup": {"learning_rate": 3e-3, "lr_warmup_steps": 50},
     "warmup": {"lr_warmup_steps": 50},
     "batch1": {"batch_size": 1},
@@ -98,7 +100,7 @@ CANDIDATES = ["fp32", "channels_last", "bf16", "bf16_channels_last", "batch1", "
 # the step-time candidate each training variant runs with (current defaults: channels-last on the CPU)
 VARIANT_STEP = {"today": "fp32", "baseline": "channels_last", "bf16": "bf16_channels_last",
                 "lr2e-3_warmup": "channels_last", "bf16_lr2e-3_warmup": "bf16_channels_last", "sweep_cut": "channels_last",
-                "sweep_cut_bf16": "bf16_channels_last",
+                "sweep_cut_bf16": "bf16_channels_last", "sweep_cut_bf16_lr2e-3_warmup": "bf16_channels_last",
                 "lr3e-3_warmup": "channels_last", "warmup": "channels_last",
                 "batch1": "batch1", "batch4": "batch4"}
 
@@ -171,7 +173,9 @@ PLOT_NAMES = {"today": "today: fp32, default layout", "baseline": "kept: channel
               "lr2e-3_warmup": "lr 2e-3 + warm-up", "bf16_lr2e-3_warmup": "bf16 + lr 2e-3 + warm-up",
               "sweep_cut": "kept + sweep cut", "sweep_cut_seed1": "kept + sweep cut, seed 1",
               "baseline_seed1": "kept: channels-last, seed 1", "today_seed1": "today, seed 1", "bf16_lr2e-3_warmup_seed1": "bf16 + lr 2e-3 + warm-up, seed 1",
-              "sweep_cut_bf16": "sweep cut + bf16", "sweep_cut_bf16_seed1": "sweep cut + bf16, seed 1"}
+              "sweep_cut_bf16": "sweep cut + bf16", "sweep_cut_bf16_seed1": "sweep cut + bf16, seed 1",
+              "sweep_cut_bf16_lr2e-3_warmup": "sweep cut + bf16 + lr 2e-3 + warm-up",
+              "sweep_cut_bf16_lr2e-3_warmup_seed1": "sweep cut + bf16 + lr 2e-3 + warm-up, seed 1"}
 
 
 def step_time_file(results_dir: Path, modality: str, kinds: list[str] = CANDIDATES) -> Path:

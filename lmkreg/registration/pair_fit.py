@@ -58,7 +58,7 @@ def fit_pair(mr: LandmarkSet, us: LandmarkSet, names: Sequence[str],
     """The MR->US landmark registration of a pair with its ``trust`` block (see the module doc).
     Raises InputError when no transform can be given (fewer than two landmarks in both files,
     or two without an orientation prior)."""
-    from lmkreg.trust.pair import _training_pair, assess_pair, sigmas_of
+    from lmkreg.trust.pair import assess_pair, sigmas_of, training_pair_statistics
 
     names = list(names)
     used = [n for n in names if mr.points.get(n) is not None and us.points.get(n) is not None]
@@ -79,7 +79,7 @@ def fit_pair(mr: LandmarkSet, us: LandmarkSet, names: Sequence[str],
             return reg
     p, q = mr.to_array(used), us.to_array(used)
     (s_mr, _), (s_us, _) = sigmas_of(mr, used), sigmas_of(us, used)
-    training = _training_pair(mr, us)
+    training = training_pair_statistics(mr, us)
     check = check_distances(used, p, q, s_mr, s_us, training["p95"] if training else None)
     leave = landmark_to_leave_out(used, p, q, check, prior, landmark_suspects(mr, us, used))
     if reg is None:

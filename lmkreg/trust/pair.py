@@ -76,7 +76,10 @@ def sigmas_of(landmarks: LandmarkSet, names: Sequence[str]) -> tuple[Optional[np
     return None, ""
 
 
-def _training_pair(mr: LandmarkSet, us: LandmarkSet) -> Optional[dict]:
+def training_pair_statistics(mr: LandmarkSet, us: LandmarkSet) -> Optional[dict]:
+    """The training pairs' landmark-fit residuals (RMS mm: n, min, max, mean, median, p95) that the landmark files
+    carry in trust.training_pair_rms_mm; of two different ones the larger p95 (the more tolerant
+    limit), None when neither file has them (models trained before the pair statistics)."""
     docs = [s.extras.get("trust", {}).get("training_pair_rms_mm") for s in (mr, us) if isinstance(s.extras, dict)]
     docs = [d for d in docs if isinstance(d, dict) and d.get("n")]
     return max(docs, key=lambda d: d.get("p95", 0.0)) if docs else None
@@ -117,7 +120,7 @@ def assess_pair(mr: LandmarkSet, us: LandmarkSet, names: Sequence[str], rms_mm: 
     estimate (radii, or the uncalibrated median validation error; ``uncertainty.from`` says which)."""
     names = list(names)
     (s_mr, src_mr), (s_us, src_us) = sigmas_of(mr, names), sigmas_of(us, names)
-    training = _training_pair(mr, us)
+    training = training_pair_statistics(mr, us)
     notes, flags = [], []
     base = training["p95"] if training else None
     if base is None:

@@ -233,6 +233,32 @@ def final_validation_errors(run_folder: Path, dataset: str | None, modality: str
             "errors_over_mm": over_mm, "large_errors_mm": large, "landmarks": len(errors)}
 
 
+def seed_groups(runs: list[dict], target: float) -> list[dict]:
+    """The runs of one variant and length over their seeds: each seed's final validation MRE, the
+    mean, how many ended at or below `target`, and the mean curve with its reach-and-stay step
+    (one fold's 8 validation cases and one seed swing the final US MRE by +-0.3 mm, so a verdict
+    rests on the seeds together).  Runs need "steps", "val_mre_mm", "final_val_mre_mm"."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["modality"], r["variant"], r["steps"][-1] if r["steps"] else 0), []).append(r)
+    out = []
+    for (m, variant, steps_run), rs in sorted(groups.items()):
+        finals = [float(r["final_val_mre_mm"]) for r in rs]
+        same = all(r["steps"] == rs[0]["steps"] for r in rs)
+        curve = np.mean([r["val_mre_mm"] for r in rs], axis=0).tolist() if same else None
+        step = first_stay_below(rs[0]["steps"], curve, target) if curve else None
+        idle_s = rs[0].get("idle_step_s")
+        out.append({"modality": m, "variant": variant, "steps_run": steps_run, "seeds": [r.get("seed", 0) for r in rs],
+                    "final_val_mre_mm": finals, "mean_final_val_mre_mm": float(np.mean(finals)),
+                    "runs_at_or_below_target": int(sum(f <= target for f in finals)),
+                    "steps": rs[0]["steps"] if same else None, "mean_curve_mm": curve,
+                    "idle_equivalent_s_of_run": None if idle_s is None else steps_run * idle_s,
+                    "mean_curve_reach_and_stay": {"step": step,
+                                                  "idle_equivalent_s": None if step is None or idle_s is None
+                                                  else step * idle_s}})
+    return out
+
+
 def summarize(folder: Path, output: Path, results_dir: Path = RESULTS.parent, figure: Path | None = FIGURE,
               target: float = TARGET_MRE_MM) -> dict:
     """Collect the runs of `folder`, convert steps to idle-equivalent seconds and write `output`
@@ -261,13 +287,18 @@ def summarize(folder: Path, output: Path, results_dir: Path = RESULTS.parent, fi
            "idle_step_s_today": idle, "step_time_ratios": ratios,
            "formula": "idle-equivalent seconds = optimiser steps x idle step time of today's training "
                       "(thread_benchmark.json, 2 idle cores) x the variant's step-time ratio (back to back, one "
-                      "process); validation, data loading and start-up are left out", "runs": runs}
+                      "process); validation, data loading and start-up are left out", "runs": runs,
+           "seed_groups": seed_groups(runs, target)}
     output.write_text(json.dumps(out, indent=1))
     for r in runs:
         curve = ", ".join(f"{s}:{m:.2f}" for s, m in zip(r["steps"], r["val_mre_mm"]))
         rs = r["reach_and_stay"]
         print(f"{r['modality']} {r.get('label', r['variant']):16s} final {r['final_val_mre_mm']:.2f} mm; <= {target} mm from step "
               f"{rs['step']} ({rs['idle_equivalent_s']} s); {curve}")
+    for g in out["seed_groups"]:
+        print(f"{g['modality']} {g['variant']:16s} {g['steps_run']} steps, seeds {g['seeds']}: final "
+              f"{', '.join(f'{f:.2f}' for f in g['final_val_mre_mm'])} (mean {g['mean_final_val_mre_mm']:.2f}) mm, "
+              f"{g['runs_at_or_below_target']} at or below {target} mm")
     if figure is not None:
         plot(out, figure)
     return out
@@ -281,18 +312,25 @@ def plot(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     modalities = sorted({r["modality"] for r in summary["runs"]})
-    labels = sorted({r.get("label", r["variant"]) for r in summary["runs"]},
-                    key=lambda x: (x != "today", x != "baseline", x))
+    # one line per variant and length: the mean curve over its seeds (seed_groups)
+    groups = [g for g in summary.get("seed_groups") or seed_groups(summary["runs"], summary["target_mre_mm"])
+              if g["mean_curve_mm"] is not None]
+    ratio = {(r["modality"], r["variant"]): r.get("step_time_ratio") for r in summary["runs"]}
+    keys = sorted({(g["variant"], g["steps_run"]) for g in groups}, key=lambda k: (k[0] != "today", k[0] != "baseline", k))
     cmap = plt.get_cmap("tab20")
-    colours = {label: cmap((2 * i) % 20 + (2 * i) // 20) for i, label in enumerate(labels)}  # one per variant
+    colours = {k: cmap((2 * i) % 20 + (2 * i) // 20) for i, k in enumerate(keys)}  # one per variant and length
     fig, axes = plt.subplots(1, len(modalities), figsize=(6.5 * len(modalities), 7.0), squeeze=False)
     for ax, m in zip(axes[0], modalities):
-        for r in summary["runs"]:
-            if r["modality"] != m or r["idle_equivalent_s"] is None:
+        for g in groups:
+            r = ratio.get((m, g["variant"]))
+            if g["modality"] != m or r is None or g["idle_equivalent_s_of_run"] is None:
                 continue
-            label = r.get("label", r["variant"])
-            ax.plot(r["idle_equivalent_s"], r["val_mre_mm"], marker="o", ms=3, color=colours[label],
-                    label=f"{PLOT_NAMES.get(label, label)} ({r['step_time_ratio']:.2f}x step)")
+            idle_s = g["idle_equivalent_s_of_run"] / g["steps_run"]
+            n = len(g["seeds"])
+            name = PLOT_NAMES.get(g["variant"], g["variant"]) + (f", {g['steps_run']} steps" if g["steps_run"] > 700 else "")
+            ax.plot([st * idle_s for st in g["steps"]], g["mean_curve_mm"], marker="o", ms=3,
+                    color=colours[(g["variant"], g["steps_run"])], lw=2 if n > 1 else 1,
+                    label=f"{name} ({r:.2f}x step; {'mean of ' + str(n) + ' seeds' if n > 1 else 'seed ' + str(g['seeds'][0])})")
         ax.axhline(summary["target_mre_mm"], color="k", ls="--", lw=1, label=f"target {summary['target_mre_mm']:g} mm")
         today = [r for r in summary["runs"] if r["modality"] == m and r["variant"] == "today" and r["idle_equivalent_s"]]
         if today:
@@ -301,7 +339,7 @@ def plot(summary: dict, path: Path) -> None:
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        ax.set_title(f"{m}: validation MRE, fold 0 (seed 0 unless named)")
+        ax.set_title(f"{m}: validation MRE, fold 0")
         ax.set_xlabel("idle-equivalent training seconds on 2 cores")
         ax.set_ylabel("validation MRE (mm)")
         ax.grid(True, which="both", alpha=0.3)

@@ -33,11 +33,14 @@ def toy(tmp_path_factory):
     return pre, splits
 
 
-def _conv_output_dtypes(toy, folder: Path, changes: dict) -> tuple[list, list, float]:
-    """dtypes the first convolution produced in one training step and in one validation pass."""
+def _conv_output_dtypes(toy, folder: Path, changes: dict, drop: tuple = ()) -> tuple[list, list, float]:
+    """dtypes the first convolution produced in one training step and in one validation pass
+    (`changes` set in the plan's training keys, `drop` removed from them)."""
     pre, splits = toy
     plans = Plans.load(pre / "plans.json")
     plans.configuration("MR").training.update(changes)
+    for key in drop:
+        del plans.configuration("MR").training[key]
     t = HeatmapMatchingTrainer(plans, "MR", 0, pre, folder, splits, device="cpu", num_epochs=1,
                                iterations_per_epoch=1, num_workers=0, progress_bar=False)
     folder.mkdir(parents=True)
@@ -62,8 +65,8 @@ def test_bf16_autocast_key_changes_the_training_forward_pass_only(toy, tmp_path)
     assert np.isfinite(loss)
 
 
-def test_default_training_stays_fp32(toy, tmp_path):
-    train, val, loss = _conv_output_dtypes(toy, tmp_path / "default", {"bf16_autocast_cpu": False})
+def test_bf16_off_keeps_fp32(toy, tmp_path):
+    train, val, loss = _conv_output_dtypes(toy, tmp_path / "off", {"bf16_autocast_cpu": False})
     assert train == [torch.float32] and set(val) == {torch.float32}
     assert np.isfinite(loss)
 
@@ -76,6 +79,17 @@ def test_auto_bf16_follows_the_cpu_check(toy, tmp_path, monkeypatch, native):
     train, val, _ = _conv_output_dtypes(toy, tmp_path / "auto", {"bf16_autocast_cpu": "auto"})
     assert train == [torch.bfloat16 if native else torch.float32]
     assert set(val) == {torch.float32}
+
+
+def test_plans_ask_for_auto_and_the_trainer_defaults_to_it(toy, tmp_path, monkeypatch):
+    from lmkreg.training import runtime
+
+    pre, _ = toy
+    assert Plans.load(pre / "plans.json").configuration("MR").training["bf16_autocast_cpu"] == "auto"
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)  # a plan without the key: "auto"
+    assert _conv_output_dtypes(toy, tmp_path / "keyless_fp32", {}, drop=("bf16_autocast_cpu",))[0] == [torch.float32]
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert _conv_output_dtypes(toy, tmp_path / "keyless_bf16", {}, drop=("bf16_autocast_cpu",))[0] == [torch.bfloat16]
 
 
 def test_native_bf16_check_agrees_with_the_kernels_cpu_flags():
@@ -143,3 +157,21 @@ def test_summarize_converts_steps_to_idle_seconds_and_draws_the_figure(tmp_path)
     assert by["bf16"]["reach_and_stay"]["idle_equivalent_s"] == pytest.approx(40.0)
     assert json.loads((tmp_path / "summary.json").read_text())["runs"][0]["variant"] == "bf16"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_seed_groups_pool_a_variants_seeds():
+    cs = _study_module()
+    steps = [50, 100]
+    runs = [{"modality": "US", "variant": "v", "seed": 0, "steps": steps, "val_mre_mm": [3.0, 1.4],
+             "final_val_mre_mm": 1.4, "idle_step_s": 0.2},
+            {"modality": "US", "variant": "v", "seed": 1, "steps": steps, "val_mre_mm": [1.0, 1.8],
+             "final_val_mre_mm": 1.8, "idle_step_s": 0.2},
+            {"modality": "US", "variant": "v", "seed": 0, "steps": [50, 100, 150], "val_mre_mm": [9.0, 9.0, 1.0],
+             "final_val_mre_mm": 1.0, "idle_step_s": 0.2}]
+    two, longer = cs.seed_groups(runs, 1.5)
+    assert (two["steps_run"], two["seeds"], longer["steps_run"]) == (100, [0, 1], 150)  # grouped by length too
+    assert two["mean_curve_mm"] == pytest.approx([2.0, 1.6])
+    assert two["mean_final_val_mre_mm"] == pytest.approx(1.6) and two["runs_at_or_below_target"] == 1
+    assert two["mean_curve_reach_and_stay"]["step"] is None  # the mean ends above 1.5 mm
+    assert longer["mean_curve_reach_and_stay"] == {"step": 150, "idle_equivalent_s": pytest.approx(30.0)}
+    assert two["idle_equivalent_s_of_run"] == pytest.approx(20.0)

@@ -66,7 +66,8 @@ DEFAULT_AUGMENTATION: dict[str, dict[str, Optional[dict[str, Any]]]] = {
                     "translation_mm": 10.0, "p_rotation": 0.6, "p_scale": 0.5, "p_translation": 0.5,
                     "isotropic_scale": True, "elastic_alpha_mm": 0.0, "elastic_sigma_mm": 12.0, "p_elastic": 0.0},
         "mirror": {"p": 0.5},
-        "sweep_cut": None,  # a plan may switch it on: {"p": 0.2, "beyond_mm": [-2.0, 6.0]}
+        # a TRUS sweep that ends inside the gland (documentation/training.md, "Sweep cut")
+        "sweep_cut": {"p": 0.2, "beyond_mm": [-2.0, 6.0]},
         "speckle": {"p": 0.3, "std": [0.05, 0.25], "correlation_mm": 1.0, "keep_zero": True},
         "acoustic_shadow": {"p": 0.2, "attenuation": [0.3, 0.7], "width_mm": [4.0, 15.0],
                             "height_mm": [10.0, 40.0], "keep_zero": True},

@@ -201,7 +201,7 @@ def plan_configuration(modality: str, summary: dict, landmarks: Sequence[str], b
                                    summary["intensity"]["percentile_99_5"]))
     training = {"optimizer": "Adam", "learning_rate": 1e-4 if not cpu else 1e-3, "weight_decay": 0.0,
                 **PAPER_LAMBDAS[kind], "num_epochs": 100 if cpu else 500, "iterations_per_epoch": 50 if cpu else 250,
-                "seed": 12345, "augmentation": copy.deepcopy(DEFAULT_AUGMENTATION[kind])}
+                "seed": 12345, "bf16_autocast_cpu": "auto", "augmentation": copy.deepcopy(DEFAULT_AUGMENTATION[kind])}
     if cpu:
         notes.append("CPU budget: learning rate 1e-3 instead of the paper's 1e-4 so short CPU runs converge")
     return Configuration(

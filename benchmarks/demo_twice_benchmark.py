@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -76,7 +77,24 @@ def run_demo(root: Path, run: str, demo_args: list[str]) -> dict:
             "training": {m: {k: v.get(k) for k in ("val_mre_mm", "steps", "fit_for_use", "reasons")}
                          for m, v in verdict["modalities"].items()},
             "models_fit_for_use": verdict["fit_for_use"],
+            "training_s": training_seconds(log.read_text()),
             "last_lines": log.read_text().rstrip().splitlines()[-4:]}
+
+
+def training_seconds(demo_output: str) -> float | None:
+    """Wall seconds of the demo's training stage (both modalities), from its "[k/n] training ..."
+    line and the "done in N s" that follows it; None when the output has no such stage."""
+    lines = demo_output.splitlines()
+    start = next((i for i, line in enumerate(lines) if re.match(r"\[\d+/\d+\] training ", line)), None)
+    if start is None:
+        return None
+    for line in lines[start + 1:]:
+        m = re.match(r"\s*done in (\d+(?:\.\d+)?) s", line)
+        if m:
+            return float(m.group(1))
+        if line.startswith("["):
+            return None
+    return None
 
 
 def main(argv=None) -> int:

@@ -250,6 +250,30 @@ def test_predict_writes_marks_and_lists_unreliable_cases_and_strict_sets_the_exi
     assert (tmp_path / "b" / (bad.name.split(".")[0] + ".mrk.json")).is_file()  # still written
 
 
+def test_a_landmark_where_the_image_recorded_nothing_is_flagged(env):
+    """Inside the image but where it is exactly 0 (beyond a TRUS fan): flagged by the predictor
+    given the image, the landmark named; the image as recorded flags nothing of the kind."""
+    from lmkreg.geometry import ImageGeometry
+
+    ds = open_dataset(3)
+    image = read_image(ds.image_path(ds.cases("Ts", "MR")[0], "MR", "Ts"))
+    predictor = _predictor(env["trained"], max_radius_mm=1e9)
+    pred = predictor.predict(image)
+    assert not any("no image signal" in f for f in pred.flags)
+    geom = ImageGeometry.from_image(image)
+    array = sitk.GetArrayFromImage(image)
+    apex = pred.landmarks.points["apex"]
+    centres = geom.index_to_world(np.indices(array.shape).reshape(3, -1).T.astype(float))
+    array[(np.linalg.norm(centres - apex, axis=1) <= 4.0).reshape(array.shape)] = 0  # a dark ball around the apex
+    dark = sitk.GetImageFromArray(array)
+    dark.CopyInformation(image)
+    predictor.check_image(pred, geom, dark)
+    flagged = {f.split(":")[0] for f in pred.flags if "no image signal" in f}
+    assert "apex" in flagged
+    # another landmark only if it lies in the dark ball too (a toy model may put two close together)
+    assert all(np.linalg.norm(pred.landmarks.points[n] - apex) <= 4.0 for n in flagged)
+
+
 def test_a_landmark_outside_the_image_is_flagged(env):
     """Outside the image itself, not only outside the planned crop."""
     from lmkreg.geometry import ImageGeometry

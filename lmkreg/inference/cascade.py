@@ -168,10 +168,10 @@ class CascadePredictor:
         out.seg_fallback = stage1.seg_layers[0] if stage1.seg_layers else None
         return out
 
-    def check_image(self, pred: Prediction, image_geometry: ImageGeometry) -> None:
-        """Landmarks outside the image, image extent against training (the refine model's
-        statistics); see LandmarkPredictor.check_image."""
-        self.refiner.check_image(pred, image_geometry)
+    def check_image(self, pred: Prediction, image_geometry: ImageGeometry, image: Optional[sitk.Image] = None) -> None:
+        """Landmarks outside the image or where it recorded nothing, image extent against
+        training (the refine model's statistics); see LandmarkPredictor.check_image."""
+        self.refiner.check_image(pred, image_geometry, image)
 
     def _blend(self, image: sitk.Image, anchor: np.ndarray) -> tuple[Prediction, list[np.ndarray]]:
         """The refine prediction for a crop centred anywhere: the predictions of the crops at
@@ -218,7 +218,7 @@ class CascadePredictor:
     def predict(self, image: sitk.Image) -> CascadePrediction:
         staged, grid = self.preprocess(image)
         pred = self.predict_array(staged, grid)
-        self.check_image(pred, ImageGeometry.from_image(image))
+        self.check_image(pred, ImageGeometry.from_image(image), image)
         attach_mask(pred, ImageGeometry.from_image(image))
         return pred
 

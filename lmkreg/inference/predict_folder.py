@@ -152,7 +152,7 @@ def predict_folder(predictor: LandmarkPredictor, input_folder: Path, output_fold
 
     def load(image: InputImage):
         img = image.read()
-        return (*predictor.preprocess(img), ImageGeometry.from_image(img))
+        return (*predictor.preprocess(img), ImageGeometry.from_image(img), img)
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         future: Optional[Future] = pool.submit(load, todo[0]) if todo else None
@@ -160,10 +160,10 @@ def predict_folder(predictor: LandmarkPredictor, input_folder: Path, output_fold
             current = future
             future = pool.submit(load, todo[i + 1]) if i + 1 < len(todo) else None
             try:
-                array, grid, image_geometry = current.result()
+                array, grid, image_geometry, source = current.result()
                 pred = predictor.predict_array(array, grid)
-                if hasattr(predictor, "check_image"):  # outside the image, image extent (issue 14)
-                    predictor.check_image(pred, image_geometry)
+                if hasattr(predictor, "check_image"):  # outside the image or its signal, image extent (issue 14)
+                    predictor.check_image(pred, image_geometry, source)
                 attach_mask(pred, image_geometry)  # segmentation head: the mask on the input grid
                 json_path, mrk_path = output_paths(image, output_folder)
                 write_case_outputs(pred, json_path, mrk_path,

@@ -328,14 +328,18 @@ class LandmarkPredictor:
             seg.attach_mask(pred, image_geometry)
         return pred
 
-    def check_image(self, pred: Prediction, image_geometry: ImageGeometry) -> None:
-        """Checks that need the source image's grid (which ``predict_array`` does not see):
-        a landmark outside the image, and the image's extent against training.  Adds flags."""
+    def check_image(self, pred: Prediction, image_geometry: ImageGeometry, image: Optional[sitk.Image] = None) -> None:
+        """Checks that need the source image (which ``predict_array`` does not see): a landmark
+        outside the image, the image's extent against training and, given the image itself, a
+        landmark where the scan recorded nothing (beyond a TRUS fan).  Adds flags."""
+        from lmkreg.trust.image_support import not_imaged_flags
         from lmkreg.trust.plausibility import image_extent_lps
 
         inside = image_geometry.contains_world(pred.landmarks.to_array(self.names))
         pred.flags += [f"{n}: outside the image" for n, ok in zip(self.names, inside)
                        if not ok and pred.landmarks.points.get(n) is not None]
+        if image is not None:
+            pred.flags += not_imaged_flags(image, pred.landmarks, self.names)
         if self.statistics is not None:
             pred.flags += self.statistics.check_image({}, image_extent_lps(image_geometry))
 
@@ -378,7 +382,10 @@ class LandmarkPredictor:
 
     def predict(self, image: sitk.Image) -> Prediction:
         array, grid = self.preprocess(image)
-        return self.predict_array(array, grid, ImageGeometry.from_image(image))
+        pred = self.predict_array(array, grid)
+        self.check_image(pred, ImageGeometry.from_image(image), image)
+        seg.attach_mask(pred, ImageGeometry.from_image(image))
+        return pred
 
 
 def model_folder_for(results_dataset_folder: Path, trainer: str, modality: str) -> Path:

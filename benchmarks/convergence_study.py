@@ -27,25 +27,37 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "convergence_study.json"
+WALL_RESULTS = ROOT / "benchmarks" / "results" / "convergence_study_wall_clock.json"
 
 # plan "training" keys each variant changes (the trainer reads them with fallbacks); "batch_size"
 # is the configuration's batch size, not a training key.  Every variant is compared with "today".
+# Each variant spells out bf16 and the sweep cut, so that it means the same training after the
+# defaults changed (2026-12-02: bf16 "auto" and the US sweep cut became defaults).
+SWEEP_CUT = {"p": 0.2, "beyond_mm": [-2.0, 6.0]}
+
+
+def _variant(bf16: bool = False, sweep_cut: bool = False, **changes) -> dict:
+    """Plan training keys of one variant: channels-last unless changed, fp32 unless `bf16`, no
+    sweep cut unless `sweep_cut`, plus `changes`."""
+    return {"bf16_autocast_cpu": bf16, "augmentation": {"sweep_cut": dict(SWEEP_CUT) if sweep_cut else None}, **changes}
+
+
 VARIANTS = {
     # the demo's training before issue 16: fp32, default memory layout, Adam lr 1e-3, polynomial decay
-    "today": {"channels_last": False},
-    "baseline": {},  # the current defaults (channels-last 3D layout on the CPU)
-    "bf16": {"bf16_autocast_cpu": True},  # current defaults + bfloat16 autocast of the training forward pass
-    "lr2e-3_warmup": {"learning_rate": 2e-3, "lr_warmup_steps": 50},
-    "bf16_lr2e-3_warmup": {"bf16_autocast_cpu": True, "learning_rate": 2e-3, "lr_warmup_steps": 50},
-    # current defaults + the TRUS sweep that ends inside the gland (lmkreg.training.augmentation.SweepCut)
-    "sweep_cut": {"augmentation": {"sweep_cut": {"p": 0.2, "beyond_mm": [-2.0, 6.0]}}},
-    "sweep_cut_bf16": {"bf16_autocast_cpu": True, "augmentation": {"sweep_cut": {"p": 0.2, "beyond_mm": [-2.0, 6.0]}}},
-    "sweep_cut_bf16_lr2e-3_warmup": {"bf16_autocast_cpu": True, "learning_rate": 2e-3, "lr_warmup_steps": 50,
-                                     "augmentation": {"sweep_cut": {"p": 0.2, "beyond_mm": [-2.0, 6.0]}}},
-    "lr3e-3_warmup": {"learning_rate": 3e-3, "lr_warmup_steps": 50},
-    "warmup": {"lr_warmup_steps": 50},
-    "batch1": {"batch_size": 1},
-    "batch4": {"batch_size": 4},
+    "today": _variant(channels_last=False),
+    "baseline": _variant(),  # channels-last 3D layout on the CPU (the default from issue 16 on)
+    "bf16": _variant(bf16=True),  # + bfloat16 autocast of the training forward pass
+    "lr2e-3_warmup": _variant(learning_rate=2e-3, lr_warmup_steps=50),
+    "bf16_lr2e-3_warmup": _variant(bf16=True, learning_rate=2e-3, lr_warmup_steps=50),
+    # + the TRUS sweep that ends inside the gland (lmkreg.training.augmentation.SweepCut)
+    "sweep_cut": _variant(sweep_cut=True),
+    # the kept training (the defaults since 2026-12-02 on a CPU with native bf16; MR has no sweep cut)
+    "sweep_cut_bf16": _variant(bf16=True, sweep_cut=True),
+    "sweep_cut_bf16_lr2e-3_warmup": _variant(bf16=True, sweep_cut=True, learning_rate=2e-3, lr_warmup_steps=50),
+    "lr3e-3_warmup": _variant(learning_rate=3e-3, lr_warmup_steps=50),
+    "warmup": _variant(lr_warmup_steps=50),
+    "batch1": _variant(batch_size=1),
+    "batch4": _variant(batch_size=4),
 }
 
 
@@ -168,12 +180,13 @@ def step_time(dataset: str, modality: str, repeats: int, kinds: list[str] = CAND
 
 TARGET_MRE_MM = 1.5  # the demo's accuracy target per modality (documentation/benchmarks.md)
 FIGURE = ROOT / "documentation" / "figures" / "convergence_wallclock.png"
-PLOT_NAMES = {"today": "today: fp32, default layout", "baseline": "kept: channels-last",
-              "bf16": "bf16 + channels-last", "bf16_1000": "bf16 + channels-last, 1000 steps",
+WALL_FIGURE = ROOT / "documentation" / "figures" / "convergence_measured_seconds.png"
+PLOT_NAMES = {"today": "today: fp32, default layout", "baseline": "channels-last (the default until 2026-12-02)",
+              "bf16": "bf16 + channels-last (MR: kept)", "bf16_1000": "bf16 + channels-last, 1000 steps",
               "lr2e-3_warmup": "lr 2e-3 + warm-up", "bf16_lr2e-3_warmup": "bf16 + lr 2e-3 + warm-up",
-              "sweep_cut": "kept + sweep cut", "sweep_cut_seed1": "kept + sweep cut, seed 1",
-              "baseline_seed1": "kept: channels-last, seed 1", "today_seed1": "today, seed 1", "bf16_lr2e-3_warmup_seed1": "bf16 + lr 2e-3 + warm-up, seed 1",
-              "sweep_cut_bf16": "sweep cut + bf16", "sweep_cut_bf16_seed1": "sweep cut + bf16, seed 1",
+              "sweep_cut": "channels-last + sweep cut", "sweep_cut_seed1": "channels-last + sweep cut, seed 1",
+              "baseline_seed1": "channels-last, seed 1", "today_seed1": "today, seed 1", "bf16_lr2e-3_warmup_seed1": "bf16 + lr 2e-3 + warm-up, seed 1",
+              "sweep_cut_bf16": "US kept: sweep cut + bf16", "sweep_cut_bf16_seed1": "sweep cut + bf16, seed 1",
               "sweep_cut_bf16_lr2e-3_warmup": "sweep cut + bf16 + lr 2e-3 + warm-up",
               "sweep_cut_bf16_lr2e-3_warmup_seed1": "sweep cut + bf16 + lr 2e-3 + warm-up, seed 1"}
 
@@ -280,8 +293,14 @@ def summarize(folder: Path, output: Path, results_dir: Path = RESULTS.parent, fi
         first = first_stay_below(r["steps"], r["val_mre_mm"], target)
         r["final_validation"] = final_validation_errors(folder / f"{m}_{r.get('label') or r['variant']}",
                                                         r.get("dataset"), m)
+        # measured seconds: training + validation of each epoch as the run logged them (they hold
+        # whatever else the machine did; comparable only between runs on a quiet machine)
+        seconds = r.get("epoch_seconds") or []
+        r["wall_clock_s"] = np.cumsum(seconds).tolist() if len(seconds) == len(r["steps"]) and seconds else None
         r["reach_and_stay"] = {"target_mre_mm": target, "step": first,
                                "idle_equivalent_s": None if first is None or ratio is None else first * r["idle_step_s"],
+                               "wall_clock_s": None if first is None or r["wall_clock_s"] is None
+                               else r["wall_clock_s"][r["steps"].index(first)],
                                "steps_run": r["steps"][-1] if r["steps"] else 0}
     out = {"study": "convergence", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "target_mre_mm": target,
            "idle_step_s_today": idle, "step_time_ratios": ratios,
@@ -304,6 +323,42 @@ def summarize(folder: Path, output: Path, results_dir: Path = RESULTS.parent, fi
     return out
 
 
+def plot_wall_clock(summary: dict, path: Path) -> None:
+    """Validation MRE against the seconds each run measured (training + validation of its epochs):
+    one panel per modality, one line per run (today's first, then by name)."""
+    import matplotlib
+    import matplotlib.ticker
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modalities = sorted({r["modality"] for r in summary["runs"]})
+    fig, axes = plt.subplots(1, len(modalities), figsize=(6.0 * len(modalities), 5.0), squeeze=False)
+    for ax, m in zip(axes[0], modalities):
+        runs = sorted((r for r in summary["runs"] if r["modality"] == m and r.get("wall_clock_s")),
+                      key=lambda r: (r["variant"] != "today", r.get("label") or r["variant"]))
+        for r in runs:
+            label = r.get("label") or r["variant"]
+            name = PLOT_NAMES.get(r["variant"], r["variant"]) + ("" if label == f"{r['variant']}_wall" else f" [{label}]")
+            ax.plot(r["wall_clock_s"], r["val_mre_mm"], marker="o", ms=3,
+                    label=f"{name} ({r['wall_clock_s'][-1]:.0f} s in all)")
+        ax.axhline(summary["target_mre_mm"], color="k", ls="--", lw=1, label=f"target {summary['target_mre_mm']:g} mm")
+        today = [r for r in runs if r["variant"] == "today"]
+        if today:
+            ax.axvline(today[0]["wall_clock_s"][-1] / 2, color="grey", ls=":", lw=1, label="half of today's run")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.set_title(f"{m}: validation MRE, fold 0, measured one after another")
+        ax.set_xlabel("measured seconds on 2 cores (training + validation)")
+        ax.set_ylabel("validation MRE (mm)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot(summary: dict, path: Path) -> None:
     """Validation MRE against idle-equivalent seconds: one panel per modality, one line per variant."""
     import matplotlib
@@ -319,7 +374,7 @@ def plot(summary: dict, path: Path) -> None:
     keys = sorted({(g["variant"], g["steps_run"]) for g in groups}, key=lambda k: (k[0] != "today", k[0] != "baseline", k))
     cmap = plt.get_cmap("tab20")
     colours = {k: cmap((2 * i) % 20 + (2 * i) // 20) for i, k in enumerate(keys)}  # one per variant and length
-    fig, axes = plt.subplots(1, len(modalities), figsize=(6.5 * len(modalities), 7.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(modalities), figsize=(7.0 * len(modalities), 8.5), squeeze=False)
     for ax, m in zip(axes[0], modalities):
         for g in groups:
             r = ratio.get((m, g["variant"]))
@@ -343,10 +398,10 @@ def plot(summary: dict, path: Path) -> None:
         ax.set_xlabel("idle-equivalent training seconds on 2 cores")
         ax.set_ylabel("validation MRE (mm)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
+        ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=1)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -363,11 +418,18 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=1, help="data-loader workers (default 1)")
     p.add_argument("-o", "--output", type=Path, default=Path("convergence_study"), help="folder for the runs")
     p.add_argument("--summarize", type=Path, default=None, metavar="FOLDER", help="collect the runs of FOLDER")
+    p.add_argument("--wall-clock", action="store_true",
+                   help="with --summarize: runs made one after another on a quiet machine, plotted against the "
+                        "seconds they measured (writes convergence_study_wall_clock.json and its figure)")
     p.add_argument("--step-time", action="store_true", help="time today's fp32 training step against the candidates, back to back")
     p.add_argument("--repeats", type=int, default=5, help="timed steps per candidate for --step-time")
     p.add_argument("--candidates", nargs="+", default=CANDIDATES, choices=sorted(CANDIDATE_SETTINGS),
                    help="what --step-time compares with fp32 (default: all but compile)")
     args = p.parse_args(argv)
+    if args.summarize and args.wall_clock:
+        summarize(args.summarize, WALL_RESULTS, figure=None)
+        plot_wall_clock(json.loads(WALL_RESULTS.read_text()), WALL_FIGURE)
+        return 0
     if args.summarize:
         summarize(args.summarize, RESULTS)
         return 0

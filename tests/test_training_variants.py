@@ -145,7 +145,8 @@ def test_summarize_converts_steps_to_idle_seconds_and_draws_the_figure(tmp_path)
     steps = [50, 100, 150, 200]
     for variant, mre in (("today", [5.0, 2.0, 1.4, 1.3]), ("bf16", [5.0, 1.4, 1.6, 1.2])):
         (runs / f"MR_{variant}.json").write_text(json.dumps(
-            {"variant": variant, "modality": "MR", "steps": steps, "val_mre_mm": mre, "final_val_mre_mm": mre[-1]}))
+            {"variant": variant, "modality": "MR", "steps": steps, "val_mre_mm": mre, "final_val_mre_mm": mre[-1],
+             "epoch_seconds": [30.0, 20.0, 20.0, 25.0] if variant == "today" else [10.0, 10.0, 12.0, 11.0]}))
     figure = tmp_path / "fig.png"
     out = cs.summarize(runs, tmp_path / "summary.json", results_dir=results, figure=figure)
     by = {r["variant"]: r for r in out["runs"]}
@@ -155,6 +156,10 @@ def test_summarize_converts_steps_to_idle_seconds_and_draws_the_figure(tmp_path)
     assert by["today"]["reach_and_stay"]["idle_equivalent_s"] == pytest.approx(60.0)
     assert by["bf16"]["reach_and_stay"]["step"] == 200
     assert by["bf16"]["reach_and_stay"]["idle_equivalent_s"] == pytest.approx(40.0)
+    # measured seconds: the epochs' own times summed up to the validation that reached the target
+    assert by["today"]["wall_clock_s"] == pytest.approx([30.0, 50.0, 70.0, 95.0])
+    assert by["today"]["reach_and_stay"]["wall_clock_s"] == pytest.approx(70.0)
+    assert by["bf16"]["reach_and_stay"]["wall_clock_s"] == pytest.approx(43.0)
     assert json.loads((tmp_path / "summary.json").read_text())["runs"][0]["variant"] == "bf16"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

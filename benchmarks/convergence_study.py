@@ -323,6 +323,24 @@ def summarize(folder: Path, output: Path, results_dir: Path = RESULTS.parent, fi
     return out
 
 
+def _finish_panel(ax, target_mm: float, half_s: float | None, half_label: str, title: str, xlabel: str,
+                  **legend) -> None:
+    """The parts both figures share: the target line, half of today's time, log axis, labels, legend."""
+    import matplotlib.ticker
+
+    ax.axhline(target_mm, color="k", ls="--", lw=1, label=f"target {target_mm:g} mm")
+    if half_s is not None:
+        ax.axvline(half_s, color="grey", ls=":", lw=1, label=half_label)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("validation MRE (mm)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(**legend)
+
+
 def plot_wall_clock(summary: dict, path: Path) -> None:
     """Validation MRE against the seconds each run measured (training + validation of its epochs):
     one panel per modality, one line per run (today's first, then by name)."""
@@ -341,18 +359,10 @@ def plot_wall_clock(summary: dict, path: Path) -> None:
             name = PLOT_NAMES.get(r["variant"], r["variant"]) + ("" if label == f"{r['variant']}_wall" else f" [{label}]")
             ax.plot(r["wall_clock_s"], r["val_mre_mm"], marker="o", ms=3,
                     label=f"{name} ({r['wall_clock_s'][-1]:.0f} s in all)")
-        ax.axhline(summary["target_mre_mm"], color="k", ls="--", lw=1, label=f"target {summary['target_mre_mm']:g} mm")
         today = [r for r in runs if r["variant"] == "today"]
-        if today:
-            ax.axvline(today[0]["wall_clock_s"][-1] / 2, color="grey", ls=":", lw=1, label="half of today's run")
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        ax.set_title(f"{m}: validation MRE, fold 0, measured one after another")
-        ax.set_xlabel("measured seconds on 2 cores (training + validation)")
-        ax.set_ylabel("validation MRE (mm)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        _finish_panel(ax, summary["target_mre_mm"], today[0]["wall_clock_s"][-1] / 2 if today else None,
+                      "half of today's run", f"{m}: validation MRE, fold 0, measured one after another",
+                      "measured seconds on 2 cores (training + validation)", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -386,19 +396,11 @@ def plot(summary: dict, path: Path) -> None:
             ax.plot([st * idle_s for st in g["steps"]], g["mean_curve_mm"], marker="o", ms=3,
                     color=colours[(g["variant"], g["steps_run"])], lw=2 if n > 1 else 1,
                     label=f"{name} ({r:.2f}x step; {'mean of ' + str(n) + ' seeds' if n > 1 else 'seed ' + str(g['seeds'][0])})")
-        ax.axhline(summary["target_mre_mm"], color="k", ls="--", lw=1, label=f"target {summary['target_mre_mm']:g} mm")
         today = [r for r in summary["runs"] if r["modality"] == m and r["variant"] == "today" and r["idle_equivalent_s"]]
-        if today:
-            ax.axvline(today[0]["idle_equivalent_s"][-1] / 2, color="grey", ls=":", lw=1,
-                       label="half of today's training time")
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        ax.set_title(f"{m}: validation MRE, fold 0")
-        ax.set_xlabel("idle-equivalent training seconds on 2 cores")
-        ax.set_ylabel("validation MRE (mm)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=1)
+        _finish_panel(ax, summary["target_mre_mm"], today[0]["idle_equivalent_s"][-1] / 2 if today else None,
+                      "half of today's training time", f"{m}: validation MRE, fold 0",
+                      "idle-equivalent training seconds on 2 cores",
+                      fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=1)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")

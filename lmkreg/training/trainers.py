@@ -49,8 +49,9 @@ LR_RESTART_FRACTION = 0.3  # rate at the start of a budget extension, relative t
 # 0.73-0.77x the time of the default layout (documentation/benchmarks.md, training-efficiency study)
 DEFAULT_CHANNELS_LAST_ON_CPU = True
 # bfloat16 autocast of the training forward pass on the CPU (training.bf16_autocast_cpu: true, false
-# or "auto" = on when the CPU has native bf16): 0.45-0.51x the step time measured on such a CPU,
-# other arithmetic; validation and prediction stay fp32 (benchmarks.md, training-efficiency study)
+# or "auto" = on when the CPU has native bf16): 0.41-0.51x the fp32 step time and 0.58-0.62x a whole
+# run, measured on such a CPU; other arithmetic; validation and prediction stay fp32 (benchmarks.md,
+# training-efficiency study)
 DEFAULT_BF16_AUTOCAST_CPU = "auto"
 
 

@@ -260,13 +260,14 @@ class LandmarkPredictor:
 
     @torch.inference_mode()
     def predict_array(self, array: np.ndarray, grid: ImageGeometry,
-                      image_geometry: Optional[ImageGeometry] = None) -> Prediction:
+                      image_geometry: Optional[ImageGeometry] = None, image: Optional[sitk.Image] = None) -> Prediction:
         """Run every fold (and mirror) on a preprocessed array and ensemble in world space.
 
         The optimised modules are traced for the planned input size; an array of any other
         size (not produced by ``preprocess``) goes through the eager networks.  The mirrored
         input has the same shape, so it uses the optimised module too.  ``image_geometry`` (the
-        source image's grid) lets a landmark outside the image be flagged."""
+        source image's grid) lets a landmark outside the image be flagged, and ``image`` itself
+        one where the image recorded nothing (see ``check_image``)."""
         x = torch.from_numpy(np.ascontiguousarray(array[None])).to(self.device)
         planned = tuple(x.shape) == self.input_shape
         spacing = list(self.conf.spacing_zyx)
@@ -324,7 +325,7 @@ class LandmarkPredictor:
         if probabilities:
             pred.seg_layers = [seg.SegLayer(torch.stack(probabilities).mean(0).cpu().numpy(), grid)]
         if image_geometry is not None:
-            self.check_image(pred, image_geometry)
+            self.check_image(pred, image_geometry, image)
             seg.attach_mask(pred, image_geometry)
         return pred
 
@@ -382,10 +383,7 @@ class LandmarkPredictor:
 
     def predict(self, image: sitk.Image) -> Prediction:
         array, grid = self.preprocess(image)
-        pred = self.predict_array(array, grid)
-        self.check_image(pred, ImageGeometry.from_image(image), image)
-        seg.attach_mask(pred, ImageGeometry.from_image(image))
-        return pred
+        return self.predict_array(array, grid, ImageGeometry.from_image(image), image)
 
 
 def model_folder_for(results_dataset_folder: Path, trainer: str, modality: str) -> Path:

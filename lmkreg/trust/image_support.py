@@ -7,10 +7,13 @@ came within about 1 mm), but nobody can check it on the image, so the landmark f
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import SimpleITK as sitk
 
 from lmkreg.geometry.spaces import ImageGeometry
+from lmkreg.io.landmarks import LandmarkSet
 
 # a landmark is "not imaged" when every voxel within this distance (world mm) is exactly 0: about
 # two voxels of a TRUS volume, so the fan's interpolated border does not count as signal's absence
@@ -50,7 +53,7 @@ def without_signal(image: sitk.Image, points_lps: np.ndarray, radius_mm: float =
     return out
 
 
-def not_imaged_flags(image: sitk.Image, landmarks, names) -> list[str]:
+def not_imaged_flags(image: sitk.Image, landmarks: LandmarkSet, names: Sequence[str]) -> list[str]:
     """Flags ("NAME: ...", the form lmkreg_register reads to pick a suspect landmark) for the
     predicted landmarks (a LandmarkSet in world LPS mm) that lie where `image` is exactly 0."""
     present = [n for n in names if landmarks.points.get(n) is not None]

@@ -58,11 +58,13 @@ VARIANTS = {
     "warmup": _variant(lr_warmup_steps=50),
     "batch1": _variant(batch_size=1),
     "batch4": _variant(batch_size=4),
+    # the kept training with batch 1: a step costs 0.61-0.67x of batch 2's, so more updates per second
+    "sweep_cut_bf16_batch1": _variant(bf16=True, sweep_cut=True, batch_size=1),
 }
 
 
 def train_variant(dataset: str, modality: str, variant: str, steps: int, iterations: int, trainer_name: str,
-                  out: Path, seed: int, workers: int, label: str | None = None) -> dict:
+                  out: Path, seed: int, workers: int, label: str | None = None, fold: int = 0) -> dict:
     from lmkreg.dataset.layout import open_dataset
     from lmkreg.paths import preprocessed_folder
     from lmkreg.config.plans import PLANS_FILE, Plans
@@ -81,14 +83,14 @@ def train_variant(dataset: str, modality: str, variant: str, steps: int, iterati
     label = label or variant
     folder = out / f"{modality}_{label}"
     cls = find_trainer(trainer_name)
-    t = cls(plans, modality, 0, pre, folder, splits, num_epochs=-(-steps // iterations), iterations_per_epoch=iterations,
+    t = cls(plans, modality, fold, pre, folder, splits, num_epochs=-(-steps // iterations), iterations_per_epoch=iterations,
             num_workers=workers, seed=seed, progress_bar=False)
     t0 = time.perf_counter()
     summary = t.run()
     h = t.log.history
     result = {"variant": variant, "label": label, "changes": VARIANTS[variant], "modality": modality, "trainer": trainer_name,
               "batch_size": conf.batch_size, "iterations_per_epoch": iterations,
-              "dataset": ds.name, "seed": seed, "steps": h["steps"], "val_mre_mm": h["val_mre"],
+              "dataset": ds.name, "seed": seed, "fold": fold, "steps": h["steps"], "val_mre_mm": h["val_mre"],
               "epoch_seconds": h["epoch_seconds"], "wall_s": time.perf_counter() - t0,
               "final_val_mre_mm": summary["mre_mm"], "verdict": summary["training_verdict"],
               "load_1min_at_end": os.getloadavg()[0]}
@@ -114,7 +116,8 @@ VARIANT_STEP = {"today": "fp32", "baseline": "channels_last", "bf16": "bf16_chan
                 "lr2e-3_warmup": "channels_last", "bf16_lr2e-3_warmup": "bf16_channels_last", "sweep_cut": "channels_last",
                 "sweep_cut_bf16": "bf16_channels_last", "sweep_cut_bf16_lr2e-3_warmup": "bf16_channels_last",
                 "lr3e-3_warmup": "channels_last", "warmup": "channels_last",
-                "batch1": "batch1", "batch4": "batch4"}
+                "batch1": "batch1", "batch4": "batch4",
+                "sweep_cut_bf16_batch1": "bf16_batch1"}  # not timed alone: measured seconds only
 
 
 def step_time(dataset: str, modality: str, repeats: int, kinds: list[str] = CANDIDATES) -> dict:
@@ -188,7 +191,8 @@ PLOT_NAMES = {"today": "today: fp32, default layout", "baseline": "channels-last
               "baseline_seed1": "channels-last, seed 1", "today_seed1": "today, seed 1", "bf16_lr2e-3_warmup_seed1": "bf16 + lr 2e-3 + warm-up, seed 1",
               "sweep_cut_bf16": "US kept: sweep cut + bf16", "sweep_cut_bf16_seed1": "sweep cut + bf16, seed 1",
               "sweep_cut_bf16_lr2e-3_warmup": "sweep cut + bf16 + lr 2e-3 + warm-up",
-              "sweep_cut_bf16_lr2e-3_warmup_seed1": "sweep cut + bf16 + lr 2e-3 + warm-up, seed 1"}
+              "sweep_cut_bf16_lr2e-3_warmup_seed1": "sweep cut + bf16 + lr 2e-3 + warm-up, seed 1",
+              "sweep_cut_bf16_batch1": "sweep cut + bf16, batch 1"}
 
 
 def step_time_file(results_dir: Path, modality: str, kinds: list[str] = CANDIDATES) -> Path:
@@ -253,15 +257,16 @@ def seed_groups(runs: list[dict], target: float) -> list[dict]:
     rests on the seeds together).  Runs need "steps", "val_mre_mm", "final_val_mre_mm"."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
-        groups.setdefault((r["modality"], r["variant"], r["steps"][-1] if r["steps"] else 0), []).append(r)
+        groups.setdefault((r["modality"], r["variant"], r["steps"][-1] if r["steps"] else 0, r.get("fold", 0)),
+                          []).append(r)
     out = []
-    for (m, variant, steps_run), rs in sorted(groups.items()):
+    for (m, variant, steps_run, fold), rs in sorted(groups.items()):
         finals = [float(r["final_val_mre_mm"]) for r in rs]
         same = all(r["steps"] == rs[0]["steps"] for r in rs)
         curve = np.mean([r["val_mre_mm"] for r in rs], axis=0).tolist() if same else None
         step = first_stay_below(rs[0]["steps"], curve, target) if curve else None
         idle_s = rs[0].get("idle_step_s")
-        out.append({"modality": m, "variant": variant, "steps_run": steps_run, "seeds": [r.get("seed", 0) for r in rs],
+        out.append({"modality": m, "variant": variant, "steps_run": steps_run, "fold": fold, "seeds": [r.get("seed", 0) for r in rs],
                     "final_val_mre_mm": finals, "mean_final_val_mre_mm": float(np.mean(finals)),
                     "runs_at_or_below_target": int(sum(f <= target for f in finals)),
                     "steps": rs[0]["steps"] if same else None, "mean_curve_mm": curve,
@@ -341,6 +346,10 @@ def _finish_panel(ax, target_mm: float, half_s: float | None, half_label: str, t
     ax.legend(**legend)
 
 
+def _folds(runs: list[dict]) -> str:
+    return ", ".join(str(f) for f in sorted({r.get("fold", 0) for r in runs}))
+
+
 def plot_wall_clock(summary: dict, path: Path) -> None:
     """Validation MRE against the seconds each run measured (training + validation of its epochs):
     one panel per modality, one line per run (today's first, then by name)."""
@@ -361,7 +370,7 @@ def plot_wall_clock(summary: dict, path: Path) -> None:
                     label=f"{name} ({r['wall_clock_s'][-1]:.0f} s in all)")
         today = [r for r in runs if r["variant"] == "today"]
         _finish_panel(ax, summary["target_mre_mm"], today[0]["wall_clock_s"][-1] / 2 if today else None,
-                      "half of today's run", f"{m}: validation MRE, fold 0, measured one after another",
+                      "half of today's run", f"{m}: validation MRE, fold {_folds(runs)}, measured one after another",
                       "measured seconds on 2 cores (training + validation)", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -398,7 +407,7 @@ def plot(summary: dict, path: Path) -> None:
                     label=f"{name} ({r:.2f}x step; {'mean of ' + str(n) + ' seeds' if n > 1 else 'seed ' + str(g['seeds'][0])})")
         today = [r for r in summary["runs"] if r["modality"] == m and r["variant"] == "today" and r["idle_equivalent_s"]]
         _finish_panel(ax, summary["target_mre_mm"], today[0]["idle_equivalent_s"][-1] / 2 if today else None,
-                      "half of today's training time", f"{m}: validation MRE, fold 0",
+                      "half of today's training time", f"{m}: validation MRE, fold {_folds([r for r in summary['runs'] if r['modality'] == m])}",
                       "idle-equivalent training seconds on 2 cores",
                       fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=1)
     fig.tight_layout()
@@ -417,20 +426,25 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=500, help="optimiser steps (default 500)")
     p.add_argument("--iterations", type=int, default=50, help="steps between validations (default 50)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0, the demo's)")
+    p.add_argument("-f", "--fold", type=int, default=0, help="cross-validation fold whose validation cases score the run (default 0)")
     p.add_argument("--workers", type=int, default=1, help="data-loader workers (default 1)")
     p.add_argument("-o", "--output", type=Path, default=Path("convergence_study"), help="folder for the runs")
     p.add_argument("--summarize", type=Path, default=None, metavar="FOLDER", help="collect the runs of FOLDER")
     p.add_argument("--wall-clock", action="store_true",
                    help="with --summarize: runs made one after another on a quiet machine, plotted against the "
                         "seconds they measured (writes convergence_study_wall_clock.json and its figure)")
+    p.add_argument("--tag", default="", help="with --wall-clock: suffix of the results and figure names, so that another set "
+                                            "of runs does not overwrite the first (e.g. half_budget)")
     p.add_argument("--step-time", action="store_true", help="time today's fp32 training step against the candidates, back to back")
     p.add_argument("--repeats", type=int, default=5, help="timed steps per candidate for --step-time")
     p.add_argument("--candidates", nargs="+", default=CANDIDATES, choices=sorted(CANDIDATE_SETTINGS),
                    help="what --step-time compares with fp32 (default: all but compile)")
     args = p.parse_args(argv)
     if args.summarize and args.wall_clock:
-        summarize(args.summarize, WALL_RESULTS, figure=None)
-        plot_wall_clock(json.loads(WALL_RESULTS.read_text()), WALL_FIGURE)
+        suffix = f"_{args.tag}" if args.tag else ""
+        results = WALL_RESULTS.with_name(f"{WALL_RESULTS.stem}{suffix}.json")
+        summarize(args.summarize, results, figure=None)
+        plot_wall_clock(json.loads(results.read_text()), WALL_FIGURE.with_name(f"{WALL_FIGURE.stem}{suffix}.png"))
         return 0
     if args.summarize:
         summarize(args.summarize, RESULTS)
@@ -443,7 +457,7 @@ def main(argv=None) -> int:
         return 0
     args.output.mkdir(parents=True, exist_ok=True)
     r = train_variant(args.dataset, args.modality, args.variant, args.steps, args.iterations, args.trainer,
-                      args.output, args.seed, args.workers, args.label)
+                      args.output, args.seed, args.workers, args.label, args.fold)
     print(json.dumps({k: r[k] for k in ("variant", "steps", "val_mre_mm", "wall_s", "final_val_mre_mm")}))
     return 0
 

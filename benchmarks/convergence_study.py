@@ -185,14 +185,16 @@ TARGET_MRE_MM = 1.5  # the demo's accuracy target per modality (documentation/be
 FIGURE = ROOT / "documentation" / "figures" / "convergence_wallclock.png"
 WALL_FIGURE = ROOT / "documentation" / "figures" / "convergence_measured_seconds.png"
 PLOT_NAMES = {"today": "today: fp32, default layout", "baseline": "channels-last (the default until 2026-12-02)",
-              "bf16": "bf16 + channels-last (MR: kept)", "bf16_1000": "bf16 + channels-last, 1000 steps",
+              "bf16": "bf16 + channels-last (MR kept before the weight average)", "bf16_1000": "bf16 + channels-last, 1000 steps",
               "lr2e-3_warmup": "lr 2e-3 + warm-up", "bf16_lr2e-3_warmup": "bf16 + lr 2e-3 + warm-up",
               "sweep_cut": "channels-last + sweep cut", "sweep_cut_seed1": "channels-last + sweep cut, seed 1",
               "baseline_seed1": "channels-last, seed 1", "today_seed1": "today, seed 1", "bf16_lr2e-3_warmup_seed1": "bf16 + lr 2e-3 + warm-up, seed 1",
-              "sweep_cut_bf16": "US kept: sweep cut + bf16", "sweep_cut_bf16_seed1": "sweep cut + bf16, seed 1",
+              "sweep_cut_bf16": "sweep cut + bf16 (US kept before the weight average)", "sweep_cut_bf16_seed1": "sweep cut + bf16, seed 1",
               "sweep_cut_bf16_lr2e-3_warmup": "sweep cut + bf16 + lr 2e-3 + warm-up",
               "sweep_cut_bf16_lr2e-3_warmup_seed1": "sweep cut + bf16 + lr 2e-3 + warm-up, seed 1",
-              "sweep_cut_bf16_batch1": "sweep cut + bf16, batch 1"}
+              "sweep_cut_bf16_batch1": "sweep cut + bf16, batch 1",
+              "sweep_cut_bf16_ema": "US kept now: sweep cut + bf16 + weight average",
+              "bf16_ema": "MR kept now: bf16 + weight average"}
 
 
 def step_time_file(results_dir: Path, modality: str, kinds: list[str] = CANDIDATES) -> Path:
@@ -352,26 +354,32 @@ def _folds(runs: list[dict]) -> str:
 
 def plot_wall_clock(summary: dict, path: Path) -> None:
     """Validation MRE against the seconds each run measured (training + validation of its epochs):
-    one panel per modality, one line per run (today's first, then by name)."""
+    one panel per modality, one colour per variant and length (today's first), one line per seed;
+    the vertical line is half of today's mean measured run."""
     import matplotlib
     import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     modalities = sorted({r["modality"] for r in summary["runs"]})
-    fig, axes = plt.subplots(1, len(modalities), figsize=(6.0 * len(modalities), 5.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(modalities), figsize=(7.0 * len(modalities), 5.5), squeeze=False)
+    cmap = plt.get_cmap("tab10")
     for ax, m in zip(axes[0], modalities):
-        runs = sorted((r for r in summary["runs"] if r["modality"] == m and r.get("wall_clock_s")),
-                      key=lambda r: (r["variant"] != "today", r.get("label") or r["variant"]))
-        for r in runs:
-            label = r.get("label") or r["variant"]
-            name = PLOT_NAMES.get(r["variant"], r["variant"]) + ("" if label == f"{r['variant']}_wall" else f" [{label}]")
-            ax.plot(r["wall_clock_s"], r["val_mre_mm"], marker="o", ms=3,
-                    label=f"{name} ({r['wall_clock_s'][-1]:.0f} s in all)")
-        today = [r for r in runs if r["variant"] == "today"]
-        _finish_panel(ax, summary["target_mre_mm"], today[0]["wall_clock_s"][-1] / 2 if today else None,
-                      "half of today's run", f"{m}: validation MRE, fold {_folds(runs)}, measured one after another",
-                      "measured seconds on 2 cores (training + validation)", fontsize=8)
+        runs = [r for r in summary["runs"] if r["modality"] == m and r.get("wall_clock_s")]
+        groups: dict[tuple, list[dict]] = {}
+        for r in sorted(runs, key=lambda r: (r["variant"] != "today", r["variant"], r["steps"][-1], r.get("seed", 0))):
+            groups.setdefault((r["variant"], r["steps"][-1]), []).append(r)
+        for i, ((variant, steps), rs) in enumerate(groups.items()):
+            totals = [r["wall_clock_s"][-1] for r in rs]
+            seeds = ", ".join(str(r.get("seed", 0)) for r in rs)
+            span = f"{totals[0]:.0f} s" if len(rs) == 1 else f"{min(totals):.0f}-{max(totals):.0f} s"
+            for j, r in enumerate(rs):
+                ax.plot(r["wall_clock_s"], r["val_mre_mm"], marker="o", ms=2.5, lw=1.2, color=cmap(i % 10), alpha=0.85,
+                        label=f"{PLOT_NAMES.get(variant, variant)}, {steps} steps (seed {seeds}; {span})" if j == 0 else None)
+        today = [r["wall_clock_s"][-1] for r in runs if r["variant"] == "today"]
+        _finish_panel(ax, summary["target_mre_mm"], float(np.mean(today)) / 2 if today else None,
+                      "half of today's mean run", f"{m}: validation MRE, fold {_folds(runs)}, measured one after another",
+                      "measured seconds on 2 cores (training + validation)", fontsize=7.5)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -148,3 +148,15 @@ def test_plans_refuse_a_bf16_setting_other_than_true_false_or_auto(value):
     with pytest.raises(ConfigurationError, match=r"'configurations\.US\.training\.bf16_autocast_cpu' "
                                                  r'must be true, false or "auto"'):
         Plans.from_json(data, "plans.json")
+
+
+@pytest.mark.parametrize("value", [1.0, -0.1, float("nan"), "0.98"])
+def test_plans_refuse_a_weight_average_decay_outside_0_to_1(value):
+    data = _plans_json()
+    for ok in (0.0, 0.98):
+        good = copy.deepcopy(data)
+        good["configurations"]["US"]["training"]["weights_ema_decay"] = ok
+        assert Plans.from_json(good).configuration("US").training["weights_ema_decay"] == ok
+    data["configurations"]["US"]["training"]["weights_ema_decay"] = value
+    with pytest.raises(ConfigurationError, match=r"'configurations\.US\.training\.weights_ema_decay' must be"):
+        Plans.from_json(data, "plans.json")

@@ -313,6 +313,10 @@ def _training(v: _Validator, t: dict, where: str, kind: str) -> dict:
                 v.fail(f"{where}.{key}", f"must be a finite number >= {lowest:g}, got {value!r}")
     if "bf16_autocast_cpu" in t and not (isinstance(t["bf16_autocast_cpu"], bool) or t["bf16_autocast_cpu"] == "auto"):
         v.fail(f"{where}.bf16_autocast_cpu", f'must be true, false or "auto", got {t["bf16_autocast_cpu"]!r}')
+    if "weights_ema_decay" in t:
+        decay = v.key(t, "weights_ema_decay", float, where)
+        if not (math.isfinite(decay) and 0.0 <= decay < 1.0):
+            v.fail(f"{where}.weights_ema_decay", f"must be a number from 0 (off) to below 1, got {decay!r}")
     if t.get("augmentation") is not None:
         _augmentation(v, v.key(t, "augmentation", dict, where), f"{where}.augmentation", kind)
     return t

@@ -38,6 +38,7 @@ def _timed_steps(spec: UNetSpec, input_size_zyx: Sequence[int], batch_size: int,
     from lmkreg.training.dsnt import dsnt, flat_softmax
     from lmkreg.training.losses import dsnt_loss
     from lmkreg.training.network import UNet3D
+    from lmkreg.training.runtime import make_adam
 
     previous = torch.get_num_threads()
     if threads is not None:
@@ -45,7 +46,7 @@ def _timed_steps(spec: UNetSpec, input_size_zyx: Sequence[int], batch_size: int,
     try:
         gen = torch.Generator().manual_seed(0)
         net = UNet3D(1, out_channels, spec, head_bias=False).train()
-        opt = torch.optim.Adam(net.parameters(), 1e-4)
+        opt = make_adam(net.parameters(), 1e-4)  # the trainer's optimiser, so the cost is the trainer's
         x = torch.randn(batch_size, 1, *[int(n) for n in input_size_zyx], generator=gen)
         extent = torch.tensor([n * s for n, s in zip(input_size_zyx, spacing_zyx)], dtype=torch.float32)
         target = torch.rand(batch_size, out_channels, 3, generator=gen) * extent

@@ -53,6 +53,18 @@ def cpu_bf16_setting(value: object) -> bool:
     raise ValueError(f'training.bf16_autocast_cpu must be true, false or "auto", got {value!r}')
 
 
+def make_adam(params, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """Adam, with torch's fused kernel where torch has one for the parameters' device (CUDA; the
+    CPU from torch 2.4 on).  Why: the default Adam loops over the parameter tensors in Python on
+    the CPU; for the 64 tensors of the demo's US network one update took 10 ms, fused 4-6 ms
+    (1-2 % of a CPU training step).  Same update rule and state dict; results differ by rounding."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, ValueError, TypeError):  # no fused kernel for this device in this torch
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Seed Python, numpy and torch; deterministic kernels where torch has them."""
     random.seed(seed)

@@ -38,13 +38,15 @@ from lmkreg.training.dsnt import dsnt, flat_softmax, heatmap_variance
 from lmkreg.training.losses import coordinate_loss, dsnt_loss, masked_mean
 from lmkreg.training.network import UNet3D
 from lmkreg.training.progress import TrainingLog
-from lmkreg.training.runtime import (Distributed, average_across_processes, barrier, broadcast_int,
+from lmkreg.training.runtime import (Distributed, make_adam, average_across_processes, barrier, broadcast_int,
                                      cpu_bf16_setting, init_distributed, seed_everything, select_device)
 
 GRAD_CLIP = 12.0
 # defaults of the optional keys of a plan's "training" dict that the run reads (a plan may set them)
 DEFAULT_LR_WARMUP_STEPS = 0
 LR_RESTART_FRACTION = 0.3  # rate at the start of a budget extension, relative to the planned rate
+# progress.png at most this often (and at the end): a plot costs about 0.4 s, 2 % of a demo epoch on 2 cores
+PLOT_EVERY_S = 60.0
 # channels-last 3D layout for convolutions on the CPU: same fp32 arithmetic, a training step took
 # 0.73-0.77x the time of the default layout (documentation/benchmarks.md, training-efficiency study)
 DEFAULT_CHANNELS_LAST_ON_CPU = True
@@ -59,6 +61,18 @@ def world_errors_mm(sample: dict, world: np.ndarray) -> np.ndarray:
     """Distance (mm) of predicted world LPS points (L, 3) to a sample's true landmarks, which are
     voxel (z, y, x) on its grid; NaN where the truth is missing."""
     return np.linalg.norm(world - apply_affine(np.asarray(sample["index_to_world"]), sample["landmarks"]), axis=-1)
+
+
+def weights_ema_update(decay: float):
+    """Update of an exponential moving average of the weights (torch AveragedModel's
+    multi_avg_fn): average <- d * average + (1 - d) * weights, with d = min(decay, (1 + n) / (10 + n))
+    after n earlier updates, so that a short run's average is not dominated by its first steps."""
+    def update(averaged: list, current: list, num_averaged) -> None:
+        n = int(num_averaged)
+        d = min(float(decay), (1.0 + n) / (10.0 + n))
+        for a, c in zip(averaged, current):
+            a.lerp_(c.detach(), 1.0 - d)
+    return update
 
 
 class LandmarkTrainer:
@@ -158,9 +172,14 @@ class LandmarkTrainer:
             self.model = nn.parallel.DistributedDataParallel(
                 self.network, device_ids=[self.ddp.local_rank] if self.device.type == "cuda" else None)
         t = self.conf.training
-        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=float(t.get("learning_rate", 1e-4)),
-                                          weight_decay=float(t.get("weight_decay", 0.0)))
+        self.optimizer = make_adam(self.network.parameters(), float(t.get("learning_rate", 1e-4)),
+                                   float(t.get("weight_decay", 0.0)))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        decay = float(t.get("weights_ema_decay", 0.0))
+        self.ema = None
+        if decay > 0:  # validation, checkpoints and predictions use the running average of the weights
+            from torch.optim.swa_utils import AveragedModel
+            self.ema = AveragedModel(self.network, multi_avg_fn=weights_ema_update(decay), use_buffers=True)
         self.train_data = PreprocessedCases(self.data_folder, self.train_cases, with_masks=self.uses_masks)
         self.val_data = PreprocessedCases(self.data_folder, self.val_cases, with_masks=self.uses_masks)
         self.augmentation = build_augmentation(self.kind, t.get("augmentation"))
@@ -170,6 +189,13 @@ class LandmarkTrainer:
         self.start_step = 0
         self.best_mre = math.inf
         self._last_validation: Optional[tuple] = None  # (steps, result of validate()) of the newest weights
+
+    @property
+    def eval_network(self) -> nn.Module:
+        """The weights validation, checkpoints and predictions use: the running average of the
+        training weights when the plan sets training.weights_ema_decay, else the weights."""
+        ema = getattr(self, "ema", None)
+        return self.network if ema is None else ema.module
 
     def learning_rate(self, step: int) -> float:
         """Rate of optimiser step `step` (0-based): an optional linear warm-up, then polynomial
@@ -190,7 +216,9 @@ class LandmarkTrainer:
     def _state(self, epoch: int) -> dict[str, Any]:
         return {"trainer": type(self).__name__, "modality": self.modality, "fold": str(self.fold),
                 "epoch": epoch, "steps_done": self.steps_done, "total_steps": self.total_steps,
-                "best_mre": self.best_mre, "network": self.network.state_dict(),
+                "best_mre": self.best_mre, "network": self.eval_network.state_dict(),
+                **({"network_training": self.network.state_dict(), "ema_updates": int(self.ema.n_averaged)}
+                   if self.ema is not None else {}),
                 "optimizer": self.optimizer.state_dict(), "grad_scaler": self.scaler.state_dict(),
                 "history": self.log.history, "configuration": self.conf.to_json(), "landmarks": self.names,
                 "torch_rng": torch.get_rng_state(), "lr_segment": list(self.lr_segment)}
@@ -207,7 +235,10 @@ class LandmarkTrainer:
         state = load_checkpoint(path, self.device)
         if state.get("trainer") != type(self).__name__:
             raise ValueError(f"{path}: written by {state.get('trainer')}, not {type(self).__name__}")
-        self.network.load_state_dict(state["network"])
+        self.network.load_state_dict(state.get("network_training", state["network"]))
+        if self.ema is not None:
+            self.ema.module.load_state_dict(state["network"])
+            self.ema.n_averaged.fill_(int(state.get("ema_updates", 0)))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["grad_scaler"])
         self.log.history = state["history"]
@@ -264,13 +295,14 @@ class LandmarkTrainer:
     @torch.no_grad()
     def validate(self) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
         """Validation loss, per-landmark MRE in world mm, and each case's predicted world points."""
-        self.network.eval()
+        net = self.eval_network
+        net.eval()
         losses, errors, predictions = [], [], {}
         for case in self.val_data.cases:
             sample = self.val_data.get(case)
             image = torch.from_numpy(sample["image"][None]).to(self.device).contiguous(memory_format=self.memory_format)
             with torch.autocast(self.device.type, enabled=self.amp):
-                outputs = self.network(image)
+                outputs = net(image)
             outputs = outputs.float()
             self.validation_outputs(case, sample, outputs)
             target_vox = torch.from_numpy(sample["landmarks"][None]).float()
@@ -306,6 +338,9 @@ class LandmarkTrainer:
                        f"({self.max_steps} steps; minimum for a usable model {self.min_steps})")
         self.log.write(threads.describe())
         self.log.write(self.precision_description())
+        if self.ema is not None:
+            self.log.write(f"weights: validation, checkpoints and predictions use the exponential moving average of the "
+                           f"training weights (decay {float(self.conf.training['weights_ema_decay']):g})")
         for warning in filter(None, [import_warning()]):
             self.log.write(f"warning: {warning}")
         per_process_batch = -(-self.conf.batch_size // self.ddp.world_size)
@@ -324,6 +359,7 @@ class LandmarkTrainer:
                    disable=not (self.progress_bar and self.ddp.is_main), initial=self.steps_done,
                    total=self.total_steps)
         epoch = self.start_epoch
+        last_plot = -math.inf
         while self.steps_done < self.total_steps:  # total_steps moves with a time budget
             t0 = time.monotonic()
             steps = min(self.iterations_per_epoch, self.total_steps - self.steps_done)
@@ -351,7 +387,9 @@ class LandmarkTrainer:
                     self.best_mre = mre
                     self.save("best", epoch + 1)
                 self.save("latest", epoch + 1)
-                self.log.plot(self.output_folder / "progress.png")
+                if time.monotonic() - last_plot >= PLOT_EVERY_S:
+                    self.log.plot(self.output_folder / "progress.png")
+                    last_plot = time.monotonic()
                 bar.set_postfix(loss=f"{train_loss:.2f}", val_mre=f"{mre:.2f}mm")
             barrier(self.ddp)
             if budget is not None:
@@ -365,6 +403,8 @@ class LandmarkTrainer:
         bar.close()
         self._extensions = list(budget.extensions) if budget is not None else []
         self.save("final", epoch)
+        if self.ddp.is_main:
+            self.log.plot(self.output_folder / "progress.png")
         summary = self.write_validation() if self.ddp.is_main else {}
         barrier(self.ddp)
         return summary
@@ -381,6 +421,8 @@ class LandmarkTrainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = self.learning_rate(self.steps_done + i)
                 losses.append(self.train_step(batch))
+                if self.ema is not None:
+                    self.ema.update_parameters(self.network)
         except RuntimeError as exc:
             if any(s in str(exc) for s in WORKER_FAILURES):
                 raise LmkregError(f"training stopped: a data loader worker died ({exc}). Often the machine ran "

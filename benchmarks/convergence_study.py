@@ -330,6 +330,46 @@ def summarize(folder: Path, output: Path, results_dir: Path = RESULTS.parent, fi
     return out
 
 
+def average_vs_raw(run_folders: list[Path], output: Path) -> dict:
+    """Final validation MRE of each weight-average run with its averaged weights (the checkpoint's
+    "network", what predictions use) and with its raw training weights ("network_training"):
+    the same training and the same validation cases, so the difference is the average's alone."""
+    import torch
+
+    from lmkreg.config.plans import PLANS_FILE, Plans
+    from lmkreg.config.splits import load_or_create_splits
+    from lmkreg.dataset.layout import open_dataset
+    from lmkreg.paths import preprocessed_folder
+    from lmkreg.training.checkpoint import load_checkpoint
+    from lmkreg.training.registry import find_trainer
+
+    rows = []
+    for folder in run_folders:
+        run = json.loads(folder.with_suffix(".json").read_text())
+        ds = open_dataset(run["dataset"])
+        pre = preprocessed_folder(ds)
+        plans = Plans.load(pre / PLANS_FILE)
+        plans.configuration(run["modality"]).training["weights_ema_decay"] = 0.0  # validate exactly the loaded weights
+        state = load_checkpoint(folder / "checkpoint_final.pth", torch.device("cpu"))
+        if "network_training" not in state:
+            raise SystemExit(f"{folder}: no raw weights in checkpoint_final.pth (not a weight-average run)")
+        t = find_trainer(run["trainer"])(plans, run["modality"], run.get("fold", 0), pre, folder / "average_vs_raw",
+                                         load_or_create_splits(pre, ds.cases("Tr")), device="cpu", num_epochs=1,
+                                         iterations_per_epoch=1, num_workers=0, progress_bar=False)
+        (folder / "average_vs_raw").mkdir(exist_ok=True)
+        t._setup()
+        mre = {}
+        for key in ("network", "network_training"):
+            t.network.load_state_dict(state[key])
+            mre[key] = float(np.nanmean(t.validate()[1]))
+        rows.append({"run": folder.name, "modality": run["modality"], "seed": run.get("seed", 0), "fold": run.get("fold", 0),
+                     "steps": state["steps_done"], "val_mre_average_mm": mre["network"], "val_mre_raw_mm": mre["network_training"]})
+        print(f"{folder.name}: average {mre['network']:.2f} mm, raw {mre['network_training']:.2f} mm", flush=True)
+    out = {"study": "weight average against raw weights", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": rows}
+    output.write_text(json.dumps(out, indent=1))
+    return out
+
+
 def _finish_panel(ax, target_mm: float, half_s: float | None, half_label: str, title: str, xlabel: str,
                   **legend) -> None:
     """The parts both figures share: the target line, half of today's time, log axis, labels, legend."""
@@ -443,6 +483,9 @@ def main(argv=None) -> int:
                         "seconds they measured (writes convergence_study_wall_clock.json and its figure)")
     p.add_argument("--tag", default="", help="with --wall-clock: suffix of the results and figure names, so that another set "
                                             "of runs does not overwrite the first (e.g. half_budget)")
+    p.add_argument("--average-vs-raw", nargs="+", type=Path, default=None, metavar="RUN",
+                   help="validate the averaged and the raw weights of weight-average runs' final checkpoints "
+                        "(run folders; writes benchmarks/results/weights_average_vs_raw.json)")
     p.add_argument("--step-time", action="store_true", help="time today's fp32 training step against the candidates, back to back")
     p.add_argument("--repeats", type=int, default=5, help="timed steps per candidate for --step-time")
     p.add_argument("--candidates", nargs="+", default=CANDIDATES, choices=sorted(CANDIDATE_SETTINGS),
@@ -456,6 +499,9 @@ def main(argv=None) -> int:
         return 0
     if args.summarize:
         summarize(args.summarize, RESULTS)
+        return 0
+    if args.average_vs_raw:
+        average_vs_raw(args.average_vs_raw, RESULTS.parent / "weights_average_vs_raw.json")
         return 0
     if args.step_time:
         r = step_time(args.dataset, args.modality, args.repeats, args.candidates)

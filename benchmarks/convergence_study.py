@@ -63,33 +63,38 @@ VARIANTS = {
 }
 
 
-def train_variant(dataset: str, modality: str, variant: str, steps: int, iterations: int, trainer_name: str,
-                  out: Path, seed: int, workers: int, label: str | None = None, fold: int = 0) -> dict:
-    from lmkreg.dataset.layout import open_dataset
-    from lmkreg.paths import preprocessed_folder
+def _study_trainer(dataset: str, modality: str, trainer_name: str, fold: int, folder: Path, changes: dict, **kwargs):
+    """The trainer of one study run on the planned and preprocessed `dataset`: the plan's
+    configuration with `changes` (training keys; "batch_size" sets the batch), and its dataset."""
     from lmkreg.config.plans import PLANS_FILE, Plans
     from lmkreg.config.splits import load_or_create_splits
+    from lmkreg.dataset.layout import open_dataset
+    from lmkreg.paths import preprocessed_folder
     from lmkreg.training.registry import find_trainer
 
     ds = open_dataset(dataset)
     pre = preprocessed_folder(ds)
     plans = Plans.load(pre / PLANS_FILE)
     conf = plans.configuration(modality)
-    changes = dict(VARIANTS[variant])
+    changes = dict(changes)
     if "batch_size" in changes:
         conf.batch_size = int(changes.pop("batch_size"))
     conf.training.update(changes)
     splits = load_or_create_splits(pre, ds.cases("Tr"))
+    return find_trainer(trainer_name)(plans, modality, fold, pre, folder, splits, progress_bar=False, **kwargs), ds
+
+
+def train_variant(dataset: str, modality: str, variant: str, steps: int, iterations: int, trainer_name: str,
+                  out: Path, seed: int, workers: int, label: str | None = None, fold: int = 0) -> dict:
     label = label or variant
-    folder = out / f"{modality}_{label}"
-    cls = find_trainer(trainer_name)
-    t = cls(plans, modality, fold, pre, folder, splits, num_epochs=-(-steps // iterations), iterations_per_epoch=iterations,
-            num_workers=workers, seed=seed, progress_bar=False)
+    t, ds = _study_trainer(dataset, modality, trainer_name, fold, out / f"{modality}_{label}", VARIANTS[variant],
+                           num_epochs=-(-steps // iterations), iterations_per_epoch=iterations, num_workers=workers,
+                           seed=seed)
     t0 = time.perf_counter()
     summary = t.run()
     h = t.log.history
     result = {"variant": variant, "label": label, "changes": VARIANTS[variant], "modality": modality, "trainer": trainer_name,
-              "batch_size": conf.batch_size, "iterations_per_epoch": iterations,
+              "batch_size": t.conf.batch_size, "iterations_per_epoch": iterations,
               "dataset": ds.name, "seed": seed, "fold": fold, "steps": h["steps"], "val_mre_mm": h["val_mre"],
               "epoch_seconds": h["epoch_seconds"], "wall_s": time.perf_counter() - t0,
               "final_val_mre_mm": summary["mre_mm"], "verdict": summary["training_verdict"],
@@ -336,26 +341,18 @@ def average_vs_raw(run_folders: list[Path], output: Path) -> dict:
     the same training and the same validation cases, so the difference is the average's alone."""
     import torch
 
-    from lmkreg.config.plans import PLANS_FILE, Plans
-    from lmkreg.config.splits import load_or_create_splits
-    from lmkreg.dataset.layout import open_dataset
-    from lmkreg.paths import preprocessed_folder
     from lmkreg.training.checkpoint import load_checkpoint
-    from lmkreg.training.registry import find_trainer
 
     rows = []
     for folder in run_folders:
         run = json.loads(folder.with_suffix(".json").read_text())
-        ds = open_dataset(run["dataset"])
-        pre = preprocessed_folder(ds)
-        plans = Plans.load(pre / PLANS_FILE)
-        plans.configuration(run["modality"]).training["weights_ema_decay"] = 0.0  # validate exactly the loaded weights
         state = load_checkpoint(folder / "checkpoint_final.pth", torch.device("cpu"))
         if "network_training" not in state:
             raise SystemExit(f"{folder}: no raw weights in checkpoint_final.pth (not a weight-average run)")
-        t = find_trainer(run["trainer"])(plans, run["modality"], run.get("fold", 0), pre, folder / "average_vs_raw",
-                                         load_or_create_splits(pre, ds.cases("Tr")), device="cpu", num_epochs=1,
-                                         iterations_per_epoch=1, num_workers=0, progress_bar=False)
+        # no average in this trainer: validate exactly the weights loaded into it
+        t, _ = _study_trainer(run["dataset"], run["modality"], run["trainer"], run.get("fold", 0),
+                              folder / "average_vs_raw", {"weights_ema_decay": 0.0}, device="cpu", num_epochs=1,
+                              iterations_per_epoch=1, num_workers=0)
         (folder / "average_vs_raw").mkdir(exist_ok=True)
         t._setup()
         mre = {}

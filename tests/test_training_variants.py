@@ -232,6 +232,10 @@ def test_progress_plot_is_drawn_once_per_interval_and_at_the_end(toy, tmp_path, 
     t.run()
     assert drawn == [1, 3]  # after the first epoch, then once at the end with all three
     assert (tmp_path / "run" / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    drawn.clear()
+    HeatmapMatchingTrainer(Plans.load(pre / "plans.json"), "MR", 0, pre, tmp_path / "one", splits, device="cpu",
+                           num_epochs=1, iterations_per_epoch=1, num_workers=0, progress_bar=False).run()
+    assert drawn == [1]  # a one-epoch run: drawn once, not again at the end
 
 
 def test_weights_ema_is_the_running_average_validation_and_checkpoints_use(toy, tmp_path):

@@ -218,8 +218,9 @@ class CascadePredictor:
     def predict(self, image: sitk.Image) -> CascadePrediction:
         staged, grid = self.preprocess(image)
         pred = self.predict_array(staged, grid)
-        self.check_image(pred, ImageGeometry.from_image(image), image)
-        attach_mask(pred, ImageGeometry.from_image(image))
+        geometry = ImageGeometry.from_image(image)
+        self.check_image(pred, geometry, image)
+        attach_mask(pred, geometry)
         return pred
 
 

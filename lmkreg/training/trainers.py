@@ -359,7 +359,7 @@ class LandmarkTrainer:
                    disable=not (self.progress_bar and self.ddp.is_main), initial=self.steps_done,
                    total=self.total_steps)
         epoch = self.start_epoch
-        last_plot = -math.inf
+        last_plot, plotted = -math.inf, -1  # when progress.png was drawn, and with how many epochs
         while self.steps_done < self.total_steps:  # total_steps moves with a time budget
             t0 = time.monotonic()
             steps = min(self.iterations_per_epoch, self.total_steps - self.steps_done)
@@ -389,7 +389,7 @@ class LandmarkTrainer:
                 self.save("latest", epoch + 1)
                 if time.monotonic() - last_plot >= PLOT_EVERY_S:
                     self.log.plot(self.output_folder / "progress.png")
-                    last_plot = time.monotonic()
+                    last_plot, plotted = time.monotonic(), len(self.log.history["val_mre"])
                 bar.set_postfix(loss=f"{train_loss:.2f}", val_mre=f"{mre:.2f}mm")
             barrier(self.ddp)
             if budget is not None:
@@ -403,7 +403,7 @@ class LandmarkTrainer:
         bar.close()
         self._extensions = list(budget.extensions) if budget is not None else []
         self.save("final", epoch)
-        if self.ddp.is_main:
+        if self.ddp.is_main and plotted != len(self.log.history["val_mre"]):  # not drawn with the last epoch yet
             self.log.plot(self.output_folder / "progress.png")
         summary = self.write_validation() if self.ddp.is_main else {}
         barrier(self.ddp)

@@ -38,6 +38,9 @@ from lmkreg.geometry import ImageGeometry
 from lmkreg.io.atomic import atomic_path, remove_stale_temporaries, split_suffix
 from lmkreg.io.inputs import InputImage, find_input_images
 from lmkreg.io.ownership import check_replaceable
+from lmkreg.io.inputs import split_by_modality
+from lmkreg.io.provenance import Provenance, add_provenance
+from lmkreg.inference.reuse import for_input, model_provenance, predictor_modality, recorded_flags, reuse_decision
 from lmkreg.io.landmarks import write_lmkreg_json
 from lmkreg.paths import results_root
 from lmkreg.inference.predictor import LandmarkPredictor, Prediction, model_folder_for
@@ -52,6 +55,8 @@ class FolderReport:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     unreliable: dict[str, list[str]] = field(default_factory=dict)
+    excluded: dict[str, str] = field(default_factory=dict)     # not this modality (name or DICOM tag): why
+    repredicted: dict[str, str] = field(default_factory=dict)  # outputs existed but from another input/model
 
 
 def output_paths(image: Union[Path, InputImage], out_dir: Path) -> tuple[Path, Path]:
@@ -93,7 +98,8 @@ def case_paths(image: Union[Path, InputImage], out_dir: Path, predictor: object)
     return paths + ((mask_path_for(paths[0]),) if getattr(predictor, "has_segmentation", False) else ())
 
 
-def write_case_outputs(pred: Prediction, json_path: Path, mrk_path: Path, mask_path: Optional[Path] = None) -> None:
+def write_case_outputs(pred: Prediction, json_path: Path, mrk_path: Path, mask_path: Optional[Path] = None,
+                       provenance: Optional[Provenance] = None) -> None:
     """Write a case's ``NAME.mrk.json`` and ``NAME.json`` (and with `mask_path` and a predicted
     mask, ``NAME_prostate.nii.gz``, named in the JSON's ``prostate`` entry) so that they always
     belong together.
@@ -117,6 +123,9 @@ def write_case_outputs(pred: Prediction, json_path: Path, mrk_path: Path, mask_p
                 doc = json.loads(tmp_json.read_text(encoding="utf-8"))
                 doc["prostate"] = prostate_record(json_path, pred.volume_ml)
                 tmp_json.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+            if provenance is not None:  # where it came from (lmkreg.io.provenance)
+                add_provenance(tmp_json, provenance)
+                add_provenance(tmp_mrk, provenance)
             json_path.unlink(missing_ok=True)
 
 
@@ -142,17 +151,28 @@ def predict_folder(predictor: LandmarkPredictor, input_folder: Path, output_fold
     report = FolderReport()
     todo = []
     images = list_images(input_folder, num_parts, part_id, series)
+    images, report.excluded = split_by_modality(images, predictor_modality(predictor))  # never US files as MR
+    model_record = model_provenance(predictor)
     # never replace a file lmkreg did not write (a dcm2niix NAME.json sidecar): refuse before any work
     check_replaceable([p for image in images for p in case_paths(image, output_folder, predictor)], overwrite)
     for image in images:
         if not overwrite and all(p.is_file() for p in case_paths(image, output_folder, predictor)):
-            report.skipped.append(image.label)
-        else:
-            todo.append(image)
+            json_path = output_paths(image, output_folder)[0]
+            try:  # reuse only an output of this very input and model (issue 25)
+                reuse, why = reuse_decision(json_path, for_input(model_record, image, image.read()))
+            except (LmkregError, RuntimeError, OSError) as exc:
+                reuse, why = False, str(exc)
+            if reuse:
+                report.skipped.append(image.label)
+                if recorded_flags(json_path):
+                    report.unreliable[image.label] = recorded_flags(json_path)
+                continue
+            report.repredicted[image.label] = why
+        todo.append(image)
 
     def load(image: InputImage):
         img = image.read()
-        return (*predictor.preprocess(img), ImageGeometry.from_image(img), img)
+        return (*predictor.preprocess(img), ImageGeometry.from_image(img), img, for_input(model_record, image, img))
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         future: Optional[Future] = pool.submit(load, todo[0]) if todo else None
@@ -160,14 +180,15 @@ def predict_folder(predictor: LandmarkPredictor, input_folder: Path, output_fold
             current = future
             future = pool.submit(load, todo[i + 1]) if i + 1 < len(todo) else None
             try:
-                array, grid, image_geometry, source = current.result()
+                array, grid, image_geometry, source, provenance = current.result()
                 pred = predictor.predict_array(array, grid)
                 if hasattr(predictor, "check_image"):  # outside the image or its signal, image extent (issue 14)
                     predictor.check_image(pred, image_geometry, source)
                 attach_mask(pred, image_geometry)  # segmentation head: the mask on the input grid
                 json_path, mrk_path = output_paths(image, output_folder)
                 write_case_outputs(pred, json_path, mrk_path,
-                                   mask_path_for(json_path) if getattr(predictor, "has_segmentation", False) else None)
+                                   mask_path_for(json_path) if getattr(predictor, "has_segmentation", False) else None,
+                                   provenance)
                 report.done.append(image.label)
                 if pred.flags:
                     report.unreliable[image.label] = pred.flags
@@ -233,12 +254,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             progress_bar=not args.no_progress, series=args.series)
     print(f"{len(report.done)} predicted, {len(report.skipped)} skipped (outputs exist), {len(report.failed)} failed; "
           f"{len(report.unreliable)} flagged unreliable")
+    print_bookkeeping(report, args.modality)
     for note in trust_notes(predictor):
         print(f"  note: {note}")
-    print_unreliable(report.unreliable, len(report.done))
+    print_unreliable(report.unreliable, len(report.done) + len(report.skipped))
     for name, msg in report.failed.items():
         print(f"  failed: {msg}", file=sys.stderr)  # msg names the file
     return exit_status(len(report.failed), len(report.unreliable), args.strict)
+
+
+def print_bookkeeping(report: FolderReport, modality: str) -> None:
+    """Say which inputs were left out as another modality and which existing outputs were not reused."""
+    if report.excluded:
+        print(f"skipped {len(report.excluded)} input(s) that are not {modality}: "
+              + "; ".join(f"{k} ({why})" for k, why in report.excluded.items()))
+    for label, why in report.repredicted.items():
+        print(f"  {label}: predicted again: the existing outputs do not match this input and model ({why})")
 
 
 def trust_notes(predictor: LandmarkPredictor) -> list[str]:

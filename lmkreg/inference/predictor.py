@@ -216,6 +216,7 @@ class LandmarkPredictor:
         self.has_segmentation = seg.has_segmentation(self.trainer)
         self.device = select_device(device)
         self.mirror_tta = mirror_tta
+        self.checkpoint = checkpoint  # recorded in every output's provenance (lmkreg.inference.reuse)
         folds = [str(f) for f in folds] if folds else available_folds(self.model_folder, checkpoint)
         if not folds:
             raise ConfigurationError(f"{self.model_folder}: no fold_*/checkpoint_{checkpoint}.pth found; train first")

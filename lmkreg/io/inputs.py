@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 from lmkreg.errors import InputError
 from lmkreg.io.atomic import split_suffix
-from lmkreg.io.dicom import choose_series, describe_folder, find_series, is_hidden, read_dicom_series
+from lmkreg.io.dicom import DicomSeries, choose_series, describe_folder, find_series, is_hidden, read_dicom_series
 from lmkreg.io.images import IMAGE_SUFFIXES, is_image_file, read_image
 
 PathLike = Union[str, Path]
@@ -27,6 +27,9 @@ class InputImage:
 
     path: Path
     series_uid: Optional[str] = None  # set for DICOM: the chosen SeriesInstanceUID
+    # set when the folder holds several series: output names carry it, so two series of one
+    # folder never share (and skip into) one output (issue 25)
+    series_tag: Optional[str] = None
 
     @property
     def is_dicom(self) -> bool:
@@ -40,14 +43,93 @@ class InputImage:
     @property
     def stem(self) -> str:
         """Output file names start with this: the file name without its suffix, or the folder name."""
-        return self.path.name if self.is_dicom else split_suffix(self.path)[0]
+        if not self.is_dicom:
+            return split_suffix(self.path)[0]
+        return f"{self.path.name}_{self.series_tag}" if self.series_tag else self.path.name
 
     def read(self) -> sitk.Image:
         return read_dicom_series(self.path, self.series_uid) if self.is_dicom else read_image(self.path)
 
+    def dicom_files(self) -> tuple[str, ...]:
+        """The slice files of the chosen series in reading order (() for an image file)."""
+        return choose_series(self.path, self.series_uid).files if self.is_dicom else ()
+
+    def stated_modality(self) -> tuple[Optional[str], str]:
+        """('MR'|'US', why) when the name (a trailing _MR/_US) or, for DICOM, the Modality tag says
+        which modality this image is; (None, '') when nothing says."""
+        from lmkreg.io.provenance import name_modality
+
+        by_name = name_modality(self.path)
+        if by_name:
+            return by_name, "its name says " + by_name
+        if self.is_dicom:
+            tag = dicom_modality(self.dicom_files()[0]) if self.dicom_files() else None
+            if tag in ("MR", "US"):
+                return tag, f"its DICOM Modality (0008,0060) is {tag}"
+        return None, ""
+
+
+def dicom_modality(file: str) -> Optional[str]:
+    """The DICOM Modality tag (0008,0060) of a slice file, or None."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(file))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return reader.GetMetaData("0008|0060").strip().upper() if reader.HasMetaDataKey("0008|0060") else None
+
+
+def _series_tag(series: DicomSeries, others: list[DicomSeries]) -> str:
+    """A file-name-safe tag of `series` unique among the folder's series: its description when that
+    is unique, else its series number, else the end of its UID."""
+    import re
+
+    def safe(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_")[:48]
+
+    number = _series_number(series)
+    descriptions = [safe(s.description) for s in others]
+    if series.description and descriptions.count(safe(series.description)) == 1:
+        return safe(series.description)
+    numbers = [_series_number(s) for s in others]
+    if number and numbers.count(number) == 1:
+        return f"S{safe(number)}"
+    return safe(series.uid.split(".")[-1]) or "series"
+
+
+def _series_number(series: DicomSeries) -> str:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(series.files[0])
+    try:
+        reader.ReadImageInformation()
+        return reader.GetMetaData("0020|0011").strip() if reader.HasMetaDataKey("0020|0011") else ""
+    except RuntimeError:
+        return ""
+
 
 def _dicom_input(folder: Path, series: Optional[str]) -> InputImage:
-    return InputImage(folder, choose_series(folder, series).uid)
+    chosen = choose_series(folder, series)
+    found = find_series(folder)
+    return InputImage(folder, chosen.uid, _series_tag(chosen, found) if len(found) > 1 else None)
+
+
+def split_by_modality(images: list[InputImage], modality: str) -> tuple[list[InputImage], dict[str, str]]:
+    """(images to predict with a `modality` model, {label: why skipped}): an image whose name or
+    DICOM Modality says the other of MR/US is skipped (a mixed CASE_MR/CASE_US folder given to
+    -m MR).  Modalities other than MR/US are never judged."""
+    base = modality.split("_")[0].upper()
+    base = {"MRI": "MR", "TRUS": "US"}.get(base, base)
+    if base not in ("MR", "US"):
+        return images, {}
+    kept, skipped = [], {}
+    for image in images:
+        stated, why = image.stated_modality()
+        if stated is not None and stated != base:
+            skipped[image.label] = why
+        else:
+            kept.append(image)
+    return kept, skipped
 
 
 def find_input_images(path: PathLike, series: Optional[str] = None) -> list[InputImage]:

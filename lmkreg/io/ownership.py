@@ -63,7 +63,7 @@ def written_by_lmkreg(path: PathLike) -> bool:
         return False
     if name.endswith(".mrk.json"):
         markups = doc.get("markups")
-        if set(doc) != {"@schema", "markups"} or not isinstance(markups, list) or len(markups) != 1:
+        if set(doc) - {"lmkreg"} != {"@schema", "markups"} or not isinstance(markups, list) or len(markups) != 1:
             return False
         markup = markups[0]
         points = markup.get("controlPoints") if isinstance(markup, dict) else None

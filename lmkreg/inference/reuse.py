@@ -1,0 +1,74 @@
+"""Provenance of a prediction and the skip-if-done rule of ``lmkreg_predict`` (issue 25).
+
+An existing ``NAME.json`` is reused only when its provenance record (lmkreg.io.provenance) says it
+was predicted from the same image (content hash, DICOM series), as the same modality, by the
+same model (checkpoint and plans hashes) with the same options.  Otherwise the case is predicted
+again (the file is lmkreg's: ownership was checked before).  A reused output's flags count like
+a new one's: the summary and --strict see them.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import SimpleITK as sitk
+
+from lmkreg.io.inputs import InputImage
+from lmkreg.io.provenance import InputRecord, ModelRecord, Provenance, compare, read_provenance
+
+
+def _stages(predictor: Any) -> list[Any]:
+    localizer = getattr(predictor, "localizer", None)
+    refiner = getattr(predictor, "refiner", None)
+    return [localizer, refiner] if localizer is not None and refiner is not None else [predictor]
+
+
+def predictor_modality(predictor: Any) -> str:
+    """The modality a predictor predicts ('MR'), not its configuration name ('MR_localizer')."""
+    conf = getattr(predictor, "conf", None)
+    return str(getattr(conf, "modality", None) or getattr(predictor, "modality", ""))
+
+
+def model_provenance(predictor: Any) -> Provenance:
+    """A record of the predictor's model and options, without an input (see ``for_input``)."""
+    stages = _stages(predictor)
+    checkpoint = getattr(stages[-1], "checkpoint", "final")
+    model = None
+    if all(hasattr(s, "model_folder") for s in stages):
+        model = ModelRecord.of([(s.model_folder, list(getattr(s, "folds", []))) for s in stages], checkpoint)
+    last = stages[-1]
+    options = {"tta": bool(getattr(last, "mirror_tta", False)), "folds": list(getattr(last, "folds", []) or []),
+               "cascade": len(stages) == 2, "checkpoint": checkpoint,
+               "max_radius_mm": getattr(last, "max_radius_mm", None)}
+    return Provenance(predictor_modality(predictor), None, model, options)
+
+
+def for_input(model: Provenance, image: InputImage, read: sitk.Image) -> Provenance:
+    """`model`'s record completed with the input `image` (as given) read as `read`."""
+    return Provenance(model.modality, InputRecord.of(read, image.path, image.dicom_files()), model.model,
+                      dict(model.options), model.lmkreg_version)
+
+
+def reuse_decision(json_path: Path, wanted: Provenance) -> tuple[bool, str]:
+    """(reuse?, why not): reuse `json_path` only when its record matches `wanted` exactly."""
+    found = read_provenance(json_path)
+    if found is None:
+        return False, "it has no provenance record (written by an older lmkreg or edited)"
+    diffs = compare(found, wanted)
+    return (not diffs), "; ".join(diffs)
+
+
+def recorded_flags(json_path: Path) -> list[str]:
+    """The flags of an existing lmkreg landmark JSON (``extras.flags``; ['unreliable'] when it says
+    ``reliable: false`` without flags): a reused output is as unreliable as when it was written."""
+    try:
+        doc = json.loads(Path(json_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    extras = doc.get("extras", {}) if isinstance(doc, dict) else {}
+    flags = [str(f) for f in extras.get("flags") or []]
+    if extras.get("reliable") is False and not flags:
+        flags = ["case: marked unreliable when predicted"]
+    return flags
+

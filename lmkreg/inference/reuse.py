@@ -72,3 +72,13 @@ def recorded_flags(json_path: Path) -> list[str]:
         flags = ["case: marked unreliable when predicted"]
     return flags
 
+
+
+def one_shot_provenance(predictor: Any, image: Path, read: sitk.Image, series: Optional[str] = None) -> Provenance:
+    """The record of one image (a file or a DICOM series folder) predicted outside a folder run
+    (``lmkreg_register`` one shot)."""
+    from lmkreg.io.dicom import choose_series
+
+    files = choose_series(image, series).files if Path(image).is_dir() else ()
+    model = model_provenance(predictor)
+    return Provenance(model.modality, InputRecord.of(read, image, files), model.model, model.options)

@@ -25,6 +25,8 @@ _OUR_POINT_KEYS = {"id", "label", "description", "associatedNodeID", "selected",
 
 # header description (NIfTI "descrip") of the prostate masks lmkreg_predict writes (lmkreg.inference.segmentation)
 LMKREG_MASK_NOTE = "lmkreg prostate mask"
+# header description of an image lmkreg_register resampled into US space (NAME_MR_in_US.nii.gz)
+LMKREG_RESAMPLED_NOTE = "lmkreg resampled into US space"
 
 
 def _is_lmkreg_mask(path: Path) -> bool:
@@ -35,7 +37,8 @@ def _is_lmkreg_mask(path: Path) -> bool:
     try:
         reader.ReadImageInformation()
         keys = set(reader.GetMetaDataKeys())
-        return any(reader.GetMetaData(k).strip() == LMKREG_MASK_NOTE for k in ("descrip", "ITK_FileNotes") if k in keys)
+        return any(reader.GetMetaData(k).strip() in (LMKREG_MASK_NOTE, LMKREG_RESAMPLED_NOTE)
+                   for k in ("descrip", "ITK_FileNotes") if k in keys)
     except RuntimeError:
         return False
 
@@ -56,6 +59,9 @@ def written_by_lmkreg(path: PathLike) -> bool:
     name = p.name.lower()
     if name.endswith(".nii.gz"):  # a prostate mask carries lmkreg's note in its header
         return p.is_file() and _is_lmkreg_mask(p)
+    if name.endswith(".tfm"):  # an ITK transform is lmkreg's when lmkreg's transform JSON beside it names it
+        twin = p.with_name(p.name[:-4] + ".json")
+        return twin.is_file() and written_by_lmkreg(twin) and (_json(twin) or {}).get("itk_file") == p.name
     if not name.endswith(".json"):
         return False
     doc = _json(p)

@@ -237,7 +237,8 @@ def add_provenance(path: PathLike, provenance: Provenance) -> None:
         doc[MARKUPS_KEY] = {PROVENANCE_KEY: provenance.to_json()}
     else:
         doc[PROVENANCE_KEY] = provenance.to_json()
-    p.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    from lmkreg.io.atomic import atomic_write_json
+    atomic_write_json(p, doc)
 
 
 def name_modality(path: PathLike) -> Optional[str]:

@@ -42,6 +42,9 @@ from lmkreg.io.dicom import read_image_or_series
 from lmkreg.io.images import write_image
 from lmkreg.io.landmarks import LandmarkSet
 from lmkreg.registration.landmark_fit import LandmarkRegistration
+from lmkreg.io.ownership import LMKREG_RESAMPLED_NOTE, check_replaceable
+from lmkreg.io.provenance import add_provenance, pair_record, read_provenance
+from lmkreg.registration.pair_checks import check_pair, choose_twin, takes_role
 from lmkreg.registration.surface import SurfaceRequest, add_surface_options, surface_request
 from lmkreg.registration.transform_files import to_sitk_resampling_transform, write_itk_transform
 from lmkreg.trust.summary import STRICT_HELP, exit_status, print_unreliable
@@ -110,6 +113,7 @@ def register_pair(mr_file: Path, us_file: Path, out_dir: Path, name: str, weight
 
     from lmkreg.io.landmarks import DEFAULT_LANDMARK_NAMES
 
+    pair_flags = check_pair(mr_file, us_file)  # same file/image, swapped, wrong modality (issue 25)
     wanted = names or DEFAULT_LANDMARK_NAMES  # labels equal to these apart from case are these
     mr = rename_landmarks(read_landmarks(mr_file), landmark_map or {}, wanted, mr_file)
     us = rename_landmarks(read_landmarks(us_file), landmark_map or {}, wanted, us_file)
@@ -133,6 +137,9 @@ def register_pair(mr_file: Path, us_file: Path, out_dir: Path, name: str, weight
         reg = fit_pair(mr, us, fit_names, weights)
     except InputError as exc:
         raise InputError(f"{mr_file} + {us_file}", exc.problem) from None
+    if pair_flags:
+        reg.trust = reg.trust if isinstance(reg.trust, dict) else {}
+        reg.trust["flags"] = [*reg.trust.get("flags", []), *pair_flags]
     left = (reg.trust or {}).get("two_landmarks")
     if left:
         print(f"{name}: {left['reason']}; transform from {' and '.join(reg.names)} with the training orientation "
@@ -140,7 +147,8 @@ def register_pair(mr_file: Path, us_file: Path, out_dir: Path, name: str, weight
     doc = {**reg.transform.to_json(), "landmarks_used": reg.names, "residuals_mm": reg.residuals_mm,
            "rms_residual_mm": reg.rms_mm, "weights": weights, "mr_landmarks": str(mr_file), "us_landmarks": str(us_file),
            "itk_file": f"{name}_MR_to_US.tfm",
-           "itk_file_direction": "US world point -> MR world point (ITK resampling convention)", "trust": reg.trust}
+           "itk_file_direction": "US world point -> MR world point (ITK resampling convention)", "trust": reg.trust,
+           "provenance": pair_record(read_provenance(mr_file), read_provenance(us_file))}
     if surface is not None:  # --refine surface (issue 17): the transform to use, both recorded in doc
         reg, doc = surface.refine_pair(reg, doc, mr, us, name, mr_file, us_file)
     write_transform_pair(reg, doc, out_dir / f"{name}_MR_to_US.json", out_dir / f"{name}_MR_to_US.tfm")
@@ -166,6 +174,7 @@ def resample_into_us(reg: LandmarkRegistration, mr_image: Path, us_image: Path, 
     us = read_image_or_series(us_image, us_series)
     interp = sitk.sitkNearestNeighbor if mask else sitk.sitkLinear
     moved = sitk.Resample(mr, us, to_sitk_resampling_transform(reg.transform), interp, 0.0, mr.GetPixelID())
+    moved.SetMetaData("ITK_FileNotes", LMKREG_RESAMPLED_NOTE)  # lmkreg's own file (lmkreg.io.ownership)
     return write_image(moved, out)
 
 
@@ -178,26 +187,54 @@ def _output_folder(folder: Path) -> Path:
     return folder
 
 
-def _pairs(mr_dir: Path, us_dir: Path) -> list[tuple[str, Path, Path]]:
+def _pairs(mr_dir: Path, us_dir: Path) -> tuple[list[tuple[str, Path, Path]], list[str]]:
+    """The (case, MR file, US file) pairs of two folders and the unmatched cases (listed; see
+    lmkreg.registration.pair_checks for which files are taken)."""
     from lmkreg.io.landmark_files import LANDMARK_SUFFIXES
 
-    def index(folder: Path) -> dict[str, Path]:
+    def index(folder: Path, role: str) -> dict[str, Path]:
         if not folder.is_dir():
             raise ConfigurationError(f"{folder}: folder not found")
         found: dict[str, Path] = {}
+        left_out: dict[str, str] = {}
         for f in sorted(folder.iterdir()):
-            if f.name.lower().endswith(tuple(LANDMARK_SUFFIXES)):
-                first = found.setdefault(case_name(f), f)  # NAME.json and NAME.mrk.json (predict's twins): first wins
+            if f.name.lower().endswith(tuple(LANDMARK_SUFFIXES)) and not f.name.startswith("."):
+                ok, why = takes_role(f, role)  # never an _MR file as US (issue 25)
+                if not ok:
+                    left_out[f.name] = why
+                    continue
+                first = found.setdefault(case_name(f), f)
+                if first == f:
+                    continue
                 if split_suffix(first)[0] != split_suffix(f)[0]:  # two different files of one case: never guess
                     raise InputError(f, f"a second landmark file of case {case_name(f)!r} (the other is {first.name}); "
                                         f"rename or move one of them")
+                chosen, note = choose_twin(first, f)  # NAME.json and NAME.mrk.json: the newer edit wins
+                found[case_name(f)] = chosen
+                if note:
+                    print(f"{case_name(f)}: {note}")
+        if left_out:
+            print(f"{folder}: {len(left_out)} file(s) not taken as {role}: "
+                  + "; ".join(f"{k} ({v})" for k, v in left_out.items()))
         return found
 
-    mr, us = index(mr_dir), index(us_dir)
+    mr, us = index(mr_dir, "MR"), index(us_dir, "US")
     common = sorted(set(mr) & set(us))
     if not common:
-        raise ConfigurationError(f"no case has landmark files in both {mr_dir} and {us_dir}")
-    return [(c, mr[c], us[c]) for c in common]
+        raise ConfigurationError(f"no case has landmark files in both {mr_dir} (MR) and {us_dir} (US)")
+    unmatched = [f"{c} (only in {mr_dir})" for c in sorted(set(mr) - set(us))] + \
+                [f"{c} (only in {us_dir})" for c in sorted(set(us) - set(mr))]
+    if unmatched:
+        print(f"unmatched: {len(unmatched)} case(s) with landmarks on one side only: {', '.join(unmatched)}",
+              file=sys.stderr)
+    return [(c, mr[c], us[c]) for c in common], unmatched
+
+
+def register_outputs(out_dir: Path, name: str, images: Sequence[str] = ()) -> list[Path]:
+    """The files a pair writes (``NAME_MR_to_US.json/.tfm`` and resampled ``NAME_SUFFIX.nii.gz``):
+    checked with lmkreg.io.ownership before any is replaced."""
+    return [out_dir / f"{name}_MR_to_US.json", out_dir / f"{name}_MR_to_US.tfm",
+            *(out_dir / f"{name}_{suffix}.nii.gz" for suffix in images)]
 
 
 def predict_pair(dataset: str, mr_image: Path, us_image: Path, out_dir: Path, name: str,
@@ -216,6 +253,7 @@ def predict_pair(dataset: str, mr_image: Path, us_image: Path, out_dir: Path, na
     from lmkreg.io.landmarks import write_lmkreg_json
     from lmkreg.paths import results_root
     from lmkreg.registration.predicted_masks import attach_mask
+    from lmkreg.inference.reuse import one_shot_provenance
 
     from lmkreg.cli_utils import choose_trainer
     from lmkreg.io.ownership import check_replaceable
@@ -230,9 +268,13 @@ def predict_pair(dataset: str, mr_image: Path, us_image: Path, out_dir: Path, na
         trainer = choose_trainer(results, modality, trainers.get(modality))
         predictor = build_predictor(results, trainer, modality, None, folds=folds, optimize=False,
                                     mirror_tta=True)  # mirror TTA: the calibrated radius needs it
-        pred = predictor.predict(read_image_or_series(image, (series or {}).get(modality)))
+        read = read_image_or_series(image, (series or {}).get(modality))
+        pred = predictor.predict(read)
         write_landmarks(pred.landmarks, out_dir / f"{name}_{modality}.mrk.json")
         written.append(write_lmkreg_json(pred.with_extras(), out_dir / f"{name}_{modality}.json"))
+        record = one_shot_provenance(predictor, image, read, (series or {}).get(modality))  # issue 25
+        for path in (out_dir / f"{name}_{modality}.mrk.json", written[-1]):
+            add_provenance(path, record)
         mask = getattr(pred, "mask", None) if getattr(predictor, "has_segmentation", False) else None
         if mask is not None:
             print(f"  {modality}: predicted prostate mask -> {attach_mask(written[-1], mask).name}")
@@ -282,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--us-trainer", help="one shot: US trainer (default --trainer)")
     p.add_argument("-f", "--folds", nargs="+", help="one shot: folds to ensemble (default: all trained)")
     p.add_argument("--overwrite", action="store_true",
-                   help="one shot: replace NAME_MR.json / NAME_US.json (and .mrk.json) files lmkreg did not write")
+                   help="replace same-named output files lmkreg did not write (NAME_MR_to_US.json/.tfm, "
+                        "NAME_MR_in_US.nii.gz; one shot also NAME_MR.json / NAME_US.json and .mrk.json)")
     p.add_argument("--strict", action="store_true", help=STRICT_HELP)
     add_surface_options(p)
     return p
@@ -318,7 +361,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     single = args.mr is not None or args.us is not None
     if single == (args.mr_dir is not None or args.us_dir is not None):
         p.error("give either --mr and --us (one pair) or --mr-dir and --us-dir (folders)")
-    pairs = None if single else _pairs(args.mr_dir, args.us_dir)  # bad folders fail before any output exists
+    pairs, unmatched = (None, []) if single else _pairs(args.mr_dir, args.us_dir)  # bad folders fail first
     _output_folder(args.output)
     if single:
         if args.mr is None or args.us is None:
@@ -330,6 +373,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                        (args.us_image, False, args.us_series)):
             if image is not None:  # check every input before any output is written
                 read_image_or_series(image, series, is_mask=is_mask)
+        images = [sfx for src, sfx in ((args.mr_image, "MR_in_US"), (args.mr_mask, "MRmask_in_US")) if src is not None]
+        check_replaceable(register_outputs(args.output, name, images if args.us_image else ()), args.overwrite)
         reg = register_pair(args.mr, args.us, args.output, name, args.weighted, names, landmark_map, surface)
         print(f"{name}: rotation {reg.transform.rotation_angle_deg():.1f} deg, RMS residual {reg.rms_mm:.2f} mm "
               f"-> {args.output / (name + '_MR_to_US.json')}")
@@ -339,6 +384,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if src is not None:
                     print(f"  wrote {resample_into_us(reg, src, args.us_image, args.output / f'{name}_{suffix}.nii.gz', mask, args.mr_series if not mask else None, args.us_series)}")
         return exit_status(0, len(reg.flags), args.strict)
+    check_replaceable([p for name, _, _ in pairs for p in register_outputs(args.output, name)], args.overwrite)
     failed, unreliable, outcomes = 0, {}, []
     for name, mr_file, us_file in pairs:
         try:
@@ -356,7 +402,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"{sum(not o['accepted'] for o in done)} refused (landmark transform kept), "
               f"{len(outcomes) - len(done)} not done (no usable masks; landmark transform kept)")
     print_unreliable(unreliable, len(pairs) - failed, "pair")
-    return exit_status(failed, len(unreliable), args.strict)
+    return exit_status(failed, len(unreliable) + len(unmatched), args.strict)  # unmatched: problems under --strict
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ Case names of DICOM inputs are the folder names (documentation/datasets.md).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -58,6 +59,45 @@ def _description(first_file: str) -> str:
     return reader.GetMetaData(SERIES_DESCRIPTION_TAG).strip() if reader.HasMetaDataKey(SERIES_DESCRIPTION_TAG) else ""
 
 
+@contextlib.contextmanager
+def quiet_itk():
+    """Keep ITK's warnings (GDCM's "GDCMSeriesFileNames ... No Series were found", "non uniform
+    sampling") off the user's terminal for the block: lmkreg's own errors name the file and the problem."""
+    previous = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(previous)
+
+
+DICOM_SUFFIXES = (".dcm", ".ima", ".dicom")
+
+
+def _looks_like_dicom(path: Path, no_suffix_series: bool) -> bool:
+    """A file meant as a DICOM slice: a DICOM suffix, the 'DICM' preamble marker, or no suffix in a
+    folder whose series files have none (IM0001 exports)."""
+    if path.name.upper() == "DICOMDIR":
+        return False
+    if path.suffix.lower() in DICOM_SUFFIXES or (no_suffix_series and not path.suffix):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def unreadable_slices(folder: PathLike, series: Sequence[DicomSeries]) -> list[str]:
+    """The files of `folder` that look like DICOM slices but belong to no series GDCM could read
+    (truncated or damaged files: the series reader would silently leave them out)."""
+    root = Path(folder)
+    known = {Path(f).name for s in series for f in s.files}
+    no_suffix = any(not Path(f).suffix for s in series for f in s.files)
+    return sorted(p.name for p in root.iterdir()
+                  if p.is_file() and not is_hidden(p) and p.name not in known and _looks_like_dicom(p, no_suffix))
+
+
 def find_series(folder: PathLike) -> list[DicomSeries]:
     """Every DICOM series whose files lie directly in `folder` (not in subfolders); [] if none."""
     root = Path(folder)
@@ -66,9 +106,12 @@ def find_series(folder: PathLike) -> list[DicomSeries]:
     if not any(p.is_file() and not is_hidden(p) for p in root.iterdir()):
         return []
     found = []
-    for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(root)):
-        files = tuple(f for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(root), uid)
-                      if not is_hidden(f))
+    with quiet_itk():
+        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(root))
+    for uid in uids:
+        with quiet_itk():
+            files = tuple(f for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(root), uid)
+                          if not is_hidden(f))
         if files:
             found.append(DicomSeries(root, uid, _description(files[0]), files))
     return found
@@ -131,21 +174,48 @@ def _check_slice_steps(chosen: DicomSeries, image: sitk.Image) -> None:
         except RuntimeError:
             return  # no positions to check (the series reader then used its own fallback)
         positions.append([float(v) for v in value.replace(",", "\\").split("\\")])
-    steps = np.diff(np.sort(np.asarray(positions) @ normal))
+    along = np.asarray(positions) @ normal
+    order = np.argsort(along)
+    along = along[order]
+    steps = np.diff(along)
     mean = float(np.mean(steps))
     if mean <= 0 or np.max(np.abs(steps - mean)) > SLICE_STEP_TOLERANCE * mean:
         raise InputError(chosen.folder, f"DICOM series {chosen.uid}: slice positions are not evenly spaced "
                                         f"(steps {np.min(steps):.3g} to {np.max(steps):.3g} mm along the slice "
-                                        f"normal): missing slices or a mixed series; export it complete")
+                                        f"normal){_gap_detail(along, steps, [chosen.files[i] for i in order])}: "
+                                        f"missing slices or a mixed series; export it complete")
+
+
+def _gap_detail(along: np.ndarray, steps: np.ndarray, files: Sequence[str]) -> str:
+    """'; missing slice(s) at 12.0, 15.0 mm between A.dcm and B.dcm': where the gaps are, from the
+    usual (median) step; '' when no step is a multiple of it."""
+    usual = float(np.median(steps))
+    if usual <= 0:
+        return ""
+    gaps = []
+    for i, step in enumerate(steps):
+        k = int(round(step / usual))
+        if k >= 2 and abs(step - k * usual) <= SLICE_STEP_TOLERANCE * usual * k:
+            missing = ", ".join(f"{along[i] + j * usual:.1f}" for j in range(1, k))
+            gaps.append(f"{missing} mm (between {Path(files[i]).name} and {Path(files[i + 1]).name})")
+    return ("; missing slice(s) at " + "; ".join(gaps)) if gaps else ""
 
 
 def read_dicom_series(folder: PathLike, series: Optional[str] = None, *, check_values: bool = True) -> sitk.Image:
-    """Read one DICOM series of `folder` as a 3D image in world LPS mm (see the module docstring)."""
+    """Read one DICOM series of `folder` as a 3D image in world LPS mm (see the module docstring).
+    A file of the folder that looks like a DICOM slice but cannot be read (truncated, damaged) is an
+    error naming it: the series reader would leave it out and stack the rest."""
     chosen = choose_series(folder, series)
+    bad = unreadable_slices(chosen.folder, find_series(chosen.folder))
+    if bad:
+        shown = ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else "")
+        raise InputError(chosen.folder, f"{len(bad)} DICOM file(s) cannot be read (truncated or damaged) and "
+                                        f"would be left out of the series: {shown}; export the series again")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(chosen.files))
     try:
-        image = reader.Execute()
+        with quiet_itk():
+            image = reader.Execute()
     except RuntimeError as exc:
         detail = next((line.strip() for line in str(exc).splitlines() if line.strip()), "unreadable")
         raise InputError(chosen.folder, f"DICOM series {chosen.uid} could not be read ({detail[:200]})") from None

@@ -9,6 +9,7 @@ launch the same command with ``torchrun --nproc_per_node N``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import sys
 from pathlib import Path
@@ -53,6 +54,7 @@ def train(dataset_id: str, modality: str, fold: Union[int, str], trainer: str = 
           time_limit_s: Optional[float] = None) -> dict:
     """Train one fold of one configuration (default: the modality's single stage); returns the
     validation summary (MRE per landmark in world mm)."""
+    check_run_request(num_epochs, iterations_per_epoch, device)  # empty runs refused before any file is written
     dataset = open_dataset(dataset_id)
     pre = preprocessed_folder(dataset)
     plans = Plans.load(pre / PLANS_FILE)
@@ -63,21 +65,50 @@ def train(dataset_id: str, modality: str, fold: Union[int, str], trainer: str = 
     cls = find_trainer(trainer, trainer_modules)
     out_root = model_folder(dataset.name, trainer, modality)
     out = out_root / (f"fold_{fold}")
-    out.mkdir(parents=True, exist_ok=True)
-    # the model folder is self-contained for inference: plans and dataset description travel with it
-    atomic_write_text(out_root / PLANS_FILE, (pre / PLANS_FILE).read_text())
-    shutil.copyfile(dataset.folder / "dataset.json", out_root / "dataset.json")
-    t = cls(plans, modality, fold, pre, out, splits, device=device, num_epochs=num_epochs,
-            iterations_per_epoch=iterations_per_epoch, num_workers=num_workers, seed=seed, progress_bar=progress_bar,
-            time_budget_s=time_budget_s, time_limit_s=time_limit_s)
-    from lmkreg.training.stage_offsets import attach  # refine: crops off by the localizer's measured error
-    offsets = attach(t, out_root, splits)
-    summary = t.run(resume=resume)
+    cls._split(splits, fold)  # a fold the splits do not have: refused before the folder exists
+    with no_trace_on_early_failure(out_root, out):
+        out.mkdir(parents=True, exist_ok=True)
+        # the model folder is self-contained for inference: plans and dataset description travel with it
+        atomic_write_text(out_root / PLANS_FILE, (pre / PLANS_FILE).read_text())
+        shutil.copyfile(dataset.folder / "dataset.json", out_root / "dataset.json")
+        t = cls(plans, modality, fold, pre, out, splits, device=device, num_epochs=num_epochs,
+                iterations_per_epoch=iterations_per_epoch, num_workers=num_workers, seed=seed,
+                progress_bar=progress_bar, time_budget_s=time_budget_s, time_limit_s=time_limit_s)
+        from lmkreg.training.stage_offsets import attach  # refine: crops off by the localizer's measured error
+        offsets = attach(t, out_root, splits)
+        summary = t.run(resume=resume)
     if offsets is not None and summary:
         offsets.record(out, summary)  # fold_F/refine_crop_offsets.json, validation/summary.json
     from lmkreg.trust.training_hook import store_trust_data  # calibration and training statistics (issue 14)
     store_trust_data(t, out_root, dataset, pre, modality, trainer_modules, device)
     return summary
+
+
+def check_run_request(num_epochs: Optional[int], iterations_per_epoch: Optional[int], device: Optional[str]) -> None:
+    """Refuse a run that would train nothing (``--epochs 0`` would replace checkpoint_final.pth by
+    an untrained model) or on a device this machine does not have, before anything is written."""
+    from lmkreg.training.runtime import select_device
+
+    for flag, value in (("--epochs", num_epochs), ("--iterations", iterations_per_epoch)):
+        if value is not None and value < 1:
+            raise ConfigurationError(f"{flag} {value}: a training run needs at least 1 (nothing was written)")
+    select_device(device)
+
+
+@contextlib.contextmanager
+def no_trace_on_early_failure(out_root: Path, out: Path):
+    """Remove the model folder (or fold folder) this run created when the run fails before it
+    wrote its first checkpoint: a failed ``-f 7`` or ``-c`` typo leaves no ``fold_7/`` behind."""
+    root_existed, fold_existed = out_root.exists(), out.exists()
+    try:
+        yield
+    except BaseException:
+        if not any(out.glob("checkpoint_*.pth")):
+            if not root_existed:
+                shutil.rmtree(out_root, ignore_errors=True)
+            elif not fold_existed:
+                shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def _fold(text: str) -> Union[int, str]:

@@ -18,8 +18,18 @@ def select_device(requested: Optional[str] = None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(requested)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was requested but no CUDA device is available")
+        from lmkreg.errors import ConfigurationError  # one line on the terminal, exit status 2 (issue 25)
+        raise ConfigurationError(f"--device {requested}: no CUDA device is available ({available_devices()}); "
+                                 f"use --device cpu or leave --device out")
     return device
+
+
+def available_devices() -> str:
+    """'available: cpu (torch 2.x built without CUDA)': what --device can name on this machine."""
+    if torch.cuda.is_available():
+        return "available: cpu, " + ", ".join(f"cuda:{i}" for i in range(torch.cuda.device_count()))
+    why = "built without CUDA" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, no GPU visible"
+    return f"available: cpu (torch {torch.__version__.split('+')[0]} {why})"
 
 
 def cpu_has_native_bf16() -> bool:

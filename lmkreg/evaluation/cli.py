@@ -71,7 +71,10 @@ def select_cases(dataset: Dataset, split: str, predictions: dict[str, Path],
         if no_truth:
             skipped[case] = f"no ground truth ({' and '.join(no_truth)} landmarks{split})"
             continue
-        no_pred = [m for m in MODALITIES if find_prediction(predictions[m], case, m) is None]
+        notes: list[str] = []
+        no_pred = [m for m in MODALITIES if find_prediction(predictions[m], case, m, notes) is None]
+        for note in notes:
+            print(note)
         if no_pred:
             skipped[case] = "no " + " and ".join(f"{m} prediction in {predictions[m]}" for m in no_pred)
             continue
@@ -142,13 +145,15 @@ def write_qc(run: EvaluationRun, dataset: Dataset, predictions: dict[str, Path],
 
 def evaluate_predictions(dataset_id: str, mr_pred: Path, us_pred: Path, out_dir: Optional[Path], split: str = "Ts",
                          cases: Optional[Sequence[str]] = None, qc: int = 5, workers: Optional[int] = None,
-                         progress: bool = True, landmark_weight: Optional[float] = None) -> EvaluationRun:
+                         progress: bool = True, landmark_weight: Optional[float] = None,
+                         overwrite: bool = False) -> EvaluationRun:
     """Evaluate every selected case and (with out_dir) write the report and QC pictures."""
     from lmkreg.evaluation.report import write_report
     from lmkreg.parallel import default_workers
 
     if out_dir is not None:
         check_report_folder(Path(out_dir))  # before the work, not after it
+        check_report_replaceable(Path(out_dir), overwrite)  # never replace a report lmkreg did not write
     dataset = open_dataset(dataset_id)
     names = list(dataset.spec.landmarks)
     predictions = {"MR": Path(mr_pred), "US": Path(us_pred)}
@@ -169,8 +174,46 @@ def evaluate_predictions(dataset_id: str, mr_pred: Path, us_pred: Path, out_dir:
                                  failed=failed, qc=run.qc,
                                  extra={"dataset": dataset.name, "split": split,
                                         "predictions": {m: str(p) for m, p in predictions.items()},
-                                        "landmarks": names})
+                                        "landmarks": names,
+                                        "provenance": prediction_provenance(predictions, todo)})
     return run
+
+
+def prediction_provenance(predictions: dict[str, Path], cases: Sequence[str]) -> dict:
+    """The provenance of every prediction file evaluated (lmkreg.io.provenance), by modality and case."""
+    from lmkreg import __version__
+    from lmkreg.io.provenance import read_provenance
+
+    out: dict = {"lmkreg_version": __version__}
+    for m, folder in predictions.items():
+        files = {c: find_prediction(folder, c, m) for c in cases}
+        out[m] = {c: {"file": str(f), "record": (lambda r: None if r is None else r.to_json())(read_provenance(f))}
+                  for c, f in files.items() if f is not None}
+    return out
+
+
+def check_report_replaceable(folder: Path, overwrite: bool) -> None:
+    """Refuse, naming the file, to replace a report file of the folder that lmkreg did not write: the
+    report is lmkreg's when its evaluation.json is (an object with lmkreg's title, summary and cases)."""
+    import json
+
+    from lmkreg.evaluation.report import REPORT_FILES
+
+    if overwrite:
+        return
+    marker = folder / REPORT_FILES["json"]
+    try:
+        doc = json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else None
+    except (OSError, ValueError):
+        doc = None
+    ours = isinstance(doc, dict) and str(doc.get("title", "")).startswith("lmkreg evaluation") \
+        and "summary" in doc and "cases" in doc
+    if ours:
+        return
+    for name in REPORT_FILES.values():
+        if (folder / name).exists():
+            raise OutputError(folder / name, "exists and was not written by lmkreg (no lmkreg evaluation.json beside "
+                                             "it); move it, choose another report folder, or use --overwrite")
 
 
 def check_report_folder(folder: Path) -> None:
@@ -233,13 +276,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         f"{LANDMARKS_SURFACE_WEIGHT:g})")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: available cores, max 8)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace report files (evaluation.md, .csv, .json, histograms.png) lmkreg did not write")
     args = p.parse_args(argv)
     if args.qc < 0:
         p.error("--qc must be >= 0")
     if not (args.landmark_weight > 0 and args.landmark_weight < float("inf")):
         p.error("--landmark-weight must be a finite number above 0 (0 is the surface-refined row)")
     run = evaluate_predictions(args.dataset, args.mr_pred, args.us_pred, args.output, args.split, args.cases,
-                               args.qc, args.workers, not args.no_progress, args.landmark_weight)
+                               args.qc, args.workers, not args.no_progress, args.landmark_weight, args.overwrite)
     for case, why in sorted(run.missing.items()):
         print(f"not evaluated: {case}: {why}", file=sys.stderr)
     for case, why in sorted(run.failed.items()):

@@ -76,7 +76,7 @@ class CaseResult:
         return float(e.mean()) if e.size else float("nan")
 
 
-def find_prediction(folder: Path, case: str, modality: str) -> Optional[Path]:
+def find_prediction(folder: Path, case: str, modality: str, notes: Optional[list] = None) -> Optional[Path]:
     """The predicted landmark file of a case in `folder`: CASE_MOD.* (as lmkreg_predict names them)
     or CASE.* (as the trainers' validation folders do), lmkreg .json preferred, else .mrk.json, .fcsv.
     Files under both names are two different predictions of one case: refused, never guessed."""
@@ -88,6 +88,12 @@ def find_prediction(folder: Path, case: str, modality: str) -> Optional[Path]:
         for suffix in (".json",) + tuple(s for s in LANDMARK_SUFFIXES if s != ".json"):
             p = folder / f"{stem}{suffix}"
             if p.is_file():
+                twin = folder / f"{stem}.mrk.json"
+                if suffix == ".json" and twin.is_file():  # a Slicer edit beside it: the newer wins (io/twins.py)
+                    from lmkreg.io.twins import choose_twin
+                    p, note = choose_twin(p, twin)
+                    if note and notes is not None:
+                        notes.append(f"{case}: {note}")
                 found.append(p)
                 break
     if len(found) == 2:

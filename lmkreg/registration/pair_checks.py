@@ -16,17 +16,12 @@ its name (a trailing ``_MR`` / ``_US``) second:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
 from lmkreg.errors import InputError
 from lmkreg.io.provenance import modality_of, read_provenance
-
-# two landmark files of one case agree when no shared landmark moved more than this (mm)
-TWIN_TOLERANCE_MM = 1e-3
+from lmkreg.io.twins import choose_twin  # noqa: F401  (re-exported: the rule lives in io)
 
 
 def check_pair(mr_file: Path, us_file: Path) -> list[str]:
@@ -70,41 +65,3 @@ def takes_role(path: Path, role: str) -> tuple[bool, str]:
     if modality is not None and modality != role:
         return False, f"{'its provenance' if evidence == 'provenance' else 'its name'} says {modality}"
     return True, ""
-
-
-def choose_twin(first: Path, second: Path) -> tuple[Path, Optional[str]]:
-    """The file to use of one case's ``CASE.json`` / ``CASE.mrk.json`` (see the module docstring),
-    and a note to print when they disagree."""
-    from lmkreg.io.landmark_files import read_landmarks
-
-    a, b = read_landmarks(first), read_landmarks(second)
-    shared = [n for n in a.names if n in b.points]
-    moved = {}
-    for n in shared:
-        pa, pb = a.points[n], b.points[n]
-        if (pa is None) != (pb is None):
-            moved[n] = float("inf")
-        elif pa is not None:
-            d = float(np.linalg.norm(pa - pb))
-            if d > TWIN_TOLERANCE_MM:
-                moved[n] = d
-    if not moved and set(a.names) == set(b.names):
-        plain = first if not first.name.lower().endswith(".mrk.json") else second
-        return plain, None
-    ta, tb = first.stat().st_mtime_ns, second.stat().st_mtime_ns
-    if ta == tb:
-        raise InputError(first, f"and {second.name} hold different landmarks and are equally new; delete the one "
-                                f"that is wrong")
-    newer, older = (first, second) if ta > tb else (second, first)
-    detail = ", ".join(f"{n} {'added/removed' if d == float('inf') else f'moved {d:.1f} mm'}" for n, d in moved.items()) \
-        or f"landmark names differ ({a.names} vs {b.names})"
-    return newer, f"{newer.name} is newer than {older.name} and differs ({detail}): using {newer.name}"
-
-
-@dataclass
-class FolderIndex:
-    """The landmark files of a folder by case, with what was left out and why."""
-
-    files: dict[str, Path] = field(default_factory=dict)
-    left_out: dict[str, str] = field(default_factory=dict)  # file name -> why
-    notes: list[str] = field(default_factory=list)

@@ -1,0 +1,49 @@
+"""Issue 25: lmkreg_evaluate never replaces a report it did not write, reads a Slicer-edited
+CASE.mrk.json when it is newer than the CASE.json beside it (and says so), and records the
+provenance of the predictions it evaluated."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from lmkreg.evaluation.cli import main as evaluate_main
+from lmkreg.io.landmark_files import read_landmarks, write_landmarks
+from test_evaluation import ds, phantom, write_predictions  # noqa: F401  (fixtures)
+
+
+def _args(preds, out):
+    return ["-d", "31", "--mr-pred", str(preds["MR"]), "--us-pred", str(preds["US"]), "-o", str(out), "--qc", "0",
+            "--no-progress", "--workers", "1"]
+
+
+def test_foreign_report_files_are_not_replaced(ds, tmp_path, capsys):
+    """Why: lmkreg_evaluate -o overwrote a foreign evaluation.md / .csv."""
+    preds = write_predictions(ds, tmp_path / "pred", ".json")
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "evaluation.md").write_text("my own notes")
+    assert evaluate_main(_args(preds, out)) == 2
+    assert "evaluation.md" in capsys.readouterr().err and (out / "evaluation.md").read_text() == "my own notes"
+    assert evaluate_main(_args(preds, out) + ["--overwrite"]) == 0
+    assert evaluate_main(_args(preds, out)) == 0  # now lmkreg's own report: replaced
+    doc = json.loads((out / "evaluation.json").read_text())
+    assert doc["provenance"]["lmkreg_version"] and set(doc["provenance"]["MR"]) == {c["case"] for c in doc["cases"]}
+
+
+def test_newer_slicer_edit_beside_the_json_is_evaluated_and_announced(ds, tmp_path, capsys):
+    preds = write_predictions(ds, tmp_path / "pred", ".json")
+    first = sorted(preds["MR"].glob("*_MR.json"))[0]
+    case = first.name[: -len("_MR.json")]
+    edited = read_landmarks(first)
+    edited.points["apex"] = edited.points["apex"] + np.array([0.0, 0.0, 6.0])
+    twin = first.with_name(f"{case}_MR.mrk.json")
+    write_landmarks(edited, twin)
+    t = first.stat().st_mtime
+    os.utime(twin, (t + 60, t + 60))
+    out = tmp_path / "report"
+    assert evaluate_main(_args(preds, out)) == 0
+    assert f"{case}: {twin.name} is newer than {first.name}" in capsys.readouterr().out
+    doc = json.loads((out / "evaluation.json").read_text())
+    assert doc["provenance"]["MR"][case]["file"] == str(twin)

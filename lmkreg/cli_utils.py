@@ -28,9 +28,10 @@ def make_parser(prog: str, description: Optional[str] = None, epilog: Optional[s
                 raw: bool = True) -> argparse.ArgumentParser:
     """The ArgumentParser every lmkreg command starts from: plain-text description (layout kept when
     `raw`) and ``--version``."""
+    # allow_abbrev=False: '--overwrite' must never silently mean '--overwrite-plans' (issue 25)
     parser = argparse.ArgumentParser(prog=prog, description=plain(description), epilog=plain(epilog),
                                      formatter_class=argparse.RawDescriptionHelpFormatter if raw
-                                     else argparse.HelpFormatter)
+                                     else argparse.HelpFormatter, allow_abbrev=False)
     add_version(parser)
     return parser
 
@@ -40,6 +41,74 @@ def add_version(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=version_text(parser.prog),
                         help="print the lmkreg version and exit")
     return parser
+
+
+# ---- value checks with one message style: "OPTION: VALUE is not ...; give ..." (issue 25) -------
+
+def fold_value(text: str) -> str:
+    """A fold: a number 0.. or 'all' (argparse type)."""
+    if text == "all" or text.isdigit():
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not a fold; give a number such as 0 or 'all'")
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (argparse type): --num-parts, --epochs, ..."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give 1 or more") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is below 1; give 1 or more")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (argparse type): --max-radius and other millimetres."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a number above 0") from None
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not above 0; give a number above 0")
+    return value
+
+
+def check_unique(parser: argparse.ArgumentParser, option: str, values: Optional[Sequence]) -> None:
+    """-f 0 0: a value given twice is a usage error, in the same style as the type checks."""
+    if values:
+        seen = set()
+        for v in values:
+            if str(v) in seen:
+                parser.error(f"argument {option}: {str(v)!r} is given twice; give each once")
+            seen.add(str(v))
+
+
+def dataset_number(text: str) -> int:
+    """A dataset to create: its number (5) or its name (Dataset005_Name) (argparse type)."""
+    m = re.fullmatch(r"(?:Dataset)?0*(\d{1,3})(?:_\w+)?", text.strip())
+    if not m or not 1 <= int(m.group(1)) <= 999:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a dataset; give its number 1-999 or its name "
+                                         f"DatasetNNN_Name")
+    return int(m.group(1))
+
+
+def check_modality(results_dataset_folder: Path, modality: str, dataset_modalities: Sequence[str] = ()) -> None:
+    """-m mr / -m MRI: an error listing the dataset's modalities (from its dataset.json, or the
+    dataset.json of its trained models) instead of "no trained MRI model, train one"."""
+    import json
+
+    known = list(dataset_modalities)
+    if not known:
+        for doc in sorted(Path(results_dataset_folder).glob("*__*/dataset.json")):
+            try:
+                known += [m for m in json.loads(doc.read_text(encoding="utf-8")).get("modalities", []) if m not in known]
+            except (OSError, ValueError, AttributeError):
+                continue
+    if known and modality not in known:
+        close = [m for m in known if m.lower() == modality.lower() or modality.upper().startswith(m.upper())]
+        raise ConfigurationError(f"-m {modality}: not a modality of {Path(results_dataset_folder).name}; its "
+                                 f"modalities are {', '.join(known)}" + (f" (did you mean {close[0]}?)" if close else ""))
 
 
 def error_line(subject: object, exc: BaseException) -> str:

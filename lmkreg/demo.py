@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from lmkreg.cli_utils import friendly_errors, make_parser
+from lmkreg.cli_utils import dataset_number, friendly_errors, make_parser
 from lmkreg.training.budget import DEFAULT_LIMIT_FACTOR
 
 
@@ -267,8 +267,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny phantoms and short training (about 2 min)")
     p.add_argument("-o", "--output", type=Path, default=Path("lmkreg_demo"),
                    help="folder for predictions, transforms and the report (default ./lmkreg_demo)")
-    p.add_argument("-d", "--dataset", type=int, default=None,
-                   help=f"dataset id (default {DEMO_DATASET_ID['default']}, with --quick {DEMO_DATASET_ID['quick']})")
+    p.add_argument("-d", "--dataset", type=dataset_number, default=None,
+                   help=f"dataset id or name (default {DEMO_DATASET_ID['default']}, with --quick {DEMO_DATASET_ID['quick']})")
     p.add_argument("-tr", "--trainer", default=DEMO_TRAINER,
                    help=f"trainer for both modalities (default {DEMO_TRAINER}, the most accurate in the accuracy "
                         f"benchmark; LandmarkTrainer_Variance is the paper's DSNT method)")
@@ -278,7 +278,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"],
                    help="where to train (default: cuda if available, else cpu)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = p.parse_args(argv)
+    if args.no_progress:
+        from lmkreg.parallel import hide_progress
+        hide_progress()
     run_demo(args.quick, args.output, args.dataset, args.trainer, args.train_minutes, args.seed, args.workers,
              device=args.device)
     return 0

@@ -139,12 +139,13 @@ def test_weighted_register_refuses_a_malformed_confidence_naming_the_file(tmp_pa
     _, _, _, (mr_file, us_file) = _confident_pair(tmp_path, [1.0] * 4, [1.0, spread, 1.0, 1.0])
     out = tmp_path / "out"
     out.mkdir()
-    (out / "w_MR_to_US.json").write_text("earlier result\n")
+    earlier = '{"earlier": "result", "matrix": [], "itk_file_direction": "US -> MR"}\n'  # lmkreg's own (issue 25)
+    (out / "w_MR_to_US.json").write_text(earlier)
     assert register_main(["--mr", str(mr_file), "--us", str(us_file), "-o", str(out), "--weighted"]) == 2
     err = capsys.readouterr().err
     assert "w_US.json" in err and "bladder_neck" in err and "heatmap_spread_mm" in err, err
     assert sorted(p.name for p in out.iterdir()) == ["w_MR_to_US.json"]
-    assert (out / "w_MR_to_US.json").read_text() == "earlier result\n"
+    assert (out / "w_MR_to_US.json").read_text() == earlier
     # without --weighted the confidence is not used, and the same files register
     assert register_main(["--mr", str(mr_file), "--us", str(us_file), "-o", str(out)]) == 0
 

@@ -88,3 +88,80 @@ def test_dataset_is_d_dataset_everywhere(command, monkeypatch):
     assert any(tuple(a.option_strings) == ("-d", "--dataset") for a in parser._actions), command
     positional = [a.dest for a in parser._actions if not a.option_strings and a.help != argparse.SUPPRESS]
     assert "dataset" not in positional
+
+
+# ---- issue 25: no abbreviations, --no-progress everywhere a bar is drawn, one value-check style ----
+
+@pytest.mark.parametrize("command, module, function", COMMANDS)
+def test_no_command_accepts_abbreviated_options(command, module, function, monkeypatch):
+    """Why: lmkreg_plan_and_preprocess --overwrite silently meant --overwrite-plans."""
+    parser = _parser_of(module, function, monkeypatch)
+    assert parser.allow_abbrev is False, command
+
+
+@pytest.mark.parametrize("command", ["lmkreg_plan_and_preprocess", "lmkreg_register",
+                                     "lmkreg_find_best_configuration", "lmkreg_demo"])
+def test_the_other_commands_with_progress_bars_can_hide_them(command, monkeypatch):
+    module, function = next((m, f) for c, m, f in COMMANDS if c == command)
+    parser = _parser_of(module, function, monkeypatch)
+    assert any(a.option_strings == ["--no-progress"] for a in parser._actions), command
+
+
+def test_plan_and_preprocess_overwrite_is_not_overwrite_plans(monkeypatch, capsys):
+    parser = _parser_of("lmkreg.planning.plan_and_preprocess", "main", monkeypatch)
+    monkeypatch.undo()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["-d", "1", "--overwrite"])
+    assert "unrecognized arguments: --overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-f", "a"], "argument -f/--folds: 'a' is not a fold"),
+    (["-f", "0", "0"], "argument -f/--folds: '0' is given twice"),
+    (["--num-parts", "0"], "argument --num-parts: '0' is below 1"),
+    (["--max-radius", "-1"], "argument --max-radius: '-1' is not above 0"),
+])
+def test_predict_values_are_checked_with_one_message_style(argv, message, tmp_path, capsys):
+    from lmkreg.inference.predict_folder import main as predict_main
+
+    with pytest.raises(SystemExit) as code:
+        predict_main(["-i", str(tmp_path), "-o", str(tmp_path / "o"), "-d", "1", "-m", "MR", *argv])
+    assert code.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["lmkreg_import", "lmkreg_generate_phantoms", "lmkreg_demo"])
+def test_dataset_is_a_number_or_a_name_everywhere(command, monkeypatch):
+    module, function = next((m, f) for c, m, f in COMMANDS if c == command)
+    parser = _parser_of(module, function, monkeypatch)
+    action = next(a for a in parser._actions if "-d" in a.option_strings)
+    assert action.type("5") == 5 and action.type("Dataset005_Prostate") == 5
+    with pytest.raises(argparse.ArgumentTypeError):
+        action.type("Prostate")
+
+
+def test_unicode_case_name_from_the_file_does_not_blame_name(tmp_path, capsys):
+    """Why: --mr 'Pätient 1_MR.json' failed with '--name: unsafe case id' though --name was not given."""
+    from lmkreg.io.landmarks import LandmarkSet, write_lmkreg_json
+    from lmkreg.registration.cli import main as register_main
+
+    points = {"apex": [0.0, 0.0, 0.0], "bladder_neck": [30.0, 0.0, 0.0], "posterior_median": [0.0, 20.0, 5.0]}
+    mr, us = tmp_path / "Pätient 1_MR.json", tmp_path / "Pätient 1_US.json"
+    for f in (mr, us):
+        write_lmkreg_json(LandmarkSet(points), f)
+    assert register_main(["--mr", str(mr), "--us", str(us), "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--name:" not in err and "Pätient 1_MR.json" in err and "give --name" in err
+    assert register_main(["--mr", str(mr), "--us", str(us), "-o", str(tmp_path / "o"), "--name", "p1"]) == 0
+
+
+def test_modality_typo_lists_the_datasets_modalities(tmp_path, monkeypatch):
+    from lmkreg.cli_utils import check_modality
+    from lmkreg.errors import ConfigurationError
+
+    model = tmp_path / "Dataset001_X" / "LandmarkTrainer__MR"
+    model.mkdir(parents=True)
+    (model / "dataset.json").write_text('{"name": "Dataset001_X", "modalities": ["MR", "US"]}')
+    for typo in ("mr", "MRI"):
+        with pytest.raises(ConfigurationError, match=r"-m %s: .*modalities are MR, US \(did you mean MR\?\)" % typo):
+            check_modality(tmp_path / "Dataset001_X", typo)
+    check_modality(tmp_path / "Dataset001_X", "US")

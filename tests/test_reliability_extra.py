@@ -22,7 +22,9 @@ from lmkreg.registration.cli import main as register_main
 
 NAMES = ["apex", "bladder_neck", "posterior_median"]
 MR_POINTS = np.array([[1.0, 20.0, -30.0], [-2.0, -5.0, 18.0], [0.5, 22.0, 3.0]])
-SENTINEL = '{"written": "by an earlier run"}\n'
+# an earlier lmkreg transform JSON (lmkreg replaces only its own files, issue 25)
+SENTINEL = ('{"written": "by an earlier run", "matrix": [], "itk_file": "case1_MR_to_US.tfm", '
+            '"itk_file_direction": "US world point -> MR world point (ITK resampling convention)"}\n')
 
 
 @pytest.fixture
@@ -98,15 +100,18 @@ def test_register_folders_refuse_two_files_of_one_case(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["c_MR_to_US.json"]
 
 
-def test_register_with_one_folder_for_both_modalities_is_refused_not_registered_to_itself(tmp_path, capsys):
+def test_register_with_one_folder_for_both_modalities_pairs_by_modality_not_to_itself(tmp_path, capsys):
+    """One folder as --mr-dir and --us-dir: the _MR file is the MR side, the _US file the US side
+    (issue 25: never an _MR file as US), so the case is registered MR -> US, never to itself."""
     both, out = tmp_path / "both", tmp_path / "out"
     both.mkdir()
     write_lmkreg_json(LandmarkSet.from_array(NAMES, MR_POINTS), both / "c_MR.json")
     write_lmkreg_json(LandmarkSet.from_array(NAMES, MR_POINTS + 5.0), both / "c_US.json")
-    assert register_main(["--mr-dir", str(both), "--us-dir", str(both), "-o", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert "c_MR.json" in err and "c_US.json" in err, err
-    assert not (out / "c_MR_to_US.json").exists()
+    assert register_main(["--mr-dir", str(both), "--us-dir", str(both), "-o", str(out)]) == 0
+    out_text = capsys.readouterr().out
+    assert "c_US.json (its name says US)" in out_text and "c_MR.json (its name says MR)" in out_text
+    doc = json.loads((out / "c_MR_to_US.json").read_text())
+    np.testing.assert_allclose(np.array(doc["matrix"])[:3, 3], [5.0, 5.0, 5.0], atol=1e-9)
 
 
 def test_register_folders_accept_the_json_and_mrk_json_twins_that_predict_writes(tmp_path):

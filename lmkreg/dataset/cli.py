@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from lmkreg.cli_utils import friendly_errors, make_parser
+from lmkreg.cli_utils import dataset_number, friendly_errors, make_parser
 from lmkreg.errors import ConfigurationError
 from lmkreg.io.landmark_names import parse_landmark_map
 from lmkreg.io.landmarks import DEFAULT_LANDMARK_NAMES
@@ -43,7 +43,8 @@ def build_import_parser() -> argparse.ArgumentParser:
         epilog="Example: lmkreg_import -d 5 --name MyData --images MR=/data/mr --images US=/data/us "
                "--landmarks MR=/data/mr_lmk --landmark-labelmaps US=/data/us_labels --masks MR=/data/mr_masks "
                "--landmark-map Apex=apex BN=bladder_neck PM=posterior_median")
-    parser.add_argument("-d", "--dataset", type=int, required=True, help="dataset number (1-999)")
+    parser.add_argument("-d", "--dataset", type=dataset_number, required=True,
+                        help="dataset number (1-999) or name (DatasetNNN_Name)")
     parser.add_argument("--name", required=True, help="dataset name after DatasetNNN_ (letters, digits, _ and -)")
     parser.add_argument("--images", action="append", required=True, metavar="MOD=FOLDER",
                         help="image folder of a modality (repeat per modality)")

@@ -320,7 +320,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="trainers to compare (default: every trained TRAINER__MODALITY folder)")
     p.add_argument("-f", "--folds", nargs="+", type=int, default=list(FOLDS),
                    help="folds that must all be present (default 0 1 2 3 4)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = p.parse_args(argv)
+    if args.no_progress:
+        from lmkreg.parallel import hide_progress
+        hide_progress()
     doc = find_best_configuration(args.dataset, args.modality, args.trainers, args.folds)
     for trainer, why in doc["incomplete"].items():
         print(f"skipped {trainer}: {why}", file=sys.stderr)

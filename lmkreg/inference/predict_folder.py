@@ -31,7 +31,8 @@ from typing import Optional, Sequence, Union
 
 from tqdm import tqdm
 
-from lmkreg.cli_utils import choose_trainer, error_line, friendly_errors, make_parser
+from lmkreg.cli_utils import (check_modality, check_unique, choose_trainer, error_line, fold_value, friendly_errors,
+                               make_parser, positive_float, positive_int)
 from lmkreg.dataset.layout import find_dataset
 from lmkreg.errors import ConfigurationError, InputError, LmkregError
 from lmkreg.geometry import ImageGeometry
@@ -212,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-tr", "--trainer", default=None,
                    help="trainer of the model (default: the only trainer with a model for this modality, a single "
                         "stage or a localizer + refine cascade; with several, the error lists them)")
-    p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (default: all trained)")
+    p.add_argument("-f", "--folds", nargs="+", type=fold_value, default=None,
+                   help="folds to ensemble (default: all trained)")
     p.add_argument("-chk", "--checkpoint", default="final", choices=["final", "best", "latest"],
                    help="which checkpoint of each fold to use (default final)")
     p.add_argument("--series", default=None, metavar="UID_OR_DESCRIPTION",
@@ -222,12 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add left-right mirrored predictions (the default; the error radius is calibrated with them)")
     p.add_argument("--no-tta", dest="tta", action="store_false",
                    help="no mirrored predictions: half the time, but no calibrated error radius")
-    p.add_argument("--max-radius", type=float, default=5.0, metavar="MM",
+    p.add_argument("--max-radius", type=positive_float, default=5.0, metavar="MM",
                    help="flag a landmark whose calibrated error radius is larger than this many mm (default 5)")
     p.add_argument("--strict", action="store_true", help=STRICT_HELP)
     p.add_argument("--overwrite", action="store_true",
                    help="predict again cases whose outputs exist, and replace same-named files lmkreg did not write")
-    p.add_argument("--num-parts", type=int, default=1, help="split the folder into this many parts")
+    p.add_argument("--num-parts", type=positive_int, default=1, help="split the folder into this many parts")
     p.add_argument("--part-id", type=int, default=0, help="which part this process predicts")
     p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"],
                    help="where the networks run (default: cuda if available)")
@@ -240,10 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 @friendly_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_unique(parser, "-f/--folds", args.folds)
     from lmkreg.threads import configure_threads; configure_threads()  # noqa: E702  (threads from the free cores)
     dataset_name = find_dataset(args.dataset).name
     results = results_root() / dataset_name
+    check_modality(results, args.modality, _dataset_modalities(args.dataset))  # -m mr lists the modalities
     trainer = args.trainer or choose_trainer(results, args.modality, None, args.configuration)
     list_images(args.input, args.num_parts, args.part_id, args.series)  # bad input fails before models load
     predictor = build_predictor(results, trainer, args.modality, args.configuration,
@@ -261,6 +266,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name, msg in report.failed.items():
         print(f"  failed: {msg}", file=sys.stderr)  # msg names the file
     return exit_status(len(report.failed), len(report.unreliable), args.strict)
+
+
+def _dataset_modalities(dataset: str) -> list[str]:
+    """The modalities of the raw dataset's dataset.json ([] when only the trained models are here)."""
+    try:
+        from lmkreg.dataset.layout import open_dataset
+        return list(open_dataset(dataset).spec.modalities)
+    except (LmkregError, OSError):
+        return []
 
 
 def print_bookkeeping(report: FolderReport, modality: str) -> None:

@@ -5,7 +5,7 @@ import argparse
 import time
 from typing import Optional, Sequence
 
-from lmkreg.cli_utils import friendly_errors, make_parser
+from lmkreg.cli_utils import dataset_number, friendly_errors, make_parser
 from lmkreg.paths import raw_root
 from lmkreg.phantoms.presets import PRESETS
 
@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(prostate masks, landmarks apex / bladder_neck / posterior_median in LPS mm, and the true "
                     "rigid MR->US transform) in $LMKREG_raw/DatasetNNN_NAME.",
         epilog=f"Presets: {presets}. Same seed -> identical dataset. See documentation/phantoms.md.")
-    parser.add_argument("-d", "--dataset", type=int, required=True, help="dataset number (1-999)")
+    parser.add_argument("-d", "--dataset", type=dataset_number, required=True,
+                        help="dataset number (1-999) or name (DatasetNNN_Name)")
     parser.add_argument("-n", "--num-train", type=int, required=True, help="number of training cases (imagesTr)")
     parser.add_argument("--num-test", type=int, default=0, help="number of held-out test cases (imagesTs)")
     parser.add_argument("--name", default="Phantom", help="dataset name after DatasetNNN_ (default Phantom)")

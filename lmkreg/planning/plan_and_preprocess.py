@@ -120,10 +120,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--num-folds", type=int, default=5, help="number of cross-validation folds (default 5)")
     parser.add_argument("--overwrite-plans", action="store_true", help="plan again even if plans.json exists")
     parser.add_argument("--plan-only", action="store_true", help="write plans and splits, do not preprocess")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--cascade", choices=["auto", "yes", "no"], default="auto",
                         help="plan a localizer and refine stage per modality besides the single stage: auto (where "
                              "the framing varies or a crop allows a finer spacing), yes or no (default auto)")
     args = parser.parse_args(argv)
+    if args.no_progress:
+        from lmkreg.parallel import hide_progress
+        hide_progress()
     from lmkreg.threads import configure_threads; configure_threads()  # noqa: E702  (threads from the free cores)
     try:
         budget = Budget.parse(args.budget) if args.budget else None

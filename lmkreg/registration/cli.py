@@ -34,7 +34,7 @@ from typing import Optional, Sequence
 
 import SimpleITK as sitk
 
-from lmkreg.cli_utils import friendly_errors, make_parser
+from lmkreg.cli_utils import check_unique, fold_value, friendly_errors, make_parser
 from lmkreg.dataset.layout import check_case_id
 from lmkreg.errors import ConfigurationError, InputError, LmkregError, OutputError
 from lmkreg.io.atomic import atomic_path, atomic_write_json, split_suffix
@@ -104,7 +104,7 @@ def confidence_weights(landmarks: LandmarkSet, source: Optional[Path] = None) ->
 
 def register_pair(mr_file: Path, us_file: Path, out_dir: Path, name: str, weighted: bool = False,
                   names: Optional[Sequence[str]] = None, landmark_map: Optional[dict[str, str]] = None,
-                  surface: Optional[SurfaceRequest] = None) -> LandmarkRegistration:
+                  surface: Optional[SurfaceRequest] = None, overwrite: Optional[bool] = None) -> LandmarkRegistration:
     """Fit the MR->US transform of one pair of landmark files on the landmark `names` only (see
     choose_landmark_names); labels are renamed by `landmark_map` first.  Says which labels it used
     and which it ignored.  ``NAME_MR_to_US.json/.tfm`` are lmkreg's by their name and are replaced."""
@@ -151,6 +151,8 @@ def register_pair(mr_file: Path, us_file: Path, out_dir: Path, name: str, weight
            "provenance": pair_record(read_provenance(mr_file), read_provenance(us_file))}
     if surface is not None:  # --refine surface (issue 17): the transform to use, both recorded in doc
         reg, doc = surface.refine_pair(reg, doc, mr, us, name, mr_file, us_file)
+    if overwrite is not None:  # inputs are judged first; a foreign file of the same name is never replaced
+        check_replaceable(register_outputs(out_dir, name), overwrite)
     write_transform_pair(reg, doc, out_dir / f"{name}_MR_to_US.json", out_dir / f"{name}_MR_to_US.tfm")
     return reg
 
@@ -176,6 +178,12 @@ def resample_into_us(reg: LandmarkRegistration, mr_image: Path, us_image: Path, 
     moved = sitk.Resample(mr, us, to_sitk_resampling_transform(reg.transform), interp, 0.0, mr.GetPixelID())
     moved.SetMetaData("ITK_FileNotes", LMKREG_RESAMPLED_NOTE)  # lmkreg's own file (lmkreg.io.ownership)
     return write_image(moved, out)
+
+
+def _name_source(name: Optional[str], mr: Path) -> str:
+    """What a bad case name came from: --name, or the MR file whose name gave it (--mr 'Pätient 1_MR.json'
+    must not blame a --name that was not given)."""
+    return "--name" if name else f"the case name taken from {Path(mr).name!r} (give --name CASE)"
 
 
 def _output_folder(folder: Path) -> Path:
@@ -322,11 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "single stage or a cascade)")
     p.add_argument("--mr-trainer", help="one shot: MR trainer (default --trainer)")
     p.add_argument("--us-trainer", help="one shot: US trainer (default --trainer)")
-    p.add_argument("-f", "--folds", nargs="+", help="one shot: folds to ensemble (default: all trained)")
+    p.add_argument("-f", "--folds", nargs="+", type=fold_value, help="one shot: folds to ensemble (default: all trained)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace same-named output files lmkreg did not write (NAME_MR_to_US.json/.tfm, "
                         "NAME_MR_in_US.nii.gz; one shot also NAME_MR.json / NAME_US.json and .mrk.json)")
     p.add_argument("--strict", action="store_true", help=STRICT_HELP)
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_surface_options(p)
     return p
 
@@ -337,6 +346,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     p = build_parser()
     args = p.parse_args(argv)
+    check_unique(p, "-f/--folds", args.folds)
+    if args.no_progress:
+        from lmkreg.parallel import hide_progress
+        hide_progress()
     surface = surface_request(args, p)  # --refine surface: masks and bounds checked before any work
     landmark_map = parse_landmark_map(args.landmark_map)
     names = args.landmark_names
@@ -349,7 +362,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not (args.mr_image and args.us_image):
             p.error("one shot needs --mr-image and --us-image")
         _output_folder(args.output)
-        name = check_case_id(args.name or case_name(args.mr_image), "--name")
+        name = check_case_id(args.name or case_name(args.mr_image), _name_source(args.name, args.mr_image))
         trainers = {"MR": args.mr_trainer or args.trainer, "US": args.us_trainer or args.trainer}
         masks = {} if surface is not None and surface.predicted else None
         args.mr, args.us = predict_pair(args.dataset, args.mr_image, args.us_image, args.output, name, trainers,
@@ -366,7 +379,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if single:
         if args.mr is None or args.us is None:
             p.error("--mr and --us go together")
-        name = check_case_id(args.name or case_name(args.mr), "--name")
+        name = check_case_id(args.name or case_name(args.mr), _name_source(args.name, args.mr))
         if (args.mr_image or (args.mr_mask and surface is None)) and args.us_image is None:
             p.error("--mr-image/--mr-mask need --us-image for the output grid")
         for image, is_mask, series in ((args.mr_image, False, args.mr_series), (args.mr_mask, True, None),
@@ -374,8 +387,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if image is not None:  # check every input before any output is written
                 read_image_or_series(image, series, is_mask=is_mask)
         images = [sfx for src, sfx in ((args.mr_image, "MR_in_US"), (args.mr_mask, "MRmask_in_US")) if src is not None]
-        check_replaceable(register_outputs(args.output, name, images if args.us_image else ()), args.overwrite)
-        reg = register_pair(args.mr, args.us, args.output, name, args.weighted, names, landmark_map, surface)
+        check_replaceable(register_outputs(args.output, name, images if args.us_image else ())[2:], args.overwrite)
+        reg = register_pair(args.mr, args.us, args.output, name, args.weighted, names, landmark_map, surface,
+                            args.overwrite)
         print(f"{name}: rotation {reg.transform.rotation_angle_deg():.1f} deg, RMS residual {reg.rms_mm:.2f} mm "
               f"-> {args.output / (name + '_MR_to_US.json')}")
         print_unreliable({name: reg.flags} if reg.flags else {}, 1, "pair")

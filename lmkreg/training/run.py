@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from lmkreg.cli_utils import friendly_errors, make_parser
+from lmkreg.cli_utils import check_unique, friendly_errors, make_parser
 from lmkreg.dataset.layout import open_dataset
 from lmkreg.errors import ConfigurationError
 from lmkreg.io.atomic import atomic_write_text
@@ -178,6 +178,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               ("-f/--folds", args.folds)) if not v]
     if missing:
         p.error(f"the following arguments are required: {', '.join(missing)}")
+    check_unique(p, "-f/--folds", args.folds)
     for fold in args.folds:
         try:
             summary = train(args.dataset, args.modality, fold, args.trainer, args.device, args.resume, args.epochs,

@@ -62,8 +62,9 @@ class InputImage:
         by_name = name_modality(self.path)
         if by_name:
             return by_name, "its name says " + by_name
-        if self.is_dicom:
-            tag = dicom_modality(self.dicom_files()[0]) if self.dicom_files() else None
+        files = self.dicom_files()
+        if files:
+            tag = dicom_modality(files[0])
             if tag in ("MR", "US"):
                 return tag, f"its DICOM Modality (0008,0060) is {tag}"
         return None, ""

@@ -71,7 +71,7 @@ def test_plans_cascade_round_trip_and_validation(tmp_path):
     ref, loc = plans.configuration("MR_refine"), plans.configuration("MR_localizer")
     assert ref.stage == "refine" and loc.stage == "localizer" and ref.modality == loc.modality == "MR"
     # the localizer's translations cover every gland centre seen, the refine crop holds every landmark
-    assert loc.training["augmentation"]["spatial"]["translation_mm"] >= 30.0
+    assert loc.training.augmentation["spatial"]["translation_mm"] >= 30.0
     assert ref.crop_margin_zyx == [int(np.ceil(ref.crop_jitter_mm / s)) for s in ref.spacing_zyx]
     assert np.all(np.asarray(ref.field_of_view_mm_zyx) >= 40.0 + 2 * ref.crop_jitter_mm)
     assert np.all(np.asarray(loc.field_of_view_mm_zyx) >= 144.0)

@@ -88,7 +88,6 @@ class LandmarkTrainer:
         self.conf: Configuration = plans.configuration(configuration)
         self.configuration = configuration  # MR, MR_localizer, MR_refine...
         self.modality = self.conf.modality  # the dataset's modality (MR)
-        self.settings: TrainingSettings = self.conf.training
         self.kind = modality_kind(self.conf.modality)
         self.fold = fold
         self.names = list(plans.landmarks)
@@ -129,6 +128,11 @@ class LandmarkTrainer:
         # localizer's measured error); the model folder is the fold folder's parent
         self.stage_hook: StageHook = stage_hook(self.conf, self.output_folder.parent, splits)
         self.refine_crop_offsets = None  # refine: set by the stage hook (lmkreg.training.stage_offsets)
+
+    @property
+    def settings(self) -> TrainingSettings:
+        """The plan's typed ``training`` section (lmkreg.config.settings)."""
+        return self.conf.training
 
     # ---- hooks ---------------------------------------------------------------------------
 
@@ -204,7 +208,7 @@ class LandmarkTrainer:
         """Rate of optimiser step `step` (0-based): an optional linear warm-up, then polynomial
         decay (nnU-Net's, exponent 0.9) that reaches zero at ``total_steps``, the count this run
         will actually do (a time budget moves it, and the schedule follows)."""
-        lr0 = float(self.conf.training.learning_rate)
+        lr0 = float(self.settings.learning_rate)
         if step < self.lr_warmup_steps:
             return lr0 * (step + 1) / self.lr_warmup_steps
         first, start_lr = self.lr_segment
@@ -461,7 +465,7 @@ class LandmarkTrainer:
                 why = budget.refusal
                 self.log.write(f"budget over and the model is not fit for use yet ({reason}); stopping: {why}")
             return
-        lr0 = float(self.conf.training.learning_rate)
+        lr0 = float(self.settings.learning_rate)
         self.lr_segment = (self.steps_done, LR_RESTART_FRACTION * lr0)
         self.total_steps = total
         self.log.write(f"budget over at {self.steps_done} steps but the model is not fit for use yet ({reason}): "

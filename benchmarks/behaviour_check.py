@@ -546,8 +546,12 @@ def compare(args: argparse.Namespace) -> int:
               f"{changed[0]}): the comparison would be meaningless; record again", file=sys.stderr)
         return 2
     new = work / "compare"
-    fresh_folder(new, force=True)
-    run_all(checkout, work, new)
+    if args.no_run:  # compare again (another reference copy or allow-list) without running the commands
+        if not (new / "runs.json").is_file():
+            raise SystemExit(f"error: {new / 'runs.json'} not found: run compare without --no-run first")
+    else:
+        fresh_folder(new, force=True)
+        run_all(checkout, work, new)
     ref_doc, new_doc = json.loads((ref / "runs.json").read_text()), json.loads((new / "runs.json").read_text())
     norm_a = Normaliser(ref_doc["output_root"], ref_doc["work"], ref_doc["checkout"])
     norm_b = Normaliser(new_doc["output_root"], new_doc["work"], new_doc["checkout"])
@@ -593,6 +597,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            help=f"a JSON key the new code may add (default {', '.join(DEFAULT_ALLOWED_KEYS)})")
             s.add_argument("--allow-new-file", action="append", metavar="GLOB",
                            help="an output file (glob relative to outputs/) the new code may add")
+            s.add_argument("--no-run", action="store_true",
+                           help="compare the outputs of the last compare run again, without running the commands")
             s.add_argument("--image-atol", type=float, default=1e-4,
                            help="largest voxel change of a float image (integer images: none)")
     args = p.parse_args(argv)

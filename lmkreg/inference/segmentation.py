@@ -97,15 +97,6 @@ def mask_volume_ml(mask: sitk.Image) -> float:
     return count * float(np.prod(mask.GetSpacing())) / 1000.0
 
 
-def attach_mask(pred, image_geometry: ImageGeometry) -> None:
-    """Set ``pred.mask`` and ``pred.volume_ml`` from its probability layers (no-op without any)."""
-    layers = list(getattr(pred, "seg_layers", None) or [])
-    fallback = getattr(pred, "seg_fallback", None)
-    if not layers and fallback is None:
-        return
-    pred.mask, pred.volume_ml = mask_on_image(layers, fallback, image_geometry)
-
-
 def mask_path_for(json_path: Path) -> Path:
     """``<stem>_prostate.nii.gz`` beside ``<stem>.json``."""
     return json_path.with_name(json_path.name[: -len(".json")] + MASK_SUFFIX)
@@ -137,6 +128,6 @@ def read_prostate_record(json_path: Union[str, Path]) -> Optional[dict]:
     return {"mask_file": p.parent / rec["mask_file"], "volume_ml": rec.get("volume_ml")}
 
 
-__all__ = ["SegLayer", "has_segmentation", "split", "probability_on_image", "mask_on_image", "attach_mask",
+__all__ = ["SegLayer", "has_segmentation", "split", "probability_on_image", "mask_on_image",
            "largest_component", "mask_volume_ml", "mask_path_for", "write_mask", "prostate_record",
            "read_prostate_record", "MASK_SUFFIX", "THRESHOLD"]

@@ -44,6 +44,7 @@ from scipy.spatial.transform import Rotation
 from lmkreg.errors import InputError
 from lmkreg.geometry.rigid import RigidTransform
 from lmkreg.geometry.spaces import ImageGeometry
+from lmkreg.trust.flags import SURFACE, Flag, add_flags, scoped_flag
 
 if TYPE_CHECKING:  # pragma: no cover
     from lmkreg.registration.rescue import SurfaceRescue
@@ -353,12 +354,13 @@ class SurfaceRefinement:
         return self.rescue.transform if self.rescued else self.landmark_transform
 
     @property
-    def flags(self) -> list[str]:
-        """Trust flags: refusal because the surfaces pull beyond the bound."""
+    def flags(self) -> list[Flag]:
+        """Trust flags: refusal because the surfaces pull beyond the bound; an accepted rescue."""
         out = []
         if self.beyond_bound:
-            out.append(f"pair: the gland surfaces disagree with the landmark transform ({self.reason}); check the "
-                       f"landmarks and the masks")
+            out.append(scoped_flag(SURFACE, "pair", "surface_beyond_bound",
+                                   f"the gland surfaces disagree with the landmark transform ({self.reason}); check "
+                                   f"the landmarks and the masks"))
         if self.rescued:
             out.append(self.rescue.flag)
         return out
@@ -630,7 +632,7 @@ class SurfaceRequest:
         if result.rescued:
             trust["surface"]["rescue"] = result.rescue.reason
         if result.flags:
-            trust.setdefault("flags", []).extend(result.flags)
+            add_flags(trust, result.flags)
             trust["reliable"] = False
         reg.trust = trust
         doc = {**doc, **result.transform.to_json(), **refinement_fields(result), "trust": trust}

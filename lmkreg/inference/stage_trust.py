@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from lmkreg.geometry.masks import crop_offset_limit_mm
 from lmkreg.inference.predictor import BORDER_MASS_FLAG, BORDER_VOXELS, Prediction
 from lmkreg.trust.flags import STAGES, Flag, landmark_flag
 
@@ -49,7 +50,7 @@ def _number(v: Optional[float]) -> Optional[float]:
 
 def plan_limit_mm(crop_jitter_mm: float) -> float:
     """The disagreement a refine stage was trained for: its crop offset bound along the diagonal."""
-    return float(crop_jitter_mm) * math.sqrt(3.0)
+    return crop_offset_limit_mm(crop_jitter_mm)
 
 
 def disagreement_limit(localizer_radius: Optional[float], refine_radius: Optional[float], crop_jitter_mm: float,

@@ -37,12 +37,12 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 import trimesh
-from scipy import ndimage
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from lmkreg.errors import InputError
 from lmkreg.geometry.rigid import RigidTransform
+from lmkreg.geometry.masks import largest_component
 from lmkreg.geometry.spaces import ImageGeometry
 from lmkreg.trust.flags import SURFACE, Flag, add_flags, scoped_flag
 
@@ -136,22 +136,6 @@ class GlandSurface:
         mesh = self.gland_mesh
         points, faces = trimesh.sample.sample_surface(mesh, count, seed=seed)
         return np.asarray(points, float), np.asarray(mesh.face_normals[faces], float)
-
-
-def largest_component(mask: sitk.Image) -> tuple[sitk.Image, int]:
-    """The mask's largest 26-connected foreground component (same grid), and how many
-    foreground voxels were dropped."""
-    arr = sitk.GetArrayViewFromImage(mask) > 0
-    labels, n = ndimage.label(arr, structure=np.ones((3, 3, 3), bool))
-    if n <= 1:
-        out = sitk.GetImageFromArray(arr.astype(np.uint8))
-        out.CopyInformation(mask)
-        return out, 0
-    sizes = np.bincount(labels.ravel())[1:]
-    keep = labels == (int(np.argmax(sizes)) + 1)
-    out = sitk.GetImageFromArray(keep.astype(np.uint8))
-    out.CopyInformation(mask)
-    return out, int(sizes.sum() - sizes.max())
 
 
 def gland_surface(mask: MaskLike, source: Optional[str] = None) -> GlandSurface:

@@ -122,7 +122,8 @@ def assess_pair(mr: LandmarkSet, us: LandmarkSet, names: Sequence[str], rms_mm: 
     names = list(names)
     (s_mr, src_mr), (s_us, src_us) = sigmas_of(mr, names), sigmas_of(us, names)
     training = training_pair_statistics(mr, us)
-    notes, flags = [], []  # flags: list[Flag]
+    notes: list[str] = []
+    flags: list[Flag] = []
     base = training["p95"] if training else None
     if base is None:
         notes.append(f"no training pair statistics in the landmark files: residual checked against the default "

@@ -233,7 +233,7 @@ def predict_pair(dataset: str, mr_image: Path, us_image: Path, out_dir: Path, na
         pred = predictor.predict(read_image_or_series(image, (series or {}).get(modality)))
         write_landmarks(pred.landmarks, out_dir / f"{name}_{modality}.mrk.json")
         written.append(write_lmkreg_json(pred.with_extras(), out_dir / f"{name}_{modality}.json"))
-        mask = getattr(pred, "mask", None) if getattr(predictor, "has_segmentation", False) else None
+        mask = pred.mask if predictor.has_segmentation else None
         if mask is not None:
             print(f"  {modality}: predicted prostate mask -> {attach_mask(written[-1], mask).name}")
             if masks is not None:
@@ -243,7 +243,7 @@ def predict_pair(dataset: str, mr_image: Path, us_image: Path, out_dir: Path, na
                   f"mask; --refine surface will keep the landmark transform (train a {trainer}_Seg model, or give "
                   f"--mr-mask and --us-mask)", file=sys.stderr)
         for flag in pred.flags:
-            print(f"warning: {image}: {flag}", file=sys.stderr)
+            print(f"warning: {image}: {flag.text}", file=sys.stderr)
     return written[0], written[1]
 
 

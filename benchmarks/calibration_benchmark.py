@@ -119,7 +119,7 @@ def main() -> None:
                 write_lmkreg_json(pred.with_extras(), out / f"{case}_{modality}.json")
                 if pred.flags:
                     flagged_cases.append(case)
-                    reasons[case] = pred.flags
+                    reasons[case] = [f.text for f in pred.flags]
                 if label == "ensemble":
                     truth = read_lmkreg_json(ds.landmarks_path(case, modality, "Ts"))
                     for n in names:

@@ -143,7 +143,7 @@ def test_plans_refuse_a_bf16_setting_other_than_true_false_or_auto(value):
     for ok in (True, False, "auto"):
         good = copy.deepcopy(data)
         good["configurations"]["US"]["training"]["bf16_autocast_cpu"] = ok
-        assert Plans.from_json(good).configuration("US").training["bf16_autocast_cpu"] == ok
+        assert Plans.from_json(good).configuration("US").training.bf16_autocast_cpu == ok
     data["configurations"]["US"]["training"]["bf16_autocast_cpu"] = value
     with pytest.raises(ConfigurationError, match=r"'configurations\.US\.training\.bf16_autocast_cpu' "
                                                  r'must be true, false or "auto"'):
@@ -156,7 +156,7 @@ def test_plans_refuse_a_weight_average_decay_outside_0_to_1(value):
     for ok in (0.0, 0.98):
         good = copy.deepcopy(data)
         good["configurations"]["US"]["training"]["weights_ema_decay"] = ok
-        assert Plans.from_json(good).configuration("US").training["weights_ema_decay"] == ok
+        assert Plans.from_json(good).configuration("US").training.weights_ema_decay == ok
     data["configurations"]["US"]["training"]["weights_ema_decay"] = value
     with pytest.raises(ConfigurationError, match=r"'configurations\.US\.training\.weights_ema_decay' must be"):
         Plans.from_json(data, "plans.json")

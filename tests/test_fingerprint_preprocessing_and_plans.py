@@ -202,8 +202,10 @@ def test_fingerprint_and_plans_files_are_written_and_readable_by_people(preproce
     assert "\n" in text.strip() and json.loads(text)["configurations"]["MR"]["normalization"]["scheme"] == "zscore"
     plans = json.loads(text)
     assert plans["configurations"]["US"]["normalization"]["scheme"] == "percentile_clip"
-    # class-like names are strings, so a person can read and edit them
-    assert isinstance(plans["configurations"]["MR"]["training"]["optimizer"], str)
+    # settings are plain JSON values a person can read and edit; the legacy "optimizer" key, which
+    # nothing read, is no longer written (documentation/planning.md, "Training settings")
+    assert plans["configurations"]["MR"]["training"]["bf16_autocast_cpu"] == "auto"
+    assert "optimizer" not in plans["configurations"]["MR"]["training"]
 
 
 def test_default_budget_is_cpu_without_cuda(monkeypatch):

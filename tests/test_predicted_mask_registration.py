@@ -311,8 +311,7 @@ class _FakePredictor:
 
     def __init__(self, ds, case, modality, segments):
         self.ds, self.case, self.modality = ds, case, modality
-        if segments:
-            self.has_segmentation = True
+        self.has_segmentation = segments
 
     def predict(self, image):
         from lmkreg.inference.predictor import Prediction

@@ -197,7 +197,7 @@ def test_a_refinement_beyond_the_bound_is_refused_and_the_landmark_transform_kep
     moved = residual_rotation_deg(start, result.surface_transform)  # independently of the module
     assert moved > 5.0
     assert f"rotate {moved:.1f} deg" in result.reason and "bound 5 deg" in result.reason
-    assert result.flags and "disagree" in result.flags[0]
+    assert result.flags and "disagree" in result.flags[0].text and result.flags[0].scope == "pair"
     # the default bound lets a 10 deg correction through, a tighter shift bound does not
     assert MAX_ROTATION_DEG > 10.0
     shifted = refine_on_surfaces(start, mr, us, SurfaceSettings(max_shift_mm=1.0))
@@ -332,7 +332,7 @@ def test_rescue_leaves_out_the_wrong_landmark_and_recovers_the_map(phantom, cut)
     assert rescue.left_out == "apex" and rescue.left_out_residual_mm > 10.0
     assert surface_registration_error(pts, TRUTH, rescue.transform) < 1.0
     assert residual_rotation_deg(TRUTH, rescue.transform) < 2.0
-    assert "apex" in rescue.flag and json.dumps(rescue.to_json(), allow_nan=False)
+    assert "apex" in rescue.flag.text and json.dumps(rescue.to_json(), allow_nan=False)
     # the figures quoted in inference.md (pytest -s shows them)
     print(f"\nrescue, US gland {'cut by the border' if cut else 'whole'}: landmark fit SRE "
           f"{surface_registration_error(pts, TRUTH, landmark_fit):.2f} mm / "
@@ -374,7 +374,7 @@ def test_a_refused_refinement_with_a_wrong_landmark_is_rescued_and_flagged(phant
     assert surface_registration_error(pts, TRUTH, result.transform) < 1.0
     doc = result.to_json()
     assert doc["transform_used"] == "surface_rescue" and doc["rescue"]["left_out"] == "apex"
-    assert any("'apex' is inconsistent" in f for f in result.flags)
+    assert any("'apex' is inconsistent" in f.text for f in result.flags)
     assert result.landmark_residuals_mm["apex"] > 10.0 > result.landmark_residuals_mm["bladder_neck"]
     # without the landmarks there is nothing to leave out: the landmark transform is kept
     plain = refine_on_surfaces(landmark_fit, mr, us)

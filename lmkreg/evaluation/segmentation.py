@@ -21,7 +21,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from lmkreg.geometry import ImageGeometry
-from lmkreg.registration.predicted_masks import mask_volume_ml
+from lmkreg.geometry.masks import mask_volume_ml
 
 SEGMENTATION_KEYS = ("dice", "mean_surface_distance_mm", "surface_distance_95_mm")
 

@@ -16,6 +16,7 @@ import SimpleITK as sitk
 
 from lmkreg.io.inputs import InputImage
 from lmkreg.io.provenance import InputRecord, ModelRecord, Provenance, compare, read_provenance
+from lmkreg.trust.flags import UNKNOWN, Flag, read_flags, scoped_flag
 
 
 def _stages(predictor: Any) -> list[Any]:
@@ -59,17 +60,19 @@ def reuse_decision(json_path: Path, wanted: Provenance) -> tuple[bool, str]:
     return (not diffs), "; ".join(diffs)
 
 
-def recorded_flags(json_path: Path) -> list[str]:
-    """The flags of an existing lmkreg landmark JSON (``extras.flags``; ['unreliable'] when it says
-    ``reliable: false`` without flags): a reused output is as unreliable as when it was written."""
+def recorded_flags(json_path: Path) -> list[Flag]:
+    """The flags of an existing lmkreg landmark JSON (``extras.flags`` / ``flag_details``; one
+    case flag when it says ``reliable: false`` without flags): a reused output is as unreliable as
+    when it was written."""
     try:
         doc = json.loads(Path(json_path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
     extras = doc.get("extras", {}) if isinstance(doc, dict) else {}
-    flags = [str(f) for f in extras.get("flags") or []]
+    names = list(doc.get("landmarks", {})) if isinstance(doc.get("landmarks"), dict) else []
+    flags = read_flags(extras, names)
     if extras.get("reliable") is False and not flags:
-        flags = ["case: marked unreliable when predicted"]
+        flags = [scoped_flag(UNKNOWN, "case", UNKNOWN, "marked unreliable when predicted")]
     return flags
 
 

@@ -57,24 +57,25 @@ def _run_job(job: _Job, conf: Configuration, names: list[str]) -> str:
     return "done"
 
 
-def preprocess(dataset: Dataset, plans: Plans, modalities: Optional[Sequence[str]] = None,
+def preprocess(dataset: Dataset, plans: Plans, configurations: Optional[Sequence[str]] = None,
                workers: Optional[int] = None, split: str = "Tr") -> dict[str, dict[str, float]]:
-    """Preprocess every case of each modality; cases already up to date are skipped.
+    """Preprocess every case of each configuration (default: all of the plans: MR, MR_refine...);
+    cases already up to date are skipped.
 
-    Returns per modality the number of cases done and skipped and the wall time in seconds."""
+    Returns per configuration the number of cases done and skipped and the wall time in seconds."""
     counts = {}
-    for modality in modalities or list(plans.configurations):  # configuration names (MR, MR_refine...)
-        conf = plans.configuration(modality)
+    for name in configurations or list(plans.configurations):
+        conf = plans.configuration(name)
         out_dir = preprocessed_folder(dataset) / conf.data_identifier
-        m = conf.modality
+        m = conf.modality  # the dataset's files are named by modality
         jobs = [_Job(CaseFiles(c, dataset.image_path(c, m, split), dataset.mask_path(c, m, split),
                                dataset.landmarks_path(c, m, split)), out_dir)
                 for c in dataset.cases(split, m)]
         start = time.perf_counter()
         results = parallel_map(partial(_run_job, conf=conf, names=list(plans.landmarks)), jobs, workers,
-                               desc=f"preprocess {modality}")
-        counts[modality] = {"done": results.count("done"), "skipped": results.count("skipped"),
-                            "seconds": time.perf_counter() - start}
+                               desc=f"preprocess {name}")
+        counts[name] = {"done": results.count("done"), "skipped": results.count("skipped"),
+                        "seconds": time.perf_counter() - start}
     return counts
 
 
@@ -91,9 +92,9 @@ def plan_and_preprocess(dataset_id: str, budget: Optional[Budget] = None, worker
     cases = sorted(set.intersection(*[set(dataset.cases("Tr", c.modality)) for c in plans.configurations.values()]))
     load_or_create_splits(preprocessed_folder(dataset), cases, num_folds)
     if not skip_preprocessing:
-        for modality, c in preprocess(dataset, plans, workers=workers).items():
+        for name, c in preprocess(dataset, plans, workers=workers).items():
             rate = f" ({c['done'] / c['seconds']:.2f} cases/s)" if c["done"] and c["seconds"] > 0 else ""
-            print(f"{modality}: {c['done']} case(s) preprocessed, {c['skipped']} already up to date "
+            print(f"{name}: {c['done']} case(s) preprocessed, {c['skipped']} already up to date "
                   f"in {c['seconds']:.1f} s{rate}")
     return preprocessed_folder(dataset)
 

@@ -17,6 +17,7 @@ from lmkreg.config.cost import step_cost
 from lmkreg.config.modality import modality_kind
 from lmkreg.config.network import UNetSpec
 from lmkreg.config.plans import Configuration, Normalization, Plans
+from lmkreg.config.settings import TrainingSettings
 
 ANISOTROPY_THRESHOLD = 3.0
 FOV_MARGIN_MM = 15.0
@@ -204,10 +205,13 @@ def plan_configuration(modality: str, summary: dict, landmarks: Sequence[str], b
     normalization = (Normalization("zscore") if kind == "MR" else
                      Normalization("percentile_clip", summary["intensity"]["percentile_00_5"],
                                    summary["intensity"]["percentile_99_5"]))
-    training = {"optimizer": "Adam", "learning_rate": 1e-4 if not cpu else 1e-3, "weight_decay": 0.0,
-                **PAPER_LAMBDAS[kind], "num_epochs": 100 if cpu else 500, "iterations_per_epoch": 50 if cpu else 250,
-                "seed": 12345, "bf16_autocast_cpu": "auto", "weights_ema_decay": WEIGHTS_EMA_DECAY,
-                "augmentation": copy.deepcopy(DEFAULT_AUGMENTATION[kind])}
+    # written explicitly, defaults included, so that plans.json shows the training it plans (the
+    # optimiser is always Adam: the "optimizer" key earlier planners wrote is no longer written)
+    training = TrainingSettings.of(
+        learning_rate=1e-4 if not cpu else 1e-3, weight_decay=0.0, **PAPER_LAMBDAS[kind],
+        num_epochs=100 if cpu else 500, iterations_per_epoch=50 if cpu else 250, seed=12345,
+        bf16_autocast_cpu="auto", weights_ema_decay=WEIGHTS_EMA_DECAY,
+        augmentation=copy.deepcopy(DEFAULT_AUGMENTATION[kind]))
     if cpu:
         notes.append("CPU budget: learning rate 1e-3 instead of the paper's 1e-4 so short CPU runs converge")
     return Configuration(

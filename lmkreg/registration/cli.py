@@ -138,8 +138,9 @@ def register_pair(mr_file: Path, us_file: Path, out_dir: Path, name: str, weight
     except InputError as exc:
         raise InputError(f"{mr_file} + {us_file}", exc.problem) from None
     if pair_flags:
+        from lmkreg.trust.flags import add_flags
         reg.trust = reg.trust if isinstance(reg.trust, dict) else {}
-        reg.trust["flags"] = [*reg.trust.get("flags", []), *pair_flags]
+        add_flags(reg.trust, pair_flags)
     left = (reg.trust or {}).get("two_landmarks")
     if left:
         print(f"{name}: {left['reason']}; transform from {' and '.join(reg.names)} with the training orientation "
@@ -283,7 +284,7 @@ def predict_pair(dataset: str, mr_image: Path, us_image: Path, out_dir: Path, na
         record = one_shot_provenance(predictor, image, read, (series or {}).get(modality))  # issue 25
         for path in (out_dir / f"{name}_{modality}.mrk.json", written[-1]):
             add_provenance(path, record)
-        mask = getattr(pred, "mask", None) if getattr(predictor, "has_segmentation", False) else None
+        mask = pred.mask if predictor.has_segmentation else None
         if mask is not None:
             print(f"  {modality}: predicted prostate mask -> {attach_mask(written[-1], mask).name}")
             if masks is not None:
@@ -293,7 +294,7 @@ def predict_pair(dataset: str, mr_image: Path, us_image: Path, out_dir: Path, na
                   f"mask; --refine surface will keep the landmark transform (train a {trainer}_Seg model, or give "
                   f"--mr-mask and --us-mask)", file=sys.stderr)
         for flag in pred.flags:
-            print(f"warning: {image}: {flag}", file=sys.stderr)
+            print(f"warning: {image}: {flag.text}", file=sys.stderr)
     return written[0], written[1]
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from lmkreg.errors import InputError
 from lmkreg.geometry.rigid import RigidTransform
 from lmkreg.io.landmarks import LandmarkSet
+from lmkreg.trust.flags import Flag, read_flags
 
 MIN_SEPARATION_MM = 1.0
 MIN_TRIANGLE_HEIGHT_MM = 1.0
@@ -64,8 +65,9 @@ class LandmarkRegistration:
     trust: Optional[dict] = None  # pair plausibility and transform uncertainty (lmkreg.trust.pair)
 
     @property
-    def flags(self) -> list[str]:
-        return list((self.trust or {}).get("flags", []))
+    def flags(self) -> list[Flag]:
+        """The pair's flags (lmkreg.trust.flags), read from its ``trust`` block."""
+        return read_flags(self.trust or {}, self.names)
 
     @property
     def rms_mm(self) -> float:

@@ -21,10 +21,11 @@ from typing import Optional
 
 from lmkreg.errors import InputError
 from lmkreg.io.provenance import modality_of, read_provenance
+from lmkreg.trust.flags import PAIR, Flag, scoped_flag
 from lmkreg.io.twins import choose_twin  # noqa: F401  (re-exported: the rule lives in io)
 
 
-def check_pair(mr_file: Path, us_file: Path) -> list[str]:
+def check_pair(mr_file: Path, us_file: Path) -> list[Flag]:
     """Refuse (InputError) a pair whose provenance shows it is wrong; return flags for what only
     the file names suggest."""
     pair = f"{mr_file} + {us_file}"
@@ -42,7 +43,7 @@ def check_pair(mr_file: Path, us_file: Path) -> list[str]:
             + ("; the MR and US files are swapped" if swapped else "")
         if evidence == "provenance":
             raise InputError(pair, what + "; give the MR file as --mr and the US file as --us")
-        flags.append(f"pair: {what}")
+        flags.append(scoped_flag(PAIR, "pair", "file_modality", what))
     a, b = read_provenance(mr_file), read_provenance(us_file)
     if a is not None and b is not None and a.input is not None and b.input is not None \
             and a.input.image_sha256 == b.input.image_sha256:
@@ -53,7 +54,8 @@ def check_pair(mr_file: Path, us_file: Path) -> list[str]:
         try:
             la, lb = read_landmarks(mr_file), read_landmarks(us_file)
             if la.names and la.equals(lb, atol=1e-9):
-                flags.append("pair: the MR and US files hold identical landmarks (the same file twice?)")
+                flags.append(scoped_flag(PAIR, "pair", "identical_files",
+                                         "the MR and US files hold identical landmarks (the same file twice?)"))
         except InputError:
             pass  # the fit reads them again and names the problem
     return flags

@@ -21,6 +21,7 @@ import numpy as np
 
 from lmkreg.errors import InputError
 from lmkreg.io.landmarks import LandmarkSet
+from lmkreg.trust.flags import TWO_LANDMARKS, add_flags, read_flags, scoped_flag
 from lmkreg.registration.landmark_fit import LandmarkRegistration, MIN_SEPARATION_MM, register_landmarks
 from lmkreg.registration.two_landmarks import (MIN_AXIS_MM, RotationPrior, TwoLandmarkFit, check_distances,
                                               landmark_to_leave_out, two_landmark_fit)
@@ -41,15 +42,13 @@ def rotation_prior(mr: LandmarkSet, us: LandmarkSet) -> Optional[RotationPrior]:
 
 
 def landmark_suspects(mr: LandmarkSet, us: LandmarkSet, names: Sequence[str]) -> dict[str, str]:
-    """Landmarks a file's own flags name (``"apex: ..."``; case-wide flags name none), with the
-    flag, e.g. {"apex": "US: apex: folds disagree by 17.8 mm > 5.0 mm"}."""
+    """Landmarks a file's own flags name (``Flag.landmark``; case-wide flags name none), with the
+    flag's text, e.g. {"apex": "US: apex: folds disagree by 17.8 mm > 5.0 mm"}."""
     out: dict[str, str] = {}
     for landmarks, modality in ((mr, "MR"), (us, "US")):
-        flags = landmarks.extras.get("flags") if isinstance(landmarks.extras, dict) else None
-        for f in flags if isinstance(flags, list) else []:
-            for n in names:
-                if isinstance(f, str) and f.startswith(f"{n}:") and n not in out:
-                    out[n] = f"{modality}: {f}"
+        for f in read_flags(landmarks.extras, landmarks.names):
+            if f.landmark in names and f.landmark not in out:
+                out[f.landmark] = f"{modality}: {f.text}"
     return out
 
 
@@ -119,11 +118,13 @@ def _two_landmark_registration(mr: LandmarkSet, us: LandmarkSet, kept: list[str]
     fit = two_landmark_fit(kept, p, q, prior)
     (s_mr, src_mr), (s_us, src_us) = sigmas_of(mr, kept), sigmas_of(us, kept)
     uncertainty = _monte_carlo(p, q, prior, centre, fit, s_mr, s_us)
-    flag = (f"pair: transform from {kept[0]} and {kept[1]} only ({why}); the spin about their axis is the training "
-            f"pairs' orientation, uncertain by {fit.spin_uncertainty_deg_90:.0f} deg (90 %): check the fusion before use")
+    flag = scoped_flag(TWO_LANDMARKS, "pair", "spin_uncertainty_deg_90",
+                       f"transform from {kept[0]} and {kept[1]} only ({why}); the spin about their axis is the "
+                       f"training pairs' orientation, uncertain by {fit.spin_uncertainty_deg_90:.0f} deg (90 %): check "
+                       f"the fusion before use", fit.spin_uncertainty_deg_90, None, "deg")
     trust = dict(three.trust) if three is not None else {
         "rms_residual_mm": None, "expected_rms_limit_mm": None, "training_pair_rms_mm": None, "notes": []}
-    trust["flags"] = list(trust.get("flags", [])) + [flag]
+    add_flags(trust, [flag])
     trust["reliable"] = False
     trust["uncertainty"] = uncertainty
     trust["two_landmarks"] = {**fit.to_json(), "left_out": left_out, "reason": why,

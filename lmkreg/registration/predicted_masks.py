@@ -16,18 +16,13 @@ import json
 from pathlib import Path
 from typing import Optional, Union
 
-import numpy as np
 import SimpleITK as sitk
 
+from lmkreg.geometry.masks import mask_volume_ml
 from lmkreg.io.atomic import atomic_write_json, split_suffix
 
 MASK_KEY = "prostate"
 MASK_SUFFIX = "_prostate.nii.gz"
-
-
-def mask_volume_ml(mask: sitk.Image) -> float:
-    """Gland volume (mL) of a mask: voxels > 0 times the voxel volume."""
-    return float(np.count_nonzero(sitk.GetArrayViewFromImage(mask) > 0)) * float(np.prod(mask.GetSpacing())) / 1000.0
 
 
 def _lmkreg_json_of(landmark_file: Path) -> Optional[Path]:

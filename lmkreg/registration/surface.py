@@ -37,13 +37,14 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 import trimesh
-from scipy import ndimage
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from lmkreg.errors import InputError
 from lmkreg.geometry.rigid import RigidTransform
+from lmkreg.geometry.masks import largest_component
 from lmkreg.geometry.spaces import ImageGeometry
+from lmkreg.trust.flags import SURFACE, Flag, add_flags, scoped_flag
 
 if TYPE_CHECKING:  # pragma: no cover
     from lmkreg.registration.rescue import SurfaceRescue
@@ -135,22 +136,6 @@ class GlandSurface:
         mesh = self.gland_mesh
         points, faces = trimesh.sample.sample_surface(mesh, count, seed=seed)
         return np.asarray(points, float), np.asarray(mesh.face_normals[faces], float)
-
-
-def largest_component(mask: sitk.Image) -> tuple[sitk.Image, int]:
-    """The mask's largest 26-connected foreground component (same grid), and how many
-    foreground voxels were dropped."""
-    arr = sitk.GetArrayViewFromImage(mask) > 0
-    labels, n = ndimage.label(arr, structure=np.ones((3, 3, 3), bool))
-    if n <= 1:
-        out = sitk.GetImageFromArray(arr.astype(np.uint8))
-        out.CopyInformation(mask)
-        return out, 0
-    sizes = np.bincount(labels.ravel())[1:]
-    keep = labels == (int(np.argmax(sizes)) + 1)
-    out = sitk.GetImageFromArray(keep.astype(np.uint8))
-    out.CopyInformation(mask)
-    return out, int(sizes.sum() - sizes.max())
 
 
 def gland_surface(mask: MaskLike, source: Optional[str] = None) -> GlandSurface:
@@ -353,12 +338,13 @@ class SurfaceRefinement:
         return self.rescue.transform if self.rescued else self.landmark_transform
 
     @property
-    def flags(self) -> list[str]:
-        """Trust flags: refusal because the surfaces pull beyond the bound."""
+    def flags(self) -> list[Flag]:
+        """Trust flags: refusal because the surfaces pull beyond the bound; an accepted rescue."""
         out = []
         if self.beyond_bound:
-            out.append(f"pair: the gland surfaces disagree with the landmark transform ({self.reason}); check the "
-                       f"landmarks and the masks")
+            out.append(scoped_flag(SURFACE, "pair", "surface_beyond_bound",
+                                   f"the gland surfaces disagree with the landmark transform ({self.reason}); check "
+                                   f"the landmarks and the masks"))
         if self.rescued:
             out.append(self.rescue.flag)
         return out
@@ -630,7 +616,7 @@ class SurfaceRequest:
         if result.rescued:
             trust["surface"]["rescue"] = result.rescue.reason
         if result.flags:
-            trust.setdefault("flags", []).extend(result.flags)
+            add_flags(trust, result.flags)
             trust["reliable"] = False
         reg.trust = trust
         doc = {**doc, **result.transform.to_json(), **refinement_fields(result), "trust": trust}

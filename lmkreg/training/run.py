@@ -74,11 +74,7 @@ def train(dataset_id: str, modality: str, fold: Union[int, str], trainer: str = 
         t = cls(plans, modality, fold, pre, out, splits, device=device, num_epochs=num_epochs,
                 iterations_per_epoch=iterations_per_epoch, num_workers=num_workers, seed=seed,
                 progress_bar=progress_bar, time_budget_s=time_budget_s, time_limit_s=time_limit_s)
-        from lmkreg.training.stage_offsets import attach  # refine: crops off by the localizer's measured error
-        offsets = attach(t, out_root, splits)
-        summary = t.run(resume=resume)
-    if offsets is not None and summary:
-        offsets.record(out, summary)  # fold_F/refine_crop_offsets.json, validation/summary.json
+        summary = t.run(resume=resume)  # a refine stage's crop offsets: the trainer's stage hook
     from lmkreg.trust.training_hook import store_trust_data  # calibration and training statistics (issue 14)
     store_trust_data(t, out_root, dataset, pre, modality, trainer_modules, device)
     return summary

@@ -148,8 +148,8 @@ class SegmentationMixin:
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.segmentation_weight = float(self.conf.training.get("segmentation_weight",
-                                                                self.default_segmentation_weight))
+        weight = self.settings.segmentation_weight  # None: this trainer's default
+        self.segmentation_weight = float(self.default_segmentation_weight if weight is None else weight)
         self._seg_target: Optional[torch.Tensor] = None
         self._seg_present: Optional[torch.Tensor] = None
         self.val_dice: dict[str, Optional[float]] = {}

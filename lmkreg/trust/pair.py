@@ -31,6 +31,7 @@ import numpy as np
 from scipy.stats import chi2
 
 from lmkreg.io.landmarks import LandmarkSet
+from lmkreg.trust.flags import PAIR, Flag, flag_details, flag_texts, read_flags, scoped_flag
 
 COVERAGE_SIGMA = math.sqrt(chi2.ppf(0.9, 3))  # 90 % radius of a 3D isotropic Gaussian / sigma
 MEDIAN_SIGMA = math.sqrt(chi2.ppf(0.5, 3))  # median length of a 3D isotropic Gaussian error / sigma (1.538)
@@ -121,7 +122,8 @@ def assess_pair(mr: LandmarkSet, us: LandmarkSet, names: Sequence[str], rms_mm: 
     names = list(names)
     (s_mr, src_mr), (s_us, src_us) = sigmas_of(mr, names), sigmas_of(us, names)
     training = training_pair_statistics(mr, us)
-    notes, flags = [], []
+    notes: list[str] = []
+    flags: list[Flag] = []
     base = training["p95"] if training else None
     if base is None:
         notes.append(f"no training pair statistics in the landmark files: residual checked against the default "
@@ -139,13 +141,18 @@ def assess_pair(mr: LandmarkSet, us: LandmarkSet, names: Sequence[str], rms_mm: 
     sigma2 = sum(float(np.mean(s ** 2)) for s in (s_mr, s_us) if s is not None)
     limit = DEFAULT_LIMIT_MM if base is None else math.sqrt(base ** 2 + RMS_FACTOR_95 ** 2 * sigma2)
     if rms_mm > limit:
-        flags.append(f"pair: RMS residual {rms_mm:.1f} mm > {limit:.1f} mm expected at most (by {rms_mm - limit:.1f} mm): "
-                     f"a landmark is wrong or the files are not of the same patient")
+        flags.append(scoped_flag(PAIR, "pair", "rms_residual_mm",
+                                 f"RMS residual {rms_mm:.1f} mm > {limit:.1f} mm expected at most (by "
+                                 f"{rms_mm - limit:.1f} mm): a landmark is wrong or the files are not of the same "
+                                 f"patient", rms_mm, limit, "mm"))
     doc = {"rms_residual_mm": rms_mm, "expected_rms_limit_mm": limit, "training_pair_rms_mm": training,
-           "reliable": not flags, "flags": flags, "notes": notes}
+           "reliable": not flags, "flags": [], "notes": notes}
     for s, src in ((mr, "MR"), (us, "US")):
         if isinstance(s.extras, dict) and s.extras.get("reliable") is False:
-            flags.append(f"pair: the {src} landmarks are flagged unreliable ({'; '.join(s.extras.get('flags', []))})")
+            theirs = "; ".join(flag_texts(read_flags(s.extras, s.names)))
+            flags.append(scoped_flag(PAIR, "pair", f"{src}_landmarks_unreliable",
+                                     f"the {src} landmarks are flagged unreliable ({theirs})"))
+    doc["flags"], doc["flag_details"] = flag_texts(flags), flag_details(flags)
     doc["reliable"] = not flags
     if have_sigmas:
         p = mr.to_array(names)

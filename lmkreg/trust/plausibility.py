@@ -24,6 +24,7 @@ import numpy as np
 
 from lmkreg.geometry import ImageGeometry
 from lmkreg.io.atomic import atomic_write_json
+from lmkreg.trust.flags import PLAUSIBILITY, Flag, scoped_flag
 
 STATISTICS_FILE = "training_statistics.json"
 
@@ -122,6 +123,15 @@ class Check:
         return (f"{self.what} {self.value:.3g}{u} outside the training range widened to {self.low:.3g}..{self.high:.3g}"
                 f"{u} (by {self.excess:.3g}{u})")
 
+    @property
+    def limit(self) -> float:
+        """The end of the allowed range the value lies beyond."""
+        return self.low if self.value < self.low else self.high
+
+    def flag(self, scope: str) -> Flag:
+        """The flag of this failed check on the whole case ("case") or its image ("image")."""
+        return scoped_flag(PLAUSIBILITY, scope, self.what, self.message(), self.value, self.limit, self.unit)
+
 
 def _range_check(feature: str, value: float, s: dict, unit: str = "") -> Optional[Check]:
     if s.get("n", 0) == 0 or not math.isfinite(value):
@@ -156,8 +166,8 @@ class TrainingStatistics:
         """The training pairs' rotations of this modality's world into the other's (older files: None)."""
         return self.doc.get("pair_rotation")
 
-    def check_landmarks(self, points: np.ndarray, grid_centre: Optional[np.ndarray] = None) -> list[str]:
-        """Failed landmark-geometry checks (messages); `points` (L, 3) world LPS in ``names`` order."""
+    def check_landmarks(self, points: np.ndarray, grid_centre: Optional[np.ndarray] = None) -> list[Flag]:
+        """Failed landmark-geometry checks ("case: ..." flags); `points` (L, 3) world LPS in ``names`` order."""
         if np.isnan(points).any():
             return []
         f = landmark_features(points, self.names, grid_centre)
@@ -166,7 +176,7 @@ class TrainingStatistics:
             c = _range_check(k, v, self.doc["landmarks"]["scalars"].get(k, {"n": 0}),
                              "mm" if k.startswith("distance") else "deg")
             if c:
-                problems.append(c.message())
+                problems.append(c.flag("case"))
         for k, v in f["directions"].items():
             ref = self.doc["landmarks"]["directions"].get(k)
             if not ref:
@@ -174,33 +184,42 @@ class TrainingStatistics:
             angle = _direction_angle_deg(np.asarray(v), np.asarray(ref["mean"]))
             limit = ref["max_angle_deg"] + max(RANGE_SHARE * ref["max_angle_deg"], ABS_TOLERANCE["orientation"])
             if angle > limit:
-                problems.append(f"{k} turned {angle:.0f} deg from the training mean (training at most "
-                                f"{ref['max_angle_deg']:.0f} deg, allowed {limit:.0f} deg; by {angle - limit:.0f} deg)")
+                problems.append(scoped_flag(PLAUSIBILITY, "case", k,
+                                            f"{k} turned {angle:.0f} deg from the training mean (training at most "
+                                            f"{ref['max_angle_deg']:.0f} deg, allowed {limit:.0f} deg; by "
+                                            f"{angle - limit:.0f} deg)", angle, limit, "deg"))
         off = self.doc["landmarks"].get("offset")
         if off and "offset" in f:
             d = float(np.linalg.norm(np.asarray(f["offset"]) - np.asarray(off["mean"])))
             limit = off["max_distance_mm"] + max(RANGE_SHARE * off["max_distance_mm"], ABS_TOLERANCE["offset"])
             if d > limit:
-                problems.append(f"landmarks' centre {d:.1f} mm from where training cases had it in the crop (training "
-                                f"at most {off['max_distance_mm']:.1f} mm, allowed {limit:.1f} mm; by {d - limit:.1f} mm)")
+                problems.append(scoped_flag(PLAUSIBILITY, "case", "landmark_centre_offset_mm",
+                                            f"landmarks' centre {d:.1f} mm from where training cases had it in the "
+                                            f"crop (training at most {off['max_distance_mm']:.1f} mm, allowed "
+                                            f"{limit:.1f} mm; by {d - limit:.1f} mm)", d, limit, "mm"))
         return problems
 
-    def check_image(self, crop: dict[str, float], extent_lps: Optional[np.ndarray] = None) -> list[str]:
-        """Failed image checks: crop intensity features and the image's extent per world axis."""
+    def check_image(self, crop: dict[str, float], extent_lps: Optional[np.ndarray] = None) -> list[Flag]:
+        """Failed image checks ("image: ..." flags): crop intensity features and the image's extent
+        per world axis."""
         problems = []
         for k, v in crop.items():
             c = _range_check(k, v, self.doc["image"]["crop"].get(k, {"n": 0}))
             if c:
-                problems.append("image: " + c.message())
+                problems.append(c.flag("image"))
         ext = self.doc["image"].get("extent_lps_mm")
         if extent_lps is not None and ext:
             for axis, v, s in zip("LPS", extent_lps, ext):
                 if s.get("n", 0) and v > EXTENT_FACTOR * s["max"]:
-                    problems.append(f"image: extent along {axis} {v:.0f} mm is {v / s['max']:.1f}x the largest seen in "
-                                    f"training ({s['max']:.0f} mm)")
+                    problems.append(scoped_flag(PLAUSIBILITY, "image", f"extent_{axis}_mm",
+                                                f"extent along {axis} {v:.0f} mm is {v / s['max']:.1f}x the largest "
+                                                f"seen in training ({s['max']:.0f} mm)", v, EXTENT_FACTOR * s["max"],
+                                                "mm"))
                 elif s.get("n", 0) and v < s["min"] / EXTENT_FACTOR:
-                    problems.append(f"image: extent along {axis} {v:.0f} mm is {s['min'] / v:.1f}x smaller than the "
-                                    f"smallest seen in training ({s['min']:.0f} mm)")
+                    problems.append(scoped_flag(PLAUSIBILITY, "image", f"extent_{axis}_mm",
+                                                f"extent along {axis} {v:.0f} mm is {s['min'] / v:.1f}x smaller than "
+                                                f"the smallest seen in training ({s['min']:.0f} mm)", v,
+                                                s["min"] / EXTENT_FACTOR, "mm"))
         return problems
 
 

@@ -70,7 +70,9 @@ def widen_refine_offsets(path: Path, conf, offsets) -> None:
         how = (f"measured: the out-of-fold error of {offsets.localizer} (largest {extra:.1f} mm, "
                f"{len(measured)} cases)")
     else:
-        extra = float(np.sqrt(3) * conf.crop_jitter_mm)
+        from lmkreg.geometry.masks import crop_offset_limit_mm
+
+        extra = crop_offset_limit_mm(conf.crop_jitter_mm)
         how = f"planned: crop centre up to {conf.crop_jitter_mm:.1f} mm off per axis"
     off["max_distance_truth_centred_mm"] = off["max_distance_mm"]
     off["max_distance_mm"] = float(off["max_distance_mm"] + extra)

@@ -17,8 +17,8 @@ from scipy.spatial.transform import Rotation
 from lmkreg.geometry import ImageGeometry, rotation_direction
 from lmkreg.geometry.rigid import RigidTransform
 from lmkreg.io.landmarks import LandmarkSet, read_lmkreg_json, write_lmkreg_json
-from lmkreg.registration import fit_rigid
-from lmkreg.registration.cli import main as register_main
+from lmkreg.geometry.rigid import fit_rigid
+from lmkreg.run.register import main as register_main
 
 NAMES = ["apex", "bladder_neck", "posterior_median"]
 
@@ -254,7 +254,7 @@ def _images(ds, tmp_path, n=3) -> Path:
 
 
 def _predict(inp, out, *extra):
-    from lmkreg.inference.predict_folder import main as predict_main
+    from lmkreg.run.predict import main as predict_main
 
     return predict_main(["-i", str(inp), "-o", str(out), "-d", "7", "-m", "MR", "--device", "cpu", "--no-optimize",
                          *extra])
@@ -422,7 +422,7 @@ def test_a_failed_overwrite_keeps_the_previous_pair_of_landmark_files(toy, tmp_p
     """--overwrite (e.g. after retraining) with a write that fails: the previous NAME.json and
     NAME.mrk.json stay as they were, together.  A new .mrk.json next to the old .json would be
     skipped as 'done' by the next run although the two files disagree."""
-    import lmkreg.inference.predict_folder as predict_folder_module
+    import lmkreg.run.predict as predict_folder_module
     from lmkreg.errors import OutputError
     from lmkreg.io.landmark_files import write_landmarks
 
@@ -490,7 +490,7 @@ def test_reading_the_next_volume_overlaps_the_network_of_the_current_one(tmp_pat
     out.  A duck-typed predictor keeps the test free of torch."""
     import threading
 
-    from lmkreg.inference.predict_folder import predict_folder
+    from lmkreg.run.predict import predict_folder
 
     inp = tmp_path / "in"
     inp.mkdir()

@@ -167,7 +167,7 @@ def trained_cascade(tmp_path_factory):
     under a small CPU budget -> both stages trained on every case (fold 'all')."""
     from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
     from lmkreg.planning.planner import Budget
-    from lmkreg.training.run import train
+    from lmkreg.run.train import train
 
     root = tmp_path_factory.mktemp("cascade")
     with folders_under(root) as env:
@@ -208,9 +208,9 @@ def test_cascade_finds_the_same_world_landmarks_whatever_the_frame(trained_casca
 
 def test_predict_folder_chains_stages_and_records_them(trained_cascade, tmp_path, monkeypatch):
     from lmkreg.inference.cascade import read_cascade_record
-    from lmkreg.inference.predict_folder import main as predict_main
+    from lmkreg.run.predict import main as predict_main
     from lmkreg.io.images import write_image
-    from lmkreg.training.run import main as train_main
+    from lmkreg.run.train import main as train_main
 
     env, results, _, _ = trained_cascade
     use_folders(monkeypatch, env)

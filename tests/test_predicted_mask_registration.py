@@ -19,13 +19,14 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from lmkreg.evaluation.metrics import surface_points, surface_registration_error
+from lmkreg.evaluation.metrics import surface_registration_error
+from lmkreg.geometry.mesh import surface_points
 from lmkreg.evaluation.segmentation import segmentation_metrics, surface_distances
 from lmkreg.geometry import ImageGeometry, rotation_direction
 from lmkreg.io.landmark_files import write_landmarks
 from lmkreg.io.landmarks import LandmarkSet, read_lmkreg_json, write_lmkreg_json
-from lmkreg.registration.cli import main as register_main
-from lmkreg.registration.landmark_fit import fit_rigid
+from lmkreg.run.register import main as register_main
+from lmkreg.geometry.rigid import fit_rigid
 from lmkreg.registration.predicted_masks import attach_mask, find_predicted_mask
 from lmkreg.registration.surface import gland_surface
 from lmkreg.registration.transform_files import read_transform_record
@@ -217,7 +218,7 @@ def mask_predictions(tmp_path_factory):
 
 def test_evaluate_scores_predicted_masks_and_the_three_registrations(mask_predictions, tmp_path, monkeypatch,
                                                                       capsys):
-    from lmkreg.evaluation.cli import main as evaluate_main
+    from lmkreg.run.evaluate import main as evaluate_main
 
     folder, pred, cases = mask_predictions
     monkeypatch.setenv("LMKREG_raw", str(folder.parent))

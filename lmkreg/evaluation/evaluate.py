@@ -24,12 +24,14 @@ import numpy as np
 
 from lmkreg.dataset.layout import Dataset
 from lmkreg.errors import InputError, LmkregError
-from lmkreg.evaluation.metrics import (icp_rigid, mask_to_mesh, radial_errors, registration_dice,
-                                       residual_rotation_deg, surface_points, surface_registration_error)
+from lmkreg.evaluation.metrics import (icp_rigid, radial_errors, registration_dice, residual_rotation_deg,
+                                       surface_registration_error)
+from lmkreg.geometry.mesh import mask_to_mesh, surface_points
 from lmkreg.geometry.rigid import RigidTransform
 from lmkreg.io.images import read_image
 from lmkreg.io.landmarks import LandmarkSet, read_lmkreg_json
 from lmkreg.registration.landmark_fit import register_landmarks
+from lmkreg.io.transform_json import read_rigid_transform
 
 MODALITIES = ("MR", "US")
 METRIC_KEYS = ("sre_predicted_mm", "sre_manual_mm", "rotation_predicted_deg", "rotation_manual_deg",
@@ -243,7 +245,7 @@ def evaluate_case(dataset: Dataset, case: str, split: str, predictions: dict[str
         result.dice_manual = registration_dice(mr_mask, us_mask, manual)
     true_path = dataset.transform_path(case, split)
     if true_path.is_file():
-        result.icp_vs_true_transform_mm = surface_registration_error(pts, RigidTransform.load(true_path), reference)
+        result.icp_vs_true_transform_mm = surface_registration_error(pts, read_rigid_transform(true_path), reference)
     if "MR" in pred and "US" in pred:
         try:
             from lmkreg.registration.pair_fit import fit_pair  # what lmkreg_register writes for the pair

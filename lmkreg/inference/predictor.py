@@ -31,7 +31,11 @@ from lmkreg.inference import segmentation as seg
 from lmkreg.io.landmarks import LandmarkSet
 from lmkreg.config.plans import PLANS_FILE, Plans
 from lmkreg.preprocessing.preprocessor import stage_input
+from lmkreg.trust.calibration import Calibration, signal_scale
+from lmkreg.trust.image_support import not_imaged_flags
+from lmkreg.trust.plausibility import TrainingStatistics, crop_features, grid_centre_world, image_extent_lps
 from lmkreg.training.checkpoint import load_checkpoint
+from lmkreg.training.dsnt import flat_softmax
 from lmkreg.training.registry import find_trainer
 from lmkreg.training.runtime import select_device
 
@@ -137,8 +141,6 @@ def crop_border_mass(outputs: torch.Tensor, vox_zyx: np.ndarray, grid_shape_zyx:
     shape = [int(n) for n in grid_shape_zyx]
     bands = [min(band, (n - 1) // 2) for n in shape]
     if outputs.dim() == 5 and list(outputs.shape[2:]) == shape:
-        from lmkreg.training.dsnt import flat_softmax
-
         h = flat_softmax(outputs[:1].float())[0]  # (L, Z, Y, X)
         inner = tuple(slice(b, n - b) for b, n in zip(bands, shape))
         return (1.0 - h[(slice(None),) + inner].sum(dim=(1, 2, 3))).clamp(0.0, 1.0).double().cpu().numpy()
@@ -199,9 +201,6 @@ class LandmarkPredictor:
                  checkpoint: str = "final", device: Optional[str] = None, mirror_tta: bool = False,
                  trainer_modules: Sequence[str] = (), optimize: bool = True,
                  max_radius_mm: float = RADIUS_FLAG_MM):
-        from lmkreg.trust.calibration import Calibration
-        from lmkreg.trust.plausibility import TrainingStatistics
-
         self.model_folder = Path(model_folder)
         self.max_radius_mm = float(max_radius_mm)
         # stored with the model at training time; absent for models trained before them
@@ -333,9 +332,6 @@ class LandmarkPredictor:
         """Checks that need the source image (which ``predict_array`` does not see): a landmark
         outside the image, the image's extent against training and, given the image itself, a
         landmark where the scan recorded nothing (beyond a TRUS fan).  Adds flags."""
-        from lmkreg.trust.image_support import not_imaged_flags
-        from lmkreg.trust.plausibility import image_extent_lps
-
         inside = image_geometry.contains_world(pred.landmarks.to_array(self.names))
         pred.flags += [f"{n}: outside the image" for n, ok in zip(self.names, inside)
                        if not ok and pred.landmarks.points.get(n) is not None]
@@ -347,9 +343,6 @@ class LandmarkPredictor:
     def _assess(self, pred: Prediction, array: np.ndarray, grid: ImageGeometry, fold_means: np.ndarray,
                 gaps: np.ndarray, spreads: np.ndarray) -> None:
         """Signals, calibrated radii and plausibility checks of one prediction (adds flags)."""
-        from lmkreg.trust.calibration import signal_scale
-        from lmkreg.trust.plausibility import crop_features, grid_centre_world
-
         mean = pred.landmarks.to_array(self.names)
         between = (np.sqrt(((fold_means - mean) ** 2).sum(-1).mean(0)) if len(fold_means) > 1
                    else np.full(len(self.names), np.nan))

@@ -157,7 +157,7 @@ def gland_surface(mask: MaskLike, source: Optional[str] = None) -> GlandSurface:
     """Surface of a prostate mask (an image file or a SimpleITK image; any value > 0 is gland).
 
     Errors name the file: unreadable, not 3D, or empty."""
-    from lmkreg.evaluation.metrics import mask_to_mesh
+    from lmkreg.geometry.mesh import mask_to_mesh
     from lmkreg.io.images import read_image
 
     if isinstance(mask, sitk.Image):
@@ -662,7 +662,7 @@ def _source(mask: MaskLike, modality: str) -> str:
 def _mask_in_folder(folder: Path, case: str) -> Path:
     from lmkreg.io.atomic import split_suffix
     from lmkreg.io.images import is_image_file
-    from lmkreg.registration.cli import CASE_SUFFIX
+    from lmkreg.run.register import CASE_SUFFIX
 
     found = [f for f in sorted(folder.iterdir()) if f.is_file() and is_image_file(f)
              and CASE_SUFFIX.sub("", split_suffix(f)[0]) == case]

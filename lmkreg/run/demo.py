@@ -83,7 +83,7 @@ def predict_test_images(model: Path, images: Path, out: Path, progress: bool = T
     """Predict a folder of test images the way the demo does (fold 0, mirror TTA, as
     lmkreg_predict does by default: the calibrated error radius needs the mirror gap); the
     landmark files (and masks of a segmentation model) go to `out`."""
-    from lmkreg.inference.predict_folder import predict_folder
+    from lmkreg.run.predict import predict_folder
     from lmkreg.inference.predictor import LandmarkPredictor
 
     report = predict_folder(LandmarkPredictor(model, folds=["0"], mirror_tta=True), images, out, overwrite=True,
@@ -160,13 +160,13 @@ def run_demo(quick: bool = False, output: Path = Path("lmkreg_demo"), dataset_id
     """Run every stage; returns the evaluation summary (see lmkreg.evaluation).  `settings`
     replaces the default/quick scale (tests use a smaller one)."""
     from lmkreg.dataset.layout import Dataset
-    from lmkreg.evaluation.cli import main as evaluate_main
+    from lmkreg.run.evaluate import main as evaluate_main
     from lmkreg.planning.plan_and_preprocess import describe, plan_and_preprocess
     from lmkreg.config.plans import Plans
     from lmkreg.io.atomic import atomic_write_json
-    from lmkreg.registration.cli import main as register_main
+    from lmkreg.run.register import main as register_main
     from lmkreg.threads import configure_threads
-    from lmkreg.training.run import model_folder, train
+    from lmkreg.run.train import model_folder, train
 
     settings = settings or SETTINGS["quick" if quick else "default"]
     dataset_id = DEMO_DATASET_ID["quick" if quick else "default"] if dataset_id is None else dataset_id

@@ -20,7 +20,6 @@ setup(
         "matplotlib>=3.6",
         "tqdm>=4.60",
         "batchgenerators>=0.25",
-        "acvl-utils>=0.2",
         "blosc2>=2.5",
         "threadpoolctl>=3",
     ],

@@ -27,7 +27,8 @@ from lmkreg.evaluation.metrics import registration_dice, residual_rotation_deg, 
 from lmkreg.geometry.mesh import surface_points
 from lmkreg.phantoms.generator import generate_case
 from lmkreg.geometry.rigid import fit_rigid
-from lmkreg.registration.surface import SurfaceSettings, gland_surface, refine_on_surfaces
+from lmkreg.registration.surface import refine_on_surfaces
+from lmkreg.registration.icp import SurfaceSettings, gland_surface
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["apex", "bladder_neck", "posterior_median"]

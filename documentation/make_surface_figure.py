@@ -27,7 +27,8 @@ from lmkreg.geometry.mesh import surface_points  # noqa: E402
 from lmkreg.geometry.spaces import ImageGeometry  # noqa: E402
 from lmkreg.phantoms.generator import generate_case  # noqa: E402
 from lmkreg.geometry.rigid import fit_rigid  # noqa: E402
-from lmkreg.registration.surface import gland_surface, refine_on_surfaces  # noqa: E402
+from lmkreg.registration.surface import refine_on_surfaces  # noqa: E402
+from lmkreg.registration.icp import gland_surface
 
 NAMES = ("apex", "bladder_neck", "posterior_median")
 

@@ -440,8 +440,7 @@ def test_a_failed_overwrite_keeps_the_previous_pair_of_landmark_files(toy, tmp_p
     if failing == "json":
         monkeypatch.setattr(predict_folder_module, "write_lmkreg_json", fail_json)
     else:
-        import lmkreg.io.landmark_files as landmark_files
-        monkeypatch.setattr(landmark_files, "write_landmarks",
+        monkeypatch.setattr(predict_folder_module, "write_landmarks",
                             lambda lm, path: fail_json(lm, path) if str(path).endswith(".mrk.json") else real_mrk(lm, path))
     assert _predict(inp, out, "--overwrite") == 1
     monkeypatch.undo()

@@ -46,7 +46,8 @@ def reframed(image: sitk.Image, centre_lps: np.ndarray, offset_lps, size=(48, 48
 # ---- plans -------------------------------------------------------------------------------
 
 def _plans_json(tmp_path: Path) -> dict:
-    from lmkreg.planning.planner import Budget, plan_dataset
+    from lmkreg.planning.planner import Budget
+    from lmkreg.planning.stages import plan_dataset
 
     rng = np.random.default_rng(0)
     cases = []

@@ -25,8 +25,8 @@ from lmkreg.io.landmarks import LandmarkSet, write_lmkreg_json
 from lmkreg.phantoms.anatomy import sample_anatomy
 from lmkreg.run.register import main as register_main
 from lmkreg.geometry.rigid import fit_rigid
-from lmkreg.registration.surface import (MAX_ROTATION_DEG, SurfaceSettings, distance_to_mesh, gland_surface,
-                                         refine_on_masks, refine_on_surfaces)
+from lmkreg.registration.surface import refine_on_masks, refine_on_surfaces
+from lmkreg.registration.icp import MAX_ROTATION_DEG, SurfaceSettings, distance_to_mesh, gland_surface
 from lmkreg.registration.transform_files import read_itk_transform, read_transform_record
 
 NAMES = ["apex", "bladder_neck", "posterior_median"]
@@ -178,10 +178,11 @@ def test_a_result_that_fits_the_surfaces_worse_is_refused(phantom, monkeypatch):
     """The acceptance rule alone: an ICP (replaced here) that ends 3 deg off the true map, started
     from the true map, must not replace it."""
     import lmkreg.registration.surface as surface
+    from lmkreg.registration.icp import IcpResult
 
     mr, us = gland_surface(phantom["mr_mask"]), gland_surface(phantom["us_mask"])
     worse = _perturbed_start(mr.centre, degrees=3.0, shift_mm=0.0)
-    monkeypatch.setattr(surface, "trimmed_icp", lambda *a, **k: surface.IcpResult(worse, 1, True))
+    monkeypatch.setattr(surface, "trimmed_icp", lambda *a, **k: IcpResult(worse, 1, True))
     result = refine_on_surfaces(TRUTH, mr, us)
     assert not result.accepted and not result.beyond_bound and not result.flags
     assert "does not lower the trimmed surface distance" in result.reason

@@ -32,6 +32,15 @@ from lmkreg.cli_utils import friendly_errors, make_parser
 from lmkreg.dataset.layout import Dataset, open_dataset
 from lmkreg.errors import ConfigurationError, LmkregError
 from lmkreg.io.atomic import atomic_write_json, atomic_write_text
+from lmkreg.paths import results_root
+from lmkreg.paths import preprocessed_folder
+from lmkreg.config.splits import SPLITS_FILE
+from lmkreg.evaluation.metrics import radial_errors
+from lmkreg.io.landmark_files import read_landmarks
+from lmkreg.io.landmarks import read_lmkreg_json
+from lmkreg.evaluation.cascade_cv import CASCADE_SUFFIX, IncompleteTrainer, cascade_cross_validation
+from scipy.stats import wilcoxon
+from lmkreg.evaluation.report import json_safe
 
 FOLDS = (0, 1, 2, 3, 4)
 SIGNIFICANCE = 0.05
@@ -73,12 +82,7 @@ class TrainerCV:
                 "per_landmark_mm": per_landmark, "folds": list(self.folds)}
 
 
-class IncompleteTrainer(Exception):
-    """A trainer's cross-validation cannot be used; the message says why."""
-
-
 def results_folder(dataset: Dataset) -> Path:
-    from lmkreg.paths import results_root
 
     return results_root() / dataset.name
 
@@ -94,8 +98,6 @@ def trainer_folders(folder: Path, modality: str) -> dict[str, Path]:
 
 def load_splits(dataset: Dataset) -> Optional[list[dict]]:
     """The dataset's splits_final.json (never created here), or None if there is none."""
-    from lmkreg.paths import preprocessed_folder
-    from lmkreg.config.splits import SPLITS_FILE
 
     path = preprocessed_folder(dataset) / SPLITS_FILE
     if not path.is_file():
@@ -114,9 +116,6 @@ def collect_trainer_cv(dataset: Dataset, folder: Path, trainer: str, modality: s
                        subfolder: str = "validation") -> TrainerCV:
     """Read and score the validation predictions of `folds` (``fold_F/<subfolder>``);
     IncompleteTrainer if one is missing."""
-    from lmkreg.evaluation.metrics import radial_errors
-    from lmkreg.io.landmark_files import read_landmarks
-    from lmkreg.io.landmarks import read_lmkreg_json
 
     names = list(dataset.spec.landmarks)
     cv = TrainerCV(trainer, modality, Path(folder), [int(f) for f in folds])
@@ -180,7 +179,6 @@ def collect_cv_results(dataset: Dataset, modality: str, trainers: Optional[Seque
         except IncompleteTrainer as exc:
             incomplete[trainer] = str(exc)
     # each trainer's cascade competes as "TRAINER+cascade": single stage vs cascade
-    from lmkreg.evaluation.cascade_cv import CASCADE_SUFFIX, cascade_cross_validation
 
     asked = [t.removesuffix(CASCADE_SUFFIX) for t in wanted if t.endswith(CASCADE_SUFFIX)]
     for name in (list(found) if trainers is None else asked):
@@ -200,7 +198,6 @@ def collect_cv_results(dataset: Dataset, modality: str, trainers: Optional[Seque
 def wilcoxon_p(a: dict[str, float], b: dict[str, float]) -> tuple[float, int]:
     """Two-sided Wilcoxon signed-rank p-value of per-case values paired by case, and the number
     of pairs (scipy.stats.wilcoxon with its defaults); NaN if it is undefined (no pairs, all equal)."""
-    from scipy.stats import wilcoxon
 
     cases = sorted(set(a) & set(b))
     if not cases:
@@ -302,7 +299,6 @@ def find_best_configuration(dataset_id: str, modality: str, trainers: Optional[S
            "incomplete": incomplete, "notes": {t: cv.notes for t, cv in results.items() if cv.notes},
            "predict_command": command}
     if best:
-        from lmkreg.evaluation.report import json_safe
 
         atomic_write_json(out / f"best_configuration_{modality}.json", json_safe(doc))
         atomic_write_text(out / f"cross_validation_{modality}.md",

@@ -37,6 +37,7 @@ from lmkreg.phantoms.mr import render_mr
 from lmkreg.phantoms.presets import PhantomPreset, get_preset
 from lmkreg.phantoms.us import Probe, ProbeCompression, beam_grid, render_beam_image, scan_convert
 from lmkreg.io.transform_json import write_rigid_transform
+from scipy.spatial.transform import Rotation
 
 E_Y = np.array([0.0, 1.0, 0.0])
 E_Z = np.array([0.0, 0.0, 1.0])
@@ -109,7 +110,6 @@ class PhantomCase:
 
 
 def _rotation(angles_deg: Sequence[float]) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
 
     return Rotation.from_euler("xyz", angles_deg, degrees=True).as_matrix()
 
@@ -321,7 +321,7 @@ def _run_job(job: _Job) -> dict:
 def _blas_threads(limit: Optional[int]):
     """Cap BLAS threads (parallel case workers would otherwise oversubscribe the cores: 2x slower)."""
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # lazy: optional speed-up, guarded by ImportError
     except ImportError:  # optional: only a speed-up
         return contextlib.nullcontext()
     return threadpool_limits(limits=limit, user_api="blas") if limit else contextlib.nullcontext()

@@ -19,10 +19,12 @@ from lmkreg.dataset.layout import Dataset, open_dataset
 from lmkreg.errors import ConfigurationError
 from lmkreg.paths import preprocessed_folder
 from lmkreg.planning.fingerprint import compute_fingerprint, save_fingerprint
-from lmkreg.planning.planner import Budget, plan_dataset
+from lmkreg.planning.planner import Budget
+from lmkreg.planning.stages import plan_dataset
 from lmkreg.planning.stages import describe_stage
 from lmkreg.parallel import parallel_map
 from lmkreg.preprocessing.preprocessor import CaseFiles, is_up_to_date, preprocess_case
+from lmkreg.threads import configure_threads
 
 
 def plan(dataset: Dataset, budget: Optional[Budget] = None, workers: Optional[int] = None,
@@ -124,7 +126,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="plan a localizer and refine stage per modality besides the single stage: auto (where "
                              "the framing varies or a crop allows a finer spacing), yes or no (default auto)")
     args = parser.parse_args(argv)
-    from lmkreg.threads import configure_threads; configure_threads()  # noqa: E702  (threads from the free cores)
+    configure_threads()  # noqa: E702  (threads from the free cores)
     try:
         budget = Budget.parse(args.budget) if args.budget else None
     except ValueError as exc:

@@ -286,7 +286,7 @@ def main() -> None:
     chosen = "LandmarkTrainer_Variance" if "LandmarkTrainer_Variance" in args.trainers else args.trainers[0]
     cv = {}
     if args.cv_epochs > 0:
-        from lmkreg.evaluation.model_selection import main as find_best_main
+        from lmkreg.run.find_best_configuration import main as find_best_main
 
         for modality in ("MR", "US"):
             for fold in range(5):

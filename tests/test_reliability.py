@@ -162,7 +162,7 @@ def test_an_output_folder_that_is_a_file_is_named(tmp_path, capsys):
 
 
 def test_mask_on_another_grid_stops_preprocessing_naming_the_mask(tmp_path, capsys):
-    from lmkreg.planning.plan_and_preprocess import main as plan_main
+    from lmkreg.run.plan_and_preprocess import main as plan_main
     from toydata import make_toy_dataset
     from lmkreg.paths import raw_root
 

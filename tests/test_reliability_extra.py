@@ -236,7 +236,7 @@ def test_predict_refuses_a_checkpoint_that_is_not_ours(model, tmp_path, capsys, 
 # ---- dataset and plans ------------------------------------------------------------------------------
 
 def test_fewer_cases_than_folds_stops_planning_naming_the_dataset(capsys):
-    from lmkreg.planning.plan_and_preprocess import main as plan_main
+    from lmkreg.run.plan_and_preprocess import main as plan_main
     from toydata import make_toy_dataset
 
     ds = make_toy_dataset(raw_root(), n_cases=3, dataset_id=7)

@@ -18,7 +18,6 @@ import trimesh
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
-from lmkreg.geometry import ImageGeometry
 from lmkreg.geometry.mesh import surface_points
 from lmkreg.geometry.rigid import RigidTransform
 from lmkreg.io.landmarks import LandmarkSet

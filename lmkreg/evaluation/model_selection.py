@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from lmkreg.cli_utils import friendly_errors, make_parser
 from lmkreg.dataset.layout import Dataset, open_dataset
 from lmkreg.errors import ConfigurationError, LmkregError
 from lmkreg.io.atomic import atomic_write_json, atomic_write_text
@@ -246,7 +244,7 @@ def predict_command(dataset_id: int, modality: str, trainer: str, folds: Sequenc
             + " ".join(str(f) for f in folds))
 
 
-def _p(p: float) -> str:
+def format_p(p: float) -> str:
     if p is None or not math.isfinite(p):
         return "n/a"
     return (f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}") + ("*" if p < SIGNIFICANCE else "")
@@ -263,14 +261,14 @@ def cross_validation_markdown(dataset: Dataset, modality: str, folds: Sequence[i
     for s in comparison["ranking"]:
         lm = " | ".join(f"{s['per_landmark_mm'].get(n, math.nan):.2f}" for n in names)
         lines.append(f"| {s['rank']} | {s['trainer']} | {s['mre_mm']:.2f} ± {s['sd_mm']:.2f} | {s['median_mm']:.2f} | "
-                     f"{lm} | {s['num_cases']} | {_p(s['p_vs_best']) if 'p_vs_best' in s else '–'} |")
+                     f"{lm} | {s['num_cases']} | {format_p(s['p_vs_best']) if 'p_vs_best' in s else '–'} |")
     order = [s["trainer"] for s in comparison["ranking"]]
     if len(order) > 1:
         lines += ["", f"Wilcoxon signed-rank tests (two-sided, paired per case on the per-case MRE); "
                       f"* p < {SIGNIFICANCE:g} (paper Table 1):", "",
                   "| | " + " | ".join(order) + " |", "|---|" + "---|" * len(order)]
         for a in order:
-            lines.append(f"| {a} | " + " | ".join("–" if a == b else _p(comparison["wilcoxon_p"][a][b])
+            lines.append(f"| {a} | " + " | ".join("–" if a == b else format_p(comparison["wilcoxon_p"][a][b])
                                                  for b in order) + " |")
     if comparison["best"]:
         lines += ["", f"Best: **{comparison['best']}**.  Predict with:", "", f"    {command}"]
@@ -305,36 +303,3 @@ def find_best_configuration(dataset_id: str, modality: str, trainers: Optional[S
                           cross_validation_markdown(dataset, modality, folds, comparison, incomplete, command))
         doc["files"] = [str(out / f"best_configuration_{modality}.json"), str(out / f"cross_validation_{modality}.md")]
     return doc
-
-
-@friendly_errors
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = make_parser("lmkreg_find_best_configuration", __doc__)
-    p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
-    p.add_argument("-m", "--modality", required=True, help="modality, e.g. MR or US")
-    p.add_argument("-tr", "--trainer", dest="trainers", nargs="+", default=None,
-                   help="trainers to compare (default: every trained TRAINER__MODALITY folder)")
-    p.add_argument("-f", "--folds", nargs="+", type=int, default=list(FOLDS),
-                   help="folds that must all be present (default 0 1 2 3 4)")
-    args = p.parse_args(argv)
-    doc = find_best_configuration(args.dataset, args.modality, args.trainers, args.folds)
-    for trainer, why in doc["incomplete"].items():
-        print(f"skipped {trainer}: {why}", file=sys.stderr)
-    if not doc["best_trainer"]:
-        print(f"error: no trainer of {doc['dataset']} {args.modality} has complete cross-validation results "
-              f"for folds {' '.join(map(str, doc['folds']))}", file=sys.stderr)
-        return 1
-    width = max(len(s["trainer"]) for s in doc["ranking"])
-    print(f"{doc['dataset']} {args.modality}, folds {' '.join(map(str, doc['folds']))}:")
-    for s in doc["ranking"]:
-        pv = f"  p vs best {_p(s['p_vs_best'])}" if "p_vs_best" in s else ""
-        print(f"  {s['rank']}. {s['trainer']:<{width}}  MRE {s['mre_mm']:.2f} ± {s['sd_mm']:.2f} mm "
-              f"({s['num_cases']} cases){pv}")
-    print(f"best: {doc['best_trainer']}")
-    print("wrote " + " and ".join(doc["files"]))
-    print(f"predict with:\n  {doc['predict_command']}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

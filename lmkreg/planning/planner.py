@@ -16,7 +16,7 @@ from lmkreg.config.augmentation import DEFAULT_AUGMENTATION
 from lmkreg.config.cost import step_cost
 from lmkreg.config.modality import modality_kind
 from lmkreg.config.network import UNetSpec
-from lmkreg.config.plans import Configuration, Normalization, Plans
+from lmkreg.config.plans import Configuration, Normalization
 
 ANISOTROPY_THRESHOLD = 3.0
 FOV_MARGIN_MM = 15.0

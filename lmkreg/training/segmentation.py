@@ -24,7 +24,6 @@ connected layer, with no decoder output map a voxel-wise head could read.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -33,9 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmkreg.config.plans import Configuration
-from lmkreg.errors import ConfigurationError, InputError, LmkregError
+from lmkreg.errors import ConfigurationError, LmkregError
 from lmkreg.io.atomic import atomic_write_json
-from lmkreg.preprocessing.storage import ARRAY_SUFFIX, load_array
+from lmkreg.preprocessing.storage import ARRAY_SUFFIX
 from lmkreg.training.network import UNet3D
 from lmkreg.training.trainers import (HeatmapMatchingTrainer, LandmarkTrainer, LandmarkTrainer_Distance,
                                       LandmarkTrainer_Variance)

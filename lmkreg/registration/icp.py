@@ -11,7 +11,7 @@ triangle by several degrees); the whole gland surface fixes it well.  So the lan
 is the start and a rigid ICP between the MR and US gland surfaces refines it:
 
 * surfaces: marching cubes of each mask in index space, mapped to world LPS mm through the
-  image's own geometry (``lmkreg.evaluation.metrics.mask_to_mesh``), largest connected
+  image's own geometry (``lmkreg.geometry.mesh.mask_to_mesh``), largest connected
   component only (a stray island of a predicted mask is not prostate);
 * partial views: where a mask leaves its image, the faces closing it at the image border are
   a cut, not gland: they are left out, and MR points mapped outside such a US grid get no partner;

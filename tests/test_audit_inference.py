@@ -17,8 +17,8 @@ from scipy.spatial.transform import Rotation
 from lmkreg.geometry import ImageGeometry, rotation_direction
 from lmkreg.geometry.rigid import RigidTransform
 from lmkreg.io.landmarks import LandmarkSet, read_lmkreg_json, write_lmkreg_json
-from lmkreg.registration import fit_rigid
-from lmkreg.registration.cli import main as register_main
+from lmkreg.geometry.rigid import fit_rigid
+from lmkreg.run.register import main as register_main
 
 NAMES = ["apex", "bladder_neck", "posterior_median"]
 
@@ -255,7 +255,7 @@ def _images(ds, tmp_path, n=3) -> Path:
 
 
 def _predict(inp, out, *extra):
-    from lmkreg.inference.predict_folder import main as predict_main
+    from lmkreg.run.predict import main as predict_main
 
     return predict_main(["-i", str(inp), "-o", str(out), "-d", "7", "-m", "MR", "--device", "cpu", "--no-optimize",
                          *extra])
@@ -426,7 +426,7 @@ def test_a_failed_overwrite_keeps_the_previous_pair_of_landmark_files(toy, tmp_p
     """--overwrite (e.g. after retraining) with a write that fails: the previous NAME.json and
     NAME.mrk.json stay as they were, together.  A new .mrk.json next to the old .json would be
     skipped as 'done' by the next run although the two files disagree."""
-    import lmkreg.inference.predict_folder as predict_folder_module
+    import lmkreg.run.predict as predict_folder_module
     from lmkreg.errors import OutputError
     from lmkreg.io.landmark_files import write_landmarks
 
@@ -444,8 +444,7 @@ def test_a_failed_overwrite_keeps_the_previous_pair_of_landmark_files(toy, tmp_p
     if failing == "json":
         monkeypatch.setattr(predict_folder_module, "write_lmkreg_json", fail_json)
     else:
-        import lmkreg.io.landmark_files as landmark_files
-        monkeypatch.setattr(landmark_files, "write_landmarks",
+        monkeypatch.setattr(predict_folder_module, "write_landmarks",
                             lambda lm, path: fail_json(lm, path) if str(path).endswith(".mrk.json") else real_mrk(lm, path))
     assert _predict(inp, out, "--overwrite") == 1
     monkeypatch.undo()
@@ -494,7 +493,7 @@ def test_reading_the_next_volume_overlaps_the_network_of_the_current_one(tmp_pat
     out.  A duck-typed predictor keeps the test free of torch."""
     import threading
 
-    from lmkreg.inference.predict_folder import predict_folder
+    from lmkreg.run.predict import predict_folder
 
     inp = tmp_path / "in"
     inp.mkdir()
@@ -504,7 +503,7 @@ def test_reading_the_next_volume_overlaps_the_network_of_the_current_one(tmp_pat
     started = [threading.Event() for _ in range(3)]
     overlapped = []
 
-    from lmkreg.inference.predictor import Prediction as RealPrediction
+    from lmkreg.inference.prediction import Prediction as RealPrediction
 
     def Prediction(k):
         return RealPrediction(LandmarkSet({n: [float(k), 1.0 + i, 2.0] for i, n in enumerate(NAMES)}), {}, {})

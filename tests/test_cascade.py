@@ -46,7 +46,8 @@ def reframed(image: sitk.Image, centre_lps: np.ndarray, offset_lps, size=(48, 48
 # ---- plans -------------------------------------------------------------------------------
 
 def _plans_json(tmp_path: Path) -> dict:
-    from lmkreg.planning.planner import Budget, plan_dataset
+    from lmkreg.planning.planner import Budget
+    from lmkreg.planning.stages import plan_dataset
 
     rng = np.random.default_rng(0)
     cases = []
@@ -173,7 +174,7 @@ def trained_cascade(tmp_path_factory):
     old code: 0.0274 vs 0.0268 mm for one copy here; a fresh clone saw 0.63 mm)."""
     from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
     from lmkreg.planning.planner import Budget
-    from lmkreg.training.run import train
+    from lmkreg.run.train import train
 
     root = tmp_path_factory.mktemp("cascade")
     with folders_under(root) as env:
@@ -217,9 +218,9 @@ def test_cascade_finds_the_same_world_landmarks_whatever_the_frame(trained_casca
 
 def test_predict_folder_chains_stages_and_records_them(trained_cascade, tmp_path, monkeypatch):
     from lmkreg.inference.cascade import read_cascade_record
-    from lmkreg.inference.predict_folder import main as predict_main
+    from lmkreg.run.predict import main as predict_main
     from lmkreg.io.images import write_image
-    from lmkreg.training.run import main as train_main
+    from lmkreg.run.train import main as train_main
 
     env, results, _, _ = trained_cascade
     use_folders(monkeypatch, env)

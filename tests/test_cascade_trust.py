@@ -314,9 +314,9 @@ def test_choose_trainer_finds_cascade_only_models(cascade_models, tmp_path):
 
 def test_predict_and_register_one_shot_use_cascade_only_models_without_trainer(cascade_models, tmp_path,
                                                                               monkeypatch):
-    from lmkreg.inference.predict_folder import main as predict_main
+    from lmkreg.run.predict import main as predict_main
     from lmkreg.io.dicom import read_image_or_series
-    from lmkreg.registration.cli import main as register_main
+    from lmkreg.run.register import main as register_main
 
     _use_env(cascade_models, monkeypatch)
     ds, names = cascade_models["dataset"], cascade_models["names"]

@@ -122,7 +122,7 @@ def test_plan_and_preprocess_overwrite_is_not_overwrite_plans(monkeypatch, capsy
     (["--max-radius", "-1"], "argument --max-radius: '-1' is not above 0"),
 ])
 def test_predict_values_are_checked_with_one_message_style(argv, message, tmp_path, capsys):
-    from lmkreg.inference.predict_folder import main as predict_main
+    from lmkreg.run.predict import main as predict_main
 
     with pytest.raises(SystemExit) as code:
         predict_main(["-i", str(tmp_path), "-o", str(tmp_path / "o"), "-d", "1", "-m", "MR", *argv])
@@ -142,7 +142,7 @@ def test_dataset_is_a_number_or_a_name_everywhere(command, monkeypatch):
 def test_unicode_case_name_from_the_file_does_not_blame_name(tmp_path, capsys):
     """Why: --mr 'Pätient 1_MR.json' failed with '--name: unsafe case id' though --name was not given."""
     from lmkreg.io.landmarks import LandmarkSet, write_lmkreg_json
-    from lmkreg.registration.cli import main as register_main
+    from lmkreg.run.register import main as register_main
 
     points = {"apex": [0.0, 0.0, 0.0], "bladder_neck": [30.0, 0.0, 0.0], "posterior_median": [0.0, 20.0, 5.0]}
     mr, us = tmp_path / "Pätient 1_MR.json", tmp_path / "Pätient 1_US.json"

@@ -79,7 +79,7 @@ def test_an_unconverged_budgeted_run_trains_on_with_a_restarted_schedule_up_to_t
 
 
 def test_demo_verdict_names_each_failing_model_and_what_to_do():
-    from lmkreg.demo import models_verdict, verdict_lines
+    from lmkreg.run.demo import models_verdict, verdict_lines
 
     good = {"mre_mm": 1.1, "num_cases": 8, "steps": 520, "min_steps": 400, "undertrained_reasons": []}
     slow = {"mre_mm": 13.45, "num_cases": 8, "steps": 150, "min_steps": 400,

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from lmkreg.demo import DemoSettings, run_demo
+from lmkreg.run.demo import DemoSettings, run_demo
 
 
 def test_demo_runs_every_stage_and_reports_measured_metrics(tmp_path, capsys):
@@ -53,7 +53,7 @@ def test_demo_runs_every_stage_and_reports_measured_metrics(tmp_path, capsys):
 
 
 def test_demo_registers_on_surfaces_only_with_a_segmentation_head():
-    from lmkreg.demo import has_segmentation, registration_used
+    from lmkreg.run.demo import has_segmentation, registration_used
 
     assert has_segmentation("HeatmapMatchingTrainer_Seg") and not has_segmentation("HeatmapMatchingTrainer")
     landmark_row = {"n": 10, "mean": 5.3, "sd": 10.0, "median": 1.6, "max": 35.0}

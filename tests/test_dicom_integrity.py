@@ -41,7 +41,7 @@ def test_truncated_first_slice_is_an_error_naming_the_file(tmp_path, keep_bytes)
 
 @needs_real
 def test_truncated_slice_fails_the_prediction_of_that_case_by_name(tmp_path, capsys):
-    from lmkreg.inference.predict_folder import FolderReport, list_images  # noqa: F401  (import check)
+    from lmkreg.run.predict import FolderReport, list_images  # noqa: F401  (import check)
     from lmkreg.io.inputs import find_input_images
 
     series, files = _copy(tmp_path)

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from lmkreg.evaluation.cli import main as evaluate_main
+from lmkreg.run.evaluate import main as evaluate_main
 from lmkreg.io.landmark_files import read_landmarks, write_landmarks
 from test_evaluation import ds, phantom, write_predictions  # noqa: F401  (fixtures)
 

@@ -18,8 +18,9 @@ from lmkreg.geometry import ImageGeometry
 from lmkreg.geometry.spaces import apply_affine
 from lmkreg.paths import preprocessed_root
 from lmkreg.phantoms.presets import PRESETS as PHANTOM_PRESETS
-from lmkreg.planning.cost import main as cost_main, measure_cpu_step_times
-from lmkreg.planning.plan_and_preprocess import main as plan_main, plan_and_preprocess
+from lmkreg.training.step_cost import main as cost_main, measure_cpu_step_times
+from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
+from lmkreg.run.plan_and_preprocess import main as plan_main
 from lmkreg.planning.planner import (FOV_MARGIN_MM, Budget, coarsen, plan_configuration, target_spacing,
                                      topology)
 from lmkreg.preprocessing.preprocessor import normalize

@@ -78,8 +78,8 @@ def test_trust_notes_of_a_cascade_name_the_stage_that_lacks_what():
 
 
 def test_predict_folder_and_one_shot_register_do_not_probe_the_predictor():
-    import lmkreg.inference.predict_folder as predict_folder
-    from lmkreg.registration.cli import predict_pair
+    import lmkreg.run.predict as predict_folder
+    from lmkreg.run.register import predict_pair
 
     for source in (inspect.getsource(predict_folder), inspect.getsource(predict_pair)):
         assert "hasattr(" not in source and "getattr(" not in source

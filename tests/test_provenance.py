@@ -24,7 +24,7 @@ DATASET = "47"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Tiny phantoms, an MR and a US LandmarkTrainer trained for one iteration on fold 'all'."""
-    from lmkreg.training.run import model_folder, train
+    from lmkreg.run.train import model_folder, train
     from toydata import folders_under, planned_phantoms
 
     with folders_under(tmp_path_factory.mktemp("provenance_model")) as env:
@@ -44,7 +44,7 @@ def env(trained, monkeypatch):
 
 
 def _predict(inp: Path, out: Path, modality: str = "MR", *extra: str) -> int:
-    from lmkreg.inference.predict_folder import main as predict_main
+    from lmkreg.run.predict import main as predict_main
     return predict_main(["-i", str(inp), "-o", str(out), "-d", DATASET, "-m", modality, "--no-optimize",
                          "--no-progress", *extra])
 

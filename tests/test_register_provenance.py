@@ -14,7 +14,7 @@ from lmkreg.geometry.rigid import RigidTransform
 from lmkreg.io.landmark_files import write_landmarks
 from lmkreg.io.landmarks import DEFAULT_LANDMARK_NAMES, LandmarkSet, write_lmkreg_json
 from lmkreg.io.provenance import InputRecord, Provenance, add_provenance
-from lmkreg.registration.cli import main as register_main
+from lmkreg.run.register import main as register_main
 from lmkreg.registration.landmark_fit import register_landmarks
 
 MR_POINTS = np.array([[10.0, -20.0, 5.0], [14.0, 8.0, 30.0], [-12.0, 3.0, 12.0]])

@@ -14,7 +14,8 @@ import pytest
 from lmkreg.config.plans import STAGES, Configuration, Plans, Stage
 from lmkreg.config.settings import LEGACY_TRAINING_KEYS, TrainingSettings
 from lmkreg.errors import ConfigurationError
-from lmkreg.planning.planner import Budget, plan_configuration, plan_dataset
+from lmkreg.planning.planner import Budget, plan_configuration
+from lmkreg.planning.stages import plan_dataset
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "documentation" / "plans_examples").glob("*.json"))
 NAMES = ["a", "b", "c"]

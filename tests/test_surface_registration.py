@@ -17,15 +17,16 @@ from scipy.spatial.transform import Rotation
 from skimage.measure import marching_cubes
 
 from lmkreg.errors import InputError
-from lmkreg.evaluation.metrics import residual_rotation_deg, surface_points, surface_registration_error
+from lmkreg.evaluation.metrics import residual_rotation_deg, surface_registration_error
+from lmkreg.geometry.mesh import surface_points
 from lmkreg.geometry import ImageGeometry, rotation_direction
 from lmkreg.geometry.rigid import RigidTransform
 from lmkreg.io.landmarks import LandmarkSet, write_lmkreg_json
 from lmkreg.phantoms.anatomy import sample_anatomy
-from lmkreg.registration.cli import main as register_main
-from lmkreg.registration.landmark_fit import fit_rigid
-from lmkreg.registration.surface import (MAX_ROTATION_DEG, SurfaceSettings, distance_to_mesh, gland_surface,
-                                         refine_on_masks, refine_on_surfaces)
+from lmkreg.run.register import main as register_main
+from lmkreg.geometry.rigid import fit_rigid
+from lmkreg.registration.surface import refine_on_masks, refine_on_surfaces
+from lmkreg.registration.icp import MAX_ROTATION_DEG, SurfaceSettings, distance_to_mesh, gland_surface
 from lmkreg.registration.transform_files import read_itk_transform, read_transform_record
 
 NAMES = ["apex", "bladder_neck", "posterior_median"]
@@ -177,10 +178,11 @@ def test_a_result_that_fits_the_surfaces_worse_is_refused(phantom, monkeypatch):
     """The acceptance rule alone: an ICP (replaced here) that ends 3 deg off the true map, started
     from the true map, must not replace it."""
     import lmkreg.registration.surface as surface
+    from lmkreg.registration.icp import IcpResult
 
     mr, us = gland_surface(phantom["mr_mask"]), gland_surface(phantom["us_mask"])
     worse = _perturbed_start(mr.centre, degrees=3.0, shift_mm=0.0)
-    monkeypatch.setattr(surface, "trimmed_icp", lambda *a, **k: surface.IcpResult(worse, 1, True))
+    monkeypatch.setattr(surface, "trimmed_icp", lambda *a, **k: IcpResult(worse, 1, True))
     result = refine_on_surfaces(TRUTH, mr, us)
     assert not result.accepted and not result.beyond_bound and not result.flags
     assert "does not lower the trimmed surface distance" in result.reason
@@ -305,7 +307,7 @@ def test_cli_refuses_incomplete_surface_options(tmp_path, phantom, capsys):
 def _wrong_apex(phantom, cut: bool):
     """The demo's pair 042: the US apex is wrong, put next to the bladder neck (as a network puts a
     landmark it cannot see), optionally with the US gland cut by the image border."""
-    from lmkreg.registration.landmark_fit import fit_rigid
+    from lmkreg.geometry.rigid import fit_rigid
 
     p = phantom["landmarks_mr"]
     q = TRUTH.apply(p)

@@ -7,14 +7,14 @@ import hashlib
 import pytest
 import torch
 
-from lmkreg.training.run import main as train_main
+from lmkreg.run.train import main as train_main
 
 RESULTS = "Dataset048_Phantom"
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from lmkreg.training.run import model_folder, train
+    from lmkreg.run.train import model_folder, train
     from toydata import folders_under, planned_phantoms
 
     with folders_under(tmp_path_factory.mktemp("leftovers")) as env:
@@ -66,7 +66,7 @@ def test_failed_runs_leave_no_folder_behind(model, capsys):
 def test_device_cuda_without_cuda_is_one_line(model, tmp_path, capsys):
     """Why: --device cuda without CUDA ended in a Python traceback in predict and train."""
     from lmkreg.dataset.layout import open_dataset
-    from lmkreg.inference.predict_folder import main as predict_main
+    from lmkreg.run.predict import main as predict_main
 
     assert train_main(["-d", "48", "-m", "MR", "-f", "0", "--device", "cuda", "--no-progress"]) == 2
     err = capsys.readouterr().err

@@ -20,7 +20,8 @@ from lmkreg.io.images import read_image
 from lmkreg.io.landmark_files import read_landmarks
 from lmkreg.io.landmarks import read_lmkreg_json, write_lmkreg_json
 from lmkreg.registration.landmark_fit import register_landmarks
-from lmkreg.trust.calibration import CALIBRATION_FILE, FOLD_CASES_FILE, Calibration, calibrate_fold, conformal_quantile
+from lmkreg.trust.calibration import CALIBRATION_FILE, FOLD_CASES_FILE, Calibration, conformal_quantile
+from lmkreg.run.calibrate import calibrate_fold
 from lmkreg.trust.plausibility import STATISTICS_FILE
 from toydata import folders_under, planned_phantoms, use_folders
 
@@ -33,7 +34,7 @@ def models(tmp_path_factory):
     epoch (fold 0 each).  Training stores fold 0's 2 validation cases for calibration; to reach
     the 9 cases a 90 % radius needs without training all five folds, both models are calibrated
     again on all 10 training cases (optimistic for the trained model, which saw 8 of them)."""
-    from lmkreg.training.run import model_folder, train
+    from lmkreg.run.train import model_folder, train
 
     with folders_under(tmp_path_factory.mktemp("trust_data")) as env:
         planned_phantoms(3, 10, 6, seed=33)
@@ -92,7 +93,7 @@ def test_training_stores_calibration_and_training_statistics(models, monkeypatch
 
 
 def test_error_radius_is_q_times_the_signal_scale_and_written_everywhere(env, tmp_path):
-    from lmkreg.inference.predict_folder import main as predict_main
+    from lmkreg.run.predict import main as predict_main
 
     ds = open_dataset(3)
     case = ds.cases("Ts", "MR")[0]
@@ -184,7 +185,7 @@ def test_a_pair_with_another_patients_landmarks_is_flagged_and_strict_sets_the_e
     """Predicted-like files: true landmarks carrying a 1.5 mm radius (a well-trained model's) and the
     training pair statistics.  The same patient's pair passes; the test case whose anatomy differs
     most from case 0 is flagged, written and listed, and only --strict makes the exit status 3."""
-    from lmkreg.registration.cli import main as register_main
+    from lmkreg.run.register import main as register_main
     from lmkreg.trust.plausibility import TrainingStatistics
 
     ds = open_dataset(3)
@@ -228,7 +229,7 @@ def test_a_pair_with_another_patients_landmarks_is_flagged_and_strict_sets_the_e
 
 
 def test_predict_writes_marks_and_lists_unreliable_cases_and_strict_sets_the_exit_status(env, tmp_path, capsys):
-    from lmkreg.inference.predict_folder import main as predict_main
+    from lmkreg.run.predict import main as predict_main
 
     ds = open_dataset(3)
     inp = tmp_path / "in"

@@ -13,7 +13,7 @@ from scipy.stats import mannwhitneyu
 from lmkreg.evaluation.evaluate import CaseResult, calibration_summary
 from lmkreg.evaluation.metrics import radius_coverage, roc_auc
 from lmkreg.io.landmarks import LandmarkSet
-from lmkreg.registration.landmark_fit import fit_rigid
+from lmkreg.geometry.rigid import fit_rigid
 from lmkreg.trust.calibration import Calibration, conformal_quantile, minimum_cases, signal_scale
 from lmkreg.trust.pair import COVERAGE_SIGMA, RMS_FACTOR_95, assess_pair, transform_uncertainty
 from lmkreg.trust.plausibility import TrainingStatistics, _summary, landmark_features

@@ -19,6 +19,7 @@ from lmkreg.config.settings import TrainingSettings
 from lmkreg.config.validation import Validator as _Validator
 from lmkreg.errors import ConfigurationError
 from lmkreg.io.atomic import atomic_write_json
+import os
 
 PathLike = Union[str, Path]
 PLANS_FILE = "plans.json"
@@ -238,7 +239,6 @@ def _check_limits(v: _Validator, where: str, spec: UNetSpec, size: list[int], ba
     """Refuse hand-edited values that cannot run: a batch or feature count far beyond any real
     plan, or an input whose estimated memory (lmkreg.config.cost) exceeds this machine's.
     Otherwise prediction tries to allocate terabytes and training hangs."""
-    import os
 
     if batch > max_batch:
         v.fail(f"{where}.batch_size", f"is {batch}; at most {max_batch} is accepted (planned values are 2-16)")
@@ -254,7 +254,7 @@ def _check_limits(v: _Validator, where: str, spec: UNetSpec, size: list[int], ba
     predict_gb = (cost.activations + cost.parameters) * 4 / 1e9  # one sample forward, float32
     train_gb = cost.gpu_memory_gb(batch, mixed_precision=False)
     try:  # imported only here, to ask for GPU memory: importing lmkreg.config must not load torch
-        import torch
+        import torch  # lazy: importing lmkreg.config (and planning) must not load torch
         if torch.cuda.is_available():
             machine_train = max(machine, max(torch.cuda.get_device_properties(i).total_memory / 1e9
                                              for i in range(torch.cuda.device_count())))

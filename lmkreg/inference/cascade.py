@@ -37,7 +37,8 @@ import SimpleITK as sitk
 from lmkreg.errors import ConfigurationError
 from lmkreg.geometry import ImageGeometry
 from lmkreg.inference.interface import finish_prediction
-from lmkreg.inference.predictor import BORDER_MASS_FLAG, LandmarkPredictor, Prediction, available_folds, model_folder_for
+from lmkreg.inference.prediction import Prediction
+from lmkreg.inference.predictor import BORDER_MASS_FLAG, LandmarkPredictor, available_folds, model_folder_for
 from lmkreg.inference.segmentation import SegLayer
 from lmkreg.inference.stage_trust import LOCALIZER, StageCheck, borrow_localizer_radii, check_stages
 from lmkreg.io.json_values import finite_or_none

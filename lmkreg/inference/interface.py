@@ -14,15 +14,13 @@ its grid are done afterwards by ``finish_prediction``, the same way for every pr
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional, Protocol, runtime_checkable
+from typing import Any, Optional, Protocol, runtime_checkable
 
 import SimpleITK as sitk
 
 from lmkreg.geometry import ImageGeometry
+from lmkreg.inference.prediction import Prediction
 from lmkreg.inference.segmentation import mask_on_image
-
-if TYPE_CHECKING:  # annotations only: predictor.py imports this module
-    from lmkreg.inference.predictor import Prediction
 
 
 @runtime_checkable
@@ -56,16 +54,16 @@ class Predictor(Protocol):
         """(what ``predict_array`` takes, the grid it lies on) for one source image."""
         ...
 
-    def predict_array(self, array: Any, grid: ImageGeometry) -> "Prediction":
+    def predict_array(self, array: Any, grid: ImageGeometry) -> Prediction:
         """The prediction for a preprocessed input, before the source image checks."""
         ...
 
-    def check_image(self, pred: "Prediction", image_geometry: ImageGeometry,
+    def check_image(self, pred: Prediction, image_geometry: ImageGeometry,
                     image: Optional[sitk.Image] = None) -> None:
         """Add the flags that need the source image (its grid, and given it, its voxels)."""
         ...
 
-    def predict(self, image: sitk.Image) -> "Prediction":
+    def predict(self, image: sitk.Image) -> Prediction:
         """Preprocess, predict and finish one image."""
         ...
 
@@ -74,8 +72,8 @@ class Predictor(Protocol):
         ...
 
 
-def finish_prediction(predictor: Predictor, pred: "Prediction", image_geometry: ImageGeometry,
-                      image: Optional[sitk.Image] = None) -> "Prediction":
+def finish_prediction(predictor: Predictor, pred: Prediction, image_geometry: ImageGeometry,
+                      image: Optional[sitk.Image] = None) -> Prediction:
     """The finishing step every prediction goes through once its source image is known: the
     predictor's image checks (flags), then, for a model with a segmentation head, the prostate
     mask on the source image's grid (``pred.mask``, ``pred.volume_ml``).  Returns `pred`."""

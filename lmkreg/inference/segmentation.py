@@ -25,6 +25,8 @@ import torch
 from lmkreg.geometry import ImageGeometry
 from lmkreg.geometry.masks import largest_component, mask_volume_ml
 from lmkreg.io.ownership import LMKREG_MASK_NOTE
+from lmkreg.training.segmentation import split_outputs
+import json
 
 THRESHOLD = 0.5
 MASK_SUFFIX = "_prostate.nii.gz"
@@ -46,7 +48,6 @@ def has_segmentation(trainer: type) -> bool:
 
 def split(outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(landmark channels, prostate probability (Z, Y, X)) of one multi-task output of batch 1."""
-    from lmkreg.training.segmentation import split_outputs
 
     landmarks, logits = split_outputs(outputs)
     return landmarks, torch.sigmoid(logits.float())[0, 0]
@@ -107,7 +108,6 @@ def prostate_record(json_path: Path, volume_ml: Optional[float]) -> dict:
 
 def read_prostate_record(json_path: Union[str, Path]) -> Optional[dict]:
     """``{"mask_file": absolute Path, "volume_ml": float}`` of a prediction JSON, or None."""
-    import json
 
     p = Path(json_path)
     doc = json.loads(p.read_text(encoding="utf-8"))

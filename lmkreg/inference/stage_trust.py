@@ -22,7 +22,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from lmkreg.geometry.masks import crop_offset_limit_mm
-from lmkreg.inference.predictor import BORDER_MASS_FLAG, BORDER_VOXELS, Prediction
+from lmkreg.inference.prediction import Prediction
+from lmkreg.inference.predictor import BORDER_MASS_FLAG, BORDER_VOXELS
 from lmkreg.trust.flags import STAGES, Flag, landmark_flag
 
 LOCALIZER = "localizer"

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterable, Union
 
 from lmkreg.errors import OutputError
+import SimpleITK as sitk
 
 PathLike = Union[str, Path]
 
@@ -30,7 +31,6 @@ LMKREG_RESAMPLED_NOTE = "lmkreg resampled into US space"
 
 
 def _is_lmkreg_mask(path: Path) -> bool:
-    import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))

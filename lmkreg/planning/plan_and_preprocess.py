@@ -5,21 +5,20 @@ Output in ``$LMKREG_preprocessed/DatasetNNN_Name/``: ``dataset_fingerprint.json`
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Optional, Sequence
 
-from lmkreg.cli_utils import friendly_errors, make_parser
 from lmkreg.config.plans import PLANS_FILE, Configuration, Plans
 from lmkreg.config.splits import SPLITS_FILE, load_or_create_splits
 from lmkreg.dataset.layout import Dataset, open_dataset
 from lmkreg.errors import ConfigurationError
 from lmkreg.paths import preprocessed_folder
 from lmkreg.planning.fingerprint import compute_fingerprint, save_fingerprint
-from lmkreg.planning.planner import Budget, plan_dataset
+from lmkreg.planning.planner import Budget
+from lmkreg.planning.stages import plan_dataset
 from lmkreg.planning.stages import describe_stage
 from lmkreg.parallel import parallel_map
 from lmkreg.preprocessing.preprocessor import CaseFiles, is_up_to_date, preprocess_case
@@ -109,38 +108,3 @@ def describe(plans: Plans) -> str:
             lines.append(f"    {describe_stage(c)}")
         lines += [f"    note: {n}" for n in c.notes]
     return "\n".join(lines)
-
-
-@friendly_errors
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = make_parser("lmkreg_plan_and_preprocess", __doc__)
-    parser.add_argument("-d", "--dataset", required=True, help="dataset id (e.g. 1) or name (Dataset001_Phantom)")
-    parser.add_argument("--budget", default=None,
-                        help="'cpu' or a GPU memory size in GB (default: cpu unless a CUDA device is present)")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: available cores)")
-    parser.add_argument("--num-folds", type=int, default=5, help="number of cross-validation folds (default 5)")
-    parser.add_argument("--overwrite-plans", action="store_true", help="plan again even if plans.json exists")
-    parser.add_argument("--plan-only", action="store_true", help="write plans and splits, do not preprocess")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("--cascade", choices=["auto", "yes", "no"], default="auto",
-                        help="plan a localizer and refine stage per modality besides the single stage: auto (where "
-                             "the framing varies or a crop allows a finer spacing), yes or no (default auto)")
-    args = parser.parse_args(argv)
-    if args.no_progress:
-        from lmkreg.parallel import hide_progress
-        hide_progress()
-    from lmkreg.threads import configure_threads; configure_threads()  # noqa: E702  (threads from the free cores)
-    try:
-        budget = Budget.parse(args.budget) if args.budget else None
-    except ValueError as exc:
-        raise ConfigurationError(str(exc)) from None
-    cascade = {"auto": None, "yes": True, "no": False}[args.cascade]
-    out = plan_and_preprocess(args.dataset, budget, args.workers, args.num_folds, args.overwrite_plans, args.plan_only,
-                              cascade)
-    print(describe(Plans.load(out / PLANS_FILE)))
-    print(f"plans and preprocessed data in {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,6 +10,8 @@ centroid at the finest spacing the budget allows, and is trained with its crop c
 by up to ``crop_jitter_mm`` so it never depends on the localizer being exact.
 
 Each rule is a small pure function over the fingerprint (documentation/planning.md).
+``plan_dataset`` (every modality's single stage from lmkreg.planning.planner, plus its cascade)
+lives here so that the planner never imports this module.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from lmkreg.config.plans import Configuration, Stage
+from lmkreg.config.plans import Configuration, Plans, Stage
+from lmkreg.planning.planner import Budget, field_of_view, plan_configuration
 
 LOCALIZER_PAD_MM = 4.0  # room for snapping the localizer grid to its world lattice
 TRANSLATION_MARGIN_MM = 10.0  # localizer translations: spread of gland positions + this
@@ -78,8 +81,6 @@ def _set_spatial(conf: Configuration, **values: float) -> None:
 def plan_cascade(modality: str, fingerprint_modality: dict, names: Sequence[str], budget, dataset_name: str,
                  single: Configuration, force: bool = False) -> dict[str, Configuration]:
     """``{MOD_localizer: ..., MOD_refine: ...}`` or ``{}`` (one stage; ``single.notes`` says why)."""
-    from lmkreg.planning.planner import field_of_view, plan_configuration
-
     summary, cases = fingerprint_modality["summary"], fingerprint_modality["cases"]
     centroids = case_centroids(cases, names)
     rel = centred_landmarks(cases, names)
@@ -139,3 +140,17 @@ def describe_stage(conf: Configuration) -> Optional[str]:
         return (f"stage 2 of a cascade after {conf.previous_stage}, crop jitter {conf.crop_jitter_mm:.1f} mm, "
                 f"{conf.refine_iterations} iteration(s)")
     return None
+
+
+def plan_dataset(fingerprint: dict, budget: Budget, cascade: Optional[bool] = None) -> Plans:
+    """Plans for every modality of a fingerprinted dataset: the single-stage configuration
+    (named by the modality) and, where the planner decides it (``cascade`` None) or is told to
+    (True), a localizer + refine cascade (lmkreg.planning.stages)."""
+    confs = {}
+    for m, fp in fingerprint["modalities"].items():
+        single = plan_configuration(m, fp["summary"], fingerprint["landmarks"], budget, fingerprint["dataset_name"])
+        confs[m] = single
+        if cascade is not False:
+            confs.update(plan_cascade(m, fp, fingerprint["landmarks"], budget, fingerprint["dataset_name"], single,
+                                      force=bool(cascade)))
+    return Plans(fingerprint["dataset_name"], list(fingerprint["landmarks"]), budget.to_json(), confs)

@@ -18,13 +18,17 @@ import math
 from typing import Optional, Sequence
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from lmkreg.errors import InputError
+from lmkreg.geometry.rigid import MIN_SEPARATION_MM
 from lmkreg.io.landmarks import LandmarkSet
+from lmkreg.registration.landmark_fit import LandmarkRegistration, register_landmarks
+from lmkreg.registration.two_landmarks import (DEFAULT_SIGMA_MM, MIN_AXIS_MM, RotationPrior, TwoLandmarkFit,
+                                              check_distances, fit_two_landmarks, landmark_to_leave_out,
+                                              two_landmark_fit)
 from lmkreg.trust.flags import TWO_LANDMARKS, add_flags, read_flags, scoped_flag
-from lmkreg.registration.landmark_fit import LandmarkRegistration, MIN_SEPARATION_MM, register_landmarks
-from lmkreg.registration.two_landmarks import (MIN_AXIS_MM, RotationPrior, TwoLandmarkFit, check_distances,
-                                              landmark_to_leave_out, two_landmark_fit)
+from lmkreg.trust.pair import assess_pair, sigmas_of, training_pair_statistics
 
 MONTE_CARLO_SAMPLES = 400
 
@@ -57,8 +61,6 @@ def fit_pair(mr: LandmarkSet, us: LandmarkSet, names: Sequence[str],
     """The MR->US landmark registration of a pair with its ``trust`` block (see the module doc).
     Raises InputError when no transform can be given (fewer than two landmarks in both files,
     or two without an orientation prior)."""
-    from lmkreg.trust.pair import assess_pair, sigmas_of, training_pair_statistics
-
     names = list(names)
     used = [n for n in names if mr.points.get(n) is not None and us.points.get(n) is not None]
     prior = rotation_prior(mr, us)
@@ -106,8 +108,6 @@ def _two_landmark_registration(mr: LandmarkSet, us: LandmarkSet, kept: list[str]
                                ) -> LandmarkRegistration:
     """The two-landmark transform, flagged, with its uncertainty (Monte Carlo over the landmarks'
     localisation error and the training pairs' spin errors about this axis)."""
-    from lmkreg.trust.pair import sigmas_of
-
     p, q = mr.to_array(kept), us.to_array(kept)
     axis = float(np.linalg.norm(p[1] - p[0]))
     if axis < max(MIN_AXIS_MM, MIN_SEPARATION_MM) or float(np.linalg.norm(q[1] - q[0])) < MIN_AXIS_MM:
@@ -141,10 +141,6 @@ def _monte_carlo(p: np.ndarray, q: np.ndarray, prior: RotationPrior, centre: np.
     """90th percentiles of the rotation (deg) and gland-centre displacement (mm) of the
     two-landmark transform when its landmarks move by their sd and its spin by one of the
     training pairs' spin errors about this axis (random sign)."""
-    from scipy.spatial.transform import Rotation
-
-    from lmkreg.registration.two_landmarks import DEFAULT_SIGMA_MM, fit_two_landmarks
-
     rng = np.random.default_rng(seed)
     spins = np.radians(fit.spin_errors_deg)
     s_mr = np.full(2, DEFAULT_SIGMA_MM) if s_mr is None else s_mr

@@ -20,6 +20,7 @@ import SimpleITK as sitk
 
 from lmkreg.geometry.masks import mask_volume_ml
 from lmkreg.io.atomic import atomic_write_json, split_suffix
+from lmkreg.io.images import write_image
 
 MASK_KEY = "prostate"
 MASK_SUFFIX = "_prostate.nii.gz"
@@ -65,7 +66,6 @@ def attach_mask(landmark_json: Union[str, Path], mask: sitk.Image) -> Path:
     and give the JSON its ``prostate`` entry, in lmkreg_predict's form.  For callers that
     predict themselves (one-shot register, the benchmarks, tests); lmkreg_predict writes the
     same files on its own."""
-    from lmkreg.io.images import write_image
 
     path = Path(landmark_json)
     stem, _ = split_suffix(path)

@@ -36,9 +36,9 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from lmkreg.geometry.rigid import RigidTransform
+from lmkreg.registration.icp import (GlandSurface, SurfaceSamples, SurfaceSettings, sample_surfaces,
+                                     transform_change, trimmed_icp, trimmed_surface_distance)
 from lmkreg.trust.flags import RESCUE, Flag, scoped_flag
-from lmkreg.registration.surface import (GlandSurface, SurfaceSamples, SurfaceSettings, sample_surfaces,
-                                         transform_change, trimmed_icp, trimmed_surface_distance)
 
 SPIN_STEP_DEG = 30.0  # spin starts about the kept landmarks' axis (ICP's basin is wider than +-15 deg)
 LANDMARK_WEIGHT = 0.1  # the two kept landmarks as ICP pairs: their mean squared error x this vs the surface's

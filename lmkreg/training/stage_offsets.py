@@ -44,6 +44,7 @@ from lmkreg.config.plans import Stage
 from lmkreg.errors import InputError
 from lmkreg.io.atomic import atomic_write_json
 from lmkreg.training.data import crop_sample, jittered_crop
+from lmkreg.io.landmarks import read_lmkreg_json
 
 RESIDUAL_JITTER_VOXELS = 1.0  # uniform +- this many refine voxels on top of a measured offset
 MIN_MEASURED_CASES = 3  # fewer out-of-fold errors than this: too few to stand for the localizer
@@ -230,7 +231,6 @@ def localizer_out_of_fold(folder: Path, splits: Sequence[dict],
                           names: Sequence[str]) -> dict[str, tuple[str, np.ndarray]]:
     """{case: (fold, (L, 3) world LPS)}: each case's prediction by the localizer fold that held
     it out, from finished numeric folds only."""
-    from lmkreg.io.landmarks import read_lmkreg_json
 
     out: dict[str, tuple[str, np.ndarray]] = {}
     for k, split in enumerate(splits):

@@ -23,9 +23,11 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from lmkreg.errors import LmkregError
+from lmkreg.threads import OtherProgramsWatch, configure_threads, import_warning, may_adapt_threads
 from lmkreg.geometry.spaces import apply_affine
 from lmkreg.io.atomic import atomic_write_json
 from lmkreg.io.landmarks import LandmarkSet, write_lmkreg_json
@@ -42,6 +44,8 @@ from lmkreg.training.progress import TrainingLog
 from lmkreg.training.stage_offsets import StageHook, stage_hook
 from lmkreg.training.runtime import (Distributed, make_adam, average_across_processes, barrier, broadcast_int,
                                      cpu_bf16_setting, init_distributed, seed_everything, select_device)
+from lmkreg.training.data import (WORKER_FAILURES, PreprocessedCases, build_augmentation, iterate_batches,
+                                  make_train_loader)
 
 GRAD_CLIP = 12.0
 # the plan's "training" keys and their defaults: lmkreg.config.settings.TrainingSettings
@@ -167,7 +171,6 @@ class LandmarkTrainer:
         return list(splits[f]["train"]), list(splits[f]["val"])
 
     def _setup(self) -> None:
-        from lmkreg.training.data import PreprocessedCases, build_augmentation
 
         seed_everything(self.seed)  # same initial weights everywhere (DDP also broadcasts rank 0's)
         self.network = self.build_network(self.conf, len(self.names)).to(self.device)
@@ -185,7 +188,6 @@ class LandmarkTrainer:
         decay = float(t.weights_ema_decay)
         self.ema = None
         if decay > 0:  # validation, checkpoints and predictions use the running average of the weights
-            from torch.optim.swa_utils import AveragedModel
             self.ema = AveragedModel(self.network, multi_avg_fn=weights_ema_update(decay), use_buffers=True)
         self.train_data = PreprocessedCases(self.data_folder, self.train_cases, with_masks=self.uses_masks)
         self.val_data = PreprocessedCases(self.data_folder, self.val_cases, with_masks=self.uses_masks)
@@ -330,8 +332,6 @@ class LandmarkTrainer:
     def run(self, resume: bool = False) -> dict:
         """Train, validate each epoch, checkpoint; at the end write validation predictions and
         the verdict on whether the run trained long enough (summary.json, log and console)."""
-        from lmkreg.threads import OtherProgramsWatch, configure_threads, import_warning, may_adapt_threads
-        from lmkreg.training.data import make_train_loader
 
         self.output_folder.mkdir(parents=True, exist_ok=True)
         threads = configure_threads(self.num_workers, processes=self.ddp.local_world_size)
@@ -423,7 +423,6 @@ class LandmarkTrainer:
         """One pass over the loader, the learning rate set before every step; a dead data worker
         stops training with a clear message (torch may report it from a signal handler while a
         step runs, so catch it here too)."""
-        from lmkreg.training.data import WORKER_FAILURES, iterate_batches
 
         losses = []
         try:

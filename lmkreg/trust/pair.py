@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy.stats import chi2
 
+from lmkreg.geometry.rigid import fit_rigid
 from lmkreg.io.landmarks import LandmarkSet
 from lmkreg.trust.flags import PAIR, Flag, flag_details, flag_texts, read_flags, scoped_flag
 
@@ -93,8 +94,6 @@ def _rotation_deg(r: np.ndarray) -> float:
 def transform_uncertainty(mr_points: np.ndarray, us_points: np.ndarray, sigma_mr: np.ndarray, sigma_us: np.ndarray,
                           samples: int = MONTE_CARLO_SAMPLES, seed: int = 0) -> dict:
     """90th percentiles of rotation (deg) and gland-centre displacement (mm) over perturbed fits."""
-    from lmkreg.registration.landmark_fit import fit_rigid
-
     base = fit_rigid(mr_points, us_points)
     centre = mr_points.mean(0)
     c0 = base.apply(centre[None])[0]

@@ -45,10 +45,13 @@ from lmkreg.inference.reuse import for_input, model_provenance, predictor_modali
 from lmkreg.io.landmarks import write_lmkreg_json
 from lmkreg.paths import results_root
 from lmkreg.inference.interface import Predictor, finish_prediction
-from lmkreg.inference.predictor import LandmarkPredictor, Prediction, model_folder_for
+from lmkreg.inference.prediction import Prediction
+from lmkreg.inference.predictor import LandmarkPredictor, model_folder_for
 from lmkreg.trust.summary import STRICT_HELP, exit_status, print_unreliable
 from lmkreg.inference.cascade import build_predictor
 from lmkreg.inference.segmentation import mask_path_for, prostate_record, write_mask
+from lmkreg.io.landmark_files import write_landmarks
+from lmkreg.threads import configure_threads
 
 
 @dataclass
@@ -111,7 +114,6 @@ def write_case_outputs(pred: Prediction, json_path: Path, mrk_path: Path, mask_p
     place and the ``NAME.json`` last, since it marks the case complete.  A run killed between
     those steps leaves the case without ``NAME.json``, so the next run predicts it again instead
     of skipping a new ``.mrk.json`` next to an old ``.json`` (after ``--overwrite``)."""
-    from lmkreg.io.landmark_files import write_landmarks
 
     mask = pred.mask if mask_path is not None else None
     with atomic_path(json_path) as tmp_json, contextlib.ExitStack() as stack:
@@ -240,7 +242,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_unique(parser, "-f/--folds", args.folds)
-    from lmkreg.threads import configure_threads; configure_threads()  # noqa: E702  (threads from the free cores)
+    configure_threads()  # noqa: E702  (threads from the free cores)
     dataset_name = find_dataset(args.dataset).name
     results = results_root() / dataset_name
     check_modality(results, args.modality, _dataset_modalities(args.dataset))  # -m mr lists the modalities

@@ -97,7 +97,6 @@ def dataset_number(text: str) -> int:
 def check_modality(results_dataset_folder: Path, modality: str, dataset_modalities: Sequence[str] = ()) -> None:
     """-m mr / -m MRI: an error listing the dataset's modalities (from its dataset.json, or the
     dataset.json of its trained models) instead of "no trained MRI model, train one"."""
-    import json
 
     known = list(dataset_modalities)
     if not known:

@@ -108,7 +108,7 @@ def test_the_other_commands_with_progress_bars_can_hide_them(command, monkeypatc
 
 
 def test_plan_and_preprocess_overwrite_is_not_overwrite_plans(monkeypatch, capsys):
-    parser = _parser_of("lmkreg.planning.plan_and_preprocess", "main", monkeypatch)
+    parser = _parser_of("lmkreg.run.plan_and_preprocess", "main", monkeypatch)
     monkeypatch.undo()
     with pytest.raises(SystemExit):
         parser.parse_args(["-d", "1", "--overwrite"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from lmkreg.geometry.rigid import RigidTransform
+from lmkreg.registration.transform_files import read_transform_record
 from lmkreg.io.landmark_files import write_landmarks
 from lmkreg.io.landmarks import DEFAULT_LANDMARK_NAMES, LandmarkSet, write_lmkreg_json
 from lmkreg.io.provenance import InputRecord, Provenance, add_provenance
@@ -119,7 +119,7 @@ def test_edited_mrk_json_beside_the_json_wins_and_is_announced(tmp_path, capsys)
     assert "c1_US.mrk.json is newer than c1_US.json" in out and "apex moved 4.0 mm" in out
     expected = register_landmarks(LandmarkSet(dict(zip(DEFAULT_LANDMARK_NAMES, MR_POINTS))),
                                   LandmarkSet(dict(zip(DEFAULT_LANDMARK_NAMES, edited)))).transform
-    got = RigidTransform.load(tmp_path / "reg" / "c1_MR_to_US.json")
+    got = read_transform_record(tmp_path / "reg" / "c1_MR_to_US.json")["used"]
     np.testing.assert_allclose(got.matrix(), expected.matrix(), atol=1e-9)
     # equally new and different: an error naming both
     os.utime(us / "c1_US.json", (t + 60, t + 60))

@@ -45,6 +45,7 @@ from lmkreg.evaluation.metrics import success_rates
 from lmkreg.evaluation.predicted_masks import mask_summary
 from lmkreg.evaluation.predicted_masks import VARIANT_KEYS
 from lmkreg.evaluation.segmentation import SEGMENTATION_KEYS
+from lmkreg.io.twins import choose_twin
 
 MODALITIES = ("MR", "US")
 METRIC_KEYS = ("sre_predicted_mm", "sre_manual_mm", "rotation_predicted_deg", "rotation_manual_deg",
@@ -104,7 +105,6 @@ def find_prediction(folder: Path, case: str, modality: str, notes: Optional[list
             if p.is_file():
                 twin = folder / f"{stem}.mrk.json"
                 if suffix == ".json" and twin.is_file():  # a Slicer edit beside it: the newer wins (io/twins.py)
-                    from lmkreg.io.twins import choose_twin
                     p, note = choose_twin(p, twin)
                     if note and notes is not None:
                         notes.append(f"{case}: {note}")

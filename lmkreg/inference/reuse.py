@@ -17,6 +17,7 @@ import SimpleITK as sitk
 from lmkreg.io.inputs import InputImage
 from lmkreg.io.provenance import InputRecord, ModelRecord, Provenance, compare, read_provenance
 from lmkreg.trust.flags import UNKNOWN, Flag, read_flags, scoped_flag
+from lmkreg.io.dicom import choose_series
 
 
 def _stages(predictor: Any) -> list[Any]:
@@ -80,7 +81,6 @@ def recorded_flags(json_path: Path) -> list[Flag]:
 def one_shot_provenance(predictor: Any, image: Path, read: sitk.Image, series: Optional[str] = None) -> Provenance:
     """The record of one image (a file or a DICOM series folder) predicted outside a folder run
     (``lmkreg_register`` one shot)."""
-    from lmkreg.io.dicom import choose_series
 
     files = choose_series(image, series).files if Path(image).is_dir() else ()
     model = model_provenance(predictor)

@@ -18,6 +18,7 @@ from lmkreg.errors import InputError
 from lmkreg.io.atomic import split_suffix
 from lmkreg.io.dicom import DicomSeries, choose_series, describe_folder, find_series, is_hidden, read_dicom_series
 from lmkreg.io.images import IMAGE_SUFFIXES, is_image_file, read_image
+from lmkreg.io.provenance import name_modality
 
 PathLike = Union[str, Path]
 # a case's file stem ends in its modality (case1_MR, case1-US): stripped to match a pair's files by case name
@@ -60,7 +61,6 @@ class InputImage:
     def stated_modality(self) -> tuple[Optional[str], str]:
         """('MR'|'US', why) when the name (a trailing _MR/_US) or, for DICOM, the Modality tag says
         which modality this image is; (None, '') when nothing says."""
-        from lmkreg.io.provenance import name_modality
 
         by_name = name_modality(self.path)
         if by_name:
@@ -87,7 +87,6 @@ def dicom_modality(file: str) -> Optional[str]:
 def _series_tag(series: DicomSeries, others: list[DicomSeries]) -> str:
     """A file-name-safe tag of `series` unique among the folder's series: its description when that
     is unique, else its series number, else the end of its UID."""
-    import re
 
     def safe(text: str) -> str:
         return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_")[:48]

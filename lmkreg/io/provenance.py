@@ -27,6 +27,9 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
+from lmkreg import __version__
+from lmkreg.io.atomic import atomic_write_json, split_suffix
+
 PathLike = Union[str, Path]
 
 PROVENANCE_KEY = "provenance"          # key in the lmkreg landmark JSON and the transform JSON
@@ -147,7 +150,6 @@ class Provenance:
 
     def __post_init__(self) -> None:
         if not self.lmkreg_version:
-            from lmkreg import __version__
             self.lmkreg_version = __version__
 
     def to_json(self) -> dict:
@@ -237,13 +239,11 @@ def add_provenance(path: PathLike, provenance: Provenance) -> None:
         doc[MARKUPS_KEY] = {PROVENANCE_KEY: provenance.to_json()}
     else:
         doc[PROVENANCE_KEY] = provenance.to_json()
-    from lmkreg.io.atomic import atomic_write_json
     atomic_write_json(p, doc)
 
 
 def name_modality(path: PathLike) -> Optional[str]:
     """'MR' or 'US' when the file or folder name ends in _MR/_MRI or _US/_TRUS (before its suffix), else None."""
-    from lmkreg.io.atomic import split_suffix
 
     p = Path(path)
     stem = p.name if p.is_dir() else split_suffix(p)[0]
@@ -273,7 +273,6 @@ def _base_modality(modality: str) -> str:
 
 def pair_record(mr: Optional[Provenance], us: Optional[Provenance]) -> dict:
     """The ``provenance`` of a transform JSON: lmkreg version and both landmark files' records."""
-    from lmkreg import __version__
     return {"lmkreg_version": __version__, "mr": None if mr is None else mr.to_json(),
             "us": None if us is None else us.to_json()}
 

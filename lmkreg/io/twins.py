@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 
 from lmkreg.errors import InputError
+from lmkreg.io.landmark_files import read_landmarks
 
 # two landmark files of one case agree when no shared landmark moved more than this (mm)
 TWIN_TOLERANCE_MM = 1e-3
@@ -22,7 +23,6 @@ TWIN_TOLERANCE_MM = 1e-3
 def choose_twin(first: Path, second: Path) -> tuple[Path, Optional[str]]:
     """The file to use of one case's ``CASE.json`` / ``CASE.mrk.json`` (see the module docstring),
     and a note to print when they disagree."""
-    from lmkreg.io.landmark_files import read_landmarks
 
     a, b = read_landmarks(first), read_landmarks(second)
     shared = [n for n in a.names if n in b.points]

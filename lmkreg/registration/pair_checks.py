@@ -23,6 +23,7 @@ from lmkreg.errors import InputError
 from lmkreg.io.provenance import modality_of, read_provenance
 from lmkreg.trust.flags import PAIR, Flag, scoped_flag
 from lmkreg.io.twins import choose_twin  # noqa: F401  (re-exported: the rule lives in io)
+from lmkreg.io.landmark_files import read_landmarks
 
 
 def check_pair(mr_file: Path, us_file: Path) -> list[Flag]:
@@ -50,7 +51,6 @@ def check_pair(mr_file: Path, us_file: Path) -> list[Flag]:
         raise InputError(pair, f"both landmark files were predicted from the same image ({a.input.path}); "
                                f"give an MR and a US file")
     if a is None or b is None:
-        from lmkreg.io.landmark_files import read_landmarks
         try:
             la, lb = read_landmarks(mr_file), read_landmarks(us_file)
             if la.names and la.equals(lb, atol=1e-9):

@@ -37,6 +37,7 @@ from lmkreg.run.register import main as register_main
 from lmkreg.threads import configure_threads
 from lmkreg.run.train import model_folder, train
 from lmkreg.evaluation.predicted_masks import LANDMARKS_SURFACE_WEIGHT
+from lmkreg.parallel import hide_progress
 
 
 @dataclass(frozen=True)
@@ -280,7 +281,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = p.parse_args(argv)
     if args.no_progress:
-        from lmkreg.parallel import hide_progress
         hide_progress()
     run_demo(args.quick, args.output, args.dataset, args.trainer, args.train_minutes, args.seed, args.workers,
              device=args.device)

@@ -40,6 +40,10 @@ from lmkreg.parallel import parallel_map
 from lmkreg.evaluation.report import write_report
 from lmkreg.parallel import default_workers
 from lmkreg.evaluation.predicted_masks import VARIANTS
+from lmkreg.evaluation.report import REPORT_FILES
+import json
+from lmkreg.io.provenance import read_provenance
+from lmkreg import __version__
 
 QC_FOLDER = "qc"
 
@@ -182,8 +186,6 @@ def evaluate_predictions(dataset_id: str, mr_pred: Path, us_pred: Path, out_dir:
 
 def prediction_provenance(predictions: dict[str, Path], cases: Sequence[str]) -> dict:
     """The provenance of every prediction file evaluated (lmkreg.io.provenance), by modality and case."""
-    from lmkreg import __version__
-    from lmkreg.io.provenance import read_provenance
 
     out: dict = {"lmkreg_version": __version__}
     for m, folder in predictions.items():
@@ -196,9 +198,7 @@ def prediction_provenance(predictions: dict[str, Path], cases: Sequence[str]) ->
 def check_report_replaceable(folder: Path, overwrite: bool) -> None:
     """Refuse, naming the file, to replace a report file of the folder that lmkreg did not write: the
     report is lmkreg's when its evaluation.json is (an object with lmkreg's title, summary and cases)."""
-    import json
 
-    from lmkreg.evaluation.report import REPORT_FILES
 
     if overwrite:
         return

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 import lmkreg.evaluation.model_selection as model_selection
 from lmkreg.cli_utils import friendly_errors, make_parser
 from lmkreg.evaluation.model_selection import FOLDS, format_p, find_best_configuration
+from lmkreg.parallel import hide_progress
 
 
 @friendly_errors
@@ -22,7 +23,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = p.parse_args(argv)
     if args.no_progress:  # issue 25: every command with a progress bar can hide it
-        from lmkreg.parallel import hide_progress
         hide_progress()
     doc = find_best_configuration(args.dataset, args.modality, args.trainers, args.folds)
     for trainer, why in doc["incomplete"].items():

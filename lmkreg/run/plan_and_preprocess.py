@@ -12,6 +12,7 @@ from lmkreg.errors import ConfigurationError
 from lmkreg.planning.plan_and_preprocess import describe, plan_and_preprocess
 from lmkreg.planning.planner import Budget
 from lmkreg.threads import configure_threads
+from lmkreg.parallel import hide_progress
 
 
 @friendly_errors
@@ -30,7 +31,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "the framing varies or a crop allows a finer spacing), yes or no (default auto)")
     args = parser.parse_args(argv)
     if args.no_progress:  # issue 25: every command with a progress bar can hide it
-        from lmkreg.parallel import hide_progress
         hide_progress()
     configure_threads()  # noqa: E702  (threads from the free cores)
     try:

@@ -52,6 +52,7 @@ from lmkreg.inference.cascade import build_predictor
 from lmkreg.inference.segmentation import mask_path_for, prostate_record, write_mask
 from lmkreg.io.landmark_files import write_landmarks
 from lmkreg.threads import configure_threads
+from lmkreg.dataset.layout import open_dataset
 
 
 @dataclass
@@ -268,7 +269,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _dataset_modalities(dataset: str) -> list[str]:
     """The modalities of the raw dataset's dataset.json ([] when only the trained models are here)."""
     try:
-        from lmkreg.dataset.layout import open_dataset
         return list(open_dataset(dataset).spec.modalities)
     except (LmkregError, OSError):
         return []

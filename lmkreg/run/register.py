@@ -65,6 +65,8 @@ from lmkreg.cli_utils import choose_trainer
 from lmkreg.io.ownership import check_replaceable
 from lmkreg.io.landmark_names import parse_landmark_map
 from lmkreg.dataset.layout import open_dataset
+from lmkreg.parallel import hide_progress
+from lmkreg.trust.flags import add_flags
 
 
 
@@ -148,7 +150,6 @@ def register_pair(mr_file: Path, us_file: Path, out_dir: Path, name: str, weight
     except InputError as exc:
         raise InputError(f"{mr_file} + {us_file}", exc.problem) from None
     if pair_flags:
-        from lmkreg.trust.flags import add_flags
         reg.trust = reg.trust if isinstance(reg.trust, dict) else {}
         add_flags(reg.trust, pair_flags)
     left = (reg.trust or {}).get("two_landmarks")
@@ -348,7 +349,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     check_unique(p, "-f/--folds", args.folds)
     if args.no_progress:
-        from lmkreg.parallel import hide_progress
         hide_progress()
     surface = surface_request(args, p)  # --refine surface: masks and bounds checked before any work
     landmark_map = parse_landmark_map(args.landmark_map)

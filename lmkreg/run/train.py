@@ -26,6 +26,7 @@ from lmkreg.config.splits import SPLITS_FILE, load_or_create_splits
 from lmkreg.training.budget import DEFAULT_LIMIT_FACTOR
 from lmkreg.training.registry import find_trainer
 from lmkreg.run.calibrate import store_trust_data  # calibration and training statistics (issue 14)
+from lmkreg.training.runtime import select_device
 
 DEFAULT_TRAINER = "LandmarkTrainer"
 
@@ -83,7 +84,6 @@ def train(dataset_id: str, modality: str, fold: Union[int, str], trainer: str = 
 def check_run_request(num_epochs: Optional[int], iterations_per_epoch: Optional[int], device: Optional[str]) -> None:
     """Refuse a run that would train nothing (``--epochs 0`` would replace checkpoint_final.pth by
     an untrained model) or on a device this machine does not have, before anything is written."""
-    from lmkreg.training.runtime import select_device
 
     for flag, value in (("--epochs", num_epochs), ("--iterations", iterations_per_epoch)):
         if value is not None and value < 1:

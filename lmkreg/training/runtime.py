@@ -10,6 +10,7 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.distributed as dist
+from lmkreg.errors import ConfigurationError
 
 
 def select_device(requested: Optional[str] = None) -> torch.device:
@@ -18,7 +19,6 @@ def select_device(requested: Optional[str] = None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(requested)
     if device.type == "cuda" and not torch.cuda.is_available():
-        from lmkreg.errors import ConfigurationError  # one line on the terminal, exit status 2 (issue 25)
         raise ConfigurationError(f"--device {requested}: no CUDA device is available ({available_devices()}); "
                                  f"use --device cpu or leave --device out")
     return device

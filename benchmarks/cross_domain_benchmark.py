@@ -70,17 +70,17 @@ def letter(i: int) -> str:
 def _train_fn():
     """lmkreg's train(): the stable function, wherever the package keeps it (issue 28 moves modules)."""
     try:
-        from lmkreg.training.run import train
-    except ImportError:  # pragma: no cover - after the restructuring
-        from lmkreg.run.train import train  # type: ignore[no-redef]
+        from lmkreg.run.train import train
+    except ImportError:  # pragma: no cover - before the restructuring (issue 28)
+        from lmkreg.training.run import train  # type: ignore[no-redef]
     return train
 
 
 def _model_folder(dataset_name: str, trainer: str, modality: str) -> Path:
     try:
-        from lmkreg.training.run import model_folder
-    except ImportError:  # pragma: no cover
-        from lmkreg.run.train import model_folder  # type: ignore[no-redef]
+        from lmkreg.run.train import model_folder
+    except ImportError:  # pragma: no cover - before the restructuring (issue 28)
+        from lmkreg.training.run import model_folder  # type: ignore[no-redef]
     return model_folder(dataset_name, trainer, modality)
 
 

@@ -29,7 +29,7 @@ def cases():
 
 
 def test_cli_lists_the_families(capsys):
-    from lmkreg.phantoms.cli import main
+    from lmkreg.run.phantoms import main
 
     assert main(["--preset", "list"]) == 0
     out = capsys.readouterr().out

@@ -15,7 +15,7 @@ from lmkreg.paths import preprocessed_folder
 from lmkreg.config.splits import load_or_create_splits
 from lmkreg.phantoms.generator import generate_dataset
 from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
-from lmkreg.training.run import model_folder, train
+from lmkreg.run.train import model_folder, train
 
 
 def test_summary_reports_training_mre_and_gap(tmp_path, monkeypatch):

@@ -30,7 +30,9 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy.stats import chi2
 
+from lmkreg.geometry.rigid import fit_rigid
 from lmkreg.io.landmarks import LandmarkSet
+from lmkreg.trust.flags import PAIR, Flag, flag_details, flag_texts, read_flags, scoped_flag
 
 COVERAGE_SIGMA = math.sqrt(chi2.ppf(0.9, 3))  # 90 % radius of a 3D isotropic Gaussian / sigma
 MEDIAN_SIGMA = math.sqrt(chi2.ppf(0.5, 3))  # median length of a 3D isotropic Gaussian error / sigma (1.538)
@@ -92,8 +94,6 @@ def _rotation_deg(r: np.ndarray) -> float:
 def transform_uncertainty(mr_points: np.ndarray, us_points: np.ndarray, sigma_mr: np.ndarray, sigma_us: np.ndarray,
                           samples: int = MONTE_CARLO_SAMPLES, seed: int = 0) -> dict:
     """90th percentiles of rotation (deg) and gland-centre displacement (mm) over perturbed fits."""
-    from lmkreg.registration.landmark_fit import fit_rigid
-
     base = fit_rigid(mr_points, us_points)
     centre = mr_points.mean(0)
     c0 = base.apply(centre[None])[0]
@@ -121,7 +121,8 @@ def assess_pair(mr: LandmarkSet, us: LandmarkSet, names: Sequence[str], rms_mm: 
     names = list(names)
     (s_mr, src_mr), (s_us, src_us) = sigmas_of(mr, names), sigmas_of(us, names)
     training = training_pair_statistics(mr, us)
-    notes, flags = [], []
+    notes: list[str] = []
+    flags: list[Flag] = []
     base = training["p95"] if training else None
     if base is None:
         notes.append(f"no training pair statistics in the landmark files: residual checked against the default "
@@ -139,13 +140,18 @@ def assess_pair(mr: LandmarkSet, us: LandmarkSet, names: Sequence[str], rms_mm: 
     sigma2 = sum(float(np.mean(s ** 2)) for s in (s_mr, s_us) if s is not None)
     limit = DEFAULT_LIMIT_MM if base is None else math.sqrt(base ** 2 + RMS_FACTOR_95 ** 2 * sigma2)
     if rms_mm > limit:
-        flags.append(f"pair: RMS residual {rms_mm:.1f} mm > {limit:.1f} mm expected at most (by {rms_mm - limit:.1f} mm): "
-                     f"a landmark is wrong or the files are not of the same patient")
+        flags.append(scoped_flag(PAIR, "pair", "rms_residual_mm",
+                                 f"RMS residual {rms_mm:.1f} mm > {limit:.1f} mm expected at most (by "
+                                 f"{rms_mm - limit:.1f} mm): a landmark is wrong or the files are not of the same "
+                                 f"patient", rms_mm, limit, "mm"))
     doc = {"rms_residual_mm": rms_mm, "expected_rms_limit_mm": limit, "training_pair_rms_mm": training,
-           "reliable": not flags, "flags": flags, "notes": notes}
+           "reliable": not flags, "flags": [], "notes": notes}
     for s, src in ((mr, "MR"), (us, "US")):
         if isinstance(s.extras, dict) and s.extras.get("reliable") is False:
-            flags.append(f"pair: the {src} landmarks are flagged unreliable ({'; '.join(s.extras.get('flags', []))})")
+            theirs = "; ".join(flag_texts(read_flags(s.extras, s.names)))
+            flags.append(scoped_flag(PAIR, "pair", f"{src}_landmarks_unreliable",
+                                     f"the {src} landmarks are flagged unreliable ({theirs})"))
+    doc["flags"], doc["flag_details"] = flag_texts(flags), flag_details(flags)
     doc["reliable"] = not flags
     if have_sigmas:
         p = mr.to_array(names)

@@ -8,6 +8,8 @@ from typing import Optional, Sequence
 
 from lmkreg.cli_utils import friendly_errors, make_parser
 from lmkreg.paths import raw_root
+from lmkreg.errors import ConfigurationError
+from lmkreg.phantoms.generator import generate_dataset
 from lmkreg.phantoms.presets import FAMILIES, PRESETS
 
 
@@ -61,8 +63,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(describe_presets())
         return 0
     args = build_parser().parse_args(argv)
-    from lmkreg.errors import ConfigurationError
-    from lmkreg.phantoms.generator import generate_dataset
 
     if not 0 < args.dataset < 1000:
         raise ConfigurationError(f"dataset id must be 1-999, got {args.dataset}")

@@ -77,6 +77,8 @@ class Prediction:
     training_pair_rms_mm: Optional[dict] = None
     training_pair_rotation: Optional[dict] = None  # orientation prior of two-landmark registrations
     validation_median_mm: dict[str, Optional[float]] = field(default_factory=dict)
+    # where the error estimate comes from (lmkreg.trust.error_estimate.ErrorEstimate.to_json)
+    error_estimate: Optional[dict] = None
     # models with a segmentation head (lmkreg.inference.segmentation): the prostate mask on the
     # input image's grid (uint8 0/1) and its volume, from the probability layers on the network grids
     mask: Optional[sitk.Image] = None
@@ -103,7 +105,8 @@ class Prediction:
                 lm[n]["validation_median_error_mm"] = _finite(self.validation_median_mm[n])
             if self.radius_mm.get(n) is None and self.radius_note.get(n):
                 lm[n]["radius_unavailable"] = self.radius_note[n]
-        return {"coverage": self.coverage, "landmarks": lm, "training_pair_rms_mm": self.training_pair_rms_mm,
+        return {"coverage": self.coverage, **(self.error_estimate or {}), "landmarks": lm,
+                "training_pair_rms_mm": self.training_pair_rms_mm,
                 **({"training_pair_rotation": self.training_pair_rotation} if self.training_pair_rotation else {})}
 
     def describe(self, name: str) -> str:
@@ -315,7 +318,8 @@ class LandmarkPredictor:
             if np.isfinite(spread[i]) and spread[i] > SPREAD_FLAG_MM:
                 flags.append(f"{n}: heatmap spread {spread[i]:.1f} mm > {SPREAD_FLAG_MM} mm")
             if np.isfinite(disagreement[i]) and disagreement[i] > DISAGREEMENT_FLAG_MM:
-                flags.append(f"{n}: folds disagree by {disagreement[i]:.1f} mm > {DISAGREEMENT_FLAG_MM} mm")
+                what = "folds disagree" if len(self.networks) > 1 else "mirror prediction disagrees"  # one fold: TTA
+                flags.append(f"{n}: {what} by {disagreement[i]:.1f} mm > {DISAGREEMENT_FLAG_MM} mm")
         pred = Prediction(LandmarkSet.from_array(self.names, mean), dict(zip(self.names, map(float, spread))),
                           dict(zip(self.names, map(float, disagreement))), flags)
         self._assess(pred, array, grid, np.stack(per_fold_mean), np.stack(per_fold_gap), np.stack(per_fold_spread))
@@ -354,6 +358,12 @@ class LandmarkPredictor:
         between = (np.sqrt(((fold_means - mean) ** 2).sum(-1).mean(0)) if len(fold_means) > 1
                    else np.full(len(self.names), np.nan))
         pred.coverage = self.calibration.coverage if self.calibration else None
+        from lmkreg.trust.error_estimate import error_estimate  # issue 26: say where the estimate comes from
+
+        cal = self.calibration
+        pred.error_estimate = error_estimate(None if cal is None else cal.folds, self.folds, self.mirror_tta,
+                                             cal is not None and any(q is not None for q in cal.quantiles.values())
+                                             ).to_json()
         for i, n in enumerate(self.names):
             scale = (float(np.sqrt(np.mean([signal_scale(g, s) ** 2 for g, s in zip(gaps[:, i], spreads[:, i])])))
                      if self.mirror_tta else None)

@@ -629,6 +629,11 @@ class SurfaceRequest:
                             if result.accepted or result.rescued else []}
         if result.rescued:
             trust["surface"]["rescue"] = result.rescue.reason
+        from lmkreg.trust.verdict import surface_distance_limit, surface_verdict  # issue 26: verdict from the surfaces
+
+        trust = surface_verdict(trust, result.accepted, result.distance_surface_mm,
+                                (result.rotation_change_deg, result.shift_mm), result.landmark_residuals_mm,
+                                surface_distance_limit(mr_landmarks, us_landmarks))
         if result.flags:
             trust.setdefault("flags", []).extend(result.flags)
             trust["reliable"] = False

@@ -77,6 +77,12 @@ def train(dataset_id: str, modality: str, fold: Union[int, str], trainer: str = 
         offsets.record(out, summary)  # fold_F/refine_crop_offsets.json, validation/summary.json
     from lmkreg.trust.training_hook import store_trust_data  # calibration and training statistics (issue 14)
     store_trust_data(t, out_root, dataset, pre, modality, trainer_modules, device)
+    if str(fold) == "all":  # issue 26: what trust fold all's predictions will have
+        from lmkreg.trust.calibration import Calibration
+        from lmkreg.trust.error_estimate import fold_all_trust_message
+
+        cal = Calibration.load(out_root)
+        print(fold_all_trust_message(None if cal is None else cal.folds), flush=True)
     return summary
 
 

@@ -290,7 +290,7 @@ def stage_evaluate(args) -> None:
         if label.startswith("ensemble") or (last_landmarks is None and label == "fold0"):
             last_landmarks = (label, {k: v for k, v in preds.items() if k[2] == "clean"})
     # bare files: the best configuration's clean predictions, stripped; and a 15 mm error on one landmark
-    source, clean = last_landmarks or next(iter([]), None) or (None, None)
+    source, clean = last_landmarks or (None, None)
     if clean:
         bare_clean = [pair_row(strip(clean[(c, "MR", "clean")]), strip(clean[(c, "US", "clean")]), names, refs[c])
                       for c in cases]
@@ -313,8 +313,11 @@ def stage_evaluate(args) -> None:
             "clean_pair_flags": [r["flags"] for r in bare_clean if r["flagged"]]}
         log(f"bare: {results['configurations']['bare']['pairs']}")
     results["seconds"] = time.perf_counter() - started
-    if args.no_write:
-        print(json.dumps(results, indent=1, default=str)[:6000])
+    if args.no_write:  # a scratch copy under --root, the repository's files untouched
+        scratch = args.root / "outputs" / "trust_scratch.json"
+        scratch.write_text(json.dumps(results, indent=1, default=str) + "\n")
+        (args.root / "outputs" / "benchmark_trust_scratch.md").write_text(report(results))
+        log(f"wrote {scratch}")
         return
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1, default=str) + "\n")

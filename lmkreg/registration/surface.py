@@ -631,7 +631,8 @@ class SurfaceRequest:
             trust["surface"]["rescue"] = result.rescue.reason
         from lmkreg.trust.verdict import surface_distance_limit, surface_verdict  # issue 26: verdict from the surfaces
 
-        trust = surface_verdict(trust, result.accepted, result.distance_surface_mm,
+        trust = surface_verdict(trust, result.accepted, result.distance_surface_mm if result.accepted else
+                                None if result.beyond_bound or result.rescued else result.distance_landmarks_mm,
                                 (result.rotation_change_deg, result.shift_mm), result.landmark_residuals_mm,
                                 surface_distance_limit(mr_landmarks, us_landmarks))
         if result.flags:

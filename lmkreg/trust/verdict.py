@@ -180,9 +180,17 @@ def surface_verdict(trust: dict, accepted: bool, distance_mm: Optional[float], c
     landmark the surfaces disagreed with most (largest residual under the surface transform).
     Case-wide flags of a landmark file (the image itself looks wrong) stay flags.  A refusal
     keeps the landmark verdict (the caller adds the refusal's own flags)."""
-    if not accepted:
-        return trust
     value, source = limit
+    if not accepted:  # refused without leaving the bound: the landmark transform is kept and its fit judged
+        if distance_mm is not None and math.isfinite(distance_mm) and distance_mm > value:
+            out = dict(trust)
+            out["flags"] = list(trust.get("flags", [])) + [
+                f"pair: the gland surfaces do not fit under the landmark transform (the refinement could not improve "
+                f"it): trimmed surface distance {distance_mm:.2f} mm > {value:.2f} mm ({source}); check the masks and "
+                f"the landmarks"]
+            out["reliable"] = False
+            return out
+        return trust
     old = list(trust.get("flags", []))
     kept = [f for f in old if "flagged for the whole case" in f]
     moved = [f for f in old if f not in kept]

@@ -287,10 +287,12 @@ def stage_evaluate(args) -> None:
         results["configurations"][label] = block
         log(f"{label}: clean cases {block['cases']['clean']}, clean pairs {block['pairs']['clean']} "
             f"({block['seconds']:.0f} s)")
-        if label.startswith("ensemble") or (last_landmarks is None and label == "fold0"):
-            last_landmarks = (label, {k: v for k, v in preds.items() if k[2] == "clean"})
+        # bare files come from the configuration whose clean predictions are most accurate
+        if tta and (last_landmarks is None or block["cases"]["clean"]["bad_n"] < last_landmarks[2]):
+            last_landmarks = (label, {k: v for k, v in preds.items() if k[2] == "clean"},
+                              block["cases"]["clean"]["bad_n"])
     # bare files: the best configuration's clean predictions, stripped; and a 15 mm error on one landmark
-    source, clean = last_landmarks or (None, None)
+    source, clean = last_landmarks[:2] if last_landmarks else (None, None)
     if clean:
         bare_clean = [pair_row(strip(clean[(c, "MR", "clean")]), strip(clean[(c, "US", "clean")]), names, refs[c])
                       for c in cases]

@@ -63,7 +63,7 @@ def predict_test_set(ds, trainer: str, modality: str, out: Path, folds, masks_as
     from lmkreg.io.images import read_image
     from lmkreg.io.landmarks import write_lmkreg_json
     from lmkreg.registration.predicted_masks import attach_mask
-    from lmkreg.training.run import model_folder
+    from lmkreg.run.train import model_folder
 
     pred_dir = out / "pred" / f"{trainer}__{modality}__{'-'.join(map(str, folds))}"
     predictor = LandmarkPredictor(model_folder(ds.name, trainer, modality), folds=[str(f) for f in folds])
@@ -233,7 +233,7 @@ def main() -> None:
     use_root(args.root)
 
     from lmkreg.evaluation.evaluate import evaluate_case
-    from lmkreg.training.run import model_folder, train
+    from lmkreg.run.train import model_folder, train
 
     started = time.perf_counter()
     command = "python benchmarks/accuracy_benchmark.py " + " ".join(sys.argv[1:])
@@ -286,7 +286,7 @@ def main() -> None:
     chosen = "LandmarkTrainer_Variance" if "LandmarkTrainer_Variance" in args.trainers else args.trainers[0]
     cv = {}
     if args.cv_epochs > 0:
-        from lmkreg.evaluation.model_selection import main as find_best_main
+        from lmkreg.run.find_best_configuration import main as find_best_main
 
         for modality in ("MR", "US"):
             for fold in range(5):

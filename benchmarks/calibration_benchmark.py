@@ -83,7 +83,7 @@ def main() -> None:
     from lmkreg.io.images import read_image
     from lmkreg.io.landmarks import read_lmkreg_json, write_lmkreg_json
     from lmkreg.registration.landmark_fit import register_landmarks
-    from lmkreg.training.run import model_folder, train
+    from lmkreg.run.train import model_folder, train
     from lmkreg.trust.pair import assess_pair
 
     started = time.perf_counter()
@@ -119,7 +119,7 @@ def main() -> None:
                 write_lmkreg_json(pred.with_extras(), out / f"{case}_{modality}.json")
                 if pred.flags:
                     flagged_cases.append(case)
-                    reasons[case] = pred.flags
+                    reasons[case] = [f.text for f in pred.flags]
                 if label == "ensemble":
                     truth = read_lmkreg_json(ds.landmarks_path(case, modality, "Ts"))
                     for n in names:

@@ -65,10 +65,12 @@ def _mean_sd(values) -> list[float]:
 
 def evaluate_mode(ds, trainer: str, configuration: str, names: list[str]) -> dict:
     """Predict every test pair with one trainer in one mode ('single' or 'cascade')."""
-    from lmkreg.evaluation.metrics import mask_to_mesh, surface_points, surface_registration_error
+    from lmkreg.evaluation.metrics import surface_registration_error
+    from lmkreg.geometry.mesh import mask_to_mesh, surface_points
     from lmkreg.geometry.rigid import RigidTransform
     from lmkreg.inference.cascade import build_predictor
     from lmkreg.io.images import read_image
+    from lmkreg.io.transform_json import read_rigid_transform
     from lmkreg.io.landmarks import read_lmkreg_json
     from lmkreg.paths import results_root
     from lmkreg.registration.landmark_fit import register_landmarks
@@ -94,7 +96,7 @@ def evaluate_mode(ds, trainer: str, configuration: str, names: list[str]) -> dic
             for n in names:
                 if truth.points.get(n) is not None:
                     errors[m].append(float(np.linalg.norm(preds[m].landmarks.points[n] - truth.points[n])))
-        true_t = RigidTransform.load(ds.transform_path(case, "Ts"))
+        true_t = read_rigid_transform(ds.transform_path(case, "Ts"))
         pts = surface_points(mask_to_mesh(read_image(ds.mask_path(case, "MR", "Ts"), is_mask=True)), 2000)
         sre.append(surface_registration_error(pts, true_t, fit.transform))
     return {"mre_mm": {m: _mean_sd(e) for m, e in errors.items()}, "sre_mm": _mean_sd(sre),
@@ -336,7 +338,7 @@ def main() -> None:
     from lmkreg.dataset.layout import open_dataset
     from lmkreg.phantoms.generator import generate_dataset
     from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
-    from lmkreg.training.run import train
+    from lmkreg.run.train import train
 
     dataset_id = DATASET_IDS[args.preset]
     if not any((root / "raw").glob(f"Dataset{dataset_id}_*")):

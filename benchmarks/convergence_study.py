@@ -79,7 +79,7 @@ def _study_trainer(dataset: str, modality: str, trainer_name: str, fold: int, fo
     changes = dict(changes)
     if "batch_size" in changes:
         conf.batch_size = int(changes.pop("batch_size"))
-    conf.training.update(changes)
+    conf.training = conf.training.with_changes(**changes)
     splits = load_or_create_splits(pre, ds.cases("Tr"))
     return find_trainer(trainer_name)(plans, modality, fold, pre, folder, splits, progress_bar=False, **kwargs), ds
 

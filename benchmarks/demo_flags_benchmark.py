@@ -36,13 +36,13 @@ ERROR_MM = 5.0
 
 def rerun(root: Path, run: str, work: Path) -> dict:
     from lmkreg.dataset.layout import open_dataset
-    from lmkreg.evaluation.cli import main as evaluate_main
-    from lmkreg.demo import predict_test_images
-    from lmkreg.registration.cli import main as register_main
+    from lmkreg.run.evaluate import main as evaluate_main
+    from lmkreg.run.demo import predict_test_images
+    from lmkreg.run.register import main as register_main
     from lmkreg.config.plans import Plans
     from lmkreg.paths import preprocessed_folder
     from lmkreg.trust.calibration import pool_calibration
-    from lmkreg.trust.plausibility import write_training_statistics
+    from lmkreg.run.calibrate import write_training_statistics
 
     results = work / run / "results"
     if results.exists():

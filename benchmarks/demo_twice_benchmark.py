@@ -40,7 +40,7 @@ def _env(root: Path, run: str) -> dict:
 
 def prepare(root: Path, quick: bool, workers: int) -> None:
     """Generate and preprocess the demo data once, so both runs do the same work."""
-    code = ("import sys; from lmkreg.demo import SETTINGS, DEMO_DATASET_ID, _ensure_dataset; "
+    code = ("import sys; from lmkreg.run.demo import SETTINGS, DEMO_DATASET_ID, _ensure_dataset; "
             "from lmkreg.planning.plan_and_preprocess import plan_and_preprocess; "
             f"k = {'quick' if quick else 'default'!r}; _ensure_dataset(SETTINGS[k], DEMO_DATASET_ID[k], 0); "
             f"plan_and_preprocess(str(DEMO_DATASET_ID[k]), workers={workers})")
@@ -53,14 +53,14 @@ def run_demo(root: Path, run: str, demo_args: list[str]) -> dict:
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with open(log, "w") as f:
-        rc = subprocess.run([sys.executable, "-m", "lmkreg.demo", "-o", str(out), *demo_args],
+        rc = subprocess.run([sys.executable, "-m", "lmkreg.run.demo", "-o", str(out), *demo_args],
                             env=_env(root, run), stdout=f, stderr=subprocess.STDOUT).returncode
     wall = time.perf_counter() - t0
     if rc != 0:
         raise RuntimeError(f"the {run} demo run failed (exit {rc}); see {log}")
     summary = json.loads((out / "evaluation" / "evaluation.json").read_text())["summary"]
     verdict = json.loads((out / "models_verdict.json").read_text())
-    from lmkreg.demo import registration_used
+    from lmkreg.run.demo import registration_used
 
     used, sre_used = registration_used(summary)  # the surface-refined SRE when the models predict masks
     return {"wall_s": wall, "log": str(log),

@@ -47,7 +47,7 @@ def prepare(root: Path) -> Path:
 
 
 def run(trainer: str, modality: str, epochs: int, iterations: int) -> dict:
-    from lmkreg.training.run import train
+    from lmkreg.run.train import train
 
     t0 = time.perf_counter()
     s = train(str(DATASET_ID), modality, 0, trainer=trainer, device="cpu", num_epochs=epochs,

@@ -47,7 +47,7 @@ def prediction_benchmark(ds, n_pairs: int) -> dict:
     from lmkreg.preprocessing.preprocessor import resample, target_geometry
     from lmkreg.geometry import ImageGeometry
     from lmkreg.registration.landmark_fit import register_landmarks
-    from lmkreg.training.run import model_folder
+    from lmkreg.run.train import model_folder
 
     predictors = {m: LandmarkPredictor(model_folder(ds.name, "LandmarkTrainer", m), folds=["0"]) for m in ("MR", "US")}
     cases = ds.cases("Ts")[:n_pairs]
@@ -154,7 +154,7 @@ def benchmark_preset(preset: str, root: Path, args) -> dict:
     from lmkreg.phantoms.generator import generate_dataset
     from lmkreg.planning.plan_and_preprocess import plan_and_preprocess, preprocess
     from lmkreg.config.plans import Plans
-    from lmkreg.training.run import train
+    from lmkreg.run.train import train
 
     dataset_id = PRESET_IDS[preset]
     if not any((root / "raw").glob(f"Dataset{dataset_id}_*")):

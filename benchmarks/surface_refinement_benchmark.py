@@ -23,11 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from lmkreg.evaluation.metrics import registration_dice, residual_rotation_deg, surface_points, \
-    surface_registration_error
+from lmkreg.evaluation.metrics import registration_dice, residual_rotation_deg, surface_registration_error
+from lmkreg.geometry.mesh import surface_points
 from lmkreg.phantoms.generator import generate_case
-from lmkreg.registration.landmark_fit import fit_rigid
-from lmkreg.registration.surface import SurfaceSettings, gland_surface, refine_on_surfaces
+from lmkreg.geometry.rigid import fit_rigid
+from lmkreg.registration.surface import refine_on_surfaces
+from lmkreg.registration.icp import SurfaceSettings, gland_surface
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["apex", "bladder_neck", "posterior_median"]

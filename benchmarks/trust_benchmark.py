@@ -59,7 +59,7 @@ def dataset(args):
 
 def stage_train(args) -> None:
     """Train every fold of both modalities that is not trained yet (checkpoint_final.pth)."""
-    from lmkreg.training.run import model_folder, train
+    from lmkreg.run.train import model_folder, train
 
     ds = dataset(args)
     for modality in args.modalities:
@@ -137,7 +137,7 @@ def references(ds, cases, root: Path) -> dict:
     """Per test case: the ICP reference transform (lmkreg_evaluate's ground truth) and MR surface
     points, cached on disk (the matrices)."""
     from lmkreg.evaluation.evaluate import reference_registration
-    from lmkreg.evaluation.metrics import mask_to_mesh, surface_points
+    from lmkreg.geometry.mesh import mask_to_mesh, surface_points
     from lmkreg.geometry.rigid import RigidTransform
     from lmkreg.io.images import read_image
     from lmkreg.io.landmarks import read_lmkreg_json
@@ -211,7 +211,7 @@ def stage_evaluate(args) -> None:
     from lmkreg.inference.predictor import LandmarkPredictor
     from lmkreg.io.images import read_image
     from lmkreg.io.landmarks import LandmarkSet, read_lmkreg_json
-    from lmkreg.training.run import model_folder
+    from lmkreg.run.train import model_folder
 
     started = time.perf_counter()
     ds = dataset(args)

@@ -22,12 +22,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
-from lmkreg.evaluation.metrics import (dice, map_mask_to_us, residual_rotation_deg, surface_points,  # noqa: E402
-                                       surface_registration_error)
+from lmkreg.evaluation.metrics import dice, map_mask_to_us, residual_rotation_deg, surface_registration_error  # noqa: E402
+from lmkreg.geometry.mesh import surface_points  # noqa: E402
 from lmkreg.geometry.spaces import ImageGeometry  # noqa: E402
 from lmkreg.phantoms.generator import generate_case  # noqa: E402
-from lmkreg.registration.landmark_fit import fit_rigid  # noqa: E402
-from lmkreg.registration.surface import gland_surface, refine_on_surfaces  # noqa: E402
+from lmkreg.geometry.rigid import fit_rigid  # noqa: E402
+from lmkreg.registration.surface import refine_on_surfaces  # noqa: E402
+from lmkreg.registration.icp import gland_surface
 
 NAMES = ("apex", "bladder_neck", "posterior_median")
 

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from lmkreg.errors import ConfigurationError, FileError, LmkregError
+from lmkreg import __version__
+import json
 
 _MARKUP = re.compile(r"``(.+?)``", re.DOTALL)
 
@@ -20,7 +22,6 @@ def plain(text: Optional[str]) -> Optional[str]:
 
 
 def version_text(prog: str) -> str:
-    from lmkreg import __version__
     return f"{prog} (lmkreg {__version__})"
 
 
@@ -70,7 +71,6 @@ def friendly_errors(main: Callable[[Optional[Sequence[str]]], int]) -> Callable[
 def _plans_configuration(model_folder: Path, name: str) -> dict:
     """The configuration `name` of the plans.json a model folder carries ({} when it has none or
     cannot be read: such a folder is not a usable model)."""
-    import json
 
     try:
         doc = json.loads((model_folder / "plans.json").read_text(encoding="utf-8"))

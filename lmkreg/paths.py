@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from lmkreg.errors import ConfigurationError
 
-if TYPE_CHECKING:  # lmkreg.dataset.layout imports this module
-    from lmkreg.dataset.layout import Dataset
-
 _DEFAULTS = {"LMKREG_raw": "raw", "LMKREG_preprocessed": "preprocessed", "LMKREG_results": "results"}
+
+
+class Named(Protocol):
+    """What preprocessed_folder needs of a dataset (lmkreg.dataset.layout.Dataset, which imports
+    this module, so this module does not import it)."""
+
+    name: str
 
 
 def _folder(var: str) -> Path:
@@ -40,7 +44,7 @@ def results_root() -> Path:
     return _folder("LMKREG_results")
 
 
-def preprocessed_folder(dataset: Dataset) -> Path:
+def preprocessed_folder(dataset: Named) -> Path:
     """A dataset's folder of plans, splits and preprocessed data (written by planning, read by
     training and evaluation)."""
     return preprocessed_root() / dataset.name

@@ -193,7 +193,7 @@ def _load_1min() -> Optional[float]:
 def configure_threads(requested_workers: Optional[int] = None, measure: bool = True, processes: int = 1) -> ThreadPlan:
     """Choose and apply torch's intra-op thread count for a command; returns the plan (its
     ``workers`` is the data-loader worker count to use).  Call once at a command's start."""
-    import torch
+    import torch  # lazy: lmkreg/__init__ imports this module before anything may load torch
 
     cpus = allowed_cpus()
     busy = busy_cores_now(cpus) if measure and policy_enabled() else None

@@ -17,8 +17,8 @@ from scipy.spatial.transform import Rotation
 from lmkreg.geometry import ImageGeometry, rotation_direction
 from lmkreg.geometry.rigid import RigidTransform
 from lmkreg.io.landmarks import LandmarkSet, read_lmkreg_json, write_lmkreg_json
-from lmkreg.registration import fit_rigid
-from lmkreg.registration.cli import main as register_main
+from lmkreg.geometry.rigid import fit_rigid
+from lmkreg.run.register import main as register_main
 
 NAMES = ["apex", "bladder_neck", "posterior_median"]
 
@@ -254,7 +254,7 @@ def _images(ds, tmp_path, n=3) -> Path:
 
 
 def _predict(inp, out, *extra):
-    from lmkreg.inference.predict_folder import main as predict_main
+    from lmkreg.run.predict import main as predict_main
 
     return predict_main(["-i", str(inp), "-o", str(out), "-d", "7", "-m", "MR", "--device", "cpu", "--no-optimize",
                          *extra])
@@ -331,17 +331,20 @@ def test_ensemble_confidence_and_unreliable_flags_against_hand_values(toy):
     assert pred.fold_disagreement_mm == pytest.approx({"apex": 0.0, "bladder_neck": 6.0, "posterior_median": 0.0})
     assert pred.spread_mm == pytest.approx({"apex": 3.0, "bladder_neck": 2.0, "posterior_median": 13.0})
     assert 6.0 > DISAGREEMENT_FLAG_MM and 13.0 > SPREAD_FLAG_MM > 3.0
-    assert pred.flags == [f"bladder_neck: folds disagree by 6.0 mm > {DISAGREEMENT_FLAG_MM} mm",
+    assert [f.text for f in pred.flags] == [f"bladder_neck: folds disagree by 6.0 mm > {DISAGREEMENT_FLAG_MM} mm",
                           f"posterior_median: heatmap spread 13.0 mm > {SPREAD_FLAG_MM} mm"]
     doc = pred.with_extras().extras
-    assert doc["reliable"] is False and doc["flags"] == pred.flags
+    assert doc["reliable"] is False and doc["flags"] == [f.text for f in pred.flags]
+    assert [(d["landmark"], d["signal"], d["value"], d["limit"]) for d in doc["flag_details"]] == [
+        ("bladder_neck", "fold_disagreement_mm", pytest.approx(6.0), DISAGREEMENT_FLAG_MM),
+        ("posterior_median", "heatmap_spread_mm", pytest.approx(13.0), SPREAD_FLAG_MM)]
     assert doc["confidence"]["bladder_neck"] == {"heatmap_spread_mm": 2.0, "fold_disagreement_mm": 6.0}
     # a landmark beyond the grid is flagged as outside the planned field of view
     far = fold0.copy()
     far[0] = -20.0 * spacing
     predictor.trainer = _FixedDecode([(far, spreads0), (far, spreads0)])
     pred = predictor.predict_array(array, grid)
-    assert pred.flags == ["apex: outside the planned field of view", f"posterior_median: heatmap spread 14.0 mm > "
+    assert [f.text for f in pred.flags] == ["apex: outside the planned field of view", f"posterior_median: heatmap spread 14.0 mm > "
                                                                       f"{SPREAD_FLAG_MM} mm"]
     assert np.isnan(pred.landmarks.to_array(["apex"])).sum() == 0  # flagged, still reported
 
@@ -422,7 +425,7 @@ def test_a_failed_overwrite_keeps_the_previous_pair_of_landmark_files(toy, tmp_p
     """--overwrite (e.g. after retraining) with a write that fails: the previous NAME.json and
     NAME.mrk.json stay as they were, together.  A new .mrk.json next to the old .json would be
     skipped as 'done' by the next run although the two files disagree."""
-    import lmkreg.inference.predict_folder as predict_folder_module
+    import lmkreg.run.predict as predict_folder_module
     from lmkreg.errors import OutputError
     from lmkreg.io.landmark_files import write_landmarks
 
@@ -440,8 +443,7 @@ def test_a_failed_overwrite_keeps_the_previous_pair_of_landmark_files(toy, tmp_p
     if failing == "json":
         monkeypatch.setattr(predict_folder_module, "write_lmkreg_json", fail_json)
     else:
-        import lmkreg.io.landmark_files as landmark_files
-        monkeypatch.setattr(landmark_files, "write_landmarks",
+        monkeypatch.setattr(predict_folder_module, "write_landmarks",
                             lambda lm, path: fail_json(lm, path) if str(path).endswith(".mrk.json") else real_mrk(lm, path))
     assert _predict(inp, out, "--overwrite") == 1
     monkeypatch.undo()
@@ -490,7 +492,7 @@ def test_reading_the_next_volume_overlaps_the_network_of_the_current_one(tmp_pat
     out.  A duck-typed predictor keeps the test free of torch."""
     import threading
 
-    from lmkreg.inference.predict_folder import predict_folder
+    from lmkreg.run.predict import predict_folder
 
     inp = tmp_path / "in"
     inp.mkdir()
@@ -500,17 +502,18 @@ def test_reading_the_next_volume_overlaps_the_network_of_the_current_one(tmp_pat
     started = [threading.Event() for _ in range(3)]
     overlapped = []
 
-    class Prediction:
-        def __init__(self, k):
-            self.landmarks = LandmarkSet({n: [float(k), 1.0 + i, 2.0] for i, n in enumerate(NAMES)})
-            self.flags = []
+    from lmkreg.inference.prediction import Prediction as RealPrediction
 
-        def with_extras(self):
-            return self.landmarks
+    def Prediction(k):
+        return RealPrediction(LandmarkSet({n: [float(k), 1.0 + i, 2.0] for i, n in enumerate(NAMES)}), {}, {})
 
-    class OverlapPredictor:
+    class OverlapPredictor:  # the part of lmkreg.inference.interface.Predictor that predict_folder uses
         modality = "MR"
+        has_segmentation = False
         calls = 0
+
+        def check_image(self, pred, image_geometry, image=None):
+            pass
 
         def preprocess(self, image):
             k = OverlapPredictor.calls

@@ -165,7 +165,7 @@ def cascade(tmp_path_factory):
 
     from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
     from lmkreg.planning.planner import Budget
-    from lmkreg.training.run import train
+    from lmkreg.run.train import train
 
     root = tmp_path_factory.mktemp("cascade_training")
     with folders_under(root):

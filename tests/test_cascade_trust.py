@@ -131,7 +131,7 @@ def _cascade(results: Path, **kwargs):
 
 
 def _stage_flags(pred) -> list[str]:
-    return [f for f in pred.flags if "disagree by" in f or "crop did not hold" in f]
+    return [f.text for f in pred.flags if "disagree by" in f.text or "crop did not hold" in f.text]
 
 
 def _calibrate(folder: Path, names, q: float) -> None:
@@ -263,7 +263,7 @@ def test_refine_heatmap_at_the_crop_border_is_flagged(cascade_models, monkeypatc
     _install(predictor.localizer, BlobNet(len(names)))
     _install(predictor.refiner, BorderNet(len(names)))
     pred = predictor.predict(blob_image()[0])
-    border = [f for f in pred.flags if "crop did not hold" in f]
+    border = [f.text for f in pred.flags if f.signal == "crop_border_mass"]
     assert len(border) == len(names)
     record = pred.with_extras().extras["cascade"]
     for n, flag in zip(names, border):
@@ -314,9 +314,9 @@ def test_choose_trainer_finds_cascade_only_models(cascade_models, tmp_path):
 
 def test_predict_and_register_one_shot_use_cascade_only_models_without_trainer(cascade_models, tmp_path,
                                                                               monkeypatch):
-    from lmkreg.inference.predict_folder import main as predict_main
+    from lmkreg.run.predict import main as predict_main
     from lmkreg.io.dicom import read_image_or_series
-    from lmkreg.registration.cli import main as register_main
+    from lmkreg.run.register import main as register_main
 
     _use_env(cascade_models, monkeypatch)
     ds, names = cascade_models["dataset"], cascade_models["names"]

@@ -17,6 +17,7 @@ from lmkreg.errors import ConfigurationError, InputError
 from lmkreg.geometry import ImageGeometry, rotation_direction
 from lmkreg.io.dicom import find_series, read_dicom_series
 from lmkreg.io.landmarks import LandmarkSet, read_lmkreg_json, write_lmkreg_json
+from lmkreg.io.transform_json import read_rigid_transform
 
 NAMES = ["apex", "bladder_neck", "posterior_median"]
 needs_real = pytest.mark.skipif(not REALDATA.is_dir(), reason=f"real DICOM examination not found at {REALDATA} "
@@ -122,7 +123,7 @@ def _write_mrk(landmarks: LandmarkSet, path: Path) -> None:
 
 
 def test_import_dicom_cases_with_slicer_names_mapped(tmp_path):
-    from lmkreg.dataset.cli import import_main
+    from lmkreg.run.dataset import import_main
     from lmkreg.dataset.layout import open_dataset
 
     images, lmks = tmp_path / "mr", tmp_path / "lmk"
@@ -145,7 +146,7 @@ def test_import_dicom_cases_with_slicer_names_mapped(tmp_path):
 
 
 def test_import_without_a_map_refuses_and_names_the_labels(tmp_path, capsys):
-    from lmkreg.dataset.cli import import_main
+    from lmkreg.run.dataset import import_main
 
     write_dicom_series(_oblique_image(), tmp_path / "mr" / "P001", "1.2.3.1")
     _write_mrk(_lmk_inside(_oblique_image()), tmp_path / "lmk" / "P001.mrk.json")
@@ -193,7 +194,7 @@ def test_register_ignores_stray_slicer_points_and_maps_names(tmp_path, capsys):
     from scipy.spatial.transform import Rotation
 
     from lmkreg.geometry.rigid import RigidTransform
-    from lmkreg.registration.cli import main as register_main
+    from lmkreg.run.register import main as register_main
 
     t = RigidTransform(Rotation.from_euler("xyz", [8.0, -5.0, 6.0], degrees=True).as_matrix(), np.array([3.0, -2, 1]))
     mr = np.array([[1.0, 20.0, -30.0], [-2.0, -5.0, 18.0], [0.5, 22.0, 3.0]])
@@ -207,7 +208,7 @@ def test_register_ignores_stray_slicer_points_and_maps_names(tmp_path, capsys):
                           "-o", str(out), "--landmark-map", "BN=bladder_neck", "pm=posterior_median"]) == 0
     printed = capsys.readouterr().out
     assert "landmarks used: apex, bladder_neck, posterior_median; ignored: F-1" in printed
-    got = RigidTransform.load(out / "c_MR_to_US.json")
+    got = read_rigid_transform(out / "c_MR_to_US.json")
     np.testing.assert_allclose(got.matrix(), t.matrix(), atol=1e-9)
     doc = json.loads((out / "c_MR_to_US.json").read_text())
     assert doc["landmarks_used"] == NAMES
@@ -279,7 +280,7 @@ def test_plans_with_impossible_sizes_are_refused_naming_the_key(tmp_path, edit, 
 def phantom_model(tmp_path_factory):
     """Tiny MR phantoms (4 cases) and a LandmarkTrainer trained for one iteration on all of them:
     enough for files to go through every stage, not for plausible landmarks."""
-    from lmkreg.training.run import model_folder, train
+    from lmkreg.run.train import model_folder, train
     from toydata import folders_under, planned_phantoms
 
     with folders_under(tmp_path_factory.mktemp("clinical_model")) as env:
@@ -299,7 +300,7 @@ def model(phantom_model, monkeypatch):
 
 
 def _predict(inp, out, *extra) -> int:
-    from lmkreg.inference.predict_folder import main as predict_main
+    from lmkreg.run.predict import main as predict_main
     # no -tr: the only trained MR model is used
     return predict_main(["-i", str(inp), "-o", str(out), "-d", "46", "-m", "MR", "--no-optimize", "--no-progress",
                          "--no-tta", *extra])  # the expected points are the plain network output
@@ -411,7 +412,7 @@ def test_predict_lists_trained_models_when_there_are_several(model, tmp_path, ca
 
 def test_evaluate_into_an_existing_file_fails_before_the_work(model, tmp_path, capsys):
     from lmkreg.dataset.layout import open_dataset
-    from lmkreg.evaluation.cli import main as evaluate_main
+    from lmkreg.run.evaluate import main as evaluate_main
 
     ds = open_dataset(46)
     case = ds.cases("Tr")[0]

@@ -44,7 +44,8 @@ def _imported_after(*modules: str) -> list[str]:
 
 def test_config_and_planning_import_neither_torch_nor_training():
     loaded = _imported_after("lmkreg.config.plans", "lmkreg.config.splits", "lmkreg.planning.planner",
-                             "lmkreg.planning.stages", "lmkreg.planning.plan_and_preprocess", "lmkreg.planning.cost")
+                             "lmkreg.planning.stages", "lmkreg.planning.plan_and_preprocess", "lmkreg.planning.fingerprint",
+                             "lmkreg.run.plan_and_preprocess")
     assert loaded == []
     # the check itself can fail: importing the training network does load both
     assert {"torch", "lmkreg.training.network"} <= set(_imported_after("lmkreg.training.network"))
@@ -143,7 +144,7 @@ def test_plans_refuse_a_bf16_setting_other_than_true_false_or_auto(value):
     for ok in (True, False, "auto"):
         good = copy.deepcopy(data)
         good["configurations"]["US"]["training"]["bf16_autocast_cpu"] = ok
-        assert Plans.from_json(good).configuration("US").training["bf16_autocast_cpu"] == ok
+        assert Plans.from_json(good).configuration("US").training.bf16_autocast_cpu == ok
     data["configurations"]["US"]["training"]["bf16_autocast_cpu"] = value
     with pytest.raises(ConfigurationError, match=r"'configurations\.US\.training\.bf16_autocast_cpu' "
                                                  r'must be true, false or "auto"'):
@@ -156,7 +157,7 @@ def test_plans_refuse_a_weight_average_decay_outside_0_to_1(value):
     for ok in (0.0, 0.98):
         good = copy.deepcopy(data)
         good["configurations"]["US"]["training"]["weights_ema_decay"] = ok
-        assert Plans.from_json(good).configuration("US").training["weights_ema_decay"] == ok
+        assert Plans.from_json(good).configuration("US").training.weights_ema_decay == ok
     data["configurations"]["US"]["training"]["weights_ema_decay"] = value
     with pytest.raises(ConfigurationError, match=r"'configurations\.US\.training\.weights_ema_decay' must be"):
         Plans.from_json(data, "plans.json")

@@ -4,6 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from lmkreg.config.settings import TrainingSettings
 from lmkreg.training.convergence import judge_training, recent_drop
 from lmkreg.training.trainers import LandmarkTrainer
 
@@ -35,7 +36,7 @@ def test_a_converged_run_is_fit_for_use_unless_above_the_expected_accuracy():
 
 
 def test_learning_rate_follows_the_step_count_the_run_will_actually_do():
-    fake = SimpleNamespace(conf=SimpleNamespace(training={"learning_rate": 1e-3}), lr_warmup_steps=10,
+    fake = SimpleNamespace(settings=TrainingSettings(learning_rate=1e-3), lr_warmup_steps=10,
                            total_steps=1000, lr_segment=(0, 0.0))
     lr = lambda step: LandmarkTrainer.learning_rate(fake, step)  # noqa: E731
     assert lr(0) == pytest.approx(1e-4) and lr(9) == pytest.approx(1e-3)  # linear warm-up over 10 steps
@@ -57,7 +58,7 @@ def test_an_unconverged_budgeted_run_trains_on_with_a_restarted_schedule_up_to_t
         budget.epoch_done(50, 20.0, 5.0)
     messages = []
     verdicts = [TrainingVerdict(False, ["validation MRE still falling fast: 14 % lower"]), TrainingVerdict(True)]
-    fake = SimpleNamespace(conf=SimpleNamespace(training={"learning_rate": 1e-3}), lr_warmup_steps=0,
+    fake = SimpleNamespace(settings=TrainingSettings(learning_rate=1e-3), lr_warmup_steps=0,
                            total_steps=200, steps_done=200, lr_segment=(0, 0.0),
                            ddp=SimpleNamespace(is_main=True, enabled=False), verdict=lambda: verdicts.pop(0),
                            log=SimpleNamespace(write=messages.append))
@@ -78,7 +79,7 @@ def test_an_unconverged_budgeted_run_trains_on_with_a_restarted_schedule_up_to_t
 
 
 def test_demo_verdict_names_each_failing_model_and_what_to_do():
-    from lmkreg.demo import models_verdict, verdict_lines
+    from lmkreg.run.demo import models_verdict, verdict_lines
 
     good = {"mre_mm": 1.1, "num_cases": 8, "steps": 520, "min_steps": 400, "undertrained_reasons": []}
     slow = {"mre_mm": 13.45, "num_cases": 8, "steps": 150, "min_steps": 400,

@@ -4,12 +4,13 @@ import math
 
 import numpy as np
 
-from lmkreg.demo import DemoSettings, run_demo
+from lmkreg.run.demo import DemoSettings, run_demo
 
 
 def test_demo_runs_every_stage_and_reports_measured_metrics(tmp_path, capsys):
-    # a fixed number of epochs, not a time budget: the run is the same on a busy or an idle machine
-    settings = DemoSettings("tiny", num_train=6, num_test=2, train_minutes=5.0, iterations_per_epoch=3, num_epochs=2)
+    # a fixed number of epochs, not a time budget: the run is the same on a busy or an idle machine (the
+    # demo always passes a budget; 60 min can never cut 2 epochs of 3 steps; threads: conftest.pinned_threads)
+    settings = DemoSettings("tiny", num_train=6, num_test=2, train_minutes=60.0, iterations_per_epoch=3, num_epochs=2)
     out = tmp_path / "demo"
     summary = run_demo(output=out, dataset_id=990, settings=settings, workers=1)
     captured = capsys.readouterr()
@@ -52,7 +53,7 @@ def test_demo_runs_every_stage_and_reports_measured_metrics(tmp_path, capsys):
 
 
 def test_demo_registers_on_surfaces_only_with_a_segmentation_head():
-    from lmkreg.demo import has_segmentation, registration_used
+    from lmkreg.run.demo import has_segmentation, registration_used
 
     assert has_segmentation("HeatmapMatchingTrainer_Seg") and not has_segmentation("HeatmapMatchingTrainer")
     landmark_row = {"n": 10, "mean": 5.3, "sd": 10.0, "median": 1.6, "max": 35.0}

@@ -18,10 +18,10 @@ from scipy.stats import wilcoxon
 
 from lmkreg.config.splits import load_or_create_splits
 from lmkreg.dataset.layout import Dataset, DatasetSpec
-from lmkreg.evaluation.cli import main as evaluate_main
+from lmkreg.run.evaluate import main as evaluate_main
 from lmkreg.evaluation.evaluate import case_rows, evaluate_case, summarize
-from lmkreg.evaluation.model_selection import (collect_cv_results, compare_trainers, find_best_configuration,
-                                               main as best_main)
+from lmkreg.evaluation.model_selection import collect_cv_results, compare_trainers, find_best_configuration
+from lmkreg.run.find_best_configuration import main as best_main
 from lmkreg.evaluation.report import ROTATION_BINS_DEG, SRE_BINS_MM, histogram
 from lmkreg.io.landmark_files import write_landmarks
 from lmkreg.io.landmarks import LandmarkSet, read_lmkreg_json, write_lmkreg_json

@@ -66,4 +66,5 @@ def test_flags_name_the_landmark_and_skip_missing_ones():
     dark = centres[np.argmax(centres @ normal)]
     flags = not_imaged_flags(image, LandmarkSet({"apex": dark, "bladder_neck": lit, "posterior_median": None}),
                              ["apex", "bladder_neck", "posterior_median"])
-    assert len(flags) == 1 and flags[0].startswith("apex: no image signal within 2 mm")
+    assert len(flags) == 1 and flags[0].text.startswith("apex: no image signal within 2 mm")
+    assert (flags[0].landmark, flags[0].signal, flags[0].limit) == ("apex", "no_image_signal", NO_SIGNAL_RADIUS_MM)

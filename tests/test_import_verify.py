@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from lmkreg.dataset.cli import import_main, verify_main
+from lmkreg.run.dataset import import_main, verify_main
 from lmkreg.dataset.importer import ModalitySource, case_name, import_dataset
 from lmkreg.dataset.layout import Dataset, DatasetSpec, open_dataset
 from lmkreg.dataset.verify import verify_dataset
@@ -23,6 +23,7 @@ from lmkreg.geometry import ImageGeometry, rotation_direction
 from lmkreg.geometry.rigid import RigidTransform
 from lmkreg.io.landmarks import DEFAULT_LANDMARK_NAMES, LandmarkSet, read_lmkreg_json, write_lmkreg_json
 from lmkreg.paths import raw_root
+from lmkreg.io.transform_json import write_rigid_transform
 
 NAMES = list(DEFAULT_LANDMARK_NAMES)
 RAS = np.array([-1.0, -1.0, 1.0])
@@ -241,7 +242,7 @@ def _write_case(ds, case, rng, split="Tr"):
         sitk.WriteImage(_sphere_mask(geom), str(ds.mask_path(case, m, split)))
         pts = {n: _world(geom, (4.0 + k, 8.0, 11.0 - k)) for k, n in enumerate(NAMES)}
         write_lmkreg_json(LandmarkSet(pts), ds.landmarks_path(case, m, split))
-    RigidTransform(np.eye(3), np.array([1.0, 2.0, 3.0])).save(ds.transform_path(case, split))
+    write_rigid_transform(RigidTransform(np.eye(3), np.array([1.0, 2.0, 3.0])), ds.transform_path(case, split))
 
 
 @pytest.fixture

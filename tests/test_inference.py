@@ -13,14 +13,15 @@ import SimpleITK as sitk
 from lmkreg.config.plans import Plans
 from lmkreg.config.splits import load_or_create_splits
 from lmkreg.dataset.layout import open_dataset
-from lmkreg.inference.predict_folder import main as predict_main
-from lmkreg.inference.predict_folder import predict_folder
+from lmkreg.run.predict import main as predict_main
+from lmkreg.run.predict import predict_folder
 from lmkreg.inference.predictor import LandmarkPredictor
 from lmkreg.io.images import read_image
 from lmkreg.io.landmarks import read_lmkreg_json
 from lmkreg.paths import preprocessed_folder
 from lmkreg.preprocessing.storage import load_array
-from lmkreg.training.run import model_folder, train
+from lmkreg.run.train import model_folder, train
+from lmkreg.io.transform_json import read_rigid_transform
 from toydata import folders_under, planned_phantoms, use_folders
 
 
@@ -172,7 +173,7 @@ def test_missing_model_and_bad_folders_give_clear_errors(env, tmp_path, capsys):
 def test_one_shot_register_from_two_volumes(env, tmp_path):
     """lmkreg_register -d: predicts both volumes' landmarks, then fits the rigid map to them."""
     from lmkreg.geometry.rigid import RigidTransform
-    from lmkreg.registration.cli import main as register_main
+    from lmkreg.run.register import main as register_main
     from lmkreg.registration.landmark_fit import register_landmarks
 
     ds = open_dataset(2)
@@ -183,7 +184,7 @@ def test_one_shot_register_from_two_volumes(env, tmp_path):
     assert rc == 0
     mr, us = read_lmkreg_json(out / f"{case}_MR.json"), read_lmkreg_json(out / f"{case}_US.json")
     expected = register_landmarks(mr, us).transform
-    np.testing.assert_allclose(RigidTransform.load(out / f"{case}_MR_to_US.json").matrix(), expected.matrix(),
+    np.testing.assert_allclose(read_rigid_transform(out / f"{case}_MR_to_US.json").matrix(), expected.matrix(),
                                atol=1e-9)
     assert (out / f"{case}_MR_to_US.tfm").is_file() and (out / f"{case}_US.mrk.json").is_file()
 
@@ -202,7 +203,7 @@ def test_prediction_killed_mid_folder_leaves_no_partial_file_and_rerun_completes
         for k in (1, 2):
             (inp / f"copy{k}{i}_US.nii.gz").write_bytes(src.read_bytes())
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "lmkreg.inference.predict_folder", "-i", str(inp), "-o", str(out), "-d", "2",
+    cmd = [sys.executable, "-m", "lmkreg.run.predict", "-i", str(inp), "-o", str(out), "-d", "2",
            "-m", "US"]
     proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120

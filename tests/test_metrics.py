@@ -7,9 +7,9 @@ import SimpleITK as sitk
 import trimesh
 from scipy.spatial.transform import Rotation
 
-from lmkreg.evaluation.metrics import (dice, icp_rigid, mask_to_mesh, radial_errors, registration_dice,
-                                       residual_rotation_deg, success_rates, surface_points,
-                                       surface_registration_error)
+from lmkreg.evaluation.metrics import (dice, icp_rigid, radial_errors, registration_dice, residual_rotation_deg,
+                                       success_rates, surface_registration_error)
+from lmkreg.geometry.mesh import mask_to_mesh, surface_points
 from lmkreg.geometry import ImageGeometry, rotation_direction
 from lmkreg.geometry.rigid import RigidTransform
 from lmkreg.io.landmarks import LandmarkSet

@@ -18,8 +18,9 @@ from lmkreg.geometry import ImageGeometry
 from lmkreg.geometry.spaces import apply_affine
 from lmkreg.paths import preprocessed_root
 from lmkreg.phantoms.presets import PRESETS as PHANTOM_PRESETS
-from lmkreg.planning.cost import main as cost_main, measure_cpu_step_times
-from lmkreg.planning.plan_and_preprocess import main as plan_main, plan_and_preprocess
+from lmkreg.training.step_cost import main as cost_main, measure_cpu_step_times
+from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
+from lmkreg.run.plan_and_preprocess import main as plan_main
 from lmkreg.planning.planner import (FOV_MARGIN_MM, Budget, coarsen, plan_configuration, target_spacing,
                                      topology)
 from lmkreg.preprocessing.preprocessor import normalize
@@ -180,7 +181,7 @@ def test_plans_carry_the_augmentation_per_modality_kind(planned):
         aug = data["configurations"][modality]["training"]["augmentation"]
         assert aug == DEFAULT_AUGMENTATION[kind]
         # what the trainer builds from the plans is exactly the default pipeline of that kind
-        assert build_augmentation(kind, plans.configuration(modality).training["augmentation"]) == \
+        assert build_augmentation(kind, plans.configuration(modality).training.augmentation) == \
             build_augmentation(kind)
     assert data["configurations"]["US"]["training"]["augmentation"]["speckle"] is not None
     assert data["configurations"]["MR"]["training"]["augmentation"]["speckle"] is None
@@ -196,7 +197,7 @@ def test_hand_edited_augmentation_is_what_training_uses(planned, tmp_path):
     edited = tmp_path / PLANS_FILE
     edited.write_text(json.dumps(data, indent=2))
     conf = Plans.load(edited).configuration("US")
-    pipeline = build_augmentation("US", conf.training["augmentation"])
+    pipeline = build_augmentation("US", conf.training.augmentation)
     names = [type(t).__name__ for t in pipeline.transforms]
     assert "MirrorLeftRight" not in names and len(names) == len(build_augmentation("US").transforms) - 1
     assert pipeline.transforms[0].translation_mm == 4
@@ -204,7 +205,8 @@ def test_hand_edited_augmentation_is_what_training_uses(planned, tmp_path):
     # a plans file written before the augmentation was planned still loads (defaults apply)
     del data["configurations"]["US"]["training"]["augmentation"]
     edited.write_text(json.dumps(data))
-    assert "augmentation" not in Plans.load(edited).configuration("US").training
+    training = Plans.load(edited).configuration("US").training
+    assert training.augmentation is None and "augmentation" not in training.to_dict()
 
 
 def test_estimated_and_measured_step_of_the_planned_network(planned, capsys):
@@ -311,7 +313,7 @@ def test_gpu_budget_keeps_finer_spacing_and_larger_batch(name):
 def test_plans_of_both_kinds_carry_their_augmentation():
     for name in PRESETS:
         kind = name.split("_")[-1]
-        assert _plan(name).training["augmentation"] == DEFAULT_AUGMENTATION[kind]
+        assert _plan(name).training.augmentation == DEFAULT_AUGMENTATION[kind]
 
 
 def test_anisotropy_rule():

@@ -19,15 +19,16 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from lmkreg.evaluation.metrics import surface_points, surface_registration_error
+from lmkreg.evaluation.metrics import surface_registration_error
+from lmkreg.geometry.mesh import surface_points
 from lmkreg.evaluation.segmentation import segmentation_metrics, surface_distances
 from lmkreg.geometry import ImageGeometry, rotation_direction
 from lmkreg.io.landmark_files import write_landmarks
 from lmkreg.io.landmarks import LandmarkSet, read_lmkreg_json, write_lmkreg_json
-from lmkreg.registration.cli import main as register_main
-from lmkreg.registration.landmark_fit import fit_rigid
+from lmkreg.run.register import main as register_main
+from lmkreg.geometry.rigid import fit_rigid
 from lmkreg.registration.predicted_masks import attach_mask, find_predicted_mask
-from lmkreg.registration.surface import gland_surface
+from lmkreg.registration.icp import gland_surface
 from lmkreg.registration.transform_files import read_transform_record
 
 from test_surface_registration import TRUTH, _write_case, phantom  # noqa: F401  (the fixture)
@@ -217,7 +218,7 @@ def mask_predictions(tmp_path_factory):
 
 def test_evaluate_scores_predicted_masks_and_the_three_registrations(mask_predictions, tmp_path, monkeypatch,
                                                                       capsys):
-    from lmkreg.evaluation.cli import main as evaluate_main
+    from lmkreg.run.evaluate import main as evaluate_main
 
     folder, pred, cases = mask_predictions
     monkeypatch.setenv("LMKREG_raw", str(folder.parent))
@@ -270,14 +271,14 @@ def test_evaluate_scores_predicted_masks_and_the_three_registrations(mask_predic
 def test_a_refused_refinement_is_counted_and_keeps_the_landmark_row(mask_predictions, monkeypatch):
     from lmkreg.dataset.layout import Dataset
     from lmkreg.evaluation.evaluate import evaluate_case, summarize
-    from lmkreg.registration import surface
+    from lmkreg.evaluation import predicted_masks
 
     folder, pred, cases = mask_predictions
-    orig = surface.SurfaceSettings
+    orig = predicted_masks.SurfaceSettings
 
     def tight(**kw):  # a bound every refinement of this case exceeds
         return orig(max_rotation_deg=0.01, **kw)
-    monkeypatch.setattr(surface, "SurfaceSettings", tight)
+    monkeypatch.setattr(predicted_masks, "SurfaceSettings", tight)
     r = evaluate_case(Dataset(folder), cases[0], "Ts", {"MR": pred / "MR", "US": pred / "US"}, NAMES)
     assert not r.refinement["surface"]["accepted"] and r.refinement["surface"]["beyond_bound"]
     assert r.sre_surface_mm == pytest.approx(r.sre_predicted_mm)
@@ -311,11 +312,10 @@ class _FakePredictor:
 
     def __init__(self, ds, case, modality, segments):
         self.ds, self.case, self.modality = ds, case, modality
-        if segments:
-            self.has_segmentation = True
+        self.has_segmentation = segments
 
     def predict(self, image):
-        from lmkreg.inference.predictor import Prediction
+        from lmkreg.inference.prediction import Prediction
 
         truth = read_lmkreg_json(self.ds.landmarks_path(self.case, self.modality, "Ts"))
         pts = {n: truth[n] + np.asarray(o) for n, o in zip(NAMES, OFFSETS[self.modality])}
@@ -327,7 +327,7 @@ class _FakePredictor:
 @pytest.mark.parametrize("segments", [True, False])
 def test_one_shot_feeds_the_predictors_masks_to_the_refinement(mask_predictions, tmp_path, monkeypatch, capsys,
                                                                segments):
-    import lmkreg.inference.cascade as cascade
+    import lmkreg.run.register as cascade  # the command's own name for build_predictor
     from lmkreg.dataset.layout import Dataset
 
     folder, _, cases = mask_predictions

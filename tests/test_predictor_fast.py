@@ -15,7 +15,7 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-import lmkreg.inference.predict_folder as predict_folder_module
+import lmkreg.run.predict as predict_folder_module
 import lmkreg.inference.predictor as predictor_module
 from lmkreg.config.plans import PLANS_FILE
 from lmkreg.inference.predictor import LandmarkPredictor

@@ -9,8 +9,9 @@ from scipy.spatial.transform import Rotation
 from lmkreg.geometry import ImageGeometry, rotation_direction
 from lmkreg.geometry.rigid import RigidTransform
 from lmkreg.io.landmarks import LandmarkSet, write_lmkreg_json
-from lmkreg.registration.cli import main as register_main
+from lmkreg.run.register import main as register_main
 from lmkreg.registration.transform_files import read_itk_transform
+from lmkreg.io.transform_json import read_rigid_transform
 
 NAMES = ["apex", "bladder_neck", "posterior_median"]
 
@@ -33,7 +34,7 @@ def test_one_pair_recovers_the_transform_and_itk_file_maps_us_to_mr(tmp_path):
     t, mr, mr_file, us_file = _pair(tmp_path)
     out = tmp_path / "out"
     assert register_main(["--mr", str(mr_file), "--us", str(us_file), "-o", str(out)]) == 0
-    got = RigidTransform.load(out / "case1_MR_to_US.json")
+    got = read_rigid_transform(out / "case1_MR_to_US.json")
     np.testing.assert_allclose(got.matrix(), t.matrix(), atol=1e-9)
     # SimpleITK reads the .tfm in its resampling direction: a US point goes to its MR point
     itk = sitk.ReadTransform(str(out / "case1_MR_to_US.tfm"))
@@ -92,7 +93,7 @@ def test_folders_match_by_case_and_report_a_degenerate_pair(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "c_MR.json" in err and "collinear" in err
     for name in ("a", "b"):
-        got = RigidTransform.load(out / f"{name}_MR_to_US.json")
+        got = read_rigid_transform(out / f"{name}_MR_to_US.json")
         np.testing.assert_allclose(got.matrix(), _known_transform().matrix(), atol=1e-9)
     assert not (out / "c_MR_to_US.json").exists()
 
@@ -120,6 +121,6 @@ def test_confidence_weights_down_weight_an_uncertain_landmark(tmp_path):
     four = ["--landmark-names", *names4]  # only named landmarks are fitted (issue 15)
     assert register_main(["--mr", str(mr_file), "--us", str(us_file), "-o", str(plain), *four]) == 0
     assert register_main(["--mr", str(mr_file), "--us", str(us_file), "-o", str(weighted), "--weighted", *four]) == 0
-    err = {k: np.abs(RigidTransform.load(f / "case1_MR_to_US.json").apply(mr4[1:]) - us4[1:]).max()
+    err = {k: np.abs(read_rigid_transform(f / "case1_MR_to_US.json").apply(mr4[1:]) - us4[1:]).max()
            for k, f in (("plain", plain), ("weighted", weighted))}
     assert err["weighted"] < 0.2 * err["plain"], err

@@ -8,7 +8,8 @@ from scipy.spatial.transform import Rotation
 
 from lmkreg.errors import InputError
 from lmkreg.io.landmarks import LandmarkSet
-from lmkreg.registration import fit_rigid, register_landmarks
+from lmkreg.geometry.rigid import fit_rigid
+from lmkreg.registration.landmark_fit import register_landmarks
 
 PROSTATE = np.array([[0.0, 5.0, -22.0], [0.0, -3.0, 20.0], [0.0, 18.0, 1.0]])  # apex, bladder neck, posterior
 

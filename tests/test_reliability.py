@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from lmkreg.io.landmarks import LandmarkSet, write_lmkreg_json
-from lmkreg.registration.cli import main as register_main
+from lmkreg.run.register import main as register_main
 
 NAMES = ["apex", "bladder_neck", "posterior_median"]
 MR_POINTS = np.array([[1.0, 20.0, -30.0], [-2.0, -5.0, 18.0], [0.5, 22.0, 3.0]])
@@ -151,7 +151,7 @@ def test_a_case_name_cannot_escape_the_output_folder(pair, tmp_path, capsys):
 
 
 def test_an_output_folder_that_is_a_file_is_named(tmp_path, capsys):
-    from lmkreg.inference.predict_folder import check_writable
+    from lmkreg.run.predict import check_writable
     from lmkreg.errors import ConfigurationError
 
     blocker = tmp_path / "results"
@@ -162,7 +162,7 @@ def test_an_output_folder_that_is_a_file_is_named(tmp_path, capsys):
 
 
 def test_mask_on_another_grid_stops_preprocessing_naming_the_mask(tmp_path, capsys):
-    from lmkreg.planning.plan_and_preprocess import main as plan_main
+    from lmkreg.run.plan_and_preprocess import main as plan_main
     from toydata import make_toy_dataset
     from lmkreg.paths import raw_root
 

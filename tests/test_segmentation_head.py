@@ -31,11 +31,11 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Toy MR dataset (oblique, anisotropic, sphere masks) preprocessed; LandmarkTrainer_Seg fold 0
-    trained a few steps through lmkreg.training.run.train."""
+    trained a few steps through lmkreg.run.train.train."""
     from toydata import folders_under, make_toy_dataset
 
     from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
-    from lmkreg.training.run import model_folder, train
+    from lmkreg.run.train import model_folder, train
 
     root = tmp_path_factory.mktemp("seg_head")
     with folders_under(root) as env:
@@ -208,7 +208,7 @@ def test_no_training_masks_fails_at_the_start_naming_the_folder(trained, tmp_pat
 def test_predict_writes_the_mask_on_the_input_grid(trained, tmp_path, monkeypatch):
     from toydata import use_folders
 
-    from lmkreg.inference.predict_folder import main
+    from lmkreg.run.predict import main
 
     use_folders(monkeypatch, trained["env"])
     ds = trained["ds"]
@@ -363,7 +363,7 @@ def seg_cascade(tmp_path_factory):
     from lmkreg.phantoms.generator import generate_case
     from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
     from lmkreg.planning.planner import Budget
-    from lmkreg.training.run import train
+    from lmkreg.run.train import train
 
     root = tmp_path_factory.mktemp("seg_cascade")
     with folders_under(root) as env:
@@ -385,7 +385,7 @@ def test_cascade_writes_the_refine_mask_on_the_input_grid(seg_cascade, tmp_path,
     from toydata import use_folders
 
     from lmkreg.inference.cascade import CascadePredictor, build_predictor
-    from lmkreg.inference.predict_folder import main
+    from lmkreg.run.predict import main
     from lmkreg.paths import results_root
 
     env, ds = seg_cascade

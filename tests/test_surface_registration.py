@@ -17,15 +17,16 @@ from scipy.spatial.transform import Rotation
 from skimage.measure import marching_cubes
 
 from lmkreg.errors import InputError
-from lmkreg.evaluation.metrics import residual_rotation_deg, surface_points, surface_registration_error
+from lmkreg.evaluation.metrics import residual_rotation_deg, surface_registration_error
+from lmkreg.geometry.mesh import surface_points
 from lmkreg.geometry import ImageGeometry, rotation_direction
 from lmkreg.geometry.rigid import RigidTransform
 from lmkreg.io.landmarks import LandmarkSet, write_lmkreg_json
 from lmkreg.phantoms.anatomy import sample_anatomy
-from lmkreg.registration.cli import main as register_main
-from lmkreg.registration.landmark_fit import fit_rigid
-from lmkreg.registration.surface import (MAX_ROTATION_DEG, SurfaceSettings, distance_to_mesh, gland_surface,
-                                         refine_on_masks, refine_on_surfaces)
+from lmkreg.run.register import main as register_main
+from lmkreg.geometry.rigid import fit_rigid
+from lmkreg.registration.surface import refine_on_masks, refine_on_surfaces
+from lmkreg.registration.icp import MAX_ROTATION_DEG, SurfaceSettings, distance_to_mesh, gland_surface
 from lmkreg.registration.transform_files import read_itk_transform, read_transform_record
 
 NAMES = ["apex", "bladder_neck", "posterior_median"]
@@ -177,10 +178,11 @@ def test_a_result_that_fits_the_surfaces_worse_is_refused(phantom, monkeypatch):
     """The acceptance rule alone: an ICP (replaced here) that ends 3 deg off the true map, started
     from the true map, must not replace it."""
     import lmkreg.registration.surface as surface
+    from lmkreg.registration.icp import IcpResult
 
     mr, us = gland_surface(phantom["mr_mask"]), gland_surface(phantom["us_mask"])
     worse = _perturbed_start(mr.centre, degrees=3.0, shift_mm=0.0)
-    monkeypatch.setattr(surface, "trimmed_icp", lambda *a, **k: surface.IcpResult(worse, 1, True))
+    monkeypatch.setattr(surface, "trimmed_icp", lambda *a, **k: IcpResult(worse, 1, True))
     result = refine_on_surfaces(TRUTH, mr, us)
     assert not result.accepted and not result.beyond_bound and not result.flags
     assert "does not lower the trimmed surface distance" in result.reason
@@ -197,7 +199,7 @@ def test_a_refinement_beyond_the_bound_is_refused_and_the_landmark_transform_kep
     moved = residual_rotation_deg(start, result.surface_transform)  # independently of the module
     assert moved > 5.0
     assert f"rotate {moved:.1f} deg" in result.reason and "bound 5 deg" in result.reason
-    assert result.flags and "disagree" in result.flags[0]
+    assert result.flags and "disagree" in result.flags[0].text and result.flags[0].scope == "pair"
     # the default bound lets a 10 deg correction through, a tighter shift bound does not
     assert MAX_ROTATION_DEG > 10.0
     shifted = refine_on_surfaces(start, mr, us, SurfaceSettings(max_shift_mm=1.0))
@@ -305,7 +307,7 @@ def test_cli_refuses_incomplete_surface_options(tmp_path, phantom, capsys):
 def _wrong_apex(phantom, cut: bool):
     """The demo's pair 042: the US apex is wrong, put next to the bladder neck (as a network puts a
     landmark it cannot see), optionally with the US gland cut by the image border."""
-    from lmkreg.registration.landmark_fit import fit_rigid
+    from lmkreg.geometry.rigid import fit_rigid
 
     p = phantom["landmarks_mr"]
     q = TRUTH.apply(p)
@@ -332,7 +334,7 @@ def test_rescue_leaves_out_the_wrong_landmark_and_recovers_the_map(phantom, cut)
     assert rescue.left_out == "apex" and rescue.left_out_residual_mm > 10.0
     assert surface_registration_error(pts, TRUTH, rescue.transform) < 1.0
     assert residual_rotation_deg(TRUTH, rescue.transform) < 2.0
-    assert "apex" in rescue.flag and json.dumps(rescue.to_json(), allow_nan=False)
+    assert "apex" in rescue.flag.text and json.dumps(rescue.to_json(), allow_nan=False)
     # the figures quoted in inference.md (pytest -s shows them)
     print(f"\nrescue, US gland {'cut by the border' if cut else 'whole'}: landmark fit SRE "
           f"{surface_registration_error(pts, TRUTH, landmark_fit):.2f} mm / "
@@ -374,7 +376,7 @@ def test_a_refused_refinement_with_a_wrong_landmark_is_rescued_and_flagged(phant
     assert surface_registration_error(pts, TRUTH, result.transform) < 1.0
     doc = result.to_json()
     assert doc["transform_used"] == "surface_rescue" and doc["rescue"]["left_out"] == "apex"
-    assert any("'apex' is inconsistent" in f for f in result.flags)
+    assert any("'apex' is inconsistent" in f.text for f in result.flags)
     assert result.landmark_residuals_mm["apex"] > 10.0 > result.landmark_residuals_mm["bladder_neck"]
     # without the landmarks there is nothing to leave out: the landmark transform is kept
     plain = refine_on_surfaces(landmark_fit, mr, us)

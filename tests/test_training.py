@@ -23,7 +23,7 @@ from lmkreg.paths import preprocessed_folder
 from lmkreg.phantoms.generator import generate_dataset
 from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
 from lmkreg.training.checkpoint import load_checkpoint
-from lmkreg.training.run import model_folder, train
+from lmkreg.run.train import model_folder, train
 from lmkreg.training.runtime import seed_everything
 from lmkreg.training.trainers import LandmarkTrainer
 
@@ -121,7 +121,7 @@ def test_sigkill_then_resume_reproduces_uninterrupted_weights(env, tmp_path):
 
     killed_env = dict(env, LMKREG_results=str(tmp_path / "killed"))
     folder = tmp_path / "killed" / "Dataset001_Phantom" / "LandmarkTrainer__MR" / "fold_0"
-    proc = subprocess.Popen([sys.executable, "-m", "lmkreg.training.run", *args], env=_cli_env(killed_env),
+    proc = subprocess.Popen([sys.executable, "-m", "lmkreg.run.train", *args], env=_cli_env(killed_env),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
@@ -137,7 +137,7 @@ def test_sigkill_then_resume_reproduces_uninterrupted_weights(env, tmp_path):
     assert 1 <= stopped_at < 4, f"the run was not killed mid-training (latest epoch {stopped_at})"
     assert not (folder / "checkpoint_final.pth").exists()
 
-    rc = subprocess.run([sys.executable, "-m", "lmkreg.training.run", *args, "--c"], env=_cli_env(killed_env),
+    rc = subprocess.run([sys.executable, "-m", "lmkreg.run.train", *args, "--c"], env=_cli_env(killed_env),
                         capture_output=True, text=True, timeout=300)
     assert rc.returncode == 0, rc.stderr
     log = (folder / "training_log.txt").read_text()
@@ -173,7 +173,7 @@ def _two_process_run_matches(env: dict, tmp_path: Path, args: list[str]) -> None
 
     ddp_env = dict(env, LMKREG_results=str(tmp_path / "ddp"))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "lmkreg.training.run", *args]
+           "-m", "lmkreg.run.train", *args]
     env2 = _cli_env(ddp_env)
     env2["OMP_NUM_THREADS"] = "1"
     rc = subprocess.run(cmd, env=env2, capture_output=True, text=True, timeout=300)

@@ -38,9 +38,8 @@ def _conv_output_dtypes(toy, folder: Path, changes: dict, drop: tuple = ()) -> t
     (`changes` set in the plan's training keys, `drop` removed from them)."""
     pre, splits = toy
     plans = Plans.load(pre / "plans.json")
-    plans.configuration("MR").training.update(changes)
-    for key in drop:
-        del plans.configuration("MR").training[key]
+    conf = plans.configuration("MR")
+    conf.training = conf.training.with_changes(**changes).without(*drop)
     t = HeatmapMatchingTrainer(plans, "MR", 0, pre, folder, splits, device="cpu", num_epochs=1,
                                iterations_per_epoch=1, num_workers=0, progress_bar=False)
     folder.mkdir(parents=True)
@@ -86,8 +85,8 @@ def test_plans_ask_for_auto_and_the_trainer_defaults_to_it(toy, tmp_path, monkey
     from lmkreg.training import runtime
 
     pre, _ = toy
-    assert Plans.load(pre / "plans.json").configuration("MR").training["bf16_autocast_cpu"] == "auto"
-    assert Plans.load(pre / "plans.json").configuration("MR").training["weights_ema_decay"] == 0.98
+    assert Plans.load(pre / "plans.json").configuration("MR").training.bf16_autocast_cpu == "auto"
+    assert Plans.load(pre / "plans.json").configuration("MR").training.weights_ema_decay == 0.98
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)  # a plan without the key: "auto"
     assert _conv_output_dtypes(toy, tmp_path / "keyless_fp32", {}, drop=("bf16_autocast_cpu",))[0] == [torch.float32]
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
@@ -110,7 +109,8 @@ def test_native_bf16_check_agrees_with_the_kernels_cpu_flags():
 def test_the_log_says_which_precision_trained(toy, tmp_path):
     pre, splits = toy
     plans = Plans.load(pre / "plans.json")
-    plans.configuration("MR").training["bf16_autocast_cpu"] = True
+    conf = plans.configuration("MR")
+    conf.training = conf.training.with_changes(bf16_autocast_cpu=True)
     HeatmapMatchingTrainer(plans, "MR", 0, pre, tmp_path / "run", splits, device="cpu", num_epochs=1,
                            iterations_per_epoch=2, num_workers=0, progress_bar=False).run()
     log = (tmp_path / "run" / "training_log.txt").read_text()
@@ -246,7 +246,8 @@ def test_weights_ema_is_the_running_average_validation_and_checkpoints_use(toy, 
 
     pre, splits = toy
     plans = Plans.load(pre / "plans.json")
-    plans.configuration("MR").training["weights_ema_decay"] = 0.6
+    conf = plans.configuration("MR")
+    conf.training = conf.training.with_changes(weights_ema_decay=0.6)
     snapshots = []
 
     def trainer(epochs: int) -> HeatmapMatchingTrainer:

@@ -20,7 +20,8 @@ from lmkreg.io.images import read_image
 from lmkreg.io.landmark_files import read_landmarks
 from lmkreg.io.landmarks import read_lmkreg_json, write_lmkreg_json
 from lmkreg.registration.landmark_fit import register_landmarks
-from lmkreg.trust.calibration import CALIBRATION_FILE, FOLD_CASES_FILE, Calibration, calibrate_fold, conformal_quantile
+from lmkreg.trust.calibration import CALIBRATION_FILE, FOLD_CASES_FILE, Calibration, conformal_quantile
+from lmkreg.run.calibrate import calibrate_fold
 from lmkreg.trust.plausibility import STATISTICS_FILE
 from toydata import folders_under, planned_phantoms, use_folders
 
@@ -33,7 +34,7 @@ def models(tmp_path_factory):
     epoch (fold 0 each).  Training stores fold 0's 2 validation cases for calibration; to reach
     the 9 cases a 90 % radius needs without training all five folds, both models are calibrated
     again on all 10 training cases (optimistic for the trained model, which saw 8 of them)."""
-    from lmkreg.training.run import model_folder, train
+    from lmkreg.run.train import model_folder, train
 
     with folders_under(tmp_path_factory.mktemp("trust_data")) as env:
         planned_phantoms(3, 10, 6, seed=33)
@@ -92,7 +93,7 @@ def test_training_stores_calibration_and_training_statistics(models, monkeypatch
 
 
 def test_error_radius_is_q_times_the_signal_scale_and_written_everywhere(env, tmp_path):
-    from lmkreg.inference.predict_folder import main as predict_main
+    from lmkreg.run.predict import main as predict_main
 
     ds = open_dataset(3)
     case = ds.cases("Ts", "MR")[0]
@@ -153,8 +154,8 @@ def test_shifted_prostate_is_flagged_with_the_reason(env):
     pad[axis] = int(round(60 / image.GetSpacing()[axis]))
     shifted = sitk.ZeroFluxNeumannPad(image, pad if sign > 0 else [0, 0, 0], [0, 0, 0] if sign > 0 else pad)
     predictor = _predictor(env["trained"], max_radius_mm=1e9)
-    before = {f for f in predictor.predict(image).flags if f.startswith("case:")}
-    after = {f for f in predictor.predict(shifted).flags if f.startswith("case:")}
+    before = {f.text for f in predictor.predict(image).flags if f.scope == "case"}
+    after = {f.text for f in predictor.predict(shifted).flags if f.scope == "case"}
     # found where it is, the gland sits 30 mm off where training put it in the crop; not found, the
     # triangle is misshapen: either way new reasons appear
     assert after - before, (before, after)
@@ -164,8 +165,9 @@ def test_the_other_modality_is_flagged_with_the_reason(env):
     ds = open_dataset(3)
     image = read_image(ds.image_path(ds.cases("Ts", "US")[0], "US", "Ts"))
     pred = _predictor(env["trained"], max_radius_mm=1e9).predict(image)
-    image_flags = [f for f in pred.flags if f.startswith("image:")]
-    assert image_flags and all("outside the training range" in f or "extent" in f for f in image_flags), pred.flags
+    image_flags = [f.text for f in pred.flags if f.scope == "image"]
+    assert image_flags and all(f.startswith("image: ") for f in image_flags)
+    assert all("outside the training range" in f or "extent" in f for f in image_flags), pred.flags
 
 
 def test_a_model_trained_for_one_epoch_is_flagged_with_the_reason(env):
@@ -174,7 +176,8 @@ def test_a_model_trained_for_one_epoch_is_flagged_with_the_reason(env):
     image = read_image(ds.image_path(case, "MR", "Ts"))
     weak = _predictor(env["one_epoch"]).predict(image)
     trained = _predictor(env["trained"]).predict(image)
-    assert any("error radius" in f and "> 5 mm" in f for f in weak.flags), weak.flags
+    assert any("error radius" in f.text and "> 5 mm" in f.text for f in weak.flags), weak.flags
+    assert any(f.signal == "error_radius_mm" and f.value > f.limit == 5.0 for f in weak.flags), weak.flags
     assert np.median(list(weak.radius_mm.values())) > 2 * np.median(list(trained.radius_mm.values()))
 
 
@@ -182,7 +185,7 @@ def test_a_pair_with_another_patients_landmarks_is_flagged_and_strict_sets_the_e
     """Predicted-like files: true landmarks carrying a 1.5 mm radius (a well-trained model's) and the
     training pair statistics.  The same patient's pair passes; the test case whose anatomy differs
     most from case 0 is flagged, written and listed, and only --strict makes the exit status 3."""
-    from lmkreg.registration.cli import main as register_main
+    from lmkreg.run.register import main as register_main
     from lmkreg.trust.plausibility import TrainingStatistics
 
     ds = open_dataset(3)
@@ -226,7 +229,7 @@ def test_a_pair_with_another_patients_landmarks_is_flagged_and_strict_sets_the_e
 
 
 def test_predict_writes_marks_and_lists_unreliable_cases_and_strict_sets_the_exit_status(env, tmp_path, capsys):
-    from lmkreg.inference.predict_folder import main as predict_main
+    from lmkreg.run.predict import main as predict_main
 
     ds = open_dataset(3)
     inp = tmp_path / "in"
@@ -259,7 +262,7 @@ def test_a_landmark_where_the_image_recorded_nothing_is_flagged(env):
     image = read_image(ds.image_path(ds.cases("Ts", "MR")[0], "MR", "Ts"))
     predictor = _predictor(env["trained"], max_radius_mm=1e9)
     pred = predictor.predict(image)
-    assert not any("no image signal" in f for f in pred.flags)
+    assert not any("no image signal" in f.text for f in pred.flags)
     geom = ImageGeometry.from_image(image)
     array = sitk.GetArrayFromImage(image)
     apex = pred.landmarks.points["apex"]
@@ -268,7 +271,8 @@ def test_a_landmark_where_the_image_recorded_nothing_is_flagged(env):
     dark = sitk.GetImageFromArray(array)
     dark.CopyInformation(image)
     predictor.check_image(pred, geom, dark)
-    flagged = {f.split(":")[0] for f in pred.flags if "no image signal" in f}
+    flagged = {f.landmark for f in pred.flags if f.signal == "no_image_signal"}
+    assert flagged == {f.text.split(":")[0] for f in pred.flags if "no image signal" in f.text}
     assert "apex" in flagged
     # another landmark only if it lies in the dark ball too (a toy model may put two close together)
     assert all(np.linalg.norm(pred.landmarks.points[n] - apex) <= 4.0 for n in flagged)
@@ -284,5 +288,6 @@ def test_a_landmark_outside_the_image_is_flagged(env):
     array, grid = predictor.preprocess(image)
     small = ImageGeometry.create((3, 3, 3), (1.0, 1.0, 1.0), (500.0, 500.0, 500.0))  # far from every landmark
     pred = predictor.predict_array(array, grid, small)
-    assert {f"{n}: outside the image" for n in pred.landmarks.names} <= set(pred.flags)
-    assert not any("outside the image" in f for f in predictor.predict_array(array, grid, ImageGeometry.from_image(image)).flags)
+    assert {f"{n}: outside the image" for n in pred.landmarks.names} <= {f.text for f in pred.flags}
+    assert not any("outside the image" in f.text
+                   for f in predictor.predict_array(array, grid, ImageGeometry.from_image(image)).flags)

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from lmkreg.dataset.layout import open_dataset
 from lmkreg.io.images import read_image
 from lmkreg.io.landmarks import LandmarkSet, read_lmkreg_json, write_lmkreg_json
-from lmkreg.registration.cli import main as register_main
+from lmkreg.run.register import main as register_main
 from toydata import folders_under, planned_phantoms, use_folders
 
 DS = "Dataset026_Phantom"
@@ -71,7 +71,7 @@ def tiny_model(tmp_path_factory):
     """A 1-epoch MR model (fold 0) of tiny phantoms; fold_all is a copy of its checkpoint (the
     trust code reads only the folder layout), folds 1-4 carry copies of fold 0's calibration
     cases, so that calibration.json pools 10 cases from folds 0-4 (a 90 % radius needs 9)."""
-    from lmkreg.training.run import model_folder, train
+    from lmkreg.run.train import model_folder, train
     from lmkreg.trust.calibration import FOLD_CASES_FILE, pool_calibration
 
     with folders_under(tmp_path_factory.mktemp("issue26")) as env:

@@ -13,7 +13,7 @@ from scipy.stats import mannwhitneyu
 from lmkreg.evaluation.evaluate import CaseResult, calibration_summary
 from lmkreg.evaluation.metrics import radius_coverage, roc_auc
 from lmkreg.io.landmarks import LandmarkSet
-from lmkreg.registration.landmark_fit import fit_rigid
+from lmkreg.geometry.rigid import fit_rigid
 from lmkreg.trust.calibration import Calibration, conformal_quantile, minimum_cases, signal_scale
 from lmkreg.trust.pair import COVERAGE_SIGMA, RMS_FACTOR_95, assess_pair, transform_uncertainty
 from lmkreg.trust.plausibility import TrainingStatistics, _summary, landmark_features
@@ -149,19 +149,24 @@ def test_plausibility_names_the_failed_quantity_and_the_excess():
     stats = _statistics()
     assert stats.check_landmarks(TRIANGLE, np.zeros(3)) == []
     upside_down = TRIANGLE * [1, 1, -1]  # the gland flipped head to foot
-    problems = stats.check_landmarks(upside_down, np.zeros(3))
-    assert any(p.startswith("direction apex->bladder_neck turned") for p in problems), problems
+    problems = [f.text for f in stats.check_landmarks(upside_down, np.zeros(3))]
+    assert any(p.startswith("case: direction apex->bladder_neck turned") for p in problems), problems
     collapsed = TRIANGLE * 0.3  # a network that put all three near one point
-    problems = stats.check_landmarks(collapsed, np.zeros(3))
+    flags = stats.check_landmarks(collapsed, np.zeros(3))
+    problems = [f.text for f in flags]
     d = float(np.linalg.norm(collapsed[0] - collapsed[1]))
-    hit = [p for p in problems if p.startswith("distance apex-bladder_neck (mm)")]
+    hit = [p for p in problems if p.startswith("case: distance apex-bladder_neck (mm)")]
     assert hit and f"{d:.3g} mm outside" in hit[0]
     low = float(hit[0].split("widened to ")[1].split("..")[0])
     assert f"(by {low - d:.3g} mm)" in hit[0]
+    fields = [f for f in flags if f.signal == "distance apex-bladder_neck (mm)"]
+    assert len(fields) == 1 and fields[0].value == pytest.approx(d) and fields[0].limit == pytest.approx(low, abs=0.05)
+    assert fields[0].landmark is None and fields[0].scope == "case" and fields[0].unit == "mm"
     shifted = stats.check_landmarks(TRIANGLE, np.array([0.0, 0.0, 30.0]))
-    assert any("landmarks' centre 30.0 mm from where training cases had it" in p for p in shifted), shifted
+    assert any("landmarks' centre 30.0 mm from where training cases had it" in p.text for p in shifted), shifted
     big = stats.check_image({}, np.array([100.0, 100.0, 300.0]))
-    assert big == ["image: extent along S 300 mm is 2.7x the largest seen in training (110 mm)"]
+    assert [f.text for f in big] == ["image: extent along S 300 mm is 2.7x the largest seen in training (110 mm)"]
+    assert (big[0].signal, big[0].value, big[0].limit) == ("extent_S_mm", 300.0, pytest.approx(2.0 * 110.0))
 
 
 def test_evaluation_calibration_summary_counts_coverage_and_auc():

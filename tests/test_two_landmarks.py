@@ -184,7 +184,7 @@ def test_the_gland_centre_radius_covers_simulated_two_landmark_pairs():
 
 
 def test_register_writes_the_two_landmark_transform_and_flags_it(tmp_path, capsys):
-    from lmkreg.registration.cli import main as register_main
+    from lmkreg.run.register import main as register_main
 
     rng = np.random.default_rng(7)
     prior = _prior(rng)

@@ -5,7 +5,7 @@ Planning must size the network before anything is trained, so it predicts the st
 to refuse hand-edited sizes this machine cannot run.  The two CPU rates were fitted on the
 2-core CI machine by ``benchmarks/calibrate_cpu_cost.py`` (results in
 ``benchmarks/results/cpu_cost_calibration.json``); they are deliberately on the slow side.
-Measuring a real step (torch) is lmkreg.planning.cost's job.
+Measuring a real step (torch) is lmkreg.training.step_cost's job.
 """
 from __future__ import annotations
 

@@ -45,6 +45,10 @@ from lmkreg.io.labelmap import landmarks_from_labelmap
 from lmkreg.io.landmark_files import is_landmark_file, read_landmarks, strip_landmark_suffix
 from lmkreg.io.landmarks import DEFAULT_LANDMARK_NAMES, LandmarkSet, write_lmkreg_json
 from lmkreg.paths import raw_root
+from lmkreg.io.dicom import find_series, is_hidden
+from lmkreg.io.dicom import read_image_or_series
+from lmkreg.io.landmark_names import rename_landmarks
+from lmkreg.io.dicom import describe_folder
 
 PathLike = Union[str, Path]
 
@@ -197,7 +201,6 @@ def _scan_folder(folder: PathLike, modality: str, kind: str, case_pattern, modal
 
     With `dicom`, a subfolder holding a DICOM series is one case named after the subfolder, and
     a folder that itself holds a series is one case named after the folder."""
-    from lmkreg.io.dicom import find_series, is_hidden
 
     root = Path(folder)
     if not root.is_dir():
@@ -383,8 +386,6 @@ def _read_case(plan: _CasePlan, sources: Mapping[str, ModalitySource], names: Se
                warnings: list[str], landmark_map: Optional[Mapping[str, str]] = None
                ) -> dict[str, tuple[sitk.Image, Optional[sitk.Image], LandmarkSet]]:
     """Read and check every file of a case (nothing is written here)."""
-    from lmkreg.io.dicom import read_image_or_series
-    from lmkreg.io.landmark_names import rename_landmarks
 
     out = {}
     for modality, src in sources.items():
@@ -457,7 +458,6 @@ def import_dataset(dataset_id: int, name: str, sources: Mapping[str, ModalitySou
     report = ImportReport(folder=folder, split=split)
     plans, problems = _plan(sources, case_pattern, report, spec.modalities)
     if not plans and not problems:
-        from lmkreg.io.dicom import describe_folder
         raise InputError(None, "no images found (image files or DICOM series): " + "; ".join(
             f"{m}: {s.images} ({describe_folder(s.images)})" for m, s in sources.items()))
     complete: list[_CasePlan] = []

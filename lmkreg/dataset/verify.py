@@ -33,6 +33,7 @@ from lmkreg.geometry.spaces import ImageGeometry
 from lmkreg.io.images import IMAGE_SUFFIXES, read_image
 from lmkreg.io.landmark_files import LANDMARK_SUFFIXES, read_landmarks
 from lmkreg.io.landmarks import LandmarkSet, read_lmkreg_json
+from lmkreg.io.transform_json import read_rigid_transform
 
 PathLike = Union[str, Path]
 ERROR, WARNING, INFO = "error", "warning", "info"
@@ -376,10 +377,8 @@ def _check_case(ds: Dataset, split: str, case: str, scan: _Scan, has_masks: dict
         summary.modalities[m] = " ".join(parts)
     t_path = scan.transforms.get(case)
     if t_path is not None:
-        from lmkreg.geometry.rigid import RigidTransform
-
         try:
-            RigidTransform.load(t_path)
+            read_rigid_transform(t_path)
             summary.transform = True
         except LmkregError as exc:
             _report_file_error(report, case, split, exc, t_path)

@@ -16,8 +16,14 @@ from lmkreg.dataset.layout import Dataset
 from lmkreg.io.atomic import atomic_write_json
 from lmkreg.io.images import read_image
 from lmkreg.io.landmarks import write_lmkreg_json
+from lmkreg.inference.cascade import CascadePredictor, cascade_folders
+from lmkreg.inference.predictor import LandmarkPredictor, available_folds
 
 CASCADE_SUFFIX = "+cascade"
+
+
+class IncompleteTrainer(Exception):
+    """A trainer's cross-validation cannot be used; the message says why."""
 
 
 def cascade_cross_validation(dataset: Dataset, results_folder: Path, trainer: str, modality: str,
@@ -25,9 +31,6 @@ def cascade_cross_validation(dataset: Dataset, results_folder: Path, trainer: st
     """The refine model folder, with ``cascade_validation`` predictions for every fold in
     `folds` (made now where missing); None when `trainer` has no trained cascade for
     `modality`.  IncompleteTrainer when a fold of either stage is missing or there are no splits."""
-    from lmkreg.evaluation.model_selection import IncompleteTrainer
-    from lmkreg.inference.cascade import CascadePredictor, cascade_folders
-    from lmkreg.inference.predictor import LandmarkPredictor, available_folds
 
     found = cascade_folders(results_folder, trainer, modality)
     if found is None:

@@ -24,12 +24,27 @@ import numpy as np
 
 from lmkreg.dataset.layout import Dataset
 from lmkreg.errors import InputError, LmkregError
-from lmkreg.evaluation.metrics import (icp_rigid, mask_to_mesh, radial_errors, registration_dice,
-                                       residual_rotation_deg, surface_points, surface_registration_error)
+from lmkreg.evaluation.metrics import (icp_rigid, radial_errors, registration_dice, residual_rotation_deg,
+                                       surface_registration_error)
+from lmkreg.geometry.mesh import mask_to_mesh, surface_points
 from lmkreg.geometry.rigid import RigidTransform
 from lmkreg.io.images import read_image
 from lmkreg.io.landmarks import LandmarkSet, read_lmkreg_json
 from lmkreg.registration.landmark_fit import register_landmarks
+from lmkreg.io.transform_json import read_rigid_transform
+from lmkreg.io.landmark_files import LANDMARK_SUFFIXES
+from scipy.spatial.transform import Rotation
+import trimesh
+from scipy.spatial import cKDTree
+from lmkreg.evaluation import predicted_masks as pm
+from lmkreg.io.landmark_files import read_landmarks
+from lmkreg.registration.pair_fit import fit_pair
+from lmkreg.evaluation.metrics import radius_coverage, roc_auc
+from lmkreg.parallel import parallel_map
+from lmkreg.evaluation.metrics import success_rates
+from lmkreg.evaluation.predicted_masks import mask_summary
+from lmkreg.evaluation.predicted_masks import VARIANT_KEYS
+from lmkreg.evaluation.segmentation import SEGMENTATION_KEYS
 
 MODALITIES = ("MR", "US")
 METRIC_KEYS = ("sre_predicted_mm", "sre_manual_mm", "rotation_predicted_deg", "rotation_manual_deg",
@@ -80,7 +95,6 @@ def find_prediction(folder: Path, case: str, modality: str) -> Optional[Path]:
     """The predicted landmark file of a case in `folder`: CASE_MOD.* (as lmkreg_predict names them)
     or CASE.* (as the trainers' validation folders do), lmkreg .json preferred, else .mrk.json, .fcsv.
     Files under both names are two different predictions of one case: refused, never guessed."""
-    from lmkreg.io.landmark_files import LANDMARK_SUFFIXES
 
     folder = Path(folder)
     found = []
@@ -120,7 +134,6 @@ def _mesh_starts(mr_mesh, us_mesh) -> list[RigidTransform]:
 def _pair_starts(mr_pts: np.ndarray, us_pts: np.ndarray, steps: int = 6) -> list[RigidTransform]:
     """ICP starting poses from two landmark pairs: the MR segment turned onto the US segment
     (midpoints matched), then `steps` turns about it (two points leave that angle free)."""
-    from scipy.spatial.transform import Rotation
 
     a, b = mr_pts[1] - mr_pts[0], us_pts[1] - us_pts[0]
     align = Rotation.align_vectors([b], [a])[0]
@@ -154,8 +167,6 @@ def reference_registration(mr_mesh, us_mesh, manual: Optional[RigidTransform] = 
     LANDMARK_TOLERANCE_MM of the best landmark agreement are eligible, and of those the best
     surface fit wins.  Returns the map and its fit (mean MR-surface to US-surface distance, mm).
     """
-    import trimesh
-    from scipy.spatial import cKDTree
 
     us_pts, _ = trimesh.sample.sample_surface(us_mesh, 30000, seed=seed + 7)
     tree = cKDTree(np.asarray(us_pts))
@@ -190,8 +201,6 @@ def evaluate_case(dataset: Dataset, case: str, split: str, predictions: dict[str
     and landmarks+surface registrations (`landmark_weight`: that row's weight, default
     lmkreg.evaluation.predicted_masks.LANDMARKS_SURFACE_WEIGHT).
     """
-    from lmkreg.evaluation import predicted_masks as pm
-    from lmkreg.io.landmark_files import read_landmarks
 
     truth = {m: read_lmkreg_json(dataset.landmarks_path(case, m, split)) for m in MODALITIES}
     pred: dict[str, LandmarkSet] = {}
@@ -243,10 +252,9 @@ def evaluate_case(dataset: Dataset, case: str, split: str, predictions: dict[str
         result.dice_manual = registration_dice(mr_mask, us_mask, manual)
     true_path = dataset.transform_path(case, split)
     if true_path.is_file():
-        result.icp_vs_true_transform_mm = surface_registration_error(pts, RigidTransform.load(true_path), reference)
+        result.icp_vs_true_transform_mm = surface_registration_error(pts, read_rigid_transform(true_path), reference)
     if "MR" in pred and "US" in pred:
         try:
-            from lmkreg.registration.pair_fit import fit_pair  # what lmkreg_register writes for the pair
 
             fit = fit_pair(pred["MR"], pred["US"], names)
             predicted = fit.transform
@@ -285,7 +293,6 @@ def landmark_trust(pred: LandmarkSet, names: Sequence[str]) -> tuple[dict, dict]
 def calibration_summary(results: Sequence[CaseResult], names: Sequence[str], error_threshold_mm: float = 5.0) -> dict:
     """Coverage of the error radii and ROC AUC of the flags, per modality and landmark: "unreliable"
     against "error > threshold", and the pair flag against "SRE > threshold"."""
-    from lmkreg.evaluation.metrics import radius_coverage, roc_auc
 
     out: dict = {"error_threshold_mm": error_threshold_mm}
     for m in MODALITIES:
@@ -324,7 +331,6 @@ def evaluate_cases(dataset: Dataset, cases: Sequence[str], split: str, predictio
                    names: Sequence[str], workers: int = 1, progress: bool = True,
                    landmark_weight: Optional[float] = None) -> tuple[list[CaseResult], dict[str, str]]:
     """evaluate_case over `cases` in `workers` processes; returns (results, {case: error}) in case order."""
-    from lmkreg.parallel import parallel_map
 
     fn = functools.partial(_evaluate_or_error, dataset_folder=str(dataset.folder), split=split,
                            predictions={m: str(p) for m, p in predictions.items()}, names=list(names),
@@ -351,7 +357,6 @@ def summarize(results: Sequence[CaseResult], names: Sequence[str]) -> dict:
     per-case MREs (the mean of a case's landmark errors): same mean when no landmark is
     missing, but its sd is the between-case spread the paper reports.
     """
-    from lmkreg.evaluation.metrics import success_rates
 
     out: dict = {"num_cases": len(results), "mre": {}}
     for m in MODALITIES:
@@ -370,7 +375,6 @@ def summarize(results: Sequence[CaseResult], names: Sequence[str]) -> dict:
     out["unflagged_pairs"] = {key: stats([getattr(r, key) for r in kept])
                               for key in ("sre_predicted_mm", "dice_predicted", "rotation_predicted_deg")}
     out["calibration"] = calibration_summary(results, names)
-    from lmkreg.evaluation.predicted_masks import mask_summary
 
     out.update(mask_summary(results))  # "segmentation", "registration_variants" (empty without predicted masks)
     return out
@@ -390,8 +394,6 @@ def case_rows(results: Sequence[CaseResult], names: Sequence[str]) -> list[dict]
         d = asdict(r)
         row.update({k: d[k] for k in METRIC_KEYS})
         if with_masks:  # columns of predicted masks only when there are any (the CSV stays as it was without)
-            from lmkreg.evaluation.predicted_masks import VARIANT_KEYS
-            from lmkreg.evaluation.segmentation import SEGMENTATION_KEYS
 
             for m in MODALITIES:
                 row.update({f"{m}_seg_{k}": r.segmentation.get(m, {}).get(k, float("nan")) for k in SEGMENTATION_KEYS})

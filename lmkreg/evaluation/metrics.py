@@ -15,9 +15,10 @@ from typing import Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 import trimesh
-from skimage.measure import marching_cubes
+from scipy.spatial import cKDTree
+from scipy.spatial.transform import Rotation
 
-from lmkreg.geometry import ImageGeometry
+from lmkreg.geometry.mesh import surface_points
 from lmkreg.geometry.rigid import RigidTransform
 from lmkreg.io.landmarks import LandmarkSet
 from lmkreg.registration.transform_files import to_sitk_resampling_transform
@@ -37,27 +38,6 @@ def success_rates(errors: np.ndarray, thresholds: Sequence[float] = SUCCESS_THRE
     return {f"sdr_{t:g}mm": float(np.mean(e <= t)) if e.size else float("nan") for t in thresholds}
 
 
-def mask_to_mesh(mask: sitk.Image) -> trimesh.Trimesh:
-    """Surface of a binary mask (marching cubes at 0.5) with vertices in world LPS mm."""
-    arr = (sitk.GetArrayFromImage(mask) > 0).astype(np.float32)
-    if not arr.any():
-        raise ValueError("mask is empty: no surface to build")
-    padded = np.pad(arr, 1)  # closes surfaces that touch the image border
-    verts, faces, _, _ = marching_cubes(padded, level=0.5)
-    geom = ImageGeometry.from_image(mask)
-    world = geom.index_to_world(verts - 1.0)
-    if np.linalg.det(geom.index_to_world_affine()[:3, :3]) < 0:  # a mirrored grid flips the winding
-        faces = faces[:, ::-1]
-    mesh = trimesh.Trimesh(world, faces, process=True)
-    return mesh
-
-
-def surface_points(mesh: trimesh.Trimesh, count: int = 5000, seed: int = 0) -> np.ndarray:
-    """Points spread evenly (by area) over the surface, reproducibly."""
-    points, _ = trimesh.sample.sample_surface(mesh, count, seed=seed)
-    return np.asarray(points)
-
-
 def icp_rigid(mr_mesh: trimesh.Trimesh, us_mesh: trimesh.Trimesh, initial: Optional[RigidTransform] = None,
               samples: int = 3000, target_samples: int = 30000, max_iterations: int = 100,
               tolerance: float = 1e-7, seed: int = 0) -> RigidTransform:
@@ -67,9 +47,6 @@ def icp_rigid(mr_mesh: trimesh.Trimesh, us_mesh: trimesh.Trimesh, initial: Optio
     iterations where point-to-point ICP (trimesh.registration.icp) needs hundreds on smooth
     organs.  Pairs farther apart than 3x the median distance are ignored as outliers.
     """
-    from scipy.spatial import cKDTree
-    from scipy.spatial.transform import Rotation
-
     src = surface_points(mr_mesh, samples, seed)
     tgt, faces = trimesh.sample.sample_surface(us_mesh, target_samples, seed=seed + 1)
     normals = us_mesh.face_normals[faces]

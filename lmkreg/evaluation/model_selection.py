@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +27,18 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from lmkreg.cli_utils import friendly_errors, make_parser
 from lmkreg.dataset.layout import Dataset, open_dataset
 from lmkreg.errors import ConfigurationError, LmkregError
 from lmkreg.io.atomic import atomic_write_json, atomic_write_text
+from lmkreg.paths import results_root
+from lmkreg.paths import preprocessed_folder
+from lmkreg.config.splits import SPLITS_FILE
+from lmkreg.evaluation.metrics import radial_errors
+from lmkreg.io.landmark_files import read_landmarks
+from lmkreg.io.landmarks import read_lmkreg_json
+from lmkreg.evaluation.cascade_cv import CASCADE_SUFFIX, IncompleteTrainer, cascade_cross_validation
+from scipy.stats import wilcoxon
+from lmkreg.evaluation.report import json_safe
 
 FOLDS = (0, 1, 2, 3, 4)
 SIGNIFICANCE = 0.05
@@ -73,12 +80,7 @@ class TrainerCV:
                 "per_landmark_mm": per_landmark, "folds": list(self.folds)}
 
 
-class IncompleteTrainer(Exception):
-    """A trainer's cross-validation cannot be used; the message says why."""
-
-
 def results_folder(dataset: Dataset) -> Path:
-    from lmkreg.paths import results_root
 
     return results_root() / dataset.name
 
@@ -94,8 +96,6 @@ def trainer_folders(folder: Path, modality: str) -> dict[str, Path]:
 
 def load_splits(dataset: Dataset) -> Optional[list[dict]]:
     """The dataset's splits_final.json (never created here), or None if there is none."""
-    from lmkreg.paths import preprocessed_folder
-    from lmkreg.config.splits import SPLITS_FILE
 
     path = preprocessed_folder(dataset) / SPLITS_FILE
     if not path.is_file():
@@ -114,9 +114,6 @@ def collect_trainer_cv(dataset: Dataset, folder: Path, trainer: str, modality: s
                        subfolder: str = "validation") -> TrainerCV:
     """Read and score the validation predictions of `folds` (``fold_F/<subfolder>``);
     IncompleteTrainer if one is missing."""
-    from lmkreg.evaluation.metrics import radial_errors
-    from lmkreg.io.landmark_files import read_landmarks
-    from lmkreg.io.landmarks import read_lmkreg_json
 
     names = list(dataset.spec.landmarks)
     cv = TrainerCV(trainer, modality, Path(folder), [int(f) for f in folds])
@@ -180,7 +177,6 @@ def collect_cv_results(dataset: Dataset, modality: str, trainers: Optional[Seque
         except IncompleteTrainer as exc:
             incomplete[trainer] = str(exc)
     # each trainer's cascade competes as "TRAINER+cascade": single stage vs cascade
-    from lmkreg.evaluation.cascade_cv import CASCADE_SUFFIX, cascade_cross_validation
 
     asked = [t.removesuffix(CASCADE_SUFFIX) for t in wanted if t.endswith(CASCADE_SUFFIX)]
     for name in (list(found) if trainers is None else asked):
@@ -200,7 +196,6 @@ def collect_cv_results(dataset: Dataset, modality: str, trainers: Optional[Seque
 def wilcoxon_p(a: dict[str, float], b: dict[str, float]) -> tuple[float, int]:
     """Two-sided Wilcoxon signed-rank p-value of per-case values paired by case, and the number
     of pairs (scipy.stats.wilcoxon with its defaults); NaN if it is undefined (no pairs, all equal)."""
-    from scipy.stats import wilcoxon
 
     cases = sorted(set(a) & set(b))
     if not cases:
@@ -249,7 +244,7 @@ def predict_command(dataset_id: int, modality: str, trainer: str, folds: Sequenc
             + " ".join(str(f) for f in folds))
 
 
-def _p(p: float) -> str:
+def format_p(p: float) -> str:
     if p is None or not math.isfinite(p):
         return "n/a"
     return (f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}") + ("*" if p < SIGNIFICANCE else "")
@@ -266,14 +261,14 @@ def cross_validation_markdown(dataset: Dataset, modality: str, folds: Sequence[i
     for s in comparison["ranking"]:
         lm = " | ".join(f"{s['per_landmark_mm'].get(n, math.nan):.2f}" for n in names)
         lines.append(f"| {s['rank']} | {s['trainer']} | {s['mre_mm']:.2f} ± {s['sd_mm']:.2f} | {s['median_mm']:.2f} | "
-                     f"{lm} | {s['num_cases']} | {_p(s['p_vs_best']) if 'p_vs_best' in s else '–'} |")
+                     f"{lm} | {s['num_cases']} | {format_p(s['p_vs_best']) if 'p_vs_best' in s else '–'} |")
     order = [s["trainer"] for s in comparison["ranking"]]
     if len(order) > 1:
         lines += ["", f"Wilcoxon signed-rank tests (two-sided, paired per case on the per-case MRE); "
                       f"* p < {SIGNIFICANCE:g} (paper Table 1):", "",
                   "| | " + " | ".join(order) + " |", "|---|" + "---|" * len(order)]
         for a in order:
-            lines.append(f"| {a} | " + " | ".join("–" if a == b else _p(comparison["wilcoxon_p"][a][b])
+            lines.append(f"| {a} | " + " | ".join("–" if a == b else format_p(comparison["wilcoxon_p"][a][b])
                                                  for b in order) + " |")
     if comparison["best"]:
         lines += ["", f"Best: **{comparison['best']}**.  Predict with:", "", f"    {command}"]
@@ -302,43 +297,9 @@ def find_best_configuration(dataset_id: str, modality: str, trainers: Optional[S
            "incomplete": incomplete, "notes": {t: cv.notes for t, cv in results.items() if cv.notes},
            "predict_command": command}
     if best:
-        from lmkreg.evaluation.report import json_safe
 
         atomic_write_json(out / f"best_configuration_{modality}.json", json_safe(doc))
         atomic_write_text(out / f"cross_validation_{modality}.md",
                           cross_validation_markdown(dataset, modality, folds, comparison, incomplete, command))
         doc["files"] = [str(out / f"best_configuration_{modality}.json"), str(out / f"cross_validation_{modality}.md")]
     return doc
-
-
-@friendly_errors
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = make_parser("lmkreg_find_best_configuration", __doc__)
-    p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
-    p.add_argument("-m", "--modality", required=True, help="modality, e.g. MR or US")
-    p.add_argument("-tr", "--trainer", dest="trainers", nargs="+", default=None,
-                   help="trainers to compare (default: every trained TRAINER__MODALITY folder)")
-    p.add_argument("-f", "--folds", nargs="+", type=int, default=list(FOLDS),
-                   help="folds that must all be present (default 0 1 2 3 4)")
-    args = p.parse_args(argv)
-    doc = find_best_configuration(args.dataset, args.modality, args.trainers, args.folds)
-    for trainer, why in doc["incomplete"].items():
-        print(f"skipped {trainer}: {why}", file=sys.stderr)
-    if not doc["best_trainer"]:
-        print(f"error: no trainer of {doc['dataset']} {args.modality} has complete cross-validation results "
-              f"for folds {' '.join(map(str, doc['folds']))}", file=sys.stderr)
-        return 1
-    width = max(len(s["trainer"]) for s in doc["ranking"])
-    print(f"{doc['dataset']} {args.modality}, folds {' '.join(map(str, doc['folds']))}:")
-    for s in doc["ranking"]:
-        pv = f"  p vs best {_p(s['p_vs_best'])}" if "p_vs_best" in s else ""
-        print(f"  {s['rank']}. {s['trainer']:<{width}}  MRE {s['mre_mm']:.2f} ± {s['sd_mm']:.2f} mm "
-              f"({s['num_cases']} cases){pv}")
-    print(f"best: {doc['best_trainer']}")
-    print("wrote " + " and ".join(doc["files"]))
-    print(f"predict with:\n  {doc['predict_command']}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

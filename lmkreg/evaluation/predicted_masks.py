@@ -29,6 +29,13 @@ import SimpleITK as sitk
 
 from lmkreg.errors import InputError
 from lmkreg.geometry.rigid import RigidTransform
+from lmkreg.registration.predicted_masks import find_predicted_mask
+from lmkreg.evaluation.segmentation import segmentation_metrics
+from lmkreg.io.images import read_image
+from lmkreg.evaluation.metrics import registration_dice, residual_rotation_deg, surface_registration_error
+from lmkreg.registration.surface import refine_on_surfaces
+from lmkreg.registration.icp import SurfaceSettings, gland_surface
+from lmkreg.evaluation.segmentation import SEGMENTATION_KEYS, summary_with_worst
 
 VARIANTS = {"landmarks": "landmark-only", "surface": "surface-refined", "landmarks_surface": "landmarks+surface"}
 # landmarks+surface: W times the mean squared landmark distance next to the mean squared surface
@@ -41,7 +48,6 @@ VARIANT_KEYS = ("sre_surface_mm", "rotation_surface_deg", "dice_surface", "sre_l
 
 def predicted_mask_files(pred_files: dict[str, Optional[Path]]) -> tuple[dict[str, Path], dict[str, str]]:
     """({modality: predicted mask file}, {modality: why there is none}) of a case's prediction files."""
-    from lmkreg.registration.predicted_masks import find_predicted_mask
 
     found, why = {}, {}
     for m, f in pred_files.items():
@@ -57,8 +63,6 @@ def predicted_mask_files(pred_files: dict[str, Optional[Path]]) -> tuple[dict[st
 
 def segmentation_of_case(result, masks: dict[str, Path], truth: dict[str, Optional[sitk.Image]]) -> None:
     """result.segmentation[modality] for every modality with a predicted and a true mask."""
-    from lmkreg.evaluation.segmentation import segmentation_metrics
-    from lmkreg.io.images import read_image
 
     for m, path in masks.items():
         if truth.get(m) is None:
@@ -72,8 +76,6 @@ def refined_registrations(result, masks: dict[str, Path], predicted: RigidTransf
                           landmarks: tuple[np.ndarray, np.ndarray], names: Sequence[str],
                           landmark_weight: float = LANDMARKS_SURFACE_WEIGHT) -> None:
     """The surface-refined and landmarks+surface rows of one case (fields of `result`)."""
-    from lmkreg.evaluation.metrics import registration_dice, residual_rotation_deg, surface_registration_error
-    from lmkreg.registration.surface import SurfaceSettings, gland_surface, refine_on_surfaces
 
     try:
         mr, us = gland_surface(masks["MR"]), gland_surface(masks["US"])
@@ -100,7 +102,6 @@ def refined_registrations(result, masks: dict[str, Path], predicted: RigidTransf
 def mask_summary(results: Sequence) -> dict:
     """Segmentation per modality (Dice: worst = min; distances: worst = max) and the three
     registration rows over the cases that have all three (so the rows compare like with like)."""
-    from lmkreg.evaluation.segmentation import SEGMENTATION_KEYS, summary_with_worst
 
     out: dict = {"segmentation": {}, "registration_variants": {}}
     for m in ("MR", "US"):

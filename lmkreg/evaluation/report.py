@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 
 from lmkreg.evaluation.evaluate import TRANSFORM_KEYS, CaseResult, case_rows  # noqa: E402
 from lmkreg.io.atomic import atomic_path, atomic_write_json, atomic_write_text  # noqa: E402
+from lmkreg.evaluation.predicted_masks import VARIANTS
 
 SRE_BINS_MM = (0, 5, 10, 15, 20, 25, 30, 45, math.inf)  # paper Table 3 thresholds
 ROTATION_BINS_DEG = (0, 5, 10, 20, 30, 40, 60, 70, math.inf)  # paper Table 4 thresholds
@@ -133,7 +134,6 @@ def _worst(s: Optional[dict], digits: int = 2) -> str:
 def mask_markdown(summary: dict) -> list[str]:
     """Segmentation per modality and the three registration rows (predicted masks, issue 17);
     nothing without predicted masks."""
-    from lmkreg.evaluation.predicted_masks import VARIANTS
 
     lines: list[str] = []
     seg = summary.get("segmentation") or {}

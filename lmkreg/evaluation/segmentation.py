@@ -21,7 +21,8 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from lmkreg.geometry import ImageGeometry
-from lmkreg.registration.predicted_masks import mask_volume_ml
+from lmkreg.geometry.masks import mask_volume_ml
+from lmkreg.evaluation.metrics import dice
 
 SEGMENTATION_KEYS = ("dice", "mean_surface_distance_mm", "surface_distance_95_mm")
 
@@ -56,7 +57,6 @@ def on_grid_of(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
 def segmentation_metrics(predicted: sitk.Image, truth: sitk.Image) -> dict[str, Optional[float]]:
     """Dice, mean and 95 % symmetric surface distance (mm) and both volumes (mL).  An empty
     prediction has Dice 0 and no surface distance (None)."""
-    from lmkreg.evaluation.metrics import dice
 
     on_truth = on_grid_of(predicted, truth)
     out: dict[str, Optional[float]] = {

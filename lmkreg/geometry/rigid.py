@@ -5,18 +5,23 @@
 
     {"type": "rigid", "source": "MR", "target": "US", "coordinate_system": "LPS",
      "units": "mm", "matrix": [[...4x4...]]}
+
+``fit_rigid(mr_points, us_points)`` is the least-squares rigid fit of point pairs (Arun et al.
+1987 / Kabsch, with the reflection fix): the RigidTransform T (MR world LPS mm -> US world LPS
+mm) minimising sum_i w_i ||us_i - (R mr_i + t)||^2 over proper rotations R.  It lives here, not
+in registration, so that trust and evaluation use it without importing registration.  Reading
+and writing the JSON file is ``lmkreg.io.transform_json``.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from lmkreg.errors import InputError
-from lmkreg.io.atomic import atomic_write_json
 
 PathLike = Union[str, Path]
 
@@ -69,8 +74,6 @@ class RigidTransform:
 
     def rotation_angle_deg(self) -> float:
         """Angle of the rotation (degrees), accurate near 0 (unlike arccos of the trace)."""
-        from scipy.spatial.transform import Rotation
-
         return float(np.degrees(Rotation.from_matrix(self.rotation).magnitude()))
 
     def to_json(self) -> dict:
@@ -89,16 +92,44 @@ class RigidTransform:
         except (KeyError, ValueError, TypeError) as exc:
             raise InputError(source_file, f"bad transform matrix ({exc})") from None
 
-    def save(self, path: PathLike) -> Path:
-        atomic_write_json(path, self.to_json())
-        return Path(path)
 
-    @staticmethod
-    def load(path: PathLike) -> "RigidTransform":
-        p = Path(path)
-        try:
-            return RigidTransform.from_json(json.loads(p.read_text(encoding="utf-8")), p)
-        except FileNotFoundError:
-            raise InputError(p, "file not found") from None
-        except json.JSONDecodeError as exc:
-            raise InputError(p, f"not valid JSON ({exc})") from None
+MIN_SEPARATION_MM = 1.0
+MIN_TRIANGLE_HEIGHT_MM = 1.0
+
+
+def check_configuration(points: np.ndarray, what: str = "landmarks") -> None:
+    """A rigid fit needs >= 3 distinct, non-collinear points; say which problem it is."""
+    if len(points) < 3:
+        raise InputError(None, f"{what}: a rigid transform needs at least 3 landmark pairs, got {len(points)}")
+    d = np.linalg.norm(points[:, None] - points[None], axis=-1)
+    i, j = np.triu_indices(len(points), 1)
+    if np.min(d[i, j]) < MIN_SEPARATION_MM:
+        k = int(np.argmin(d[i, j]))
+        raise InputError(None, f"{what}: landmarks {i[k]} and {j[k]} coincide ({d[i[k], j[k]]:.3f} mm apart)")
+    centred = points - points.mean(0)
+    s = np.linalg.svd(centred, compute_uv=False)
+    # second singular value ~ spread off the best line; too small means collinear
+    if s[1] / np.sqrt(len(points)) < MIN_TRIANGLE_HEIGHT_MM / 2:
+        raise InputError(None, f"{what}: landmarks are (nearly) collinear; the rotation about their line is undetermined")
+
+
+def fit_rigid(mr_points: np.ndarray, us_points: np.ndarray, weights: Optional[Sequence[float]] = None,
+              source: str = "MR", target: str = "US") -> RigidTransform:
+    """Weighted least-squares rigid transform taking `mr_points` onto `us_points` (both (N, 3) world LPS mm)."""
+    p = np.asarray(mr_points, float)
+    q = np.asarray(us_points, float)
+    if p.shape != q.shape or p.ndim != 2 or p.shape[1] != 3:
+        raise ValueError(f"point arrays must both be (N, 3), got {p.shape} and {q.shape}")
+    check_configuration(p, source)
+    check_configuration(q, target)
+    w = np.ones(len(p)) if weights is None else np.asarray(weights, float)
+    if w.shape != (len(p),) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError("weights must be non-negative, one per landmark, not all zero")
+    w = w / w.sum()
+    pc = (w[:, None] * p).sum(0)
+    qc = (w[:, None] * q).sum(0)
+    h = ((p - pc) * w[:, None]).T @ (q - qc)
+    u, _, vt = np.linalg.svd(h)
+    d = np.sign(np.linalg.det(vt.T @ u.T))
+    r = vt.T @ np.diag([1.0, 1.0, d]) @ u.T  # d = -1 would be a reflection: flip the weakest axis
+    return RigidTransform(r, qc - r @ pc, source, target)

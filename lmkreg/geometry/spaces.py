@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
+from scipy.spatial.transform import Rotation
 
 ORTHONORMAL_TOLERANCE = 1e-4
 
@@ -160,6 +161,5 @@ def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 def rotation_direction(angles_deg_xyz: Sequence[float]) -> np.ndarray:
     """Direction matrix of an oblique grid: rotation by Euler angles (degrees) about L, P, S."""
-    from scipy.spatial.transform import Rotation
 
     return Rotation.from_euler("xyz", angles_deg_xyz, degrees=True).as_matrix()

@@ -10,8 +10,8 @@ blends the crops at the (up to 8) lattice points around the anchor with trilinea
 so the answer is a continuous function of the anchor: two localizer estimates that differ a
 little give answers that differ a little, never by a jump of one crop voxel.
 
-``CascadePredictor`` offers the ``preprocess`` / ``predict_array`` / ``predict`` interface of
-``LandmarkPredictor``, so ``predict_folder`` runs either (reading and the localizer's
+``CascadePredictor`` implements the predictor interface of ``LandmarkPredictor``
+(lmkreg.inference.interface.Predictor), so ``predict_folder`` runs either (reading and the localizer's
 preprocessing of the next image overlap the networks of the current one).  Its predictions
 record the localizer's landmarks and every crop centre in the output JSON (``cascade``).
 
@@ -27,7 +27,6 @@ import copy
 import dataclasses
 import itertools
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -37,13 +36,16 @@ import SimpleITK as sitk
 
 from lmkreg.errors import ConfigurationError
 from lmkreg.geometry import ImageGeometry
-from lmkreg.inference.predictor import (BORDER_MASS_FLAG, LandmarkPredictor, Prediction, _finite, available_folds,
-                                        model_folder_for)
-from lmkreg.inference.segmentation import SegLayer, attach_mask
+from lmkreg.inference.interface import finish_prediction
+from lmkreg.inference.prediction import Prediction
+from lmkreg.inference.predictor import BORDER_MASS_FLAG, LandmarkPredictor, available_folds, model_folder_for
+from lmkreg.inference.segmentation import SegLayer
 from lmkreg.inference.stage_trust import LOCALIZER, StageCheck, borrow_localizer_radii, check_stages
+from lmkreg.io.json_values import finite_or_none
 from lmkreg.io.landmarks import LandmarkSet
 from lmkreg.config.plans import PLANS_FILE, Plans
 from lmkreg.preprocessing.preprocessor import landmark_anchor
+from lmkreg.trust.flags import flag_texts, unique_flags
 
 
 @dataclass
@@ -85,21 +87,16 @@ class CascadePrediction(Prediction):
             "localizer": self.configurations[0], "refine": self.configurations[1],
             "stage1_landmarks_lps": {n: None if p is None else [round(float(v), 4) for v in p]
                                      for n, p in stage1.points.items()},
-            "stage1_flags": list(self.stage1.flags) if self.stage1 is not None else [],
-            "stage1_radius_mm": {n: _finite(self.stage1.radius_mm.get(n)) if self.stage1 is not None else None
+            "stage1_flags": flag_texts(self.stage1.flags) if self.stage1 is not None else [],
+            "stage1_radius_mm": {n: finite_or_none(self.stage1.radius_mm.get(n)) if self.stage1 is not None else None
                                  for n in names},
             "crop_centres_lps": [[round(float(v), 4) for v in c] for c in self.crop_centres_lps],
             "stage2_moved_mm": moved,
-            "stage2_moved_limit_mm": {n: _finite(check.limit_mm.get(n)) for n in names},
+            "stage2_moved_limit_mm": {n: finite_or_none(check.limit_mm.get(n)) for n in names},
             "stage2_moved_limit_from": {n: check.limit_from.get(n) for n in names},
-            "crop_border_mass": {n: _finite(check.border_mass.get(n)) for n in names},
+            "crop_border_mass": {n: finite_or_none(check.border_mass.get(n)) for n in names},
             "crop_border_mass_limit": BORDER_MASS_FLAG}
         return LandmarkSet(dict(out.points), extras)
-
-
-def _flag_kind(flag: str) -> str:
-    """A flag without its numbers: the blended crops raise the same flag with other values."""
-    return re.sub(r"-?\d+(\.\d+)?", "#", flag)
 
 
 def _distance(a: Optional[np.ndarray], b: Optional[np.ndarray]) -> Optional[float]:
@@ -138,13 +135,43 @@ class CascadePredictor:
         # the mask is the refine crops' where they reach, the localizer's elsewhere (lmkreg.inference.segmentation)
         self.has_segmentation = refiner.has_segmentation or localizer.has_segmentation
 
+    @property
+    def folds(self) -> list[str]:
+        """The refine stage's folds (the answer is the refine stage's)."""
+        return self.refiner.folds
+
+    @property
+    def mirror_tta(self) -> bool:
+        return self.refiner.mirror_tta
+
+    @property
+    def description(self) -> str:
+        return f"{self.localizer.model_folder.name} + {self.refiner.model_folder.name}"
+
+    def trust_notes(self) -> list[str]:
+        """What the run could not check, said once instead of per case: a cascade's answer and
+        its radii are the refine stage's, the stage check needs the localizer's radii."""
+        localizer, refiner = self.localizer, self.refiner
+        notes = []
+        if localizer.calibration is None:
+            notes.append(f"{localizer.model_folder.name} has no calibration.json: the stages' disagreement is "
+                         f"checked against the refine crop offset it was trained for, not the localizer's error radius")
+        if refiner.calibration is None and localizer.calibration is not None:
+            notes.append(f"{refiner.model_folder.name} has no calibration.json: the landmarks carry the localizer's "
+                         f"error radii ({localizer.model_folder.name}), usually larger than their errors")
+            return notes + refiner._run_notes()
+        return notes + refiner.trust_notes()
+
     def preprocess(self, image: sitk.Image) -> tuple[StagedInput, ImageGeometry]:
         if image.GetPixelID() != sitk.sitkFloat32:  # once, not once per refine crop
             image = sitk.Cast(image, sitk.sitkFloat32)
         array, grid = self.localizer.preprocess(image)
         return StagedInput(image, array), grid
 
-    def predict_array(self, staged: StagedInput, grid: ImageGeometry) -> CascadePrediction:
+    def predict_array(self, array: StagedInput, grid: ImageGeometry) -> CascadePrediction:
+        """The refine prediction for an image prepared by ``preprocess`` (`array`: the image and the
+        localizer's input; `grid`: the localizer's grid), before the source image checks."""
+        staged = array
         stage1 = self.localizer.predict_array(staged.array, grid)
         anchor = landmark_anchor(stage1.landmarks.to_array(self.names))
         if anchor is None:  # pragma: no cover - the localizer always gives every landmark
@@ -200,8 +227,8 @@ class CascadePredictor:
         def mean_of(attr: str) -> dict[str, float]:
             return {n: float(sum(w * getattr(p, attr).get(n, np.nan) for w, p in zip(wts, preds))) for n in self.names}
 
-        order = np.argsort(-wts)  # each kind of flag once, as the crop of largest weight says it
-        flags = list({_flag_kind(f): f for i in order[::-1] for f in preds[i].flags}.values())
+        order = np.argsort(-wts)  # each flag (check and landmark) once, as the crop of largest weight says it
+        flags = unique_flags(f for i in order[::-1] for f in preds[i].flags)
         main = preds[int(order[0])]
         signals = copy.deepcopy(main.signals)
         for n in self.names:  # the crop-border share of the blend: weighted like the landmarks
@@ -216,12 +243,9 @@ class CascadePredictor:
         return out, centres
 
     def predict(self, image: sitk.Image) -> CascadePrediction:
+        """Preprocess, predict and finish one image (lmkreg.inference.interface.finish_prediction)."""
         staged, grid = self.preprocess(image)
-        pred = self.predict_array(staged, grid)
-        geometry = ImageGeometry.from_image(image)
-        self.check_image(pred, geometry, image)
-        attach_mask(pred, geometry)
-        return pred
+        return finish_prediction(self, self.predict_array(staged, grid), ImageGeometry.from_image(image), image)
 
 
 def cascade_folders(results_dataset_folder: Path, trainer: str, modality: str,

@@ -14,9 +14,7 @@ eager network is used and a warning says why.
 """
 from __future__ import annotations
 
-import json
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -28,12 +26,20 @@ from torch import nn
 from lmkreg.errors import ConfigurationError
 from lmkreg.geometry import ImageGeometry
 from lmkreg.inference import segmentation as seg
+from lmkreg.inference.interface import finish_prediction
+from lmkreg.inference.prediction import Prediction
 from lmkreg.io.landmarks import LandmarkSet
 from lmkreg.config.plans import PLANS_FILE, Plans
 from lmkreg.preprocessing.preprocessor import stage_input
+from lmkreg.trust.calibration import Calibration, signal_scale
+from lmkreg.trust.error_estimate import error_estimate
+from lmkreg.trust.image_support import not_imaged_flags
+from lmkreg.trust.plausibility import TrainingStatistics, crop_features, grid_centre_world, image_extent_lps
 from lmkreg.training.checkpoint import load_checkpoint
+from lmkreg.training.dsnt import flat_softmax
 from lmkreg.training.registry import find_trainer
 from lmkreg.training.runtime import select_device
+from lmkreg.trust.flags import IMAGE, PREDICTOR, landmark_flag
 
 # a landmark is flagged when its heatmap is this wide or the folds disagree this much (mm)
 SPREAD_FLAG_MM = 10.0
@@ -53,82 +59,6 @@ BORDER_MASS_FLAG = 0.5
 OPTIMIZE_TOLERANCE = 1e-4
 
 
-@dataclass
-class Prediction:
-    """Landmarks in world LPS mm with per-landmark confidence measures (mm).
-
-    ``signals`` per landmark: mirror_gap_mm (half the plain-vs-mirrored distance, RMS over
-    folds), heatmap_spread_mm, between_folds_mm (RMS distance of the fold means from the
-    ensemble) and scale_mm (the calibrated signal).  ``radius_mm``: the calibrated error radius
-    at ``coverage`` (None, with ``radius_note`` saying why, when there is none).
-    ``validation_median_mm``: the model's pooled median validation error per landmark,
-    uncalibrated, which the pair check counts when there is no radius.  ``flags``: every
-    reason not to trust the case; a flag naming a landmark ("apex: ...") concerns that landmark,
-    the others ("case: ...", "image: ...") the whole case."""
-
-    landmarks: LandmarkSet
-    spread_mm: dict[str, float]
-    fold_disagreement_mm: dict[str, float]
-    flags: list[str] = field(default_factory=list)
-    signals: dict[str, dict[str, Optional[float]]] = field(default_factory=dict)
-    radius_mm: dict[str, Optional[float]] = field(default_factory=dict)
-    radius_note: dict[str, str] = field(default_factory=dict)
-    coverage: Optional[float] = None
-    training_pair_rms_mm: Optional[dict] = None
-    training_pair_rotation: Optional[dict] = None  # orientation prior of two-landmark registrations
-    validation_median_mm: dict[str, Optional[float]] = field(default_factory=dict)
-    # where the error estimate comes from (lmkreg.trust.error_estimate.ErrorEstimate.to_json)
-    error_estimate: Optional[dict] = None
-    # models with a segmentation head (lmkreg.inference.segmentation): the prostate mask on the
-    # input image's grid (uint8 0/1) and its volume, from the probability layers on the network grids
-    mask: Optional[sitk.Image] = None
-    volume_ml: Optional[float] = None
-    seg_layers: list = field(default_factory=list, repr=False)
-    seg_fallback: Optional[object] = field(default=None, repr=False)
-
-    @property
-    def reliable(self) -> bool:
-        return not self.flags
-
-    def landmark_flagged(self, name: str) -> bool:
-        """True when a flag names this landmark or concerns the whole case."""
-        prefixes = tuple(f"{n}:" for n in self.landmarks.names)
-        return any(f.startswith(f"{name}:") or not f.startswith(prefixes) for f in self.flags)
-
-    def trust_document(self) -> dict:
-        """The ``trust`` extras block of the lmkreg JSON (see documentation/inference.md)."""
-        lm = {}
-        for n in self.landmarks.names:
-            sig = {k: _finite(v) for k, v in self.signals.get(n, {}).items()}
-            lm[n] = {"radius_mm": _finite(self.radius_mm.get(n)), "flagged": self.landmark_flagged(n), **sig}
-            if self.validation_median_mm.get(n) is not None:
-                lm[n]["validation_median_error_mm"] = _finite(self.validation_median_mm[n])
-            if self.radius_mm.get(n) is None and self.radius_note.get(n):
-                lm[n]["radius_unavailable"] = self.radius_note[n]
-        return {"coverage": self.coverage, **(self.error_estimate or {}), "landmarks": lm,
-                "training_pair_rms_mm": self.training_pair_rms_mm,
-                **({"training_pair_rotation": self.training_pair_rotation} if self.training_pair_rotation else {})}
-
-    def describe(self, name: str) -> str:
-        """One line for a landmark (the Slicer control point description)."""
-        r = self.radius_mm.get(name)
-        text = (f"within {r:.1f} mm at {self.coverage:.0%}" if r is not None and self.coverage
-                else f"error radius unavailable: {self.radius_note.get(name, 'no calibration')}")
-        return text + ("; UNRELIABLE" if self.landmark_flagged(name) else "")
-
-    def with_extras(self) -> LandmarkSet:
-        """The landmark set carrying its confidence as extras (for the lmkreg JSON)."""
-        extras = {"confidence": {n: {"heatmap_spread_mm": _finite(self.spread_mm.get(n)),
-                                     "fold_disagreement_mm": _finite(self.fold_disagreement_mm.get(n))}
-                                 for n in self.landmarks.names},
-                  "reliable": self.reliable, "flags": list(self.flags), "trust": self.trust_document()}
-        return LandmarkSet(dict(self.landmarks.points), extras)
-
-
-def _finite(v: Optional[float]) -> Optional[float]:
-    return None if v is None or not np.isfinite(v) else round(float(v), 4)
-
-
 def crop_border_mass(outputs: torch.Tensor, vox_zyx: np.ndarray, grid_shape_zyx: Sequence[int],
                      band: int = BORDER_VOXELS) -> np.ndarray:
     """Per landmark (L,): the share of the network's heatmap in the outer `band` voxels of its
@@ -140,8 +70,6 @@ def crop_border_mass(outputs: torch.Tensor, vox_zyx: np.ndarray, grid_shape_zyx:
     shape = [int(n) for n in grid_shape_zyx]
     bands = [min(band, (n - 1) // 2) for n in shape]
     if outputs.dim() == 5 and list(outputs.shape[2:]) == shape:
-        from lmkreg.training.dsnt import flat_softmax
-
         h = flat_softmax(outputs[:1].float())[0]  # (L, Z, Y, X)
         inner = tuple(slice(b, n - b) for b, n in zip(bands, shape))
         return (1.0 - h[(slice(None),) + inner].sum(dim=(1, 2, 3))).clamp(0.0, 1.0).double().cpu().numpy()
@@ -202,9 +130,6 @@ class LandmarkPredictor:
                  checkpoint: str = "final", device: Optional[str] = None, mirror_tta: bool = False,
                  trainer_modules: Sequence[str] = (), optimize: bool = True,
                  max_radius_mm: float = RADIUS_FLAG_MM):
-        from lmkreg.trust.calibration import Calibration
-        from lmkreg.trust.plausibility import TrainingStatistics
-
         self.model_folder = Path(model_folder)
         self.max_radius_mm = float(max_radius_mm)
         # stored with the model at training time; absent for models trained before them
@@ -239,6 +164,30 @@ class LandmarkPredictor:
         if optimize and self.device.type == "cpu":
             for i, net in enumerate(self.networks):
                 self.inference_modules[i], self.optimized[i] = self._optimized(net, folds[i])
+
+    @property
+    def description(self) -> str:
+        return self.model_folder.name
+
+    def trust_notes(self) -> list[str]:
+        """What a run with this model cannot check, said once instead of per case."""
+        notes = []
+        if self.calibration is None:
+            notes.append(f"{self.model_folder.name} has no calibration.json: no error radii (retrain, or see "
+                         f"documentation/inference.md)")
+        else:
+            notes += [f"no error radius for {n}: {r}" for n, r in self.calibration.reasons.items() if r]
+        notes += self._run_notes()
+        return notes
+
+    def _run_notes(self) -> list[str]:
+        """The notes on mirroring and plausibility checks (a cascade's are its refine stage's)."""
+        notes = []
+        if not self.mirror_tta:
+            notes.append("mirror test-time augmentation off (--no-tta): no error radii")
+        if self.statistics is None:
+            notes.append(f"{self.model_folder.name} has no training_statistics.json: no plausibility checks")
+        return notes
 
     def _optimized(self, net: nn.Module, fold: str) -> tuple[nn.Module, bool]:
         """The optimised module for one fold's network and True, or the eager network and False
@@ -314,12 +263,17 @@ class LandmarkPredictor:
         inside = grid.contains_world(mean)
         for i, n in enumerate(self.names):
             if not inside[i]:
-                flags.append(f"{n}: outside the planned field of view")
+                flags.append(landmark_flag(PREDICTOR, n, "outside_planned_field_of_view",
+                                           "outside the planned field of view"))
             if np.isfinite(spread[i]) and spread[i] > SPREAD_FLAG_MM:
-                flags.append(f"{n}: heatmap spread {spread[i]:.1f} mm > {SPREAD_FLAG_MM} mm")
+                flags.append(landmark_flag(PREDICTOR, n, "heatmap_spread_mm",
+                                           f"heatmap spread {spread[i]:.1f} mm > {SPREAD_FLAG_MM} mm",
+                                           spread[i], SPREAD_FLAG_MM, "mm"))
             if np.isfinite(disagreement[i]) and disagreement[i] > DISAGREEMENT_FLAG_MM:
                 what = "folds disagree" if len(self.networks) > 1 else "mirror prediction disagrees"  # one fold: TTA
-                flags.append(f"{n}: {what} by {disagreement[i]:.1f} mm > {DISAGREEMENT_FLAG_MM} mm")
+                flags.append(landmark_flag(PREDICTOR, n, "fold_disagreement_mm",
+                                           f"{what} by {disagreement[i]:.1f} mm > {DISAGREEMENT_FLAG_MM} mm",
+                                           disagreement[i], DISAGREEMENT_FLAG_MM, "mm"))
         pred = Prediction(LandmarkSet.from_array(self.names, mean), dict(zip(self.names, map(float, spread))),
                           dict(zip(self.names, map(float, disagreement))), flags)
         self._assess(pred, array, grid, np.stack(per_fold_mean), np.stack(per_fold_gap), np.stack(per_fold_spread))
@@ -329,19 +283,15 @@ class LandmarkPredictor:
         if probabilities:
             pred.seg_layers = [seg.SegLayer(torch.stack(probabilities).mean(0).cpu().numpy(), grid)]
         if image_geometry is not None:
-            self.check_image(pred, image_geometry, image)
-            seg.attach_mask(pred, image_geometry)
+            finish_prediction(self, pred, image_geometry, image)
         return pred
 
     def check_image(self, pred: Prediction, image_geometry: ImageGeometry, image: Optional[sitk.Image] = None) -> None:
         """Checks that need the source image (which ``predict_array`` does not see): a landmark
         outside the image, the image's extent against training and, given the image itself, a
         landmark where the scan recorded nothing (beyond a TRUS fan).  Adds flags."""
-        from lmkreg.trust.image_support import not_imaged_flags
-        from lmkreg.trust.plausibility import image_extent_lps
-
         inside = image_geometry.contains_world(pred.landmarks.to_array(self.names))
-        pred.flags += [f"{n}: outside the image" for n, ok in zip(self.names, inside)
+        pred.flags += [landmark_flag(IMAGE, n, "outside_image", "outside the image") for n, ok in zip(self.names, inside)
                        if not ok and pred.landmarks.points.get(n) is not None]
         if image is not None:
             pred.flags += not_imaged_flags(image, pred.landmarks, self.names)
@@ -351,16 +301,11 @@ class LandmarkPredictor:
     def _assess(self, pred: Prediction, array: np.ndarray, grid: ImageGeometry, fold_means: np.ndarray,
                 gaps: np.ndarray, spreads: np.ndarray) -> None:
         """Signals, calibrated radii and plausibility checks of one prediction (adds flags)."""
-        from lmkreg.trust.calibration import signal_scale
-        from lmkreg.trust.plausibility import crop_features, grid_centre_world
-
         mean = pred.landmarks.to_array(self.names)
         between = (np.sqrt(((fold_means - mean) ** 2).sum(-1).mean(0)) if len(fold_means) > 1
                    else np.full(len(self.names), np.nan))
         pred.coverage = self.calibration.coverage if self.calibration else None
-        from lmkreg.trust.error_estimate import error_estimate  # issue 26: say where the estimate comes from
-
-        cal = self.calibration
+        cal = self.calibration  # issue 26: say where the error estimate comes from
         pred.error_estimate = error_estimate(None if cal is None else cal.folds, self.folds, self.mirror_tta,
                                              cal is not None and any(q is not None for q in cal.quantiles.values())
                                              ).to_json()
@@ -381,17 +326,21 @@ class LandmarkPredictor:
             if self.calibration is not None:
                 pred.validation_median_mm[n] = self.calibration.median_error_mm.get(n)
             if r is not None and r > self.max_radius_mm:
-                pred.flags.append(f"{n}: {pred.coverage:.0%} error radius {r:.1f} mm > {self.max_radius_mm:g} mm")
+                pred.flags.append(landmark_flag(PREDICTOR, n, "error_radius_mm", f"{pred.coverage:.0%} error radius "
+                                                f"{r:.1f} mm > {self.max_radius_mm:g} mm", r, self.max_radius_mm, "mm"))
             if r is not None and np.isfinite(between[i]) and between[i] > r:
-                pred.flags.append(f"{n}: folds disagree by {between[i]:.1f} mm, more than the error radius {r:.1f} mm")
+                pred.flags.append(landmark_flag(PREDICTOR, n, "between_folds_over_radius_mm",
+                                                f"folds disagree by {between[i]:.1f} mm, more than the error radius "
+                                                f"{r:.1f} mm", between[i], r, "mm"))
         if self.statistics is not None:
             pred.training_pair_rms_mm = self.statistics.pair_residuals()
             pred.training_pair_rotation = self.statistics.pair_rotation()
             if not np.isnan(mean).any():
-                pred.flags += [f"case: {m}" for m in self.statistics.check_landmarks(mean, grid_centre_world(grid))]
+                pred.flags += self.statistics.check_landmarks(mean, grid_centre_world(grid))
             pred.flags += self.statistics.check_image(crop_features(array))
 
     def predict(self, image: sitk.Image) -> Prediction:
+        """Preprocess, predict and finish one image (lmkreg.inference.interface.finish_prediction)."""
         array, grid = self.preprocess(image)
         return self.predict_array(array, grid, ImageGeometry.from_image(image), image)
 

@@ -23,7 +23,10 @@ import SimpleITK as sitk
 import torch
 
 from lmkreg.geometry import ImageGeometry
+from lmkreg.geometry.masks import largest_component, mask_volume_ml
 from lmkreg.io.ownership import LMKREG_MASK_NOTE
+from lmkreg.training.segmentation import split_outputs
+import json
 
 THRESHOLD = 0.5
 MASK_SUFFIX = "_prostate.nii.gz"
@@ -45,7 +48,6 @@ def has_segmentation(trainer: type) -> bool:
 
 def split(outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(landmark channels, prostate probability (Z, Y, X)) of one multi-task output of batch 1."""
-    from lmkreg.training.segmentation import split_outputs
 
     landmarks, logits = split_outputs(outputs)
     return landmarks, torch.sigmoid(logits.float())[0, 0]
@@ -75,35 +77,14 @@ def probability_on_image(layers: Sequence[SegLayer], fallback: Optional[SegLayer
     return out
 
 
-def largest_component(mask: sitk.Image) -> sitk.Image:
-    """The largest 26-connected component of a 0/1 image (uint8 0/1; empty stays empty)."""
-    labels = sitk.RelabelComponent(sitk.ConnectedComponent(mask, True), sortByObjectSize=True)
-    return sitk.Cast(labels == 1, sitk.sitkUInt8)
-
-
 def mask_on_image(layers: Sequence[SegLayer], fallback: Optional[SegLayer],
                   image_geometry: ImageGeometry) -> tuple[sitk.Image, float]:
     """(uint8 0/1 mask with the input image's exact geometry, its volume in mL)."""
     prob = probability_on_image(layers, fallback, image_geometry)
     binary = image_geometry.make_image((prob > THRESHOLD).astype(np.uint8))
-    mask = largest_component(binary)
+    mask, _ = largest_component(binary)
     image_geometry.apply_to(mask)  # the filters keep it; set it again from the one source of truth
     return mask, mask_volume_ml(mask)
-
-
-def mask_volume_ml(mask: sitk.Image) -> float:
-    """Voxel count x voxel volume (mm^3) / 1000."""
-    count = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
-    return count * float(np.prod(mask.GetSpacing())) / 1000.0
-
-
-def attach_mask(pred, image_geometry: ImageGeometry) -> None:
-    """Set ``pred.mask`` and ``pred.volume_ml`` from its probability layers (no-op without any)."""
-    layers = list(getattr(pred, "seg_layers", None) or [])
-    fallback = getattr(pred, "seg_fallback", None)
-    if not layers and fallback is None:
-        return
-    pred.mask, pred.volume_ml = mask_on_image(layers, fallback, image_geometry)
 
 
 def mask_path_for(json_path: Path) -> Path:
@@ -127,7 +108,6 @@ def prostate_record(json_path: Path, volume_ml: Optional[float]) -> dict:
 
 def read_prostate_record(json_path: Union[str, Path]) -> Optional[dict]:
     """``{"mask_file": absolute Path, "volume_ml": float}`` of a prediction JSON, or None."""
-    import json
 
     p = Path(json_path)
     doc = json.loads(p.read_text(encoding="utf-8"))
@@ -137,6 +117,6 @@ def read_prostate_record(json_path: Union[str, Path]) -> Optional[dict]:
     return {"mask_file": p.parent / rec["mask_file"], "volume_ml": rec.get("volume_ml")}
 
 
-__all__ = ["SegLayer", "has_segmentation", "split", "probability_on_image", "mask_on_image", "attach_mask",
-           "largest_component", "mask_volume_ml", "mask_path_for", "write_mask", "prostate_record",
+__all__ = ["SegLayer", "has_segmentation", "split", "probability_on_image", "mask_on_image",
+           "mask_path_for", "write_mask", "prostate_record",
            "read_prostate_record", "MASK_SUFFIX", "THRESHOLD"]

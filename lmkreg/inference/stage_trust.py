@@ -21,7 +21,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from lmkreg.inference.predictor import BORDER_MASS_FLAG, BORDER_VOXELS, Prediction
+from lmkreg.geometry.masks import crop_offset_limit_mm
+from lmkreg.inference.prediction import Prediction
+from lmkreg.inference.predictor import BORDER_MASS_FLAG, BORDER_VOXELS
+from lmkreg.trust.flags import STAGES, Flag, landmark_flag
 
 LOCALIZER = "localizer"
 
@@ -35,7 +38,7 @@ class StageCheck:
     limit_mm: dict[str, Optional[float]] = field(default_factory=dict)
     limit_from: dict[str, str] = field(default_factory=dict)
     border_mass: dict[str, Optional[float]] = field(default_factory=dict)
-    flags: list[str] = field(default_factory=list)
+    flags: list[Flag] = field(default_factory=list)
 
 
 def _point(p: Optional[np.ndarray]) -> str:
@@ -48,7 +51,7 @@ def _number(v: Optional[float]) -> Optional[float]:
 
 def plan_limit_mm(crop_jitter_mm: float) -> float:
     """The disagreement a refine stage was trained for: its crop offset bound along the diagonal."""
-    return float(crop_jitter_mm) * math.sqrt(3.0)
+    return crop_offset_limit_mm(crop_jitter_mm)
 
 
 def disagreement_limit(localizer_radius: Optional[float], refine_radius: Optional[float], crop_jitter_mm: float,
@@ -78,14 +81,16 @@ def check_stages(stage1: Prediction, final: Prediction, names: Sequence[str], cr
                                            crop_jitter_mm, coverage)
         out.distance_mm[n], out.limit_mm[n], out.limit_from[n] = d, limit, source
         if d is not None and d > limit:
-            out.flags.append(f"{n}: refine stage at {_point(b)} and localizer at {_point(a)} mm (LPS) disagree by "
-                             f"{d:.1f} mm > {limit:.1f} mm ({source})")
+            out.flags.append(landmark_flag(STAGES, n, "stage_disagreement_mm",
+                                           f"refine stage at {_point(b)} and localizer at {_point(a)} mm (LPS) "
+                                           f"disagree by {d:.1f} mm > {limit:.1f} mm ({source})", d, limit, "mm"))
         mass = _number(final.signals.get(n, {}).get("crop_border_mass"))
         out.border_mass[n] = mass
         if mass is not None and mass > BORDER_MASS_FLAG:
-            out.flags.append(f"{n}: {mass:.0%} of the refine heatmap lies in the outer {BORDER_VOXELS} voxels of its "
-                             f"crop (> {BORDER_MASS_FLAG:.0%}): the crop did not hold the landmark (localizer at "
-                             f"{_point(a)} mm LPS)")
+            out.flags.append(landmark_flag(STAGES, n, "crop_border_mass",
+                                           f"{mass:.0%} of the refine heatmap lies in the outer {BORDER_VOXELS} "
+                                           f"voxels of its crop (> {BORDER_MASS_FLAG:.0%}): the crop did not hold the "
+                                           f"landmark (localizer at {_point(a)} mm LPS)", mass, BORDER_MASS_FLAG))
     return out
 
 
@@ -110,8 +115,10 @@ def borrow_localizer_radii(final: Prediction, stage1: Prediction, names: Sequenc
         if final.coverage is None:
             final.coverage = stage1.coverage
         if borrowed > max_radius_mm:
-            final.flags.append(f"{n}: {stage1.coverage:.0%} error radius {borrowed:.1f} mm (the localizer's; the "
-                               f"refine stage has none) > {max_radius_mm:g} mm")
+            final.flags.append(landmark_flag(STAGES, n, "error_radius_mm",
+                                             f"{stage1.coverage:.0%} error radius {borrowed:.1f} mm (the localizer's; "
+                                             f"the refine stage has none) > {max_radius_mm:g} mm", borrowed,
+                                             max_radius_mm, "mm"))
     return source
 
 

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from lmkreg.errors import InputError
 from lmkreg.geometry.spaces import ImageGeometry
+from lmkreg.io.images import read_image
 
 PathLike = Union[str, Path]
 
@@ -169,7 +170,6 @@ def read_dicom_series(folder: PathLike, series: Optional[str] = None, *, check_v
 
 def read_image_or_series(path: PathLike, series: Optional[str] = None, *, is_mask: bool = False) -> sitk.Image:
     """An image file (NIfTI, NRRD, MHA, ...) or a folder holding a DICOM series."""
-    from lmkreg.io.images import read_image
 
     p = Path(path)
     if p.is_dir():

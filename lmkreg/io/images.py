@@ -158,8 +158,8 @@ def _check_nifti_payload(path: Path, check_values: bool) -> Optional[np.ndarray]
     the caller can reuse them; None otherwise (intensity scaling, an unusual voxel type: ITK
     then reads the file itself).
     """
-    import nibabel
-    from nibabel.openers import ImageOpener
+    import nibabel  # lazy: start-up time; only NIfTI files need the payload check
+    from nibabel.openers import ImageOpener  # lazy: with nibabel above
 
     damaged = (OSError, EOFError, ValueError, *_INFLATE_ERRORS, nibabel.filebasedimages.ImageFileError,
                nibabel.spatialimages.HeaderDataError)

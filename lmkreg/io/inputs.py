@@ -7,6 +7,7 @@ images.  A path with nothing readable is an error that says what it holds.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -19,6 +20,8 @@ from lmkreg.io.dicom import choose_series, describe_folder, find_series, is_hidd
 from lmkreg.io.images import IMAGE_SUFFIXES, is_image_file, read_image
 
 PathLike = Union[str, Path]
+# a case's file stem ends in its modality (case1_MR, case1-US): stripped to match a pair's files by case name
+CASE_SUFFIX = re.compile(r"[_-](MR|MRI|US|TRUS)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from lmkreg.errors import ConfigurationError, InputError
 from lmkreg.geometry.spaces import ImageGeometry
 from lmkreg.io.images import read_image
 from lmkreg.io.landmarks import LandmarkSet, check_unique_names
+from lmkreg.io.images import _check_nifti_payload
 
 PathLike = Union[str, Path]
 Labels = Union[Sequence[int], Mapping[str, int], None]
@@ -76,7 +77,6 @@ def _check_channel_file(p: Path) -> None:
         raise InputError(p, "file is empty")
     if str(p).lower().endswith((".nii", ".nii.gz")):
         # ITK zero-fills a truncated NIfTI silently: check the payload with nibabel first
-        from lmkreg.io.images import _check_nifti_payload
 
         _check_nifti_payload(p, True)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterable, Union
 
 from lmkreg.errors import OutputError
+import SimpleITK as sitk
 
 PathLike = Union[str, Path]
 
@@ -28,7 +29,6 @@ LMKREG_MASK_NOTE = "lmkreg prostate mask"
 
 
 def _is_lmkreg_mask(path: Path) -> bool:
-    import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from enum import IntEnum
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 # -- tissues ---------------------------------------------------------------------------
 
@@ -330,7 +331,6 @@ def _ellipse_ray_distance(x: np.ndarray, y: np.ndarray, ax: float, ay: float) ->
 
 
 def _rotation(angles_deg: np.ndarray) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
 
     return Rotation.from_euler("xyz", angles_deg, degrees=True).as_matrix()
 

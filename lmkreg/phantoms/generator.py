@@ -36,6 +36,8 @@ from lmkreg.phantoms.anatomy import GLAND_TISSUES, Anatomy, place_rectum, sample
 from lmkreg.phantoms.mr import render_mr
 from lmkreg.phantoms.presets import PhantomPreset, get_preset
 from lmkreg.phantoms.us import Probe, ProbeCompression, beam_grid, render_beam_image, scan_convert
+from lmkreg.io.transform_json import write_rigid_transform
+from scipy.spatial.transform import Rotation
 
 E_Y = np.array([0.0, 1.0, 0.0])
 E_Z = np.array([0.0, 0.0, 1.0])
@@ -108,7 +110,6 @@ class PhantomCase:
 
 
 def _rotation(angles_deg: Sequence[float]) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
 
     return Rotation.from_euler("xyz", angles_deg, degrees=True).as_matrix()
 
@@ -320,7 +321,7 @@ def _run_job(job: _Job) -> dict:
 def _blas_threads(limit: Optional[int]):
     """Cap BLAS threads (parallel case workers would otherwise oversubscribe the cores: 2x slower)."""
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # lazy: optional speed-up, guarded by ImportError
     except ImportError:  # optional: only a speed-up
         return contextlib.nullcontext()
     return threadpool_limits(limits=limit, user_api="blas") if limit else contextlib.nullcontext()
@@ -333,7 +334,7 @@ def write_case(case: PhantomCase, ds: Dataset, case_name: str, split: str = "Tr"
         write_image(image, ds.image_path(case_name, modality, split))
         write_image(mask, ds.mask_path(case_name, modality, split))
         write_lmkreg_json(lms, ds.landmarks_path(case_name, modality, split))
-    case.transform.save(ds.transform_path(case_name, split))
+    write_rigid_transform(case.transform, ds.transform_path(case_name, split))
 
 
 def generate_dataset(dataset_id: int, n_train: int, n_test: int = 0, name: str = "Phantom",

@@ -5,21 +5,20 @@ Output in ``$LMKREG_preprocessed/DatasetNNN_Name/``: ``dataset_fingerprint.json`
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Optional, Sequence
 
-from lmkreg.cli_utils import friendly_errors, make_parser
 from lmkreg.config.plans import PLANS_FILE, Configuration, Plans
 from lmkreg.config.splits import SPLITS_FILE, load_or_create_splits
 from lmkreg.dataset.layout import Dataset, open_dataset
 from lmkreg.errors import ConfigurationError
 from lmkreg.paths import preprocessed_folder
 from lmkreg.planning.fingerprint import compute_fingerprint, save_fingerprint
-from lmkreg.planning.planner import Budget, plan_dataset
+from lmkreg.planning.planner import Budget
+from lmkreg.planning.stages import plan_dataset
 from lmkreg.planning.stages import describe_stage
 from lmkreg.parallel import parallel_map
 from lmkreg.preprocessing.preprocessor import CaseFiles, is_up_to_date, preprocess_case
@@ -57,24 +56,25 @@ def _run_job(job: _Job, conf: Configuration, names: list[str]) -> str:
     return "done"
 
 
-def preprocess(dataset: Dataset, plans: Plans, modalities: Optional[Sequence[str]] = None,
+def preprocess(dataset: Dataset, plans: Plans, configurations: Optional[Sequence[str]] = None,
                workers: Optional[int] = None, split: str = "Tr") -> dict[str, dict[str, float]]:
-    """Preprocess every case of each modality; cases already up to date are skipped.
+    """Preprocess every case of each configuration (default: all of the plans: MR, MR_refine...);
+    cases already up to date are skipped.
 
-    Returns per modality the number of cases done and skipped and the wall time in seconds."""
+    Returns per configuration the number of cases done and skipped and the wall time in seconds."""
     counts = {}
-    for modality in modalities or list(plans.configurations):  # configuration names (MR, MR_refine...)
-        conf = plans.configuration(modality)
+    for name in configurations or list(plans.configurations):
+        conf = plans.configuration(name)
         out_dir = preprocessed_folder(dataset) / conf.data_identifier
-        m = conf.modality
+        m = conf.modality  # the dataset's files are named by modality
         jobs = [_Job(CaseFiles(c, dataset.image_path(c, m, split), dataset.mask_path(c, m, split),
                                dataset.landmarks_path(c, m, split)), out_dir)
                 for c in dataset.cases(split, m)]
         start = time.perf_counter()
         results = parallel_map(partial(_run_job, conf=conf, names=list(plans.landmarks)), jobs, workers,
-                               desc=f"preprocess {modality}")
-        counts[modality] = {"done": results.count("done"), "skipped": results.count("skipped"),
-                            "seconds": time.perf_counter() - start}
+                               desc=f"preprocess {name}")
+        counts[name] = {"done": results.count("done"), "skipped": results.count("skipped"),
+                        "seconds": time.perf_counter() - start}
     return counts
 
 
@@ -91,9 +91,9 @@ def plan_and_preprocess(dataset_id: str, budget: Optional[Budget] = None, worker
     cases = sorted(set.intersection(*[set(dataset.cases("Tr", c.modality)) for c in plans.configurations.values()]))
     load_or_create_splits(preprocessed_folder(dataset), cases, num_folds)
     if not skip_preprocessing:
-        for modality, c in preprocess(dataset, plans, workers=workers).items():
+        for name, c in preprocess(dataset, plans, workers=workers).items():
             rate = f" ({c['done'] / c['seconds']:.2f} cases/s)" if c["done"] and c["seconds"] > 0 else ""
-            print(f"{modality}: {c['done']} case(s) preprocessed, {c['skipped']} already up to date "
+            print(f"{name}: {c['done']} case(s) preprocessed, {c['skipped']} already up to date "
                   f"in {c['seconds']:.1f} s{rate}")
     return preprocessed_folder(dataset)
 
@@ -108,34 +108,3 @@ def describe(plans: Plans) -> str:
             lines.append(f"    {describe_stage(c)}")
         lines += [f"    note: {n}" for n in c.notes]
     return "\n".join(lines)
-
-
-@friendly_errors
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = make_parser("lmkreg_plan_and_preprocess", __doc__)
-    parser.add_argument("-d", "--dataset", required=True, help="dataset id (e.g. 1) or name (Dataset001_Phantom)")
-    parser.add_argument("--budget", default=None,
-                        help="'cpu' or a GPU memory size in GB (default: cpu unless a CUDA device is present)")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: available cores)")
-    parser.add_argument("--num-folds", type=int, default=5, help="number of cross-validation folds (default 5)")
-    parser.add_argument("--overwrite-plans", action="store_true", help="plan again even if plans.json exists")
-    parser.add_argument("--plan-only", action="store_true", help="write plans and splits, do not preprocess")
-    parser.add_argument("--cascade", choices=["auto", "yes", "no"], default="auto",
-                        help="plan a localizer and refine stage per modality besides the single stage: auto (where "
-                             "the framing varies or a crop allows a finer spacing), yes or no (default auto)")
-    args = parser.parse_args(argv)
-    from lmkreg.threads import configure_threads; configure_threads()  # noqa: E702  (threads from the free cores)
-    try:
-        budget = Budget.parse(args.budget) if args.budget else None
-    except ValueError as exc:
-        raise ConfigurationError(str(exc)) from None
-    cascade = {"auto": None, "yes": True, "no": False}[args.cascade]
-    out = plan_and_preprocess(args.dataset, budget, args.workers, args.num_folds, args.overwrite_plans, args.plan_only,
-                              cascade)
-    print(describe(Plans.load(out / PLANS_FILE)))
-    print(f"plans and preprocessed data in {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

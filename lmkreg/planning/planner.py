@@ -16,7 +16,8 @@ from lmkreg.config.augmentation import DEFAULT_AUGMENTATION
 from lmkreg.config.cost import step_cost
 from lmkreg.config.modality import modality_kind
 from lmkreg.config.network import UNetSpec
-from lmkreg.config.plans import Configuration, Normalization, Plans
+from lmkreg.config.plans import Configuration, Normalization
+from lmkreg.config.settings import TrainingSettings
 
 ANISOTROPY_THRESHOLD = 3.0
 FOV_MARGIN_MM = 15.0
@@ -62,7 +63,7 @@ class Budget:
     @staticmethod
     def default() -> "Budget":
         try:
-            import torch
+            import torch  # lazy: planning must not load torch at import (tests/test_config.py)
 
             if torch.cuda.is_available():
                 return Budget("cuda", torch.cuda.get_device_properties(0).total_memory / 1e9)
@@ -204,10 +205,13 @@ def plan_configuration(modality: str, summary: dict, landmarks: Sequence[str], b
     normalization = (Normalization("zscore") if kind == "MR" else
                      Normalization("percentile_clip", summary["intensity"]["percentile_00_5"],
                                    summary["intensity"]["percentile_99_5"]))
-    training = {"optimizer": "Adam", "learning_rate": 1e-4 if not cpu else 1e-3, "weight_decay": 0.0,
-                **PAPER_LAMBDAS[kind], "num_epochs": 100 if cpu else 500, "iterations_per_epoch": 50 if cpu else 250,
-                "seed": 12345, "bf16_autocast_cpu": "auto", "weights_ema_decay": WEIGHTS_EMA_DECAY,
-                "augmentation": copy.deepcopy(DEFAULT_AUGMENTATION[kind])}
+    # written explicitly, defaults included, so that plans.json shows the training it plans (the
+    # optimiser is always Adam: the "optimizer" key earlier planners wrote is no longer written)
+    training = TrainingSettings.of(
+        learning_rate=1e-4 if not cpu else 1e-3, weight_decay=0.0, **PAPER_LAMBDAS[kind],
+        num_epochs=100 if cpu else 500, iterations_per_epoch=50 if cpu else 250, seed=12345,
+        bf16_autocast_cpu="auto", weights_ema_decay=WEIGHTS_EMA_DECAY,
+        augmentation=copy.deepcopy(DEFAULT_AUGMENTATION[kind]))
     if cpu:
         notes.append("CPU budget: learning rate 1e-3 instead of the paper's 1e-4 so short CPU runs converge")
     return Configuration(
@@ -216,19 +220,3 @@ def plan_configuration(modality: str, summary: dict, landmarks: Sequence[str], b
         training=training, data_identifier=f"lmkregPlans_{name}",
         estimated_step_seconds=round(cost.cpu_seconds(batch), 4),
         estimated_memory_gb=round(cost.gpu_memory_gb(batch), 3), notes=notes)
-
-
-def plan_dataset(fingerprint: dict, budget: Budget, cascade: Optional[bool] = None) -> Plans:
-    """Plans for every modality of a fingerprinted dataset: the single-stage configuration
-    (named by the modality) and, where the planner decides it (``cascade`` None) or is told to
-    (True), a localizer + refine cascade (lmkreg.planning.stages)."""
-    from lmkreg.planning.stages import plan_cascade
-
-    confs = {}
-    for m, fp in fingerprint["modalities"].items():
-        single = plan_configuration(m, fp["summary"], fingerprint["landmarks"], budget, fingerprint["dataset_name"])
-        confs[m] = single
-        if cascade is not False:
-            confs.update(plan_cascade(m, fp, fingerprint["landmarks"], budget, fingerprint["dataset_name"], single,
-                                      force=bool(cascade)))
-    return Plans(fingerprint["dataset_name"], list(fingerprint["landmarks"]), budget.to_json(), confs)

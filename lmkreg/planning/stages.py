@@ -10,14 +10,18 @@ centroid at the finest spacing the budget allows, and is trained with its crop c
 by up to ``crop_jitter_mm`` so it never depends on the localizer being exact.
 
 Each rule is a small pure function over the fingerprint (documentation/planning.md).
+``plan_dataset`` (every modality's single stage from lmkreg.planning.planner, plus its cascade)
+lives here so that the planner never imports this module.
 """
 from __future__ import annotations
 
+import copy
 from typing import Optional, Sequence
 
 import numpy as np
 
-from lmkreg.config.plans import Configuration
+from lmkreg.config.plans import Configuration, Plans, Stage
+from lmkreg.planning.planner import Budget, field_of_view, plan_configuration
 
 LOCALIZER_PAD_MM = 4.0  # room for snapping the localizer grid to its world lattice
 TRANSLATION_MARGIN_MM = 10.0  # localizer translations: spread of gland positions + this
@@ -65,18 +69,18 @@ def planned_jitter_mm(localizer_spacing_zyx: Sequence[float]) -> float:
     return float(max(MIN_JITTER_MM, JITTER_LOCALIZER_VOXELS * max(localizer_spacing_zyx)))
 
 
-def _set_spatial(conf: Configuration, kind: str, **values: float) -> None:
-    aug = conf.training.setdefault("augmentation", {})
+def _set_spatial(conf: Configuration, **values: float) -> None:
+    """Set parameters of the planned spatial augmentation of `conf` (none if it is switched off)."""
+    aug = copy.deepcopy(conf.training.augmentation) or {}
     spatial = aug.get("spatial")
     if spatial is not None:
         spatial.update(values)
+    conf.training = conf.training.with_changes(augmentation=aug)
 
 
 def plan_cascade(modality: str, fingerprint_modality: dict, names: Sequence[str], budget, dataset_name: str,
                  single: Configuration, force: bool = False) -> dict[str, Configuration]:
     """``{MOD_localizer: ..., MOD_refine: ...}`` or ``{}`` (one stage; ``single.notes`` says why)."""
-    from lmkreg.planning.planner import field_of_view, plan_configuration
-
     summary, cases = fingerprint_modality["summary"], fingerprint_modality["cases"]
     centroids = case_centroids(cases, names)
     rel = centred_landmarks(cases, names)
@@ -90,9 +94,9 @@ def plan_cascade(modality: str, fingerprint_modality: dict, names: Sequence[str]
                                     [f"localizer: the whole image (largest extent {np.round(extent, 1).tolist()} mm "
                                      f"+ {LOCALIZER_PAD_MM:g} mm), centred on the image centre snapped to the "
                                      f"spacing's world lattice"]))
-    loc.stage = "localizer"
+    loc.stage = Stage.LOCALIZER
     translation = localizer_translation_mm(centroids)
-    _set_spatial(loc, modality, translation_mm=translation, p_translation=LOCALIZER_P_TRANSLATION)
+    _set_spatial(loc, translation_mm=translation, p_translation=LOCALIZER_P_TRANSLATION)
     loc.notes.append(f"localizer translations up to {translation:.1f} mm per axis (p {LOCALIZER_P_TRANSLATION:g}): "
                      f"gland centres lie up to {np.abs(centroids).max():.1f} mm from the image centre "
                      f"+ {TRANSLATION_MARGIN_MM:g} mm")
@@ -101,9 +105,9 @@ def plan_cascade(modality: str, fingerprint_modality: dict, names: Sequence[str]
     ref = plan_configuration(modality, summary, names, budget, dataset_name, name=ref_name,
                              field=(fov, centre, [f"refine: crop around the landmark centroid = landmark spread + "
                                                   f"2 x ({jitter:.1f} mm jitter + {REFINE_MARGIN_MM:g} mm)"] + notes))
-    ref.stage, ref.previous_stage, ref.crop_jitter_mm = "refine", loc_name, jitter
+    ref.stage, ref.previous_stage, ref.crop_jitter_mm = Stage.REFINE, loc_name, jitter
     ref.refine_iterations = REFINE_ITERATIONS
-    _set_spatial(ref, modality, p_translation=0.0)  # the crop jitter moves the anatomy instead
+    _set_spatial(ref, p_translation=0.0)  # the crop jitter moves the anatomy instead
     ref.notes.append(f"refine: trained with the crop centre offset by up to {jitter:.1f} mm per axis (planned "
                      f"default: max({MIN_JITTER_MM:g} mm, {JITTER_LOCALIZER_VOXELS:g} localizer voxels)); "
                      f"{REFINE_ITERATIONS} refine step(s) at inference")
@@ -130,9 +134,23 @@ def plan_cascade(modality: str, fingerprint_modality: dict, names: Sequence[str]
 
 def describe_stage(conf: Configuration) -> Optional[str]:
     """One line about a configuration's stage, or None for a single stage."""
-    if conf.stage == "localizer":
+    if conf.stage == Stage.LOCALIZER:
         return "stage 1 of a cascade (localizer)"
-    if conf.stage == "refine":
+    if conf.stage == Stage.REFINE:
         return (f"stage 2 of a cascade after {conf.previous_stage}, crop jitter {conf.crop_jitter_mm:.1f} mm, "
                 f"{conf.refine_iterations} iteration(s)")
     return None
+
+
+def plan_dataset(fingerprint: dict, budget: Budget, cascade: Optional[bool] = None) -> Plans:
+    """Plans for every modality of a fingerprinted dataset: the single-stage configuration
+    (named by the modality) and, where the planner decides it (``cascade`` None) or is told to
+    (True), a localizer + refine cascade (lmkreg.planning.stages)."""
+    confs = {}
+    for m, fp in fingerprint["modalities"].items():
+        single = plan_configuration(m, fp["summary"], fingerprint["landmarks"], budget, fingerprint["dataset_name"])
+        confs[m] = single
+        if cascade is not False:
+            confs.update(plan_cascade(m, fp, fingerprint["landmarks"], budget, fingerprint["dataset_name"], single,
+                                      force=bool(cascade)))
+    return Plans(fingerprint["dataset_name"], list(fingerprint["landmarks"]), budget.to_json(), confs)

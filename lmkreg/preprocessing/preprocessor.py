@@ -26,7 +26,7 @@ from lmkreg.geometry import ImageGeometry
 from lmkreg.io.atomic import atomic_write_json
 from lmkreg.io.images import read_image
 from lmkreg.io.landmarks import LandmarkSet, read_lmkreg_json
-from lmkreg.config.plans import Configuration, Normalization
+from lmkreg.config.plans import Configuration, Normalization, Stage
 from lmkreg.geometry.spaces import image_centre_world
 from lmkreg.preprocessing.storage import ARRAY_SUFFIX, save_array
 
@@ -78,11 +78,11 @@ def target_geometry(source: ImageGeometry, conf: Configuration, anchor_lps: Opti
     shape_zyx = [int(n) + 2 * int(m) for n, m in zip(conf.input_size_zyx, margin_zyx)]
     size_xyz = np.asarray(shape_zyx[::-1], float)
     if anchor_lps is None:
-        if conf.stage == "refine":
+        if conf.stage == Stage.REFINE:
             raise ValueError(f"configuration {conf.data_identifier} is a refine stage: its grid needs an anchor point")
         anchor_lps = image_centre_world(source)
     centre = np.asarray(anchor_lps, float) + np.asarray(conf.fov_offset_lps, float)
-    if conf.stage != "single":
+    if conf.stage != Stage.SINGLE:
         centre = snap_to_lattice(centre, spacing_xyz)
     origin = centre - (size_xyz - 1) / 2 * spacing_xyz
     return ImageGeometry.create(shape_zyx, spacing_xyz, origin, np.eye(3))
@@ -159,7 +159,7 @@ def stage_input(image: sitk.Image, conf: Configuration, anchor_lps: Optional[np.
     """What the network of `conf` sees for `image`: normalised array (Z, Y, X) and its grid
     (with `margin_zyx` extra voxels on each side, whose values do not enter the statistics)."""
     target = target_geometry(ImageGeometry.from_image(image), conf, anchor_lps, margin_zyx)
-    if conf.stage != "refine":
+    if conf.stage != Stage.REFINE:
         return normalized_on_grid(image, target, conf.normalization), target
     inner = tuple(slice(int(m), int(m) + int(n)) for m, n in zip(margin_zyx, conf.input_size_zyx))
     return normalized_on_crop(image, target, conf.normalization, inner), target
@@ -184,7 +184,7 @@ def configuration_hash(conf: Configuration) -> str:
     """Fingerprint of what preprocessing depends on, to tell when a case is out of date."""
     relevant = {"v": PREPROCESSING_VERSION, "spacing": conf.spacing_zyx, "size": conf.input_size_zyx,
                 "offset": conf.fov_offset_lps, "norm": conf.normalization.__dict__}
-    if conf.stage != "single":  # single-stage hashes stay as they were
+    if conf.stage != Stage.SINGLE:  # single-stage hashes stay as they were
         relevant.update(stage=conf.stage, margin=conf.crop_margin_zyx)
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -228,7 +228,7 @@ def preprocess_case(files: CaseFiles, conf: Configuration, landmark_names: list[
     world = landmarks.to_array(landmark_names)
     # never normalise with the mask: prediction has no mask, and the statistics must match
     anchor, margin = None, [0, 0, 0]
-    if conf.stage == "refine":  # the crop around the true landmarks, with room to jitter it in training
+    if conf.stage == Stage.REFINE:  # the crop around the true landmarks, with room to jitter it in training
         anchor, margin = landmark_anchor(world), conf.crop_margin_zyx
         if anchor is None:
             anchor = image_centre_world(source_geom)
@@ -253,7 +253,7 @@ def preprocess_case(files: CaseFiles, conf: Configuration, landmark_names: list[
         "landmarks_inside": [bool(not np.isnan(v).any() and target.contains_index(v)) for v in voxel],
         "has_mask": mask_img is not None,
     }
-    if conf.stage != "single":
+    if conf.stage != Stage.SINGLE:
         meta.update(stage=conf.stage, crop_margin_zyx=list(margin),
                     anchor_lps=None if anchor is None else np.asarray(anchor, float).tolist())
     atomic_write_json(out_dir / f"{files.case}.json", meta)

@@ -1,4 +1,1 @@
-"""Rigid MR->US registration from landmark pairs."""
-from lmkreg.registration.landmark_fit import fit_rigid, register_landmarks
-
-__all__ = ["fit_rigid", "register_landmarks"]
+"""Rigid MR->US registration from landmark pairs (the least-squares fit itself is lmkreg.geometry.rigid.fit_rigid)."""

@@ -1,7 +1,5 @@
-"""Least-squares rigid fit of landmark pairs (Arun et al. 1987 / Kabsch), with the reflection fix.
-
-``fit_rigid(mr_points, us_points)`` returns the RigidTransform T (MR world LPS mm -> US world
-LPS mm) minimising sum_i w_i ||us_i - (R mr_i + t)||^2 over proper rotations R.
+"""Rigid registration of named landmark pairs: match by name, fit (``lmkreg.geometry.rigid.fit_rigid``,
+the least-squares Kabsch fit), report the residual per landmark.
 """
 from __future__ import annotations
 
@@ -11,50 +9,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from lmkreg.errors import InputError
-from lmkreg.geometry.rigid import RigidTransform
+from lmkreg.geometry.rigid import RigidTransform, fit_rigid
 from lmkreg.io.landmarks import LandmarkSet
-
-MIN_SEPARATION_MM = 1.0
-MIN_TRIANGLE_HEIGHT_MM = 1.0
-
-
-def check_configuration(points: np.ndarray, what: str = "landmarks") -> None:
-    """A rigid fit needs >= 3 distinct, non-collinear points; say which problem it is."""
-    if len(points) < 3:
-        raise InputError(None, f"{what}: a rigid transform needs at least 3 landmark pairs, got {len(points)}")
-    d = np.linalg.norm(points[:, None] - points[None], axis=-1)
-    i, j = np.triu_indices(len(points), 1)
-    if np.min(d[i, j]) < MIN_SEPARATION_MM:
-        k = int(np.argmin(d[i, j]))
-        raise InputError(None, f"{what}: landmarks {i[k]} and {j[k]} coincide ({d[i[k], j[k]]:.3f} mm apart)")
-    centred = points - points.mean(0)
-    s = np.linalg.svd(centred, compute_uv=False)
-    # second singular value ~ spread off the best line; too small means collinear
-    if s[1] / np.sqrt(len(points)) < MIN_TRIANGLE_HEIGHT_MM / 2:
-        raise InputError(None, f"{what}: landmarks are (nearly) collinear; the rotation about their line is undetermined")
-
-
-def fit_rigid(mr_points: np.ndarray, us_points: np.ndarray, weights: Optional[Sequence[float]] = None,
-              source: str = "MR", target: str = "US") -> RigidTransform:
-    """Weighted least-squares rigid transform taking `mr_points` onto `us_points` (both (N, 3) world LPS mm)."""
-    p = np.asarray(mr_points, float)
-    q = np.asarray(us_points, float)
-    if p.shape != q.shape or p.ndim != 2 or p.shape[1] != 3:
-        raise ValueError(f"point arrays must both be (N, 3), got {p.shape} and {q.shape}")
-    check_configuration(p, source)
-    check_configuration(q, target)
-    w = np.ones(len(p)) if weights is None else np.asarray(weights, float)
-    if w.shape != (len(p),) or np.any(w < 0) or w.sum() <= 0:
-        raise ValueError("weights must be non-negative, one per landmark, not all zero")
-    w = w / w.sum()
-    pc = (w[:, None] * p).sum(0)
-    qc = (w[:, None] * q).sum(0)
-    h = ((p - pc) * w[:, None]).T @ (q - qc)
-    u, _, vt = np.linalg.svd(h)
-    d = np.sign(np.linalg.det(vt.T @ u.T))
-    r = vt.T @ np.diag([1.0, 1.0, d]) @ u.T  # d = -1 would be a reflection: flip the weakest axis
-    return RigidTransform(r, qc - r @ pc, source, target)
-
+from lmkreg.trust.flags import Flag, read_flags
 
 @dataclass
 class LandmarkRegistration:
@@ -64,8 +21,9 @@ class LandmarkRegistration:
     trust: Optional[dict] = None  # pair plausibility and transform uncertainty (lmkreg.trust.pair)
 
     @property
-    def flags(self) -> list[str]:
-        return list((self.trust or {}).get("flags", []))
+    def flags(self) -> list[Flag]:
+        """The pair's flags (lmkreg.trust.flags), read from its ``trust`` block."""
+        return read_flags(self.trust or {}, self.names)
 
     @property
     def rms_mm(self) -> float:

@@ -18,12 +18,17 @@ import math
 from typing import Optional, Sequence
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from lmkreg.errors import InputError
+from lmkreg.geometry.rigid import MIN_SEPARATION_MM
 from lmkreg.io.landmarks import LandmarkSet
-from lmkreg.registration.landmark_fit import LandmarkRegistration, MIN_SEPARATION_MM, register_landmarks
-from lmkreg.registration.two_landmarks import (MIN_AXIS_MM, RotationPrior, TwoLandmarkFit, check_distances,
-                                              landmark_to_leave_out, two_landmark_fit)
+from lmkreg.registration.landmark_fit import LandmarkRegistration, register_landmarks
+from lmkreg.registration.two_landmarks import (DEFAULT_SIGMA_MM, MIN_AXIS_MM, RotationPrior, TwoLandmarkFit,
+                                              check_distances, fit_two_landmarks, landmark_to_leave_out,
+                                              two_landmark_fit)
+from lmkreg.trust.flags import TWO_LANDMARKS, add_flags, read_flags, scoped_flag
+from lmkreg.trust.pair import assess_pair, sigmas_of, training_pair_statistics
 
 MONTE_CARLO_SAMPLES = 400
 
@@ -41,15 +46,13 @@ def rotation_prior(mr: LandmarkSet, us: LandmarkSet) -> Optional[RotationPrior]:
 
 
 def landmark_suspects(mr: LandmarkSet, us: LandmarkSet, names: Sequence[str]) -> dict[str, str]:
-    """Landmarks a file's own flags name (``"apex: ..."``; case-wide flags name none), with the
-    flag, e.g. {"apex": "US: apex: folds disagree by 17.8 mm > 5.0 mm"}."""
+    """Landmarks a file's own flags name (``Flag.landmark``; case-wide flags name none), with the
+    flag's text, e.g. {"apex": "US: apex: folds disagree by 17.8 mm > 5.0 mm"}."""
     out: dict[str, str] = {}
     for landmarks, modality in ((mr, "MR"), (us, "US")):
-        flags = landmarks.extras.get("flags") if isinstance(landmarks.extras, dict) else None
-        for f in flags if isinstance(flags, list) else []:
-            for n in names:
-                if isinstance(f, str) and f.startswith(f"{n}:") and n not in out:
-                    out[n] = f"{modality}: {f}"
+        for f in read_flags(landmarks.extras, landmarks.names):
+            if f.landmark in names and f.landmark not in out:
+                out[f.landmark] = f"{modality}: {f.text}"
     return out
 
 
@@ -58,8 +61,6 @@ def fit_pair(mr: LandmarkSet, us: LandmarkSet, names: Sequence[str],
     """The MR->US landmark registration of a pair with its ``trust`` block (see the module doc).
     Raises InputError when no transform can be given (fewer than two landmarks in both files,
     or two without an orientation prior)."""
-    from lmkreg.trust.pair import assess_pair, sigmas_of, training_pair_statistics
-
     names = list(names)
     used = [n for n in names if mr.points.get(n) is not None and us.points.get(n) is not None]
     prior = rotation_prior(mr, us)
@@ -107,8 +108,6 @@ def _two_landmark_registration(mr: LandmarkSet, us: LandmarkSet, kept: list[str]
                                ) -> LandmarkRegistration:
     """The two-landmark transform, flagged, with its uncertainty (Monte Carlo over the landmarks'
     localisation error and the training pairs' spin errors about this axis)."""
-    from lmkreg.trust.pair import sigmas_of
-
     p, q = mr.to_array(kept), us.to_array(kept)
     axis = float(np.linalg.norm(p[1] - p[0]))
     if axis < max(MIN_AXIS_MM, MIN_SEPARATION_MM) or float(np.linalg.norm(q[1] - q[0])) < MIN_AXIS_MM:
@@ -119,11 +118,13 @@ def _two_landmark_registration(mr: LandmarkSet, us: LandmarkSet, kept: list[str]
     fit = two_landmark_fit(kept, p, q, prior)
     (s_mr, src_mr), (s_us, src_us) = sigmas_of(mr, kept), sigmas_of(us, kept)
     uncertainty = _monte_carlo(p, q, prior, centre, fit, s_mr, s_us)
-    flag = (f"pair: transform from {kept[0]} and {kept[1]} only ({why}); the spin about their axis is the training "
-            f"pairs' orientation, uncertain by {fit.spin_uncertainty_deg_90:.0f} deg (90 %): check the fusion before use")
+    flag = scoped_flag(TWO_LANDMARKS, "pair", "spin_uncertainty_deg_90",
+                       f"transform from {kept[0]} and {kept[1]} only ({why}); the spin about their axis is the "
+                       f"training pairs' orientation, uncertain by {fit.spin_uncertainty_deg_90:.0f} deg (90 %): check "
+                       f"the fusion before use", fit.spin_uncertainty_deg_90, None, "deg")
     trust = dict(three.trust) if three is not None else {
         "rms_residual_mm": None, "expected_rms_limit_mm": None, "training_pair_rms_mm": None, "notes": []}
-    trust["flags"] = list(trust.get("flags", [])) + [flag]
+    add_flags(trust, [flag])
     trust["reliable"] = False
     trust["uncertainty"] = uncertainty
     trust["two_landmarks"] = {**fit.to_json(), "left_out": left_out, "reason": why,
@@ -140,10 +141,6 @@ def _monte_carlo(p: np.ndarray, q: np.ndarray, prior: RotationPrior, centre: np.
     """90th percentiles of the rotation (deg) and gland-centre displacement (mm) of the
     two-landmark transform when its landmarks move by their sd and its spin by one of the
     training pairs' spin errors about this axis (random sign)."""
-    from scipy.spatial.transform import Rotation
-
-    from lmkreg.registration.two_landmarks import DEFAULT_SIGMA_MM, fit_two_landmarks
-
     rng = np.random.default_rng(seed)
     spins = np.radians(fit.spin_errors_deg)
     s_mr = np.full(2, DEFAULT_SIGMA_MM) if s_mr is None else s_mr

@@ -16,18 +16,14 @@ import json
 from pathlib import Path
 from typing import Optional, Union
 
-import numpy as np
 import SimpleITK as sitk
 
+from lmkreg.geometry.masks import mask_volume_ml
 from lmkreg.io.atomic import atomic_write_json, split_suffix
+from lmkreg.io.images import write_image
 
 MASK_KEY = "prostate"
 MASK_SUFFIX = "_prostate.nii.gz"
-
-
-def mask_volume_ml(mask: sitk.Image) -> float:
-    """Gland volume (mL) of a mask: voxels > 0 times the voxel volume."""
-    return float(np.count_nonzero(sitk.GetArrayViewFromImage(mask) > 0)) * float(np.prod(mask.GetSpacing())) / 1000.0
 
 
 def _lmkreg_json_of(landmark_file: Path) -> Optional[Path]:
@@ -70,7 +66,6 @@ def attach_mask(landmark_json: Union[str, Path], mask: sitk.Image) -> Path:
     and give the JSON its ``prostate`` entry, in lmkreg_predict's form.  For callers that
     predict themselves (one-shot register, the benchmarks, tests); lmkreg_predict writes the
     same files on its own."""
-    from lmkreg.io.images import write_image
 
     path = Path(landmark_json)
     stem, _ = split_suffix(path)

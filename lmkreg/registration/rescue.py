@@ -36,8 +36,9 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from lmkreg.geometry.rigid import RigidTransform
-from lmkreg.registration.surface import (GlandSurface, SurfaceSamples, SurfaceSettings, sample_surfaces,
-                                         transform_change, trimmed_icp, trimmed_surface_distance)
+from lmkreg.registration.icp import (GlandSurface, SurfaceSamples, SurfaceSettings, sample_surfaces,
+                                     transform_change, trimmed_icp, trimmed_surface_distance)
+from lmkreg.trust.flags import RESCUE, Flag, scoped_flag
 
 SPIN_STEP_DEG = 30.0  # spin starts about the kept landmarks' axis (ICP's basin is wider than +-15 deg)
 LANDMARK_WEIGHT = 0.1  # the two kept landmarks as ICP pairs: their mean squared error x this vs the surface's
@@ -74,11 +75,13 @@ class SurfaceRescue:
     candidates: int = 0
 
     @property
-    def flag(self) -> str:
+    def flag(self) -> Flag:
         """The pair flag of an accepted rescue (the pair stays unreliable: a landmark was wrong)."""
-        return (f"pair: landmark {self.left_out!r} is inconsistent with the other two and the gland surfaces "
-                f"(off by {self.left_out_residual_mm:.1f} mm); transform from the other two landmarks and the "
-                f"surfaces (surface distance {self.distance_mm:.2f} mm): check it")
+        return scoped_flag(RESCUE, "pair", "left_out_residual_mm",
+                           f"landmark {self.left_out!r} is inconsistent with the other two and the gland surfaces "
+                           f"(off by {self.left_out_residual_mm:.1f} mm); transform from the other two landmarks and "
+                           f"the surfaces (surface distance {self.distance_mm:.2f} mm): check it",
+                           self.left_out_residual_mm, None, "mm")
 
     def to_json(self) -> dict:
         return {"accepted": self.accepted, "reason": self.reason, "left_out": self.left_out,

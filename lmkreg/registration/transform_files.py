@@ -18,6 +18,7 @@ import SimpleITK as sitk
 from lmkreg.errors import InputError, OutputError
 from lmkreg.geometry.rigid import RigidTransform
 from lmkreg.io.atomic import atomic_path
+import json
 
 PathLike = Union[str, Path]
 
@@ -91,7 +92,6 @@ def not_refined_fields(landmark_transform: RigidTransform, reason: str, settings
 def read_transform_record(path: PathLike) -> dict[str, RigidTransform]:
     """The transforms of an lmkreg transform JSON: ``used`` (the top-level matrix) and, when the
     file comes from a surface refinement, ``landmarks`` and ``surface`` (each MR -> US)."""
-    import json
 
     p = Path(path)
     try:

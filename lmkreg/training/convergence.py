@@ -18,8 +18,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-# plan keys (optional) and the fallbacks when a plan does not set them
-DEFAULT_MIN_STEPS = 400  # measured: the demo's 150-step runs missed by 1-12 mm, 500 steps met its targets
+from lmkreg.config.settings import DEFAULT_MIN_STEPS  # noqa: F401  (training.min_steps's default, re-exported)
+
 FALLING_FAST = 0.10  # relative drop of the best validation MRE over the last quarter of the steps
 TAIL_FRACTION = 0.25
 MIN_VALIDATIONS = 3  # fewer validations cannot show a trend

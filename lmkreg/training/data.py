@@ -71,10 +71,42 @@ def load_case(folder: PathLike, case: str, with_mask: bool = False) -> dict[str,
     sample = {"case": case, "image": image, "landmarks": landmarks, "spacing": spacing,
               "index_to_world": affine, "landmark_names": names, "crop_margin": margin}
     if with_mask:
-        from lmkreg.training.segmentation import load_mask
-
         sample["mask"] = load_mask(folder, case, image.shape)
     return sample
+
+
+# ---- prostate masks (the segmentation head's targets) ----------------------------------------
+
+def mask_file(folder: Path, case: str) -> Path:
+    """Where preprocessing writes a case's prostate mask (on the case's own grid)."""
+    return Path(folder) / f"{case}_mask{ARRAY_SUFFIX}"
+
+
+def load_mask(folder: Path, case: str, image_shape: Sequence[int]) -> Optional[np.ndarray]:
+    """The case's mask (1, Z, Y, X) uint8 0/1 (any label > 0 is prostate), None without a file."""
+    path = mask_file(folder, case)
+    if not path.is_file():
+        return None
+    try:
+        mask = np.asarray(load_array(path))
+    except (OSError, ValueError, RuntimeError) as e:
+        raise InputError(path, f"cannot read the prostate mask of case {case!r}: {e}") from e
+    if mask.ndim == 3:
+        mask = mask[None]
+    if tuple(mask.shape[1:]) != tuple(image_shape[1:]):
+        raise InputError(path, f"mask shape {mask.shape} differs from its image {tuple(image_shape)}; "
+                               f"run preprocessing again")
+    return np.ascontiguousarray(mask[:1] > 0).astype(np.uint8)
+
+
+def mask_tensors(sample: dict) -> dict[str, torch.Tensor]:
+    """``mask`` (1, Z, Y, X) float32 and ``mask_present`` bool for a sample (zeros/False without one)."""
+    m = sample.get("mask")
+    if m is None:
+        return {"mask": torch.zeros((1, *np.asarray(sample["image"]).shape[1:]), dtype=torch.float32),
+                "mask_present": torch.tensor(False)}
+    return {"mask": torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)), "mask_present": torch.tensor(True)}
+
 
 
 def crop_sample(sample: dict[str, Any], start_zyx: Sequence[int], shape_zyx: Sequence[int]) -> dict[str, Any]:
@@ -160,8 +192,6 @@ def to_tensors(sample: dict[str, Any]) -> dict[str, Any]:
            "present": torch.from_numpy(~np.isnan(landmarks).any(axis=1)),
            "case": sample.get("case", "")}
     if "mask" in sample:  # loaded for a segmentation trainer: zeros and mask_present False when missing
-        from lmkreg.training.segmentation import mask_tensors
-
         out.update(mask_tensors(sample))
     return out
 

@@ -17,6 +17,7 @@ from typing import Iterable, Optional
 from lmkreg.errors import ConfigurationError
 from lmkreg.training import trainers as builtin
 from lmkreg.training.trainers import LandmarkTrainer
+from lmkreg.training import segmentation  # the <Trainer>_Seg multi-task variants
 
 ENV_VAR = "LMKREG_TRAINER_MODULES"
 
@@ -38,7 +39,6 @@ def _load_module(spec: str) -> ModuleType:
 
 def trainer_modules(extra: Optional[Iterable[str]] = None) -> list[ModuleType]:
     specs = [s for s in os.environ.get(ENV_VAR, "").split(":") if s.strip()] + list(extra or [])
-    from lmkreg.training import segmentation  # the <Trainer>_Seg multi-task variants
 
     return [builtin, segmentation] + [_load_module(s) for s in specs]
 

@@ -24,7 +24,6 @@ connected layer, with no decoder output map a voxel-wise head could read.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -33,9 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmkreg.config.plans import Configuration
-from lmkreg.errors import ConfigurationError, InputError, LmkregError
+from lmkreg.errors import ConfigurationError, LmkregError
 from lmkreg.io.atomic import atomic_write_json
-from lmkreg.preprocessing.storage import ARRAY_SUFFIX, load_array
+from lmkreg.preprocessing.storage import ARRAY_SUFFIX
 from lmkreg.training.network import UNet3D
 from lmkreg.training.trainers import (HeatmapMatchingTrainer, LandmarkTrainer, LandmarkTrainer_Distance,
                                       LandmarkTrainer_Variance)
@@ -51,39 +50,6 @@ SEG_CHANNELS = 1  # one logit per voxel: prostate probability = sigmoid(logit)
 DEFAULT_SEGMENTATION_WEIGHT = 25.0
 DICE_EPS = 1e-5
 THRESHOLD = 0.5
-
-
-# ---- data -----------------------------------------------------------------------------------
-
-def mask_file(folder: Path, case: str) -> Path:
-    """Where preprocessing writes a case's prostate mask (on the case's own grid)."""
-    return Path(folder) / f"{case}_mask{ARRAY_SUFFIX}"
-
-
-def load_mask(folder: Path, case: str, image_shape: Sequence[int]) -> Optional[np.ndarray]:
-    """The case's mask (1, Z, Y, X) uint8 0/1 (any label > 0 is prostate), None without a file."""
-    path = mask_file(folder, case)
-    if not path.is_file():
-        return None
-    try:
-        mask = np.asarray(load_array(path))
-    except (OSError, ValueError, RuntimeError) as e:
-        raise InputError(path, f"cannot read the prostate mask of case {case!r}: {e}") from e
-    if mask.ndim == 3:
-        mask = mask[None]
-    if tuple(mask.shape[1:]) != tuple(image_shape[1:]):
-        raise InputError(path, f"mask shape {mask.shape} differs from its image {tuple(image_shape)}; "
-                               f"run preprocessing again")
-    return np.ascontiguousarray(mask[:1] > 0).astype(np.uint8)
-
-
-def mask_tensors(sample: dict) -> dict[str, torch.Tensor]:
-    """``mask`` (1, Z, Y, X) float32 and ``mask_present`` bool for a sample (zeros/False without one)."""
-    m = sample.get("mask")
-    if m is None:
-        return {"mask": torch.zeros((1, *np.asarray(sample["image"]).shape[1:]), dtype=torch.float32),
-                "mask_present": torch.tensor(False)}
-    return {"mask": torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)), "mask_present": torch.tensor(True)}
 
 
 # ---- network and loss -----------------------------------------------------------------------
@@ -148,8 +114,8 @@ class SegmentationMixin:
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.segmentation_weight = float(self.conf.training.get("segmentation_weight",
-                                                                self.default_segmentation_weight))
+        weight = self.settings.segmentation_weight  # None: this trainer's default
+        self.segmentation_weight = float(self.default_segmentation_weight if weight is None else weight)
         self._seg_target: Optional[torch.Tensor] = None
         self._seg_present: Optional[torch.Tensor] = None
         self.val_dice: dict[str, Optional[float]] = {}
@@ -255,5 +221,5 @@ SEGMENTATION_TRAINERS = (LandmarkTrainer_Seg, LandmarkTrainer_Variance_Seg, Land
                          HeatmapMatchingTrainer_Seg)
 
 __all__ = ["SEG_CHANNELS", "DEFAULT_SEGMENTATION_WEIGHT", "MultiTaskUNet", "SegmentationMixin", "split_outputs",
-           "soft_dice", "segmentation_loss", "hard_dice", "load_mask", "mask_tensors", "mask_file",
+           "soft_dice", "segmentation_loss", "hard_dice",
            "SEGMENTATION_TRAINERS", *[t.__name__ for t in SEGMENTATION_TRAINERS]]

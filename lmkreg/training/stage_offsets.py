@@ -40,9 +40,11 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from lmkreg.config.plans import Stage
 from lmkreg.errors import InputError
 from lmkreg.io.atomic import atomic_write_json
 from lmkreg.training.data import crop_sample, jittered_crop
+from lmkreg.io.landmarks import read_lmkreg_json
 
 RESIDUAL_JITTER_VOXELS = 1.0  # uniform +- this many refine voxels on top of a measured offset
 MIN_MEASURED_CASES = 3  # fewer out-of-fold errors than this: too few to stand for the localizer
@@ -229,7 +231,6 @@ def localizer_out_of_fold(folder: Path, splits: Sequence[dict],
                           names: Sequence[str]) -> dict[str, tuple[str, np.ndarray]]:
     """{case: (fold, (L, 3) world LPS)}: each case's prediction by the localizer fold that held
     it out, from finished numeric folds only."""
-    from lmkreg.io.landmarks import read_lmkreg_json
 
     out: dict[str, tuple[str, np.ndarray]] = {}
     for k, split in enumerate(splits):
@@ -268,7 +269,7 @@ def refine_crop_offsets(conf, configuration: str, names: Sequence[str], splits: 
                         train_cases: Sequence[str]) -> Optional[RefineCropOffsets]:
     """How the training crops of one refine fold (its `train_cases`) are placed; None for any
     other stage.  `conf`: the configuration (from the Plans API) named `configuration`."""
-    if getattr(conf, "stage", "single") != "refine":
+    if getattr(conf, "stage", Stage.SINGLE) != Stage.REFINE:
         return None
     loc = localizer_folder(refine_model_folder, conf.previous_stage)
     common = dict(configuration=configuration, localizer=loc.name, crop_jitter_mm=float(conf.crop_jitter_mm),
@@ -301,31 +302,59 @@ def refine_crop_offsets(conf, configuration: str, names: Sequence[str], splits: 
     return RefineCropOffsets("measured", reason=why, cases=cases, **common)
 
 
-def attach(trainer, refine_model_folder: Path, splits: Sequence[dict]) -> Optional[RefineCropOffsets]:
-    """For a refine stage: measure the crop offsets of `trainer`'s training cases and make its
-    training data use them (its ``_setup`` is wrapped: once the cases are loaded they carry the
-    offsets, and the report goes to the training log and, with a warning, to the console).
-    Trainers stay free of per-stage code.  Returns the offsets (None for other stages)."""
-    offsets = refine_crop_offsets(trainer.conf, trainer.modality, trainer.names, splits,
-                                  refine_model_folder, trainer.data_folder, trainer.train_cases)
-    if offsets is None:
-        return None
-    trainer.refine_crop_offsets = offsets
-    setup = trainer._setup
+class StageHook:
+    """What a configuration's cascade stage adds to a trainer's run; the trainer calls it at
+    two points (``LandmarkTrainer.run``).  This base adds nothing: single stages and
+    localizers train as they are.  Trainers stay free of per-stage code."""
 
-    def setup_with_offsets() -> None:
-        setup()
-        trainer.train_data.crop_offsets = offsets
-        for line in offsets.describe():
+    def prepare(self, trainer) -> None:
+        """Called once the trainer's network, data and log are set up, before the first step."""
+
+    def finish(self, trainer, summary: dict) -> None:
+        """Called on the main process after the final validation; `summary` is the dict
+        ``write_validation`` returned and wrote to ``validation/summary.json``."""
+
+
+class RefineCropOffsetsHook(StageHook):
+    """Refine stage: measure where each training case's crop sits (``refine_crop_offsets``),
+    make the training data use it, log the report (with a warning on the console), and at the
+    end record it beside the fold's summary (``RefineCropOffsets.record``).
+
+    `refine_model_folder`: ``TRAINER__<refine>``, whose sibling ``TRAINER__<previous_stage>``
+    holds the localizer's cross-validation; `splits`: ``splits_final.json``'s folds."""
+
+    def __init__(self, refine_model_folder: Path, splits: Sequence[dict]):
+        self.refine_model_folder = Path(refine_model_folder)
+        self.splits = list(splits)
+        self.offsets: Optional[RefineCropOffsets] = None
+
+    def prepare(self, trainer) -> None:
+        self.offsets = refine_crop_offsets(trainer.conf, trainer.configuration, trainer.names, self.splits,
+                                           self.refine_model_folder, trainer.data_folder, trainer.train_cases)
+        trainer.refine_crop_offsets = self.offsets
+        if self.offsets is None:
+            return
+        trainer.train_data.crop_offsets = self.offsets
+        for line in self.offsets.describe():
             trainer.log.write(line)
-        warning = offsets.warning()
+        warning = self.offsets.warning()
         main = getattr(getattr(trainer, "ddp", None), "is_main", True)
         if warning and main and not trainer.log.echo:  # echo already printed it
             print(warning, file=sys.stderr, flush=True)
 
-    trainer._setup = setup_with_offsets
-    return offsets
+    def finish(self, trainer, summary: dict) -> None:
+        if self.offsets is not None and summary:
+            self.offsets.record(trainer.output_folder, summary)  # fold_F/refine_crop_offsets.json, summary.json
 
 
-__all__ = ["RefineCropOffsets", "CaseOffset", "refine_crop_offsets", "attach", "localizer_out_of_fold",
+def stage_hook(conf, model_folder: Path, splits: Sequence[dict]) -> StageHook:
+    """The hook of `conf`'s stage: the refine stage's crop offsets, nothing for the others.
+    `model_folder`: the trainer's ``TRAINER__CONFIGURATION`` folder (its fold folder's parent)."""
+    if getattr(conf, "stage", Stage.SINGLE) == Stage.REFINE:
+        return RefineCropOffsetsHook(model_folder, splits)
+    return StageHook()
+
+
+__all__ = ["RefineCropOffsets", "CaseOffset", "refine_crop_offsets", "StageHook", "RefineCropOffsetsHook",
+           "stage_hook", "localizer_out_of_fold",
            "localizer_folder", "REPORT_FILE", "SUMMARY_KEY", "RESIDUAL_JITTER_VOXELS"]

@@ -23,38 +23,40 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from lmkreg.errors import LmkregError
+from lmkreg.threads import OtherProgramsWatch, configure_threads, import_warning, may_adapt_threads
 from lmkreg.geometry.spaces import apply_affine
 from lmkreg.io.atomic import atomic_write_json
 from lmkreg.io.landmarks import LandmarkSet, write_lmkreg_json
 from lmkreg.config.modality import modality_kind
 from lmkreg.config.plans import Configuration, Plans
+from lmkreg.config.settings import TrainingSettings
 from lmkreg.training.budget import StepBudget
 from lmkreg.training.checkpoint import load_checkpoint, save_checkpoint
-from lmkreg.training.convergence import ADVICE, DEFAULT_MIN_STEPS, TrainingVerdict, judge_training
+from lmkreg.training.convergence import ADVICE, TrainingVerdict, judge_training
 from lmkreg.training.dsnt import dsnt, flat_softmax, heatmap_variance
 from lmkreg.training.losses import coordinate_loss, dsnt_loss, masked_mean
 from lmkreg.training.network import UNet3D
 from lmkreg.training.progress import TrainingLog
+from lmkreg.training.stage_offsets import StageHook, stage_hook
 from lmkreg.training.runtime import (Distributed, make_adam, average_across_processes, barrier, broadcast_int,
                                      cpu_bf16_setting, init_distributed, seed_everything, select_device)
+from lmkreg.training.data import (WORKER_FAILURES, PreprocessedCases, build_augmentation, iterate_batches,
+                                  make_train_loader)
 
 GRAD_CLIP = 12.0
-# defaults of the optional keys of a plan's "training" dict that the run reads (a plan may set them)
-DEFAULT_LR_WARMUP_STEPS = 0
+# the plan's "training" keys and their defaults: lmkreg.config.settings.TrainingSettings
 LR_RESTART_FRACTION = 0.3  # rate at the start of a budget extension, relative to the planned rate
 # progress.png at most this often (and at the end): a plot costs about 0.4 s, 2 % of a demo epoch on 2 cores
 PLOT_EVERY_S = 60.0
-# channels-last 3D layout for convolutions on the CPU: same fp32 arithmetic, a training step took
-# 0.73-0.77x the time of the default layout (documentation/benchmarks.md, training-efficiency study)
-DEFAULT_CHANNELS_LAST_ON_CPU = True
-# bfloat16 autocast of the training forward pass on the CPU (training.bf16_autocast_cpu: true, false
-# or "auto" = on when the CPU has native bf16): 0.41-0.51x the fp32 step time and 0.58-0.62x a whole
-# run, measured on such a CPU; other arithmetic; validation and prediction stay fp32 (benchmarks.md,
-# training-efficiency study)
-DEFAULT_BF16_AUTOCAST_CPU = "auto"
+# training.channels_last (default true): channels-last 3D layout for convolutions on the CPU: same fp32
+# arithmetic, a training step took 0.73-0.77x the time of the default layout (documentation/benchmarks.md,
+# training-efficiency study).  training.bf16_autocast_cpu (default "auto" = on when the CPU has native
+# bf16): bfloat16 autocast of the training forward pass on the CPU, 0.41-0.51x the fp32 step time and
+# 0.58-0.62x a whole run, measured on such a CPU; other arithmetic; validation and prediction stay fp32
 
 
 def world_errors_mm(sample: dict, world: np.ndarray) -> np.ndarray:
@@ -81,27 +83,28 @@ class LandmarkTrainer:
     regularizer = "none"
     uses_masks = False  # True: the data carry each case's prostate mask (lmkreg.training.segmentation)
 
-    def __init__(self, plans: Plans, modality: str, fold: Union[int, str], preprocessed_folder: Path,
+    def __init__(self, plans: Plans, configuration: str, fold: Union[int, str], preprocessed_folder: Path,
                  output_folder: Path, splits: list[dict], device: Optional[str] = None,
                  num_epochs: Optional[int] = None, iterations_per_epoch: Optional[int] = None,
                  num_workers: int = 2, seed: Optional[int] = None, progress_bar: bool = True,
                  time_budget_s: Optional[float] = None, time_limit_s: Optional[float] = None):
         self.plans = plans
-        self.conf: Configuration = plans.configuration(modality)
-        self.modality = modality
-        self.kind = modality_kind(modality)
+        self.conf: Configuration = plans.configuration(configuration)
+        self.configuration = configuration  # MR, MR_localizer, MR_refine...
+        self.modality = self.conf.modality  # the dataset's modality (MR)
+        self.kind = modality_kind(self.conf.modality)
         self.fold = fold
         self.names = list(plans.landmarks)
         self.data_folder = Path(preprocessed_folder) / self.conf.data_identifier
         self.output_folder = Path(output_folder)
         self.train_cases, self.val_cases = self._split(splits, fold)
-        t = self.conf.training
-        self.num_epochs = int(num_epochs if num_epochs is not None else t.get("num_epochs", 100))
+        t = self.settings
+        self.num_epochs = int(num_epochs if num_epochs is not None else t.num_epochs)
         self.iterations_per_epoch = int(iterations_per_epoch if iterations_per_epoch is not None
-                                        else t.get("iterations_per_epoch", 50))
-        self.seed = int(seed if seed is not None else t.get("seed", 12345))
-        self.lambda1 = float(t.get("lambda1", 1.0))
-        self.lambda2 = float(t.get(f"lambda2_{self.regularizer}", 0.0))
+                                        else t.iterations_per_epoch)
+        self.seed = int(seed if seed is not None else t.seed)
+        self.lambda1 = float(t.lambda1)
+        self.lambda2 = float(t.lambda2(self.regularizer))
         self.num_workers = num_workers
         self.progress_bar = progress_bar
         # wall-clock budget: the number of optimiser steps is re-fitted after every epoch from the
@@ -117,14 +120,23 @@ class LandmarkTrainer:
         self.max_steps = self.num_epochs * self.iterations_per_epoch
         self.total_steps = self.max_steps
         self.steps_done = 0
-        self.min_steps = int(t.get("min_steps", DEFAULT_MIN_STEPS))
-        self.lr_warmup_steps = int(t.get("lr_warmup_steps", DEFAULT_LR_WARMUP_STEPS))
-        self.expected_mre_mm = t.get("expected_val_mre_mm")
+        self.min_steps = int(t.min_steps)
+        self.lr_warmup_steps = int(t.lr_warmup_steps)
+        self.expected_mre_mm = t.expected_val_mre_mm
         self.device = select_device(device)
         self.ddp = init_distributed(self.device)
         self.amp = self.device.type == "cuda"
-        self.cpu_bf16 = self.device.type == "cpu" and cpu_bf16_setting(t.get("bf16_autocast_cpu", DEFAULT_BF16_AUTOCAST_CPU))
+        self.cpu_bf16 = self.device.type == "cpu" and cpu_bf16_setting(t.bf16_autocast_cpu)
         self.spacing = [float(s) for s in self.conf.spacing_zyx]
+        # what the configuration's cascade stage adds to the run (refine: crops placed by the
+        # localizer's measured error); the model folder is the fold folder's parent
+        self.stage_hook: StageHook = stage_hook(self.conf, self.output_folder.parent, splits)
+        self.refine_crop_offsets = None  # refine: set by the stage hook (lmkreg.training.stage_offsets)
+
+    @property
+    def settings(self) -> TrainingSettings:
+        """The plan's typed ``training`` section (lmkreg.config.settings)."""
+        return self.conf.training
 
     # ---- hooks ---------------------------------------------------------------------------
 
@@ -159,30 +171,27 @@ class LandmarkTrainer:
         return list(splits[f]["train"]), list(splits[f]["val"])
 
     def _setup(self) -> None:
-        from lmkreg.training.data import PreprocessedCases, build_augmentation
 
         seed_everything(self.seed)  # same initial weights everywhere (DDP also broadcasts rank 0's)
         self.network = self.build_network(self.conf, len(self.names)).to(self.device)
         self.memory_format = (torch.channels_last_3d if self.device.type == "cpu" and
-                              bool(self.conf.training.get("channels_last", DEFAULT_CHANNELS_LAST_ON_CPU))
+                              self.settings.channels_last
                               else torch.contiguous_format)
         self.network = self.network.to(memory_format=self.memory_format)
         self.model: nn.Module = self.network
         if self.ddp.enabled:
             self.model = nn.parallel.DistributedDataParallel(
                 self.network, device_ids=[self.ddp.local_rank] if self.device.type == "cuda" else None)
-        t = self.conf.training
-        self.optimizer = make_adam(self.network.parameters(), float(t.get("learning_rate", 1e-4)),
-                                   float(t.get("weight_decay", 0.0)))
+        t = self.settings
+        self.optimizer = make_adam(self.network.parameters(), float(t.learning_rate), float(t.weight_decay))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        decay = float(t.get("weights_ema_decay", 0.0))
+        decay = float(t.weights_ema_decay)
         self.ema = None
         if decay > 0:  # validation, checkpoints and predictions use the running average of the weights
-            from torch.optim.swa_utils import AveragedModel
             self.ema = AveragedModel(self.network, multi_avg_fn=weights_ema_update(decay), use_buffers=True)
         self.train_data = PreprocessedCases(self.data_folder, self.train_cases, with_masks=self.uses_masks)
         self.val_data = PreprocessedCases(self.data_folder, self.val_cases, with_masks=self.uses_masks)
-        self.augmentation = build_augmentation(self.kind, t.get("augmentation"))
+        self.augmentation = build_augmentation(self.kind, t.augmentation)
         self.log = TrainingLog(self.output_folder / "training_log.txt", self.names,
                                echo=self.progress_bar and self.ddp.is_main)
         self.start_epoch = 0
@@ -201,7 +210,7 @@ class LandmarkTrainer:
         """Rate of optimiser step `step` (0-based): an optional linear warm-up, then polynomial
         decay (nnU-Net's, exponent 0.9) that reaches zero at ``total_steps``, the count this run
         will actually do (a time budget moves it, and the schedule follows)."""
-        lr0 = float(self.conf.training.get("learning_rate", 1e-4))
+        lr0 = float(self.settings.learning_rate)
         if step < self.lr_warmup_steps:
             return lr0 * (step + 1) / self.lr_warmup_steps
         first, start_lr = self.lr_segment
@@ -214,7 +223,7 @@ class LandmarkTrainer:
     # ---- checkpoints ---------------------------------------------------------------------
 
     def _state(self, epoch: int) -> dict[str, Any]:
-        return {"trainer": type(self).__name__, "modality": self.modality, "fold": str(self.fold),
+        return {"trainer": type(self).__name__, "modality": self.configuration, "fold": str(self.fold),
                 "epoch": epoch, "steps_done": self.steps_done, "total_steps": self.total_steps,
                 "best_mre": self.best_mre, "network": self.eval_network.state_dict(),
                 **({"network_training": self.network.state_dict(), "ema_updates": int(self.ema.n_averaged)}
@@ -279,7 +288,7 @@ class LandmarkTrainer:
         if self.amp:
             return "precision: float16 autocast of the training forward pass (CUDA)"
         layout = "channels-last 3D" if self.memory_format == torch.channels_last_3d else "default"
-        setting = self.conf.training.get("bf16_autocast_cpu", DEFAULT_BF16_AUTOCAST_CPU)
+        setting = self.settings.bf16_autocast_cpu
         why = " (auto: this CPU has native bfloat16)" if setting == "auto" and self.cpu_bf16 else \
             " (auto: no native bfloat16 on this CPU)" if setting == "auto" else ""
         arithmetic = "bfloat16 autocast of the training forward pass" if self.cpu_bf16 else "float32"
@@ -323,16 +332,15 @@ class LandmarkTrainer:
     def run(self, resume: bool = False) -> dict:
         """Train, validate each epoch, checkpoint; at the end write validation predictions and
         the verdict on whether the run trained long enough (summary.json, log and console)."""
-        from lmkreg.threads import OtherProgramsWatch, configure_threads, import_warning, may_adapt_threads
-        from lmkreg.training.data import make_train_loader
 
         self.output_folder.mkdir(parents=True, exist_ok=True)
         threads = configure_threads(self.num_workers, processes=self.ddp.local_world_size)
         self._setup()
+        self.stage_hook.prepare(self)
         if resume:
             self.resume()
         self.steps_done = self.start_step
-        self.log.write(f"{type(self).__name__} {self.modality} fold {self.fold}: {len(self.train_cases)} training, "
+        self.log.write(f"{type(self).__name__} {self.configuration} fold {self.fold}: {len(self.train_cases)} training, "
                        f"{len(self.val_cases)} validation cases, device {self.device}, epochs {self.num_epochs}, "
                        f"{self.iterations_per_epoch} iterations of batch {self.conf.batch_size} "
                        f"({self.max_steps} steps; minimum for a usable model {self.min_steps})")
@@ -340,7 +348,7 @@ class LandmarkTrainer:
         self.log.write(self.precision_description())
         if self.ema is not None:
             self.log.write(f"weights: validation, checkpoints and predictions use the exponential moving average of the "
-                           f"training weights (decay {float(self.conf.training['weights_ema_decay']):g})")
+                           f"training weights (decay {float(self.settings.weights_ema_decay):g})")
         for warning in filter(None, [import_warning()]):
             self.log.write(f"warning: {warning}")
         per_process_batch = -(-self.conf.batch_size // self.ddp.world_size)
@@ -355,7 +363,7 @@ class LandmarkTrainer:
             # a budgeted run is not bit-reproducible anyway: follow the free cores as other programs come and go
             if may_adapt_threads(threads) and not self.ddp.enabled and self.device.type == "cpu":
                 watch = OtherProgramsWatch()
-        bar = tqdm(desc=f"{type(self).__name__} {self.modality} fold {self.fold}", unit="step",
+        bar = tqdm(desc=f"{type(self).__name__} {self.configuration} fold {self.fold}", unit="step",
                    disable=not (self.progress_bar and self.ddp.is_main), initial=self.steps_done,
                    total=self.total_steps)
         epoch = self.start_epoch
@@ -406,6 +414,8 @@ class LandmarkTrainer:
         if self.ddp.is_main and plotted != len(self.log.history["val_mre"]):  # not drawn with the last epoch yet
             self.log.plot(self.output_folder / "progress.png")
         summary = self.write_validation() if self.ddp.is_main else {}
+        if summary:
+            self.stage_hook.finish(self, summary)
         barrier(self.ddp)
         return summary
 
@@ -413,7 +423,6 @@ class LandmarkTrainer:
         """One pass over the loader, the learning rate set before every step; a dead data worker
         stops training with a clear message (torch may report it from a signal handler while a
         step runs, so catch it here too)."""
-        from lmkreg.training.data import WORKER_FAILURES, iterate_batches
 
         losses = []
         try:
@@ -455,7 +464,7 @@ class LandmarkTrainer:
                 why = budget.refusal
                 self.log.write(f"budget over and the model is not fit for use yet ({reason}); stopping: {why}")
             return
-        lr0 = float(self.conf.training.get("learning_rate", 1e-4))
+        lr0 = float(self.settings.learning_rate)
         self.lr_segment = (self.steps_done, LR_RESTART_FRACTION * lr0)
         self.total_steps = total
         self.log.write(f"budget over at {self.steps_done} steps but the model is not fit for use yet ({reason}): "
@@ -502,7 +511,7 @@ class LandmarkTrainer:
         for case, world in predictions.items():
             write_lmkreg_json(LandmarkSet.from_array(self.names, world), folder / f"{case}.json")
         verdict = self.verdict()
-        summary = {"trainer": type(self).__name__, "modality": self.modality, "fold": str(self.fold),
+        summary = {"trainer": type(self).__name__, "modality": self.configuration, "fold": str(self.fold),
                    "num_cases": len(predictions),
                    "mre_per_landmark_mm": {n: float(v) for n, v in zip(self.names, per_landmark)},
                    **self.largest_errors(predictions),
@@ -514,7 +523,7 @@ class LandmarkTrainer:
         atomic_write_json(folder / "summary.json", summary)
         self.log.write(f"final validation MRE {summary['mre_mm']:.2f} mm after {self.steps_done} steps")
         if not verdict.fit_for_use:
-            text = (f"warning: the {self.modality} model of {type(self).__name__} fold {self.fold} may be "
+            text = (f"warning: the {self.configuration} model of {type(self).__name__} fold {self.fold} may be "
                     f"undertrained and not fit for use: {'; '.join(verdict.reasons)}. To fix: {ADVICE}.")
             self.log.write(text)
             if not self.log.echo:  # echo already printed it

@@ -17,7 +17,8 @@ uncalibrated, robust to such a failure) is stored for every landmark instead, so
 check can still count the landmarks' typical error (lmkreg.trust.pair).
 
 Calibration cases are each fold's validation cases, predicted by that fold's final model with
-mirror test-time augmentation when the fold finishes training (``calibrate_fold``); they are
+mirror test-time augmentation when the fold finishes training (``lmkreg.run.calibrate.calibrate_fold``,
+which runs the predictors; this module holds only the maths and the files); they are
 kept per fold (``fold_F/calibration_cases.json``) and pooled over every numeric fold trained so
 far into ``calibration.json`` in the model folder, one quantile per landmark (fold 'all' has no
 held-out cases and is never pooled).
@@ -154,77 +155,3 @@ def pool_calibration(model_folder: Path, names: Sequence[str], coverage: float =
                       folds, placement, medians)
     atomic_write_json(model_folder / CALIBRATION_FILE, cal.to_json())
     return cal
-
-
-def calibrate_fold(model_folder: Path, fold: str, dataset, modality: str, cases: Sequence[str],
-                   trainer_modules: Sequence[str] = (), device: Optional[str] = None) -> Calibration:
-    """Predict `cases` (a fold's validation cases, with ground truth in `dataset`; `modality`
-    names the dataset's files, e.g. MR for MR_refine) with that fold's final model and mirror
-    TTA, as the configuration predicts at inference (a refine stage: see the module docstring),
-    store each landmark's error and signal scale in ``fold_F/calibration_cases.json``, and pool
-    all folds into ``calibration.json``."""
-    from lmkreg.inference.predictor import LandmarkPredictor
-    from lmkreg.io.images import read_image
-    from lmkreg.io.landmark_files import read_landmarks
-
-    model_folder = Path(model_folder)
-    predictor = LandmarkPredictor(model_folder, folds=[str(fold)], device=device, mirror_tta=True,
-                                  trainer_modules=trainer_modules, optimize=False)
-    predict, placement = stage_prediction(predictor, str(fold), trainer_modules, device)
-    rows = []
-    for case in cases:
-        truth = read_landmarks(dataset.landmarks_path(case, modality))
-        pred = predict(read_image(dataset.image_path(case, modality)), truth.to_array(predictor.names), case)
-        lm = {}
-        for n in predictor.names:
-            p, t = pred.landmarks.points.get(n), truth.points.get(n)
-            err = None if p is None or t is None else float(np.linalg.norm(p - t))
-            sig = pred.signals.get(n, {})
-            lm[n] = {"error_mm": err, "scale_mm": sig.get("scale_mm"), "mirror_gap_mm": sig.get("mirror_gap_mm"),
-                     "heatmap_spread_mm": sig.get("heatmap_spread_mm")}
-        rows.append({"case": case, "landmarks": lm})
-    atomic_write_json(model_folder / f"fold_{fold}" / FOLD_CASES_FILE,
-                      {"fold": str(fold), "modality": modality, "signal": SIGNAL_DEFINITION,
-                       **({"crop_placement": placement} if placement else {}), "cases": rows})
-    return pool_calibration(model_folder, predictor.names)
-
-
-def stage_prediction(predictor, fold: str, trainer_modules: Sequence[str] = (), device: Optional[str] = None):
-    """(predict(image, truth (L, 3) world LPS, case) -> Prediction, crop placement or None):
-    how `predictor`'s configuration predicts at inference.  Single stage and localizer: the
-    image as it is.  Refine: after the localizer's fold `fold` when it is trained (out of fold
-    for that fold's validation cases), else a crop centred on the true centroid plus a random
-    offset of up to the planned ``crop_jitter_mm`` per axis (seeded by the case name)."""
-    import zlib
-
-    from lmkreg.geometry import ImageGeometry
-    from lmkreg.inference.predictor import LandmarkPredictor
-    from lmkreg.preprocessing.preprocessor import landmark_anchor
-
-    conf = predictor.conf
-    if getattr(conf, "stage", "single") != "refine":
-        return (lambda image, truth, case: predictor.predict(image)), None
-    trainer = predictor.model_folder.name.partition("__")[0]
-    loc = predictor.model_folder.parent / f"{trainer}__{conf.previous_stage}"
-    if fold != "all" and (loc / f"fold_{fold}" / "checkpoint_final.pth").is_file():
-        from lmkreg.inference.cascade import CascadePredictor
-
-        cascade = CascadePredictor(LandmarkPredictor(loc, folds=[fold], device=device, mirror_tta=True,
-                                                     trainer_modules=trainer_modules, optimize=False), predictor)
-        return ((lambda image, truth, case: cascade.predict(image)),
-                f"localizer: the crop placed by {loc.name} fold {fold} (which did not train on these cases), "
-                f"as lmkreg_predict chains the stages")
-    jitter = float(conf.crop_jitter_mm)
-
-    def jittered(image, truth, case):
-        rng = np.random.default_rng(zlib.crc32(case.encode("utf-8")))
-        geometry = ImageGeometry.from_image(image)
-        anchor = landmark_anchor(truth)
-        if anchor is None:
-            anchor = geometry.index_to_world((np.asarray(geometry.shape_zyx, float) - 1) / 2)
-        array, grid = predictor.preprocess(image, anchor + rng.uniform(-jitter, jitter, 3))
-        return predictor.predict_array(array, grid, geometry)
-
-    return jittered, (f"planned jitter: the crop centred on the true landmark centroid offset by a random "
-                      f"+-{jitter:.1f} mm per axis ({loc.name} has no trained fold {fold}); the radius does not "
-                      f"include the effect of the real localizer")

@@ -14,6 +14,7 @@ import SimpleITK as sitk
 
 from lmkreg.geometry.spaces import ImageGeometry
 from lmkreg.io.landmarks import LandmarkSet
+from lmkreg.trust.flags import IMAGE, Flag, landmark_flag
 
 # a landmark is "not imaged" when every voxel within this distance (world mm) is exactly 0: about
 # two voxels of a TRUS volume, so the fan's interpolated border does not count as signal's absence
@@ -53,12 +54,13 @@ def without_signal(image: sitk.Image, points_lps: np.ndarray, radius_mm: float =
     return out
 
 
-def not_imaged_flags(image: sitk.Image, landmarks: LandmarkSet, names: Sequence[str]) -> list[str]:
-    """Flags ("NAME: ...", the form lmkreg_register reads to pick a suspect landmark) for the
+def not_imaged_flags(image: sitk.Image, landmarks: LandmarkSet, names: Sequence[str]) -> list[Flag]:
+    """Flags on the landmark (which lmkreg_register reads to pick a suspect landmark) for the
     predicted landmarks (a LandmarkSet in world LPS mm) that lie where `image` is exactly 0."""
     present = [n for n in names if landmarks.points.get(n) is not None]
     if not present:
         return []
     empty = without_signal(image, landmarks.to_array(present))
-    return [f"{n}: no image signal within {NO_SIGNAL_RADIUS_MM:g} mm (beyond the ultrasound fan or in zero "
-            f"padding): placed from the anatomy around it, not seen" for n, e in zip(present, empty) if e]
+    return [landmark_flag(IMAGE, n, "no_image_signal", f"no image signal within {NO_SIGNAL_RADIUS_MM:g} mm (beyond "
+                          f"the ultrasound fan or in zero padding): placed from the anatomy around it, not seen",
+                          limit=NO_SIGNAL_RADIUS_MM, unit="mm") for n, e in zip(present, empty) if e]

@@ -35,7 +35,11 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy.stats import chi2
 
+from lmkreg.geometry.rigid import fit_rigid
 from lmkreg.io.landmarks import LandmarkSet
+from lmkreg.trust.flags import PAIR, Flag, flag_details, flag_texts, scoped_flag
+from lmkreg.trust.pair_checks import DEFAULT_DEFORMATION_MM, check_pair
+from lmkreg.trust.verdict import consequence_flag, estimate_notes, file_errors, gland_targets
 
 COVERAGE_SIGMA = math.sqrt(chi2.ppf(0.9, 3))  # 90 % radius of a 3D isotropic Gaussian / sigma
 MEDIAN_SIGMA = math.sqrt(chi2.ppf(0.5, 3))  # median length of a 3D isotropic Gaussian error / sigma (1.538)
@@ -98,9 +102,6 @@ def transform_uncertainty(mr_points: np.ndarray, us_points: np.ndarray, sigma_mr
                           samples: int = MONTE_CARLO_SAMPLES, seed: int = 0) -> dict:
     """90th percentiles of rotation (deg), gland-centre displacement (mm) and target error at
     the gland (mean displacement of lmkreg.trust.verdict.gland_targets, mm) over perturbed fits."""
-    from lmkreg.registration.landmark_fit import fit_rigid
-    from lmkreg.trust.verdict import gland_targets
-
     base = fit_rigid(mr_points, us_points)
     centre = mr_points.mean(0)
     c0 = base.apply(centre[None])[0]
@@ -132,9 +133,6 @@ def assess_pair(mr: LandmarkSet, us: LandmarkSet, names: Sequence[str], rms_mm: 
     the literature default), case-wide flags of either file, and the consequence of flagged
     landmarks: their radius widened, the pair flagged when the transform's target error at the
     gland exceeds its limit (lmkreg.trust.verdict), not because a file carries a flag."""
-    from lmkreg.trust.pair_checks import DEFAULT_DEFORMATION_MM, check_pair
-    from lmkreg.trust.verdict import consequence_flag, estimate_notes, file_errors
-
     names = list(names)
     e_mr, e_us = file_errors(mr, names), file_errors(us, names)
     training = training_pair_statistics(mr, us)
@@ -144,25 +142,30 @@ def assess_pair(mr: LandmarkSet, us: LandmarkSet, names: Sequence[str], rms_mm: 
                      f"taken as {DEFAULT_DEFORMATION_MM} mm")
     p, q = mr.to_array(names), us.to_array(names)
     checks = check_pair(names, p, q, e_mr.sigmas, e_us.sigmas, training["p95"] if training else None, rms_mm)
-    flags = [f for f in checks.flags if "RMS residual" in f] + [f for f in checks.flags if "RMS residual" not in f]
+    flags: list[Flag] = ([f for f in checks.flags if f.signal == "rms_residual_mm"]
+                         + [f for f in checks.flags if f.signal != "rms_residual_mm"])
     for label, f in (("MR", e_mr), ("US", e_us)):
         if f.case_flags:
-            flags.append(f"pair: the {label} file is flagged for the whole case ({'; '.join(f.case_flags)})")
+            flags.append(scoped_flag(PAIR, "pair", f"{label}_file_case_flags",
+                                     f"the {label} file is flagged for the whole case "
+                                     f"({'; '.join(flag_texts(f.case_flags))})"))
     try:
-        uncertainty = transform_uncertainty(p, q, e_mr.sigmas, e_us.sigmas)
+        uncertainty: Optional[dict] = transform_uncertainty(p, q, e_mr.sigmas, e_us.sigmas)
     except Exception:  # a degenerate triangle: already flagged above
         uncertainty = None
     if uncertainty is not None:
+        words = {"calibrated": "calibrated radii", "uncalibrated": "median validation errors (uncalibrated)",
+                 "default": "literature default (uncalibrated)"}
         srcs = {"MR": e_mr.source, "US": e_us.source}
-        uncertainty["from"] = ("calibrated radii" if set(srcs.values()) == {"calibrated"} else
-                               ", ".join(f"{m}: {'median validation errors (uncalibrated)' if s == 'uncalibrated' else 'literature default (uncalibrated)' if s == 'default' else 'calibrated radii'}"
-                                         for m, s in srcs.items()))
+        uncertainty["from"] = ("calibrated radii" if set(srcs.values()) == {"calibrated"}
+                               else ", ".join(f"{m}: {words[s]}" for m, s in srcs.items()))
         if e_mr.widened or e_us.widened:
             uncertainty["widened"] = {**{f"MR {n}": w for n, w in e_mr.widened.items()},
                                       **{f"US {n}": w for n, w in e_us.widened.items()}}
     consequence = consequence_flag(uncertainty, e_mr, e_us)
-    if consequence:
+    if consequence is not None:
         flags.append(consequence)
     return {"rms_residual_mm": rms_mm, "expected_rms_limit_mm": checks.rms_limit_mm, "training_pair_rms_mm": training,
             "error_estimate": {"MR": e_mr.source, "US": e_us.source}, "checks": checks.to_json(),
-            "reliable": not flags, "flags": flags, "notes": notes, "uncertainty": uncertainty}
+            "reliable": not flags, "flags": flag_texts(flags), "flag_details": flag_details(flags), "notes": notes,
+            "uncertainty": uncertainty}

@@ -40,6 +40,8 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy.stats import chi2
 
+from lmkreg.trust.flags import PAIR, Flag, flag_texts, scoped_flag
+
 LITERATURE_LANDMARK_ERROR_MM = 2.5  # 3D RMS localisation error of one landmark in one modality
 DEFAULT_SIGMA_MM = LITERATURE_LANDMARK_ERROR_MM / math.sqrt(3)  # per coordinate: 1.44 mm
 DEFAULT_DEFORMATION_MM = 1.5  # gland deformation between MR and US when the files carry no training statistics
@@ -54,14 +56,14 @@ class PairCheckResult:
     """Findings of the model-free checks: ``flags`` (each says which check fired and its
     numbers), the per-distance rows, the triangles' smallest heights and the residual limit."""
 
-    flags: list[str] = field(default_factory=list)
+    flags: list[Flag] = field(default_factory=list)
     distances: list[dict] = field(default_factory=list)
     smallest_height_mm: dict[str, float] = field(default_factory=dict)
     rms_limit_mm: Optional[float] = None
     rms_mm: Optional[float] = None
 
     def to_json(self) -> dict:
-        return {"flags": list(self.flags), "distances": self.distances, "smallest_height_mm": self.smallest_height_mm,
+        return {"flags": flag_texts(self.flags), "distances": self.distances, "smallest_height_mm": self.smallest_height_mm,
                 "rms_limit_mm": self.rms_limit_mm, "rms_residual_mm": self.rms_mm,
                 "tolerance": f"landmark error from the files (radii, median validation error) or the literature "
                              f"default {LITERATURE_LANDMARK_ERROR_MM} mm 3D RMS; K = {DISTANCE_K:g}, floor "
@@ -111,20 +113,24 @@ def check_pair(names: Sequence[str], mr_points: np.ndarray, us_points: np.ndarra
         out.distances.append({"landmarks": [names[i], names[j]], "mr_mm": d_mr, "us_mm": d_us, "difference_mm": diff,
                               "tolerance_mm": tol, "disagrees": diff > tol})
         if diff > tol:
-            out.flags.append(f"pair: {names[i]}-{names[j]} {d_mr:.1f} mm in MR, {d_us:.1f} mm in US: differ by "
-                             f"{diff:.1f} mm > {tol:.1f} mm tolerance (a rigid anatomy keeps distances: a landmark is "
-                             f"wrong or the files are not of the same patient)")
+            out.flags.append(scoped_flag(PAIR, "pair", f"distance_{names[i]}-{names[j]}_difference_mm",
+                                         f"{names[i]}-{names[j]} {d_mr:.1f} mm in MR, {d_us:.1f} mm in US: differ by "
+                                         f"{diff:.1f} mm > {tol:.1f} mm tolerance (a rigid anatomy keeps distances: a "
+                                         f"landmark is wrong or the files are not of the same patient)", diff, tol, "mm"))
     if len(names) >= 3:
         for label, pts in (("MR", p), ("US", q)):
             h = smallest_height(pts)
             out.smallest_height_mm[label] = h
             if h < DEGENERATE_HEIGHT_MM:
-                out.flags.append(f"pair: the {label} landmarks are nearly collinear (smallest triangle height {h:.1f} mm "
-                                 f"< {DEGENERATE_HEIGHT_MM:g} mm): the rotation about their line is poorly fixed")
+                out.flags.append(scoped_flag(PAIR, "pair", f"{label}_triangle_height_mm",
+                                             f"the {label} landmarks are nearly collinear (smallest triangle height "
+                                             f"{h:.1f} mm < {DEGENERATE_HEIGHT_MM:g} mm): the rotation about their line "
+                                             f"is poorly fixed", h, DEGENERATE_HEIGHT_MM, "mm"))
         out.rms_limit_mm = rms_limit(s, t, deform)
         out.rms_mm = rms_mm
         if rms_mm is not None and rms_mm > out.rms_limit_mm:
-            out.flags.append(f"pair: RMS residual {rms_mm:.1f} mm > {out.rms_limit_mm:.1f} mm expected at most (by "
-                             f"{rms_mm - out.rms_limit_mm:.1f} mm): a landmark is wrong or the files are not of the "
-                             f"same patient")
+            out.flags.append(scoped_flag(PAIR, "pair", "rms_residual_mm",
+                                         f"RMS residual {rms_mm:.1f} mm > {out.rms_limit_mm:.1f} mm expected at most (by "
+                                         f"{rms_mm - out.rms_limit_mm:.1f} mm): a landmark is wrong or the files are not "
+                                         f"of the same patient", rms_mm, out.rms_limit_mm, "mm"))
     return out

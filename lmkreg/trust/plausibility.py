@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from lmkreg.geometry import ImageGeometry
-from lmkreg.io.atomic import atomic_write_json
+from lmkreg.trust.flags import PLAUSIBILITY, Flag, scoped_flag
 
 STATISTICS_FILE = "training_statistics.json"
 
@@ -122,6 +122,15 @@ class Check:
         return (f"{self.what} {self.value:.3g}{u} outside the training range widened to {self.low:.3g}..{self.high:.3g}"
                 f"{u} (by {self.excess:.3g}{u})")
 
+    @property
+    def limit(self) -> float:
+        """The end of the allowed range the value lies beyond."""
+        return self.low if self.value < self.low else self.high
+
+    def flag(self, scope: str) -> Flag:
+        """The flag of this failed check on the whole case ("case") or its image ("image")."""
+        return scoped_flag(PLAUSIBILITY, scope, self.what, self.message(), self.value, self.limit, self.unit)
+
 
 def _range_check(feature: str, value: float, s: dict, unit: str = "") -> Optional[Check]:
     if s.get("n", 0) == 0 or not math.isfinite(value):
@@ -156,8 +165,8 @@ class TrainingStatistics:
         """The training pairs' rotations of this modality's world into the other's (older files: None)."""
         return self.doc.get("pair_rotation")
 
-    def check_landmarks(self, points: np.ndarray, grid_centre: Optional[np.ndarray] = None) -> list[str]:
-        """Failed landmark-geometry checks (messages); `points` (L, 3) world LPS in ``names`` order."""
+    def check_landmarks(self, points: np.ndarray, grid_centre: Optional[np.ndarray] = None) -> list[Flag]:
+        """Failed landmark-geometry checks ("case: ..." flags); `points` (L, 3) world LPS in ``names`` order."""
         if np.isnan(points).any():
             return []
         f = landmark_features(points, self.names, grid_centre)
@@ -166,7 +175,7 @@ class TrainingStatistics:
             c = _range_check(k, v, self.doc["landmarks"]["scalars"].get(k, {"n": 0}),
                              "mm" if k.startswith("distance") else "deg")
             if c:
-                problems.append(c.message())
+                problems.append(c.flag("case"))
         for k, v in f["directions"].items():
             ref = self.doc["landmarks"]["directions"].get(k)
             if not ref:
@@ -174,64 +183,63 @@ class TrainingStatistics:
             angle = _direction_angle_deg(np.asarray(v), np.asarray(ref["mean"]))
             limit = ref["max_angle_deg"] + max(RANGE_SHARE * ref["max_angle_deg"], ABS_TOLERANCE["orientation"])
             if angle > limit:
-                problems.append(f"{k} turned {angle:.0f} deg from the training mean (training at most "
-                                f"{ref['max_angle_deg']:.0f} deg, allowed {limit:.0f} deg; by {angle - limit:.0f} deg)")
+                problems.append(scoped_flag(PLAUSIBILITY, "case", k,
+                                            f"{k} turned {angle:.0f} deg from the training mean (training at most "
+                                            f"{ref['max_angle_deg']:.0f} deg, allowed {limit:.0f} deg; by "
+                                            f"{angle - limit:.0f} deg)", angle, limit, "deg"))
         off = self.doc["landmarks"].get("offset")
         if off and "offset" in f:
             d = float(np.linalg.norm(np.asarray(f["offset"]) - np.asarray(off["mean"])))
             limit = off["max_distance_mm"] + max(RANGE_SHARE * off["max_distance_mm"], ABS_TOLERANCE["offset"])
             if d > limit:
-                problems.append(f"landmarks' centre {d:.1f} mm from where training cases had it in the crop (training "
-                                f"at most {off['max_distance_mm']:.1f} mm, allowed {limit:.1f} mm; by {d - limit:.1f} mm)")
+                problems.append(scoped_flag(PLAUSIBILITY, "case", "landmark_centre_offset_mm",
+                                            f"landmarks' centre {d:.1f} mm from where training cases had it in the "
+                                            f"crop (training at most {off['max_distance_mm']:.1f} mm, allowed "
+                                            f"{limit:.1f} mm; by {d - limit:.1f} mm)", d, limit, "mm"))
         return problems
 
-    def check_image(self, crop: dict[str, float], extent_lps: Optional[np.ndarray] = None) -> list[str]:
-        """Failed image checks: crop intensity features and the image's extent per world axis."""
+    def check_image(self, crop: dict[str, float], extent_lps: Optional[np.ndarray] = None) -> list[Flag]:
+        """Failed image checks ("image: ..." flags): crop intensity features and the image's extent
+        per world axis."""
         problems = []
         for k, v in crop.items():
             c = _range_check(k, v, self.doc["image"]["crop"].get(k, {"n": 0}))
             if c:
-                problems.append("image: " + c.message())
+                problems.append(c.flag("image"))
         ext = self.doc["image"].get("extent_lps_mm")
         if extent_lps is not None and ext:
             for axis, v, s in zip("LPS", extent_lps, ext):
                 if s.get("n", 0) and v > EXTENT_FACTOR * s["max"]:
-                    problems.append(f"image: extent along {axis} {v:.0f} mm is {v / s['max']:.1f}x the largest seen in "
-                                    f"training ({s['max']:.0f} mm)")
+                    problems.append(scoped_flag(PLAUSIBILITY, "image", f"extent_{axis}_mm",
+                                                f"extent along {axis} {v:.0f} mm is {v / s['max']:.1f}x the largest "
+                                                f"seen in training ({s['max']:.0f} mm)", v, EXTENT_FACTOR * s["max"],
+                                                "mm"))
                 elif s.get("n", 0) and v < s["min"] / EXTENT_FACTOR:
-                    problems.append(f"image: extent along {axis} {v:.0f} mm is {s['min'] / v:.1f}x smaller than the "
-                                    f"smallest seen in training ({s['min']:.0f} mm)")
+                    problems.append(scoped_flag(PLAUSIBILITY, "image", f"extent_{axis}_mm",
+                                                f"extent along {axis} {v:.0f} mm is {s['min'] / v:.1f}x smaller than "
+                                                f"the smallest seen in training ({s['min']:.0f} mm)", v,
+                                                s["min"] / EXTENT_FACTOR, "mm"))
         return problems
 
 
-def training_statistics(dataset, modality: str, preprocessed_data: Path, names: Sequence[str],
-                        cases: Sequence[str]) -> dict:
-    """The document of ``training_statistics.json`` from the training cases' preprocessed files
-    (crop arrays, grids, source geometry, world landmarks) and the dataset's landmark files."""
-    from lmkreg.io.landmark_files import read_landmarks
-    from lmkreg.preprocessing.storage import load_array
-    from scipy.spatial.transform import Rotation
-
-    from lmkreg.registration.landmark_fit import register_landmarks
-    from lmkreg.registration.two_landmarks import RotationPrior
-
+def training_statistics(modality: str, names: Sequence[str], cases: Sequence[tuple[dict, np.ndarray]],
+                        pair_rms_mm: Sequence[float], pair_rotation: Optional[dict]) -> dict:
+    """The document of ``training_statistics.json`` from plain data: per training case its
+    preprocessed metadata (the ``CASE.json`` next to the array: grid, source geometry, world
+    landmarks, crop margin) and its stored crop array; the training pairs' landmark-fit RMS
+    residuals (mm) and their rotation prior document (``RotationPrior.to_json``, or None).
+    Reading those files is lmkreg.run.calibrate.write_training_statistics."""
     scalars: dict[str, list[float]] = {}
     directions: dict[str, list[np.ndarray]] = {}
     offsets, crops, extents = [], {}, []
-    used = []
-    for case in cases:
-        meta_path = Path(preprocessed_data) / f"{case}.json"
-        if not meta_path.is_file():
-            continue
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    for meta, array in cases:
         grid = ImageGeometry.from_json(meta["geometry"])
         extents.append(image_extent_lps(ImageGeometry.from_json(meta["source_geometry"])))
-        array, m = load_array(Path(preprocessed_data) / f"{case}.b2nd"), meta.get("crop_margin_zyx") or [0, 0, 0]
+        m = meta.get("crop_margin_zyx") or [0, 0, 0]
         array = array[..., m[0]:array.shape[-3] - m[0], m[1]:array.shape[-2] - m[1], m[2]:array.shape[-1] - m[2]]
         for k, v in crop_features(array).items():  # a refine box without its margin: the crop the network sees
             crops.setdefault(k, []).append(v)
         pts = np.array([p if p is not None else [np.nan] * 3 for p in meta["landmarks_world_lps"]], float)
-        used.append(case)
         if np.isnan(pts).any():
             continue
         f = landmark_features(pts, names, grid_centre_world(grid))
@@ -249,35 +257,14 @@ def training_statistics(dataset, modality: str, preprocessed_data: Path, names: 
     if offsets:
         m = np.mean(offsets, 0)
         off_doc = {"mean": m.tolist(), "max_distance_mm": float(max(np.linalg.norm(o - m) for o in offsets))}
-    pair_rms, pair_rotvecs = [], []
-    others = [m for m in dataset.spec.modalities if m != modality]
-    for case in used:
-        for other in others[:1]:
-            try:
-                a = read_landmarks(dataset.landmarks_path(case, modality))
-                b = read_landmarks(dataset.landmarks_path(case, other))
-                fit = register_landmarks(a, b, names)
-            except Exception:  # a case without a usable pair says nothing about pairs
-                continue
-            pair_rms.append(fit.rms_mm)
-            pair_rotvecs.append(Rotation.from_matrix(fit.transform.rotation).as_rotvec())
     pair_doc = None
-    if pair_rms:
-        r = np.asarray(pair_rms)
+    if len(pair_rms_mm):
+        r = np.asarray(pair_rms_mm)
         pair_doc = {**_summary(r), "p95": float(np.percentile(r, 95)), "median": float(np.median(r))}
-    # the orientation prior of a two-landmark registration (lmkreg.registration.two_landmarks)
-    rotation_doc = RotationPrior(np.asarray(pair_rotvecs)).to_json(modality, others[0]) if len(pair_rotvecs) >= 2 else None
     ext = np.asarray(extents) if extents else np.zeros((0, 3))
-    return {"modality": modality, "landmark_names": list(names), "num_cases": len(used),
+    return {"modality": modality, "landmark_names": list(names), "num_cases": len(cases),
             "landmarks": {"scalars": {k: _summary(v) for k, v in scalars.items()}, "directions": dir_doc,
                           "offset": off_doc},
             "image": {"crop": {k: _summary(v) for k, v in crops.items()},
                       "extent_lps_mm": [_summary(ext[:, i]) for i in range(3)] if len(ext) else None},
-            "pair_rms_residual_mm": pair_doc, "pair_rotation": rotation_doc}
-
-
-def write_training_statistics(model_folder: Path, dataset, modality: str, preprocessed_data: Path,
-                              names: Sequence[str], cases: Sequence[str]) -> Path:
-    path = Path(model_folder) / STATISTICS_FILE
-    atomic_write_json(path, training_statistics(dataset, modality, preprocessed_data, names, cases))
-    return path
+            "pair_rms_residual_mm": pair_doc, "pair_rotation": pair_rotation}

@@ -12,18 +12,20 @@ from __future__ import annotations
 import sys
 from typing import Mapping, Optional, Sequence, TextIO
 
+from lmkreg.trust.flags import Flag
+
 STRICT_EXIT = 3
 STRICT_HELP = ("exit with status 3 when any result is flagged unreliable (flagged results are still written and "
                "listed; without this option they do not change the exit status)")
 
 
-def print_unreliable(unreliable: Mapping[str, Sequence[str]], total: int, what: str = "case",
+def print_unreliable(unreliable: Mapping[str, Sequence[Flag]], total: int, what: str = "case",
                      stream: Optional[TextIO] = None) -> None:
     """The end-of-run summary: how many of `total` were flagged, then one line per flagged one."""
     stream = stream or sys.stdout  # looked up now: a replaced sys.stdout (tests, redirection) is honoured
     print(f"{len(unreliable)} of {total} {what}(s) flagged unreliable" + (":" if unreliable else ""), file=stream)
     for name, flags in unreliable.items():
-        print(f"  unreliable: {name}: {'; '.join(flags)}", file=stream)
+        print(f"  unreliable: {name}: {'; '.join(f.text for f in flags)}", file=stream)
 
 
 def exit_status(failed: int, unreliable: int, strict: bool) -> int:

@@ -32,6 +32,7 @@ import numpy as np
 from scipy.stats import chi2
 
 from lmkreg.io.landmarks import LandmarkSet
+from lmkreg.trust.flags import PAIR, SURFACE, Flag, flag_details, flag_texts, read_flags, scoped_flag
 from lmkreg.trust.pair_checks import DEFAULT_SIGMA_MM, LITERATURE_LANDMARK_ERROR_MM
 
 FLAGGED_RADIUS_MM = 5.0  # a flagged landmark's 90 % radius is at least this (the evaluation's failure threshold)
@@ -52,19 +53,8 @@ class FileErrors:
     sigmas: np.ndarray
     source: str  # "calibrated", "uncalibrated" (median validation error) or "default"
     widened: dict[str, str] = field(default_factory=dict)
-    case_flags: list[str] = field(default_factory=list)
+    case_flags: list[Flag] = field(default_factory=list)
     estimate_text: str = ""  # the file's own words (trust.calibration_source), if any
-
-
-def _flag_texts(landmarks: LandmarkSet) -> list[str]:
-    flags = landmarks.extras.get("flags") if isinstance(landmarks.extras, dict) else None
-    out = []
-    for f in flags if isinstance(flags, list) else []:
-        if isinstance(f, str):
-            out.append(f)
-        elif isinstance(f, dict) and isinstance(f.get("text"), str):  # structured flags (text kept)
-            out.append(f["text"])
-    return out
 
 
 def file_errors(landmarks: LandmarkSet, names: Sequence[str]) -> FileErrors:
@@ -84,13 +74,12 @@ def file_errors(landmarks: LandmarkSet, names: Sequence[str]) -> FileErrors:
     else:
         sig, source = np.full(len(names), DEFAULT_SIGMA_MM), "default"
     sig = np.asarray(sig, float).copy()
-    flags = _flag_texts(landmarks)
-    landmark_names = set(landmarks.names) | set(names)
-    case_flags = [f for f in flags if not any(f.startswith(f"{n}:") for n in landmark_names)]
+    flags = read_flags(extras, list(landmarks.names) + [n for n in names if n not in landmarks.names])
+    case_flags = [f for f in flags if f.landmark is None]
     confidence = extras.get("confidence") if isinstance(extras.get("confidence"), dict) else {}
     widened = {}
     for i, n in enumerate(names):
-        mine = [f for f in flags if f.startswith(f"{n}:")]
+        mine = [f.text for f in flags if f.landmark == n]
         if not mine:
             continue
         c = confidence.get(n) if isinstance(confidence.get(n), dict) else {}
@@ -116,7 +105,7 @@ def gland_targets(mr_points: np.ndarray) -> np.ndarray:
 
 
 def consequence_flag(uncertainty: Optional[dict], mr: FileErrors, us: FileErrors,
-                     limit_mm: float = TARGET_ERROR_LIMIT_MM) -> Optional[str]:
+                     limit_mm: float = TARGET_ERROR_LIMIT_MM) -> Optional[Flag]:
     """The flag of a transform made uncertain by its landmarks' errors, or None.  Applied when a
     landmark was widened by a flag, or when both files have an error estimate of their own."""
     if not uncertainty or uncertainty.get("gland_target_error_mm_90") is None:
@@ -128,9 +117,11 @@ def consequence_flag(uncertainty: Optional[dict], mr: FileErrors, us: FileErrors
     if tre <= limit_mm:
         return None
     why = "; ".join(f"{m} {w}" for m, f in (("MR", mr), ("US", us)) for w in f.widened.values())
-    return (f"pair: transform uncertain: 90 % target error at the gland {tre:.1f} mm > {limit_mm:g} mm (rotation "
-            f"{uncertainty.get('rotation_deg_90', float('nan')):.0f} deg at 90 %)"
-            + (f", from the flagged landmarks: {why}" if why else ", from the landmarks' error radii"))
+    return scoped_flag(PAIR, "pair", "gland_target_error_mm_90",
+                       f"transform uncertain: 90 % target error at the gland {tre:.1f} mm > {limit_mm:g} mm (rotation "
+                       f"{uncertainty.get('rotation_deg_90', float('nan')):.0f} deg at 90 %)"
+                       + (f", from the flagged landmarks: {why}" if why else ", from the landmarks' error radii"),
+                       tre, limit_mm, "mm")
 
 
 def estimate_notes(mr: FileErrors, us: FileErrors) -> list[str]:
@@ -181,33 +172,36 @@ def surface_verdict(trust: dict, accepted: bool, distance_mm: Optional[float], c
     Case-wide flags of a landmark file (the image itself looks wrong) stay flags.  A refusal
     keeps the landmark verdict (the caller adds the refusal's own flags)."""
     value, source = limit
+    old = read_flags(trust)
     if not accepted:  # refused without leaving the bound: the landmark transform is kept and its fit judged
         if distance_mm is not None and math.isfinite(distance_mm) and distance_mm > value:
+            flags = old + [scoped_flag(SURFACE, "pair", "surface_distance_mm",
+                                       f"the gland surfaces do not fit under the landmark transform (the refinement "
+                                       f"could not improve it): trimmed surface distance {distance_mm:.2f} mm > "
+                                       f"{value:.2f} mm ({source}); check the masks and the landmarks",
+                                       distance_mm, value, "mm")]
             out = dict(trust)
-            out["flags"] = list(trust.get("flags", [])) + [
-                f"pair: the gland surfaces do not fit under the landmark transform (the refinement could not improve "
-                f"it): trimmed surface distance {distance_mm:.2f} mm > {value:.2f} mm ({source}); check the masks and "
-                f"the landmarks"]
-            out["reliable"] = False
+            out.update(flags=flag_texts(flags), flag_details=flag_details(flags), reliable=False)
             return out
         return trust
-    old = list(trust.get("flags", []))
-    kept = [f for f in old if "flagged for the whole case" in f]
-    moved = [f for f in old if f not in kept]
+    kept = [f for f in old if f.signal.endswith("_file_case_flags")]  # the image itself looks wrong
+    moved = [f.text for f in old if f not in kept]
     notes = list(trust.get("notes", []))
     worst = max(residuals_mm.items(), key=lambda kv: kv[1]) if residuals_mm else None
     if moved:
         named = (f"; the surfaces disagreed most with {worst[0]} ({worst[1]:.1f} mm from its MR position mapped by "
                  f"the surface transform)") if worst else ""
         notes += [f"landmark stage (superseded by the accepted surface fit{named}): {f}" for f in moved]
-    flags = kept
+    flags = list(kept)
     rot, shift = change
     if distance_mm is None or not math.isfinite(distance_mm) or distance_mm > value:
         shown = "n/a" if distance_mm is None else f"{distance_mm:.2f} mm"
-        flags.append(f"pair: the gland surfaces do not fit after the surface refinement: trimmed surface distance "
-                     f"{shown} > {value:.2f} mm ({source}); check the masks and the landmarks")
+        flags.append(scoped_flag(SURFACE, "pair", "surface_distance_mm",
+                                 f"the gland surfaces do not fit after the surface refinement: trimmed surface "
+                                 f"distance {shown} > {value:.2f} mm ({source}); check the masks and the landmarks",
+                                 distance_mm, value, "mm"))
     out = dict(trust)
-    out.update(flags=flags, reliable=not flags, notes=notes,
+    out.update(flags=flag_texts(flags), flag_details=flag_details(flags), reliable=not flags, notes=notes,
                verdict={"from": "surface fit", "surface_distance_mm": distance_mm, "limit_mm": value,
                         "limit_from": source, "change_from_landmarks": {"rotation_deg": rot, "gland_centre_shift_mm": shift},
                         "landmark_stage_flags": moved,

@@ -23,6 +23,20 @@ from typing import Optional, Sequence
 
 from lmkreg.cli_utils import friendly_errors, make_parser
 from lmkreg.training.budget import DEFAULT_LIMIT_FACTOR
+from lmkreg.dataset.layout import Dataset, dataset_folder_name
+from lmkreg.paths import raw_root
+from lmkreg.phantoms.generator import generate_dataset
+from lmkreg.run.predict import predict_folder
+from lmkreg.inference.predictor import LandmarkPredictor
+from lmkreg.training.registry import find_trainer
+from lmkreg.run.evaluate import main as evaluate_main
+from lmkreg.planning.plan_and_preprocess import describe, plan_and_preprocess
+from lmkreg.config.plans import Plans
+from lmkreg.io.atomic import atomic_write_json
+from lmkreg.run.register import main as register_main
+from lmkreg.threads import configure_threads
+from lmkreg.run.train import model_folder, train
+from lmkreg.evaluation.predicted_masks import LANDMARKS_SURFACE_WEIGHT
 
 
 @dataclass(frozen=True)
@@ -59,9 +73,6 @@ def _done(t0: float, what: str = "") -> None:
 
 def _ensure_dataset(settings: DemoSettings, dataset_id: int, seed: int) -> Path:
     """Generate the demo dataset unless an identical one is already there."""
-    from lmkreg.dataset.layout import Dataset, dataset_folder_name
-    from lmkreg.paths import raw_root
-    from lmkreg.phantoms.generator import generate_dataset
 
     name = f"{DEMO_NAME}_{settings.preset}"
     folder = raw_root() / dataset_folder_name(dataset_id, name)
@@ -83,8 +94,6 @@ def predict_test_images(model: Path, images: Path, out: Path, progress: bool = T
     """Predict a folder of test images the way the demo does (fold 0, mirror TTA, as
     lmkreg_predict does by default: the calibrated error radius needs the mirror gap); the
     landmark files (and masks of a segmentation model) go to `out`."""
-    from lmkreg.inference.predict_folder import predict_folder
-    from lmkreg.inference.predictor import LandmarkPredictor
 
     report = predict_folder(LandmarkPredictor(model, folds=["0"], mirror_tta=True), images, out, overwrite=True,
                             progress_bar=progress)
@@ -95,7 +104,6 @@ def predict_test_images(model: Path, images: Path, out: Path, progress: bool = T
 
 def has_segmentation(trainer: str) -> bool:
     """Whether `trainer`'s models also predict the prostate mask (a ``*_Seg`` trainer)."""
-    from lmkreg.training.registry import find_trainer
 
     return bool(getattr(find_trainer(trainer), "has_segmentation", False))
 
@@ -159,14 +167,6 @@ def run_demo(quick: bool = False, output: Path = Path("lmkreg_demo"), dataset_id
              workers: int = 2, settings: Optional[DemoSettings] = None, device: Optional[str] = None) -> dict:
     """Run every stage; returns the evaluation summary (see lmkreg.evaluation).  `settings`
     replaces the default/quick scale (tests use a smaller one)."""
-    from lmkreg.dataset.layout import Dataset
-    from lmkreg.evaluation.cli import main as evaluate_main
-    from lmkreg.planning.plan_and_preprocess import describe, plan_and_preprocess
-    from lmkreg.config.plans import Plans
-    from lmkreg.io.atomic import atomic_write_json
-    from lmkreg.registration.cli import main as register_main
-    from lmkreg.threads import configure_threads
-    from lmkreg.training.run import model_folder, train
 
     settings = settings or SETTINGS["quick" if quick else "default"]
     dataset_id = DEMO_DATASET_ID["quick" if quick else "default"] if dataset_id is None else dataset_id
@@ -224,7 +224,6 @@ def run_demo(quick: bool = False, output: Path = Path("lmkreg_demo"), dataset_id
     # a model with a segmentation head predicted the prostate masks: register refines on them, with
     # the landmarks as pairs at the weight of the accuracy benchmark's best row (landmarks+surface,
     # documentation/benchmark_accuracy_seg.md), the weight evaluate scores that row with
-    from lmkreg.evaluation.predicted_masks import LANDMARKS_SURFACE_WEIGHT
 
     rc = register_main(["--mr-dir", str(predictions["MR"]), "--us-dir", str(predictions["US"]), "-o",
                         str(transforms)] + (["--refine", "surface", "--landmark-weight", str(LANDMARKS_SURFACE_WEIGHT)]

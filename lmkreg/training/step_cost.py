@@ -1,18 +1,25 @@
 """Measured training steps of a planned U-Net, to check the cost model against this CPU.
 
 The model itself (FLOPs, activations, predicted step time and memory) is
-lmkreg.config.cost; this module runs the real network (torch), so only the commands and
-benchmarks that measure import it.
+lmkreg.config.cost; this module runs training's real network, DSNT loss and optimiser step
+(torch), so it lives in training: planning never imports it (planning must not load torch).
 """
 from __future__ import annotations
 
+import argparse
 import time
 from typing import Optional, Sequence
 
 import numpy as np
+import torch
 
 from lmkreg.config.cost import step_cost
 from lmkreg.config.network import UNetSpec
+from lmkreg.config.plans import Plans
+from lmkreg.training.dsnt import dsnt, flat_softmax
+from lmkreg.training.losses import dsnt_loss
+from lmkreg.training.network import UNet3D
+from lmkreg.training.runtime import make_adam
 
 
 def measure_cpu_step_times(spec: UNetSpec, input_size_zyx: Sequence[int], batch_size: int, out_channels: int = 3,
@@ -30,16 +37,6 @@ def measure_cpu_step_times(spec: UNetSpec, input_size_zyx: Sequence[int], batch_
 def _timed_steps(spec: UNetSpec, input_size_zyx: Sequence[int], batch_size: int, out_channels: int,
                  spacing_zyx: Sequence[float], repeats: int, threads: Optional[int]) -> tuple[list[float], list[float]]:
     """(wall seconds, process CPU seconds) of each timed step."""
-    # Imported here, not at the top: timing must run training's real network, DSNT loss and
-    # optimiser step (a copy would drift from what training does), while every planning module
-    # must stay importable without torch and lmkreg.training (tests/test_config.py checks it).
-    import torch
-
-    from lmkreg.training.dsnt import dsnt, flat_softmax
-    from lmkreg.training.losses import dsnt_loss
-    from lmkreg.training.network import UNet3D
-    from lmkreg.training.runtime import make_adam
-
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -84,17 +81,11 @@ def _load_average() -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m lmkreg.planning.cost PLANS.json``: estimated vs measured step per configuration.
+    """``python -m lmkreg.training.step_cost PLANS.json``: estimated vs measured step per configuration.
 
     Run it on an otherwise idle machine: other processes on the same cores inflate the times
     (the load average before each measurement is printed to tell)."""
-    import argparse
-
-    import torch
-
-    from lmkreg.config.plans import Plans
-
-    parser = argparse.ArgumentParser(prog="python -m lmkreg.planning.cost", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m lmkreg.training.step_cost", description=main.__doc__)
     parser.add_argument("plans", nargs="+", help="plans.json file(s)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps after one warm-up (default 5)")
     parser.add_argument("--threads", type=int, default=None,

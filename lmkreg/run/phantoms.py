@@ -8,6 +8,8 @@ from typing import Optional, Sequence
 from lmkreg.cli_utils import friendly_errors, make_parser
 from lmkreg.paths import raw_root
 from lmkreg.phantoms.presets import PRESETS
+from lmkreg.errors import ConfigurationError
+from lmkreg.phantoms.generator import generate_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,8 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
 @friendly_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from lmkreg.errors import ConfigurationError
-    from lmkreg.phantoms.generator import generate_dataset
 
     if not 0 < args.dataset < 1000:
         raise ConfigurationError(f"dataset id must be 1-999, got {args.dataset}")

@@ -13,6 +13,9 @@ from lmkreg.cli_utils import friendly_errors, make_parser
 from lmkreg.errors import ConfigurationError
 from lmkreg.io.landmark_names import parse_landmark_map
 from lmkreg.io.landmarks import DEFAULT_LANDMARK_NAMES
+from lmkreg.dataset.importer import ModalitySource, import_dataset
+from lmkreg.dataset.layout import open_dataset
+from lmkreg.dataset.verify import verify_dataset
 
 
 def _modality_paths(values: Optional[Sequence[str]], option: str) -> dict[str, Path]:
@@ -82,7 +85,6 @@ def build_import_parser() -> argparse.ArgumentParser:
 def import_main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point of lmkreg_import: 0 = all imported, 1 = some cases failed, 2 = refused."""
     args = build_import_parser().parse_args(argv)
-    from lmkreg.dataset.importer import ModalitySource, import_dataset
 
     images = _modality_paths(args.images, "--images")
     optional = {opt: _modality_paths(getattr(args, opt.lstrip("-").replace("-", "_")), opt)
@@ -135,8 +137,6 @@ def build_verify_parser() -> argparse.ArgumentParser:
 def verify_main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point of lmkreg_verify_dataset."""
     args = build_verify_parser().parse_args(argv)
-    from lmkreg.dataset.layout import open_dataset
-    from lmkreg.dataset.verify import verify_dataset
 
     report = verify_dataset(open_dataset(args.dataset), progress=not args.no_progress)
     print(report.format())

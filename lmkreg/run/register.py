@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -42,11 +41,27 @@ from lmkreg.io.dicom import read_image_or_series
 from lmkreg.io.images import write_image
 from lmkreg.io.landmarks import LandmarkSet
 from lmkreg.registration.landmark_fit import LandmarkRegistration
-from lmkreg.registration.surface import SurfaceRequest, add_surface_options, surface_request
+from lmkreg.run.surface_options import SurfaceRequest, add_surface_options, surface_request
+from lmkreg.io.inputs import CASE_SUFFIX
 from lmkreg.registration.transform_files import to_sitk_resampling_transform, write_itk_transform
 from lmkreg.trust.summary import STRICT_HELP, exit_status, print_unreliable
+from lmkreg.io.landmarks import DEFAULT_LANDMARK_NAMES
+from lmkreg.io.ownership import written_by_lmkreg
+from lmkreg.io.landmark_files import read_landmarks
+from lmkreg.io.landmark_names import rename_landmarks
+from lmkreg.registration.pair_fit import fit_pair
+from lmkreg.io.landmark_files import LANDMARK_SUFFIXES
+from lmkreg.dataset.layout import find_dataset
+from lmkreg.inference.cascade import build_predictor
+from lmkreg.io.landmark_files import write_landmarks
+from lmkreg.io.landmarks import write_lmkreg_json
+from lmkreg.paths import results_root
+from lmkreg.registration.predicted_masks import attach_mask
+from lmkreg.cli_utils import choose_trainer
+from lmkreg.io.ownership import check_replaceable
+from lmkreg.io.landmark_names import parse_landmark_map
+from lmkreg.dataset.layout import open_dataset
 
-CASE_SUFFIX = re.compile(r"[_-](MR|MRI|US|TRUS)$", re.IGNORECASE)
 
 
 def case_name(path: Path) -> str:
@@ -59,8 +74,6 @@ def choose_landmark_names(mr: LandmarkSet, us: LandmarkSet, wanted: Optional[Seq
     """The landmark names to fit: `wanted` (the dataset's or model's), else lmkreg's standard three
     when both files hold them, else every shared name when both files are lmkreg's own landmark JSON
     (written for one dataset).  Never a stray Slicer click such as F-1 by default."""
-    from lmkreg.io.landmarks import DEFAULT_LANDMARK_NAMES
-    from lmkreg.io.ownership import written_by_lmkreg
 
     if wanted:
         return list(wanted)
@@ -105,10 +118,7 @@ def register_pair(mr_file: Path, us_file: Path, out_dir: Path, name: str, weight
     """Fit the MR->US transform of one pair of landmark files on the landmark `names` only (see
     choose_landmark_names); labels are renamed by `landmark_map` first.  Says which labels it used
     and which it ignored.  ``NAME_MR_to_US.json/.tfm`` are lmkreg's by their name and are replaced."""
-    from lmkreg.io.landmark_files import read_landmarks
-    from lmkreg.io.landmark_names import rename_landmarks
 
-    from lmkreg.io.landmarks import DEFAULT_LANDMARK_NAMES
 
     wanted = names or DEFAULT_LANDMARK_NAMES  # labels equal to these apart from case are these
     mr = rename_landmarks(read_landmarks(mr_file), landmark_map or {}, wanted, mr_file)
@@ -128,7 +138,6 @@ def register_pair(mr_file: Path, us_file: Path, out_dir: Path, name: str, weight
         wm, wu = confidence_weights(mr, mr_file), confidence_weights(us, us_file)
         if wm and wu:
             weights = {n: 1.0 / (1.0 / wm.get(n, 1.0) + 1.0 / wu.get(n, 1.0)) for n in mr.names}
-    from lmkreg.registration.pair_fit import fit_pair  # trust (issue 14); two-landmark fallback (issue 16)
     try:
         reg = fit_pair(mr, us, fit_names, weights)
     except InputError as exc:
@@ -179,7 +188,6 @@ def _output_folder(folder: Path) -> Path:
 
 
 def _pairs(mr_dir: Path, us_dir: Path) -> list[tuple[str, Path, Path]]:
-    from lmkreg.io.landmark_files import LANDMARK_SUFFIXES
 
     def index(folder: Path) -> dict[str, Path]:
         if not folder.is_dir():
@@ -210,15 +218,7 @@ def predict_pair(dataset: str, mr_image: Path, us_image: Path, out_dir: Path, na
     with a segmentation head also gives its prostate mask: written as ``NAME_MOD_prostate.nii.gz``
     (named in the JSON like lmkreg_predict does) and, when `masks` is a dict, put there by
     modality so a surface refinement uses it directly."""
-    from lmkreg.dataset.layout import find_dataset
-    from lmkreg.inference.cascade import build_predictor
-    from lmkreg.io.landmark_files import write_landmarks
-    from lmkreg.io.landmarks import write_lmkreg_json
-    from lmkreg.paths import results_root
-    from lmkreg.registration.predicted_masks import attach_mask
 
-    from lmkreg.cli_utils import choose_trainer
-    from lmkreg.io.ownership import check_replaceable
 
     results = results_root() / find_dataset(dataset).name
     # NAME_MOD_prostate.nii.gz is lmkreg's by its name (like NAME_MR_to_US.tfm) and is replaced
@@ -233,7 +233,7 @@ def predict_pair(dataset: str, mr_image: Path, us_image: Path, out_dir: Path, na
         pred = predictor.predict(read_image_or_series(image, (series or {}).get(modality)))
         write_landmarks(pred.landmarks, out_dir / f"{name}_{modality}.mrk.json")
         written.append(write_lmkreg_json(pred.with_extras(), out_dir / f"{name}_{modality}.json"))
-        mask = getattr(pred, "mask", None) if getattr(predictor, "has_segmentation", False) else None
+        mask = pred.mask if predictor.has_segmentation else None
         if mask is not None:
             print(f"  {modality}: predicted prostate mask -> {attach_mask(written[-1], mask).name}")
             if masks is not None:
@@ -243,7 +243,7 @@ def predict_pair(dataset: str, mr_image: Path, us_image: Path, out_dir: Path, na
                   f"mask; --refine surface will keep the landmark transform (train a {trainer}_Seg model, or give "
                   f"--mr-mask and --us-mask)", file=sys.stderr)
         for flag in pred.flags:
-            print(f"warning: {image}: {flag}", file=sys.stderr)
+            print(f"warning: {image}: {flag.text}", file=sys.stderr)
     return written[0], written[1]
 
 
@@ -290,7 +290,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 @friendly_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from lmkreg.io.landmark_names import parse_landmark_map
 
     p = build_parser()
     args = p.parse_args(argv)
@@ -298,7 +297,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     landmark_map = parse_landmark_map(args.landmark_map)
     names = args.landmark_names
     if args.dataset is not None and not names:
-        from lmkreg.dataset.layout import find_dataset, open_dataset
 
         names = list(open_dataset(find_dataset(args.dataset).name).spec.landmarks)
     one_shot = args.dataset is not None and not (args.mr or args.us or args.mr_dir or args.us_dir)

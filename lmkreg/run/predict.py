@@ -40,10 +40,14 @@ from lmkreg.io.inputs import InputImage, find_input_images
 from lmkreg.io.ownership import check_replaceable
 from lmkreg.io.landmarks import write_lmkreg_json
 from lmkreg.paths import results_root
-from lmkreg.inference.predictor import LandmarkPredictor, Prediction, model_folder_for
+from lmkreg.inference.interface import Predictor, finish_prediction
+from lmkreg.inference.prediction import Prediction
+from lmkreg.inference.predictor import LandmarkPredictor, model_folder_for
 from lmkreg.trust.summary import STRICT_HELP, exit_status, print_unreliable
 from lmkreg.inference.cascade import build_predictor
-from lmkreg.inference.segmentation import attach_mask, mask_path_for, prostate_record, write_mask
+from lmkreg.inference.segmentation import mask_path_for, prostate_record, write_mask
+from lmkreg.io.landmark_files import write_landmarks
+from lmkreg.threads import configure_threads
 
 
 @dataclass
@@ -86,11 +90,11 @@ def list_images(folder: Path, num_parts: int = 1, part_id: int = 0, series: Opti
     return images[part_id::num_parts]
 
 
-def case_paths(image: Union[Path, InputImage], out_dir: Path, predictor: object) -> tuple[Path, ...]:
+def case_paths(image: Union[Path, InputImage], out_dir: Path, predictor: Predictor) -> tuple[Path, ...]:
     """Every output of a case: ``output_paths`` and, for a model with a segmentation head, the
     ``NAME_prostate.nii.gz`` mask (lmkreg.inference.segmentation)."""
     paths = output_paths(image, out_dir)
-    return paths + ((mask_path_for(paths[0]),) if getattr(predictor, "has_segmentation", False) else ())
+    return paths + ((mask_path_for(paths[0]),) if predictor.has_segmentation else ())
 
 
 def write_case_outputs(pred: Prediction, json_path: Path, mrk_path: Path, mask_path: Optional[Path] = None) -> None:
@@ -103,9 +107,8 @@ def write_case_outputs(pred: Prediction, json_path: Path, mrk_path: Path, mask_p
     place and the ``NAME.json`` last, since it marks the case complete.  A run killed between
     those steps leaves the case without ``NAME.json``, so the next run predicts it again instead
     of skipping a new ``.mrk.json`` next to an old ``.json`` (after ``--overwrite``)."""
-    from lmkreg.io.landmark_files import write_landmarks
 
-    mask = getattr(pred, "mask", None) if mask_path is not None else None
+    mask = pred.mask if mask_path is not None else None
     with atomic_path(json_path) as tmp_json, contextlib.ExitStack() as stack:
         tmp_mask = stack.enter_context(atomic_path(mask_path)) if mask is not None else None
         with atomic_path(mrk_path) as tmp_mrk:
@@ -122,17 +125,14 @@ def write_case_outputs(pred: Prediction, json_path: Path, mrk_path: Path, mask_p
 
 def add_descriptions(mrk_path: Path, pred: Prediction) -> None:
     """Put each landmark's error radius (and UNRELIABLE) into its control point description of
-    a just written ``.mrk.json``, where 3D Slicer's markups table shows it (a prediction object
-    without ``describe``, such as a wrapper's, leaves the descriptions empty)."""
-    if not hasattr(pred, "describe"):
-        return
+    a just written ``.mrk.json``, where 3D Slicer's markups table shows it."""
     doc = json.loads(mrk_path.read_text(encoding="utf-8"))
     for cp in doc["markups"][0]["controlPoints"]:
         cp["description"] = pred.describe(cp["label"])
     mrk_path.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
-def predict_folder(predictor: LandmarkPredictor, input_folder: Path, output_folder: Path, overwrite: bool = False,
+def predict_folder(predictor: Predictor, input_folder: Path, output_folder: Path, overwrite: bool = False,
                    num_parts: int = 1, part_id: int = 0, progress_bar: bool = True,
                    series: Optional[str] = None) -> FolderReport:
     check_writable(output_folder)
@@ -161,13 +161,11 @@ def predict_folder(predictor: LandmarkPredictor, input_folder: Path, output_fold
             future = pool.submit(load, todo[i + 1]) if i + 1 < len(todo) else None
             try:
                 array, grid, image_geometry, source = current.result()
-                pred = predictor.predict_array(array, grid)
-                if hasattr(predictor, "check_image"):  # outside the image or its signal, image extent (issue 14)
-                    predictor.check_image(pred, image_geometry, source)
-                attach_mask(pred, image_geometry)  # segmentation head: the mask on the input grid
+                # image checks (outside the image or its signal, image extent) and the mask on the input grid
+                pred = finish_prediction(predictor, predictor.predict_array(array, grid), image_geometry, source)
                 json_path, mrk_path = output_paths(image, output_folder)
                 write_case_outputs(pred, json_path, mrk_path,
-                                   mask_path_for(json_path) if getattr(predictor, "has_segmentation", False) else None)
+                                   mask_path_for(json_path) if predictor.has_segmentation else None)
                 report.done.append(image.label)
                 if pred.flags:
                     report.unreliable[image.label] = pred.flags
@@ -220,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 @friendly_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from lmkreg.threads import configure_threads; configure_threads()  # noqa: E702  (threads from the free cores)
+    configure_threads()  # noqa: E702  (threads from the free cores)
     dataset_name = find_dataset(args.dataset).name
     results = results_root() / dataset_name
     trainer = args.trainer or choose_trainer(results, args.modality, None, args.configuration)
@@ -233,37 +231,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             progress_bar=not args.no_progress, series=args.series)
     print(f"{len(report.done)} predicted, {len(report.skipped)} skipped (outputs exist), {len(report.failed)} failed; "
           f"{len(report.unreliable)} flagged unreliable")
-    for note in trust_notes(predictor):
+    for note in predictor.trust_notes():
         print(f"  note: {note}")
     print_unreliable(report.unreliable, len(report.done))
     for name, msg in report.failed.items():
         print(f"  failed: {msg}", file=sys.stderr)  # msg names the file
     return exit_status(len(report.failed), len(report.unreliable), args.strict)
-
-
-def trust_notes(predictor: LandmarkPredictor) -> list[str]:
-    """What the run could not check, said once instead of per case."""
-    notes = []
-    localizer = getattr(predictor, "localizer", None)
-    predictor = getattr(predictor, "refiner", predictor)  # a cascade's answer is its refine stage's
-    if localizer is not None and localizer.calibration is None:
-        notes.append(f"{localizer.model_folder.name} has no calibration.json: the stages' disagreement is checked "
-                     f"against the refine crop offset it was trained for, not the localizer's error radius")
-    if predictor.calibration is None and localizer is not None and localizer.calibration is not None:
-        notes.append(f"{predictor.model_folder.name} has no calibration.json: the landmarks carry the localizer's "
-                     f"error radii ({localizer.model_folder.name}), usually larger than their errors")
-    elif predictor.calibration is None:
-        notes.append(f"{predictor.model_folder.name} has no calibration.json: no error radii (retrain, or see "
-                     f"documentation/inference.md)")
-    else:
-        missing = {n: r for n, r in predictor.calibration.reasons.items() if r}
-        for n, r in missing.items():
-            notes.append(f"no error radius for {n}: {r}")
-    if not predictor.mirror_tta:
-        notes.append("mirror test-time augmentation off (--no-tta): no error radii")
-    if predictor.statistics is None:
-        notes.append(f"{predictor.model_folder.name} has no training_statistics.json: no plausibility checks")
-    return notes
 
 
 if __name__ == "__main__":

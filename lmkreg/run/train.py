@@ -24,6 +24,9 @@ from lmkreg.config.plans import PLANS_FILE, Plans
 from lmkreg.config.splits import SPLITS_FILE, load_or_create_splits
 from lmkreg.training.budget import DEFAULT_LIMIT_FACTOR
 from lmkreg.training.registry import find_trainer
+from lmkreg.run.calibrate import store_trust_data  # calibration and training statistics (issue 14)
+from lmkreg.trust.calibration import Calibration
+from lmkreg.trust.error_estimate import fold_all_trust_message
 
 DEFAULT_TRAINER = "LandmarkTrainer"
 
@@ -70,17 +73,9 @@ def train(dataset_id: str, modality: str, fold: Union[int, str], trainer: str = 
     t = cls(plans, modality, fold, pre, out, splits, device=device, num_epochs=num_epochs,
             iterations_per_epoch=iterations_per_epoch, num_workers=num_workers, seed=seed, progress_bar=progress_bar,
             time_budget_s=time_budget_s, time_limit_s=time_limit_s)
-    from lmkreg.training.stage_offsets import attach  # refine: crops off by the localizer's measured error
-    offsets = attach(t, out_root, splits)
-    summary = t.run(resume=resume)
-    if offsets is not None and summary:
-        offsets.record(out, summary)  # fold_F/refine_crop_offsets.json, validation/summary.json
-    from lmkreg.trust.training_hook import store_trust_data  # calibration and training statistics (issue 14)
+    summary = t.run(resume=resume)  # a refine stage's crop offsets: the trainer's stage hook
     store_trust_data(t, out_root, dataset, pre, modality, trainer_modules, device)
     if str(fold) == "all":  # issue 26: what trust fold all's predictions will have
-        from lmkreg.trust.calibration import Calibration
-        from lmkreg.trust.error_estimate import fold_all_trust_message
-
         cal = Calibration.load(out_root)
         print(fold_all_trust_message(None if cal is None else cal.folds), flush=True)
     return summary

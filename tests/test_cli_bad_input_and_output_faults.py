@@ -18,7 +18,7 @@ import torch
 from lmkreg.io.landmark_files import write_landmarks
 from lmkreg.io.landmarks import LandmarkSet, write_lmkreg_json
 from lmkreg.paths import preprocessed_root, raw_root, results_root
-from lmkreg.registration.cli import main as register_main
+from lmkreg.run.register import main as register_main
 
 NAMES = ["apex", "bladder_neck", "posterior_median"]
 MR_POINTS = np.array([[1.0, 20.0, -30.0], [-2.0, -5.0, 18.0], [0.5, 22.0, 3.0]])
@@ -152,7 +152,7 @@ def _images(ds, tmp_path, n=3):
 
 
 def _predict(inp, out):
-    from lmkreg.inference.predict_folder import main as predict_main
+    from lmkreg.run.predict import main as predict_main
 
     return predict_main(["-i", str(inp), "-o", str(out), "-d", "7", "-m", "MR", "--device", "cpu"])
 
@@ -236,7 +236,7 @@ def test_predict_refuses_a_checkpoint_that_is_not_ours(model, tmp_path, capsys, 
 # ---- dataset and plans ------------------------------------------------------------------------------
 
 def test_fewer_cases_than_folds_stops_planning_naming_the_dataset(capsys):
-    from lmkreg.planning.plan_and_preprocess import main as plan_main
+    from lmkreg.run.plan_and_preprocess import main as plan_main
     from toydata import make_toy_dataset
 
     ds = make_toy_dataset(raw_root(), n_cases=3, dataset_id=7)
@@ -250,7 +250,7 @@ def test_fewer_cases_than_folds_stops_planning_naming_the_dataset(capsys):
 def test_edited_plans_stop_training_naming_the_file_and_the_key(capsys):
     from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
     from lmkreg.config.plans import PLANS_FILE
-    from lmkreg.training.run import main as train_main
+    from lmkreg.run.train import main as train_main
     from toydata import make_toy_dataset
 
     make_toy_dataset(raw_root(), n_cases=5, dataset_id=7)
@@ -311,7 +311,7 @@ def test_register_moves_the_tfm_into_place_before_the_json_that_names_it(pair, m
 
 @pytest.mark.parametrize("failing", ["tfm", "json"])
 def test_a_failed_register_write_keeps_the_previous_transform_pair(pair, capsys, monkeypatch, failing):
-    import lmkreg.registration.cli as register_cli
+    import lmkreg.run.register as register_cli
 
     mr, us, out = pair
     (out / "case1_MR_to_US.tfm").write_text("old tfm")

@@ -30,6 +30,16 @@ from lmkreg.dataset.layout import Dataset, check_case_id, open_dataset
 from lmkreg.errors import ConfigurationError, OutputError
 from lmkreg.evaluation.evaluate import MODALITIES, CaseResult, evaluate_cases, find_prediction, summarize
 from lmkreg.evaluation.predicted_masks import LANDMARKS_SURFACE_WEIGHT
+from lmkreg.evaluation.qc import fusion_figure, landmark_figure
+from lmkreg.geometry.rigid import RigidTransform
+from lmkreg.io.images import read_image
+from lmkreg.io.landmark_files import read_landmarks
+from lmkreg.io.landmarks import read_lmkreg_json
+from lmkreg.evaluation.report import worst_cases
+from lmkreg.parallel import parallel_map
+from lmkreg.evaluation.report import write_report
+from lmkreg.parallel import default_workers
+from lmkreg.evaluation.predicted_masks import VARIANTS
 
 QC_FOLDER = "qc"
 
@@ -82,11 +92,6 @@ def select_cases(dataset: Dataset, split: str, predictions: dict[str, Path],
 def _qc_case(result: CaseResult, dataset_folder: str, split: str, predictions: dict[str, str], out_dir: str,
              names: Sequence[str]) -> list[str]:
     """QC pictures of one case (in a worker): landmarks on MR and US slices, MR fused on US."""
-    from lmkreg.evaluation.qc import fusion_figure, landmark_figure
-    from lmkreg.geometry.rigid import RigidTransform
-    from lmkreg.io.images import read_image
-    from lmkreg.io.landmark_files import read_landmarks
-    from lmkreg.io.landmarks import read_lmkreg_json
 
     ds = Dataset(dataset_folder)
     qc_dir = Path(out_dir) / QC_FOLDER
@@ -129,8 +134,6 @@ def _qc_case(result: CaseResult, dataset_folder: str, split: str, predictions: d
 def write_qc(run: EvaluationRun, dataset: Dataset, predictions: dict[str, Path], out_dir: Path, n: int,
              names: Sequence[str], workers: int = 1, progress: bool = True) -> dict[str, list[str]]:
     """QC pictures of the n worst cases by SRE; returns {case: [relative picture paths]}."""
-    from lmkreg.evaluation.report import worst_cases
-    from lmkreg.parallel import parallel_map
 
     worst = worst_cases(run.results, n)
     fn = functools.partial(_qc_case, dataset_folder=str(dataset.folder), split=run.split,
@@ -144,8 +147,6 @@ def evaluate_predictions(dataset_id: str, mr_pred: Path, us_pred: Path, out_dir:
                          cases: Optional[Sequence[str]] = None, qc: int = 5, workers: Optional[int] = None,
                          progress: bool = True, landmark_weight: Optional[float] = None) -> EvaluationRun:
     """Evaluate every selected case and (with out_dir) write the report and QC pictures."""
-    from lmkreg.evaluation.report import write_report
-    from lmkreg.parallel import default_workers
 
     if out_dir is not None:
         check_report_folder(Path(out_dir))  # before the work, not after it
@@ -204,7 +205,6 @@ def summary_table(summary: dict) -> str:
                      f(b["surface_distance_95_mm"])))
     var = summary.get("registration_variants") or {}
     if var:
-        from lmkreg.evaluation.predicted_masks import VARIANTS
 
         rows.append((f"{summary.get('registration_variants_cases', 0)} pair(s) with masks", "SRE (mm) | Dice",
                      "rotation (deg) | refused"))

@@ -247,7 +247,9 @@ def test_pair_limit_counts_the_validation_error_when_there_are_no_radii():
             a = LandmarkSet(dict(zip(NAMES, p)), {"trust": trust})
             b = LandmarkSet(dict(zip(NAMES, q)), {"trust": trust})
             out.append(not assess_pair(a, b, NAMES, rms)["reliable"])
-    assert np.mean(flagged_none) > 0.5
+    # issue 26: a file without radii or a validation error counts the literature default (2.5 mm 3D RMS,
+    # larger than these landmarks' 1.6 mm), so its clean pairs are not flagged either (before: most were)
+    assert np.mean(flagged_none) < 0.05
     assert np.mean(flagged_val) == pytest.approx(0.05, abs=0.03)
     doc = assess_pair(a, b, NAMES, 0.1)
     assert any("uncalibrated" in n for n in doc["notes"]) and "uncalibrated" in doc["uncertainty"]["from"]

@@ -158,8 +158,9 @@ def test_one_fold_names_the_mirror_prediction_several_name_the_folds(tiny_model,
     monkeypatch.setattr(predictor_module, "DISAGREEMENT_FLAG_MM", 0.0)  # every disagreement flags
     ds = open_dataset(26)
     image = read_image(ds.image_path(ds.cases("Ts", "MR")[0], "MR", "Ts"))
-    one = LandmarkPredictor(folder, folds=["0"], mirror_tta=True, optimize=False).predict(image).flags
-    two = LandmarkPredictor(folder, folds=["0", "all"], mirror_tta=True, optimize=False).predict(image).flags
+    one = [str(f) for f in LandmarkPredictor(folder, folds=["0"], mirror_tta=True, optimize=False).predict(image).flags]
+    two = [str(f) for f in LandmarkPredictor(folder, folds=["0", "all"], mirror_tta=True, optimize=False).predict(
+        image).flags]
     assert any("mirror prediction disagrees by" in f for f in one) and not any("folds disagree" in f for f in one)
     assert any("folds disagree by" in f for f in two)
 

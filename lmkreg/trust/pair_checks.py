@@ -19,7 +19,9 @@ landmarks when the files carry it, else ``DEFAULT_DEFORMATION_MM``.
 
 * distance check: |d_MR - d_US| > max(FLOOR, sqrt((K sd)^2 + deformation^2)) with sd the
   distance difference's standard deviation (1 sd per coordinate along the line per landmark
-  and file: sqrt(s_i^2 + s_j^2 + t_i^2 + t_j^2)) and K = 2 (two-sided 95 %);
+  and file: sqrt(s_i^2 + s_j^2 + t_i^2 + t_j^2)) and K = 2.5: 1.2 % two-sided per distance, so
+  that the three distances together flag about 3.5 % of pairs whose errors are as estimated (K = 2
+  flagged 12 % with the residual check, measured in tests/test_trust_units.py);
 * degenerate triangle: a triangle whose smallest height (a landmark's distance from the line of
   the other two) is below ``DEGENERATE_HEIGHT_MM`` fixes the rotation about that line to no
   better than atan(1.44 / 4) = 20 deg at the default error;
@@ -45,7 +47,7 @@ from lmkreg.trust.flags import PAIR, Flag, flag_texts, scoped_flag
 LITERATURE_LANDMARK_ERROR_MM = 2.5  # 3D RMS localisation error of one landmark in one modality
 DEFAULT_SIGMA_MM = LITERATURE_LANDMARK_ERROR_MM / math.sqrt(3)  # per coordinate: 1.44 mm
 DEFAULT_DEFORMATION_MM = 1.5  # gland deformation between MR and US when the files carry no training statistics
-DISTANCE_K = 2.0
+DISTANCE_K = 2.5  # per distance; see the module doc (family of three distances)
 DISTANCE_FLOOR_MM = 3.0
 DEGENERATE_HEIGHT_MM = 4.0
 RMS_FACTOR_95 = math.sqrt(chi2.ppf(0.95, 3) / 3)

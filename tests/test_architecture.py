@@ -60,10 +60,9 @@ DISTRIBUTION_MODULES = {"numpy": "numpy", "scipy": "scipy", "SimpleITK": "Simple
                         "zlib-ng": "zlib_ng", "torch": "torch", "scikit-image": "skimage", "trimesh": "trimesh",
                         "matplotlib": "matplotlib", "tqdm": "tqdm", "batchgenerators": "batchgenerators",
                         "acvl-utils": "acvl_utils", "blosc2": "blosc2", "threadpoolctl": "threadpoolctl"}
-# Declared but not imported yet, with why: the training augmentation moves onto batchgenerators'
-# transforms (issue 28's companion change in lmkreg/training/augmentation.py); remove from this set
-# when it lands.
-PENDING = {"batchgenerators"}
+# Declared but not imported yet, with why (empty: batchgenerators is imported by
+# lmkreg/training/augmentation.py since issue 27's nnU-Net intensity transforms).
+PENDING: set[str] = set()
 
 
 def _module_name(path: Path) -> str:

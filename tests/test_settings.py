@@ -47,6 +47,51 @@ def test_an_unknown_training_key_is_refused_with_its_path_and_the_nearest_known_
     assert "did you mean" not in str(info.value)
 
 
+@pytest.mark.parametrize("where, key, near", [
+    (("configurations", "US"), "crop_jiter_mm", "crop_jitter_mm"),
+    (("configurations", "US"), "refine_iteration", "refine_iterations"),
+    (("configurations", "US", "normalization"), "shceme", "scheme"),
+    ((), "landmark", "landmarks"),
+])
+def test_an_unknown_key_of_the_other_levels_is_refused_with_its_path_and_the_nearest_known_key(where, key, near):
+    data = _plans_json()
+    obj = data
+    for step in where:
+        obj = obj[step]
+    obj[key] = obj.get(near, 1)
+    path = ".".join(where + (key,))
+    with pytest.raises(ConfigurationError) as info:
+        Plans.from_json(data, "plans.json")
+    assert str(info.value).startswith(f"plans.json: key '{path}' is not a known key (did you mean {near}?); known: ")
+    obj.pop(key)
+    assert Plans.from_json(data, "plans.json").to_json() == data  # the same plan without it loads
+
+
+def test_a_configuration_key_with_nothing_near_lists_the_known_keys():
+    data = _plans_json()
+    data["configurations"]["US"]["zzz"] = 1
+    with pytest.raises(ConfigurationError, match=r"plans\.json: key 'configurations\.US\.zzz' is not a known key; "
+                                                 r"known: batch_size, crop_jitter_mm, .*training$"):
+        Plans.from_json(data, "plans.json")
+
+
+def test_a_plan_the_planner_writes_to_disk_loads_with_every_stage(tmp_path):
+    """Every key the planner writes, single, localizer and refine, is a known key."""
+    from lmkreg.config.plans import CONFIGURATION_KEYS, PLANS_KEYS
+
+    for budget in (Budget("cpu"), Budget("cuda", 11.0)):
+        path = plan_dataset(_fingerprint(), budget, cascade=True).save(tmp_path / "plans.json")
+        data = json.loads(path.read_text())
+        assert set(data) == set(PLANS_KEYS)
+        for name, conf in data["configurations"].items():
+            stage_keys = {"stage", "previous_stage", "crop_jitter_mm", "refine_iterations"}
+            assert set(conf) == set(CONFIGURATION_KEYS) - (stage_keys if conf.get("stage") is None else set())
+        again = Plans.load(path)
+        assert again.to_json() == data
+        assert again.configuration("MR_refine").stage is Stage.REFINE
+        assert again.configuration("MR_refine").previous_stage == "MR_localizer"
+
+
 @pytest.mark.parametrize("key, value, problem", [
     ("min_steps", -1, "must be a finite number >= 0"), ("min_steps", 1.5, "must be of type int"),
     ("lr_warmup_steps", "50", "must be of type int"), ("channels_last", 1, "must be of type bool"),

@@ -41,6 +41,15 @@ AUGMENTATION_PARAMETERS: dict[str, dict[str, str]] = {
     "contrast": {**_INTENSITY, "factor": "range"},
     "gamma": {**_INTENSITY, "gamma": "range"},
     "gaussian_noise": {**_INTENSITY, "std": "range"},
+    # smooth multiplicative field exp(strength * g), g a random quadratic polynomial with max |g| = 1
+    "bias_field": {**_INTENSITY, "strength": "range"},
+    # nnU-Net's intensity transforms, applied by batchgenerators (documentation/training.md)
+    "nn_gaussian_noise": {**_INTENSITY, "variance": "range"},
+    "nn_gaussian_blur": {**_INTENSITY, "sigma_voxels": "positive_range", "p_per_channel": "probability"},
+    "nn_brightness": {**_INTENSITY, "factor": "positive_range"},
+    "nn_contrast": {**_INTENSITY, "factor": "positive_range", "preserve_range": "bool"},
+    "nn_low_resolution": {**_INTENSITY, "zoom": "positive_range", "p_per_channel": "probability"},
+    "nn_gamma": {**_INTENSITY, "gamma": "positive_range", "p_inverted": "probability", "retain_stats": "bool"},
 }
 AUGMENTATIONS: tuple[str, ...] = tuple(AUGMENTATION_PARAMETERS)
 
@@ -60,6 +69,13 @@ DEFAULT_AUGMENTATION: dict[str, dict[str, Optional[dict[str, Any]]]] = {
         "contrast": {"p": 0.15, "factor": [0.75, 1.25], "keep_zero": False},
         "gamma": {"p": 0.15, "gamma": [0.7, 1.5], "keep_zero": False},
         "gaussian_noise": {"p": 0.15, "std": [0.0, 0.1], "keep_zero": False},
+        "bias_field": None,
+        "nn_gaussian_noise": None,
+        "nn_gaussian_blur": None,
+        "nn_brightness": None,
+        "nn_contrast": None,
+        "nn_low_resolution": None,
+        "nn_gamma": None,
     },
     "US": {
         "spatial": {"rotation_deg": [[-15.0, 15.0], [-15.0, 15.0], [-30.0, 30.0]], "scale": [0.85, 1.15],
@@ -76,8 +92,43 @@ DEFAULT_AUGMENTATION: dict[str, dict[str, Optional[dict[str, Any]]]] = {
         "contrast": {"p": 0.15, "factor": [0.75, 1.25], "keep_zero": True},
         "gamma": {"p": 0.15, "gamma": [0.7, 1.5], "keep_zero": True},
         "gaussian_noise": {"p": 0.15, "std": [0.0, 0.05], "keep_zero": True},
+        "bias_field": None,
+        "nn_gaussian_noise": None,
+        "nn_gaussian_blur": None,
+        "nn_brightness": None,
+        "nn_contrast": None,
+        "nn_low_resolution": None,
+        "nn_gamma": None,
     },
 }
+
+
+# nnU-Net's (v1, nnUNetTrainerV2) intensity recipe with its probabilities, plus a coil-like bias
+# field; `nnunet_intensity_override` swaps it in for lmkreg's own intensity transforms.  The two
+# gamma transforms of nnU-Net (inverted p 0.1, plain p 0.3) are one entry: p 0.37 = 1 - 0.9 * 0.7,
+# of which 27 % inverted.
+NNUNET_INTENSITY_RECIPE: dict[str, dict[str, Any]] = {
+    "bias_field": {"p": 0.3, "strength": [0.0, 0.4]},
+    "nn_gaussian_noise": {"p": 0.1, "variance": [0.0, 0.1]},
+    "nn_gaussian_blur": {"p": 0.2, "sigma_voxels": [0.5, 1.0], "p_per_channel": 0.5},
+    "nn_brightness": {"p": 0.15, "factor": [0.75, 1.25]},
+    "nn_contrast": {"p": 0.15, "factor": [0.75, 1.25], "preserve_range": True},
+    "nn_low_resolution": {"p": 0.25, "zoom": [0.5, 1.0], "p_per_channel": 0.5},
+    "nn_gamma": {"p": 0.37, "gamma": [0.7, 1.5], "p_inverted": 0.27, "retain_stats": True},
+}
+LMKREG_INTENSITY = ("gaussian_blur", "brightness", "contrast", "gamma", "gaussian_noise")
+
+
+def nnunet_intensity_override(kind: str) -> dict[str, Optional[dict[str, Any]]]:
+    """The training.augmentation override (plans.json) that replaces lmkreg's generic intensity
+    transforms by the nnU-Net recipe; the spatial transform and the TRUS-specific ones (sweep
+    cut, speckle, shadow) stay.  keep_zero follows the kind (ultrasound: 0 = outside the fan)."""
+    if kind not in DEFAULT_AUGMENTATION:
+        raise ConfigurationError(f"augmentation kind must be one of {sorted(DEFAULT_AUGMENTATION)}, got {kind!r}")
+    keep_zero = kind == "US"
+    out: dict[str, Optional[dict[str, Any]]] = {name: None for name in LMKREG_INTENSITY}
+    out.update({name: {**params, "keep_zero": keep_zero} for name, params in NNUNET_INTENSITY_RECIPE.items()})
+    return out
 
 
 def augmentation_settings(kind: str, params: Optional[dict] = None) -> dict[str, Optional[dict[str, Any]]]:

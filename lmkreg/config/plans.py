@@ -5,6 +5,7 @@ by people, so loading validates every key and names the one that is wrong.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -158,6 +159,7 @@ class Plans:
     def from_json(data: Any, source: PathLike = "plans.json") -> "Plans":
         v = _Validator(source)
         v.mapping(data, "")
+        v.known_keys(data, PLANS_KEYS, "")
         version = v.key(data, "plans_version", int)
         if version != PLANS_VERSION:
             v.fail("plans_version", f"is {version}, this lmkreg reads version {PLANS_VERSION}")
@@ -180,9 +182,20 @@ class Plans:
                      budget=v.key(data, "budget", dict), configurations=configurations, plans_version=version)
 
 
+# the keys of plans.json's top level and of one configuration (every key Plans.to_json and
+# Configuration.to_json write; field_of_view_mm_zyx is derived, written for the reader and
+# ignored on load).  Anything else is refused with its path: a misspelt optional key such as
+# "crop_jiter_mm" would otherwise be silently replaced by its default.
+PLANS_KEYS = ("plans_version", "dataset_name", "landmarks", "budget", "configurations")
+CONFIGURATION_KEYS = tuple(f.name for f in dataclasses.fields(Configuration)) + ("field_of_view_mm_zyx",)
+NORMALIZATION_KEYS = tuple(f.name for f in dataclasses.fields(Normalization))
+
+
 def _configuration(v: _Validator, c: Any, where: str) -> Configuration:
     v.mapping(c, where)
+    v.known_keys(c, CONFIGURATION_KEYS, where)
     norm = v.key(c, "normalization", dict, where)
+    v.known_keys(norm, NORMALIZATION_KEYS, f"{where}.normalization")
     scheme = v.key(norm, "scheme", str, f"{where}.normalization")
     if scheme not in NORMALIZATION_SCHEMES:
         v.fail(f"{where}.normalization.scheme", f"must be one of {NORMALIZATION_SCHEMES}, got {scheme!r}")

@@ -43,7 +43,7 @@ from lmkreg.inference.segmentation import SegLayer
 from lmkreg.inference.stage_trust import LOCALIZER, StageCheck, borrow_localizer_radii, check_stages
 from lmkreg.io.json_values import finite_or_none
 from lmkreg.io.landmarks import LandmarkSet
-from lmkreg.config.plans import PLANS_FILE, Plans
+from lmkreg.config.plans import PLANS_FILE, Plans, Stage
 from lmkreg.preprocessing.preprocessor import landmark_anchor
 from lmkreg.trust.flags import flag_texts, unique_flags
 
@@ -122,7 +122,7 @@ class CascadePredictor:
     """Localizer + refine predictors of one modality (see the module docstring)."""
 
     def __init__(self, localizer: LandmarkPredictor, refiner: LandmarkPredictor):
-        if refiner.conf.stage != "refine":
+        if refiner.conf.stage != Stage.REFINE:
             raise ConfigurationError(f"{refiner.model_folder}: configuration is a {refiner.conf.stage} stage, "
                                      f"not a refine stage")
         if localizer.conf.modality != refiner.conf.modality:
@@ -260,7 +260,7 @@ def cascade_folders(results_dataset_folder: Path, trainer: str, modality: str,
         name = folder.name.partition("__")[2]
         plans = Plans.load(plans_path)
         conf = plans.configurations.get(name)
-        if conf is None or conf.stage != "refine" or conf.modality != modality:
+        if conf is None or conf.stage != Stage.REFINE or conf.modality != modality:
             continue
         localizer = root / f"{trainer}__{conf.previous_stage}"
         if available_folds(folder, checkpoint) and localizer.is_dir() and available_folds(localizer, checkpoint):

@@ -29,7 +29,7 @@ from lmkreg.inference import segmentation as seg
 from lmkreg.inference.interface import finish_prediction
 from lmkreg.inference.prediction import Prediction
 from lmkreg.io.landmarks import LandmarkSet
-from lmkreg.config.plans import PLANS_FILE, Plans
+from lmkreg.config.plans import PLANS_FILE, Plans, Stage
 from lmkreg.preprocessing.preprocessor import stage_input
 from lmkreg.trust.calibration import Calibration, signal_scale
 from lmkreg.trust.error_estimate import error_estimate
@@ -243,7 +243,7 @@ class LandmarkPredictor:
                 if self.has_segmentation:
                     landmark_out, prob = seg.split(out)
                     probabilities.append(torch.flip(prob, dims=[-1]) if flipped else prob)
-                if self.conf.stage == "refine":  # the band is symmetric: the flip does not matter
+                if self.conf.stage == Stage.REFINE:  # the band is symmetric: the flip does not matter
                     borders.append(crop_border_mass(landmark_out, vox, array.shape[-3:]))
                 fold_worlds.append(vox @ affine[:3, :3].T + affine[:3, 3])
                 fold_spreads.append(spread[0].double().cpu().numpy())

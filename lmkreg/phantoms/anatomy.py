@@ -102,12 +102,26 @@ class Anatomy:
     levator_thickness: float
     fine_texture: CosineField
     coarse_texture: CosineField
+    # BPH median lobe (protocol families): a smooth bulge of the surface radius about a gland-frame
+    # direction near the bladder neck; height 0 = none (every geometry preset)
+    lobe_height: float = 0.0  # fraction of the radius added at the lobe's centre direction
+    lobe_direction: tuple[float, float, float] = (0.0, 0.0, 1.0)  # unit, gland frame
+    lobe_width: float = 0.06  # in 1 - cos(angle): the bulge falls to 1/e at about 20 degrees
 
     # -- gland ----------------------------------------------------------------------------
 
     def gland_radius(self, u: np.ndarray) -> np.ndarray:
         """Distance from the centre to the surface along unit gland-frame directions u (N, 3)."""
-        return _gland_radius(u, self.semi_axes, self.exponent, self.taper, self.posterior_flattening, self.perturbation)
+        r = _gland_radius(u, self.semi_axes, self.exponent, self.taper, self.posterior_flattening, self.perturbation)
+        if self.lobe_height:  # a radial bulge keeps the gland star-shaped, so landmarks stay exact
+            r = r * (1 + self.lobe_height * np.exp(-(1 - u @ np.asarray(self.lobe_direction)) / self.lobe_width))
+        return r
+
+    def volume_ml(self, n: int = 40_000) -> float:
+        """Analytic gland volume in mL: (1/3) * integral of rho(u)^3 over the unit sphere,
+        by a dense Fibonacci quadrature (star-shaped body; error well under 0.1 %)."""
+        u = fibonacci_sphere(n)
+        return float(4 * np.pi / 3 * np.mean(self.gland_radius(u) ** 3) / 1000.0)
 
     def to_gland_frame(self, points_patient: np.ndarray) -> np.ndarray:
         """Patient-frame points (N, 3) -> gland-frame coordinates (centre at 0)."""
@@ -404,3 +418,39 @@ def place_rectum(anat: Anatomy, direction: np.ndarray, posterior: np.ndarray, lu
     support = anat.support_point(n)
     point = support + n * (lumen_mm + anat.rectum_wall)
     return replace(anat, rectum_point=point, rectum_direction=d, rectum_lumen=float(lumen_mm))
+
+
+def apply_family_anatomy(anat: Anatomy, rng: np.random.Generator, volume_ml: tuple[float, float] | None,
+                         lobe_fraction: float, lobe_height: tuple[float, float],
+                         calcifications: tuple[int, int] | None) -> Anatomy:
+    """A protocol family's anatomy from a sampled one: BPH median lobe, gland volume, calcifications.
+
+    The gland is scaled about its centre so its analytic volume is drawn uniformly in
+    `volume_ml`; the pelvic ring, levator and zone offsets grow with it so they keep clear of
+    the gland, and the bladder is moved onto the new bladder neck.  Draws from `rng` (the
+    family's own stream) in a fixed order, whichever knobs are set.
+    """
+    old_neck = anat.landmarks()["bladder_neck"]
+    bladder_offset = anat.bladder_centre - old_neck
+    lobe = rng.random() < lobe_fraction
+    height = float(rng.uniform(*lobe_height))
+    direction = _unit(np.array([0.0, rng.uniform(0.25, 0.45), 1.0]))  # superior, tilted posterior
+    if lobe:
+        anat = replace(anat, lobe_height=height, lobe_direction=tuple(float(v) for v in direction))
+    target = float(rng.uniform(*volume_ml)) if volume_ml else None
+    if target is not None:
+        s = (target / anat.volume_ml()) ** (1 / 3)
+        a, b, c = anat.semi_axes
+        anat = replace(anat, semi_axes=anat.semi_axes * s, tz_offset=anat.tz_offset * s,
+                       calc_centres=anat.calc_centres * s,
+                       bone_radii=anat.bone_radii + (s - 1) * np.array([a, b]),
+                       bone_z=(anat.bone_z[0] - (s - 1) * c, anat.bone_z[1] + (s - 1) * c),
+                       levator_radii=anat.levator_radii + (s - 1) * np.array([a, b]),
+                       levator_centre_y=anat.levator_centre_y * s)
+    u = fibonacci_sphere(3000)
+    anat = replace(anat, bound_radius=float(anat.gland_radius(u).max() * 1.1 + 1.0))
+    if calcifications is not None:
+        n = int(rng.integers(calcifications[0], calcifications[1] + 1))
+        anat = replace(anat, calc_centres=_sample_calcifications(anat, rng, n))
+        anat = replace(anat, calc_radii=rng.uniform(0.9, 2.0, n))
+    return replace(anat, bladder_centre=anat.landmarks()["bladder_neck"] + bladder_offset)

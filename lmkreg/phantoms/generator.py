@@ -32,8 +32,8 @@ from lmkreg.io.images import write_image
 from lmkreg.io.landmarks import DEFAULT_LANDMARK_NAMES, LandmarkSet, write_lmkreg_json
 from lmkreg.parallel import default_workers, parallel_map
 from lmkreg.paths import raw_root
-from lmkreg.phantoms.anatomy import GLAND_TISSUES, Anatomy, place_rectum, sample_anatomy
-from lmkreg.phantoms.mr import render_mr
+from lmkreg.phantoms.anatomy import GLAND_TISSUES, Anatomy, apply_family_anatomy, place_rectum, sample_anatomy
+from lmkreg.phantoms.mr import render_mr, render_mr_signal, tissue_signal
 from lmkreg.phantoms.presets import PhantomPreset, get_preset
 from lmkreg.phantoms.us import Probe, ProbeCompression, beam_grid, render_beam_image, scan_convert
 from lmkreg.io.transform_json import write_rigid_transform
@@ -62,6 +62,36 @@ class Acquisition:
     probe_roll_deg: float = 0.0  # fan turned about the probe axis (gland off-centre in the fan)
 
 
+@dataclass(frozen=True)
+class FamilyDraw:
+    """A protocol family's per-case acquisition draws (None for the geometry presets)."""
+
+    mr_spacing_xyz: tuple[float, float, float]
+    mr_noise_fraction: float
+    mr_contrast: float
+    mr_bias_amplitude: float  # max/min of the coil field over the MR volume (1 for the polynomial field)
+    endorectal_falloff_mm: float
+    surface_lateral_tilt: float
+    us_speckle_scale: float
+    us_gain_db: float
+
+    def to_json(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+def sample_family_draw(rng: np.random.Generator, p: PhantomPreset) -> FamilyDraw:
+    """The family's acquisition draws, in a fixed order (after its anatomy draws)."""
+    fov = p.mr_fov_mm
+    inplane = float(rng.uniform(*p.mr_inplane_mm)) if p.mr_inplane_mm else None
+    slice_mm = float(rng.uniform(*p.mr_slice_mm)) if p.mr_slice_mm else None
+    spacing = (inplane or p.mr_spacing_xyz[0], inplane or p.mr_spacing_xyz[1], slice_mm or p.mr_spacing_xyz[2])
+    del fov
+    return FamilyDraw(tuple(round(v, 4) for v in spacing), float(rng.uniform(*p.mr_noise_fraction)),  # type: ignore[arg-type]
+                      float(rng.uniform(*p.mr_contrast)), float(rng.uniform(*p.mr_bias_amplitude)),
+                      float(rng.uniform(12.0, 25.0)), float(rng.uniform(-0.3, 0.3)),
+                      float(rng.uniform(*p.us_speckle_scale)), float(rng.uniform(*p.us_gain_db)))
+
+
 @dataclass
 class PhantomCase:
     """One generated case in memory: images, gland masks, landmarks and the true transform."""
@@ -79,6 +109,7 @@ class PhantomCase:
     acquisition: Acquisition
     probe: Probe  # US world
     compression: ProbeCompression  # US world
+    family_draw: Optional[FamilyDraw] = None  # protocol families only
 
     @property
     def mr_oblique(self) -> bool:
@@ -103,7 +134,10 @@ class PhantomCase:
                 "compression_mm": self.acquisition.compression_mm,
                 "missing_us_landmarks": self.us_landmarks.missing(),
                 "gland_diameters_mm": [round(float(v), 2) for v in self.anatomy.diameters()],
-                "probe": self.probe.to_json()}
+                "probe": self.probe.to_json(),
+                **({"gland_volume_ml": round(self.anatomy.volume_ml(), 2), "median_lobe": self.anatomy.lobe_height > 0,
+                    "calcifications": int(len(self.anatomy.calc_radii)), "family": self.family_draw.to_json()}
+                   if self.family_draw is not None else {})}
 
 
 # -- random acquisition -------------------------------------------------------------------
@@ -138,6 +172,8 @@ def sample_acquisition(rng: np.random.Generator, preset: PhantomPreset, oblique:
     partial = bool(rng.random() < preset.partial_view_fraction) if partial_view is None else partial_view
     length = preset.us_size_xyz[2] * preset.us_spacing_xyz[2]
     shift = float(rng.choice([-1.0, 1.0]) * rng.uniform(0.25, 0.4) * length) if partial else 0.0
+    if preset.us_sweep_cut != "either":  # the probe pushed superiorly loses the apex, inferiorly the base
+        shift = abs(shift) if preset.us_sweep_cut == "apex" else -abs(shift)
     # pelvic framing: drawn last, and only by presets that ask, so other presets keep their cases
     if preset.mr_fov_offset_mm > 0:
         mr_jitter = mr_jitter + rng.uniform(-preset.mr_fov_offset_mm, preset.mr_fov_offset_mm, 3)
@@ -168,16 +204,29 @@ def generate_case(seed: int, preset: str | PhantomPreset = "mu_regpro", *, obliq
     (None: random with the preset's probabilities).
     """
     p = get_preset(preset)
-    rng_anat, rng_acq, rng_mr, rng_us = (np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(4))
+    # a fifth stream for the protocol families: the first four are those of spawn(4), so the
+    # geometry presets keep their cases bit for bit
+    rng_anat, rng_acq, rng_mr, rng_us, rng_fam = (np.random.default_rng(s)
+                                                  for s in np.random.SeedSequence(int(seed)).spawn(5))
     anatomy = sample_anatomy(rng_anat)
+    draw = None
+    if p.family:
+        anatomy = apply_family_anatomy(anatomy, rng_fam, p.gland_volume_ml, p.median_lobe_fraction,
+                                       p.median_lobe_height, p.calcifications)
+        draw = sample_family_draw(rng_fam, p)
     acq = sample_acquisition(rng_acq, p, oblique, partial_view)
     anatomy, transform, probe, compression = _place_probe(anatomy, acq, p)
-    mr_geom = _grid(p.mr_size_xyz, p.mr_spacing_xyz, acq.gland_centre_mr + acq.mr_jitter, acq.mr_direction)
+    mr_size, mr_spacing = p.mr_size_xyz, p.mr_spacing_xyz
+    if draw is not None:  # the family's spacing for this case, over the preset's field of view
+        mr_spacing = draw.mr_spacing_xyz
+        mr_size = tuple(max(8, int(round(f / s))) for f, s in zip(p.mr_fov_mm, mr_spacing))
+    mr_geom = _grid(mr_size, mr_spacing, acq.gland_centre_mr + acq.mr_jitter, acq.mr_direction)
     us_centre = probe.origin - probe.posterior * (p.us_size_xyz[1] * p.us_spacing_xyz[1] / 2 - PROBE_BEHIND_GRID_MM)
     us_geom = _grid(p.us_size_xyz, p.us_spacing_xyz, us_centre + acq.us_jitter, acq.us_direction)
     case = PhantomCase(int(seed), p, None, None, None, None, None, None, transform, anatomy, acq, probe,  # type: ignore[arg-type]
-                       compression)
-    case.mr_image, case.mr_mask = _make_mr(case, mr_geom, rng_mr)
+                       compression, draw)
+    case.mr_image, case.mr_mask = _make_mr(case, mr_geom, rng_mr) if draw is None else _make_family_mr(case, mr_geom,
+                                                                                                      rng_mr)
     if not mr_only:  # mr_only (tests): the US image and mask stay None, the US landmarks are still made
         case.us_image, case.us_mask = _make_us(case, us_geom, rng_us)
     case.mr_landmarks, case.us_landmarks = _make_landmarks(case, mr_geom, us_geom)
@@ -237,6 +286,59 @@ def _make_mr(case: PhantomCase, geom: ImageGeometry, rng: np.random.Generator) -
     return geom.make_image(image), geom.make_image(mask)
 
 
+def _make_family_mr(case: PhantomCase, geom: ImageGeometry, rng: np.random.Generator
+                    ) -> tuple[sitk.Image, sitk.Image]:
+    """A family's MR: thick-slice partial volume (mean signal of sub-slices across each slice),
+    contrast, coil bias field and noise; the mask is the analytic inside test at voxel centres."""
+    p, draw = case.preset, case.family_draw
+    assert draw is not None
+    k = max(1, int(p.mr_slice_profile_samples))
+    slice_step = np.asarray(geom.direction, float).reshape(3, 3)[:, 2] * geom.spacing_xyz[2]  # world vector of one slice
+    signal = np.zeros(geom.shape_zyx, np.float32)
+    for j in range(k):
+        offset = slice_step * ((j + 0.5) / k - 0.5)
+        labels, fine, coarse = _grid_map(geom, lambda w: case.anatomy.evaluate(case.mr_to_patient(w + offset)),
+                                         (np.uint8, np.float32, np.float32))
+        signal += tissue_signal(labels, fine, coarse) / k
+    bias = coil_bias_field(case, geom)
+    image = render_mr_signal(signal, rng, draw.mr_noise_fraction, draw.mr_contrast, bias,
+                             psf_sigma_zyx=(0.0 if k > 1 else 0.5, 0.5, 0.5))
+    (mask,) = _grid_map(geom, lambda w: (case.anatomy.gland_mask(case.mr_to_patient(w)),), (np.uint8,))
+    return geom.make_image(image), geom.make_image(mask)
+
+
+def coil_bias_field(case: PhantomCase, geom: ImageGeometry) -> Optional[np.ndarray]:
+    """The family's multiplicative coil field on the MR grid (z, y, x), or None (no field).
+
+    Surface (phased-array) coil: sensitivity rises towards the anterior and posterior body
+    surfaces, quadratic in the patient's AP position, with a small random left-right tilt.
+    Endorectal coil: exp(-distance from the rectal axis / fall-off), bright next to the
+    rectum.  Either way the log-field is scaled so that max/min over the volume is exactly the
+    drawn amplitude (documentation/phantoms.md), and centred to geometric mean 1.
+    """
+    p, draw = case.preset, case.family_draw
+    if draw is None or p.mr_bias == "none" or draw.mr_bias_amplitude <= 1.0:
+        return None
+    anat = case.anatomy
+
+    def shape(w: np.ndarray) -> tuple[np.ndarray]:
+        x = case.mr_to_patient(w)
+        if p.mr_bias == "endorectal":
+            d = x - anat.rectum_point
+            radial = d - np.outer(d @ anat.rectum_direction, anat.rectum_direction)
+            return (np.exp(-np.linalg.norm(radial, axis=1) / draw.endorectal_falloff_mm),)
+        if p.mr_bias == "surface":
+            return ((x[:, 1] / 60.0) ** 2 + draw.surface_lateral_tilt * x[:, 0] / 60.0,)
+        raise ConfigurationError(f"preset {p.name}: unknown mr_bias {p.mr_bias!r} (polynomial, surface, endorectal)")
+
+    if p.mr_bias == "polynomial":
+        return None
+    (g,) = _grid_map(geom, shape, (np.float64,))
+    span = float(g.max() - g.min())
+    log_f = np.log(draw.mr_bias_amplitude) * (g - g.min()) / (span if span > 0 else 1.0)
+    return np.exp(log_f - log_f.mean()).astype(np.float32)
+
+
 def _make_us(case: PhantomCase, geom: ImageGeometry, rng: np.random.Generator) -> tuple[sitk.Image, sitk.Image]:
     """TRUS image (simulated on the beam grid, scan-converted) and its gland mask on the US grid."""
     step = case.preset.us_scan_step_mm
@@ -245,7 +347,10 @@ def _make_us(case: PhantomCase, geom: ImageGeometry, rng: np.random.Generator) -
     points = case.probe.beam_points(a, phi, rho).reshape(-1, 3)
     labels, fine, coarse = case.anatomy.evaluate(case.us_to_patient(points))
     shape = a.shape
-    beam = render_beam_image(labels.reshape(shape), fine.reshape(shape), coarse.reshape(shape), grid[2], rng, step)
+    draw = case.family_draw
+    extra = {} if draw is None else {"speckle_scale": draw.us_speckle_scale, "gain_db": draw.us_gain_db}
+    beam = render_beam_image(labels.reshape(shape), fine.reshape(shape), coarse.reshape(shape), grid[2], rng, step,
+                             **extra)
     image = np.zeros(geom.shape_zyx, np.float32)
     slab = _slabs(geom)
     for k0, k1 in slab:

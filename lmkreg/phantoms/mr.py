@@ -51,3 +51,25 @@ def render_mr(labels_zyx: np.ndarray, fine: np.ndarray, coarse: np.ndarray, rng:
     real = biased + sigma * rng.standard_normal(biased.shape, np.float32)
     imag = sigma * rng.standard_normal(biased.shape, np.float32)
     return np.hypot(real, imag).astype(np.float32)
+
+
+def render_mr_signal(signal_zyx: np.ndarray, rng: np.random.Generator, noise_fraction: float, contrast: float,
+                     bias: np.ndarray | None, psf_sigma_zyx: tuple[float, float, float] = (0.5, 0.5, 0.5)
+                     ) -> np.ndarray:
+    """MR volume (float32, z, y, x) of a protocol family from a noise-free signal on the MR grid.
+
+    Contrast about the mean signal (field-strength-like), the point-spread function in voxels
+    (0 along z when the signal already is a thick-slice average), the coil's multiplicative
+    field, then Rician noise of `noise_fraction` x the 99th percentile (0 = noise-free: the
+    magnitude of a real positive signal is the signal itself)."""
+    img = signal_zyx.astype(np.float32)
+    if contrast != 1.0:
+        m = np.float32(img.mean())
+        img = np.maximum(m + np.float32(contrast) * (img - m), 1.0)
+    img = ndimage.gaussian_filter(img, psf_sigma_zyx)
+    if bias is not None:
+        img = img * bias
+    sigma = np.float32(noise_fraction * float(np.percentile(img, 99)))
+    real = img + sigma * rng.standard_normal(img.shape, np.float32)
+    imag = sigma * rng.standard_normal(img.shape, np.float32)
+    return np.hypot(real, imag).astype(np.float32)

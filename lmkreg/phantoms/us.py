@@ -147,10 +147,14 @@ def _linspace(lo: float, hi: float, step: float) -> np.ndarray:
 
 
 def render_beam_image(labels: np.ndarray, fine: np.ndarray, coarse: np.ndarray, rho: np.ndarray,
-                      rng: np.random.Generator, step_mm: float) -> np.ndarray:
-    """B-mode values (1..255, float32) on the beam grid (a, phi, rho) from tissue labels there."""
+                      rng: np.random.Generator, step_mm: float, speckle_scale: float = 1.0,
+                      gain_db: float = 0.0) -> np.ndarray:
+    """B-mode values (1..255, float32) on the beam grid (a, phi, rho) from tissue labels there.
+
+    `speckle_scale` multiplies the speckle correlation lengths (a lower probe frequency gives
+    larger speckle); `gain_db` is the overall gain added before log compression."""
     echo = ECHO[labels] * _texture_gain(labels, fine, coarse)
-    speckle = _speckle(labels.shape, rng, step_mm)
+    speckle = _speckle(labels.shape, rng, step_mm, speckle_scale)
     impedance = ndimage.gaussian_filter1d(IMPEDANCE[labels], 0.6, axis=2)
     specular = np.abs(np.diff(impedance, axis=2, prepend=impedance[..., :1])) / step_mm
     reflect = echo * speckle + 1.5 * specular * (0.5 + 0.5 * speckle)
@@ -159,6 +163,8 @@ def render_beam_image(labels: np.ndarray, fine: np.ndarray, coarse: np.ndarray, 
     tgc = np.exp(2 * 0.006 * (rho - rho[0]))[None, None, :]  # time-gain compensation, partial
     amplitude = reflect * transmission * tgc + 0.004 * speckle  # + electronic noise floor
     db = 20 * np.log10(np.maximum(amplitude, 1e-6))
+    if gain_db:
+        db = db + np.float32(gain_db)
     dynamic_range = 45.0
     return (1 + 254 * np.clip((db + dynamic_range - 9) / dynamic_range, 0, 1)).astype(np.float32)
 
@@ -171,13 +177,13 @@ def _texture_gain(labels: np.ndarray, fine: np.ndarray, coarse: np.ndarray) -> n
     return gain
 
 
-def _speckle(shape: tuple[int, ...], rng: np.random.Generator, step_mm: float) -> np.ndarray:
+def _speckle(shape: tuple[int, ...], rng: np.random.Generator, step_mm: float, scale: float = 1.0) -> np.ndarray:
     """Unit-mean speckle: two compounded Rayleigh patterns from low-pass filtered complex noise.
 
     Correlation lengths (Gaussian sigma) ~0.35 mm along the beam, ~0.7 mm across it and
     ~1.0 mm in elevation (along the probe), never below half a beam-grid sample.
     """
-    sigma = tuple(max(0.5, s / step_mm) for s in (1.0, 0.7, 0.35))
+    sigma = tuple(max(0.5, s * scale / step_mm) for s in (1.0, 0.7, 0.35))
     power = np.zeros(shape, np.float32)
     for _ in range(2):
         re = ndimage.gaussian_filter(rng.standard_normal(shape, np.float32), sigma)

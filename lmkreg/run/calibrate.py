@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from lmkreg.config.plans import Stage
 from lmkreg.errors import LmkregError
 from lmkreg.geometry import ImageGeometry
 from lmkreg.geometry.masks import crop_offset_limit_mm
@@ -37,16 +38,16 @@ from lmkreg.trust.calibration import FOLD_CASES_FILE, SIGNAL_DEFINITION, Calibra
 from lmkreg.trust.plausibility import STATISTICS_FILE, training_statistics
 
 
-def store_trust_data(trainer, model_folder: Path, dataset, preprocessed: Path, modality: str,
+def store_trust_data(trainer, model_folder: Path, dataset, preprocessed: Path, configuration: str,
                      trainer_modules: Sequence[str] = (), device: Optional[str] = None) -> None:
     """Called once a fold has finished (main process only): statistics of every training case
     of the modality, then the fold's validation cases as calibration cases (none for 'all',
-    whose validation cases are its training cases).  `modality`: the configuration's name (MR,
+    whose validation cases are its training cases).  `configuration`: the configuration's name (MR,
     MR_localizer, MR_refine).  A failure here warns and leaves the trained model as it is."""
     if not getattr(getattr(trainer, "ddp", None), "is_main", True):
         return
     try:
-        _store(trainer, model_folder, dataset, preprocessed, modality, trainer_modules, device)
+        _store(trainer, model_folder, dataset, preprocessed, configuration, trainer_modules, device)
     except (LmkregError, OSError, ValueError, KeyError) as exc:  # the trained model itself is kept either way
         warnings.warn(f"{model_folder.name} fold {trainer.fold}: calibration / training statistics not written "
                       f"({exc}); predictions will have no error radius or plausibility checks", RuntimeWarning)
@@ -59,7 +60,7 @@ def _store(trainer, model_folder: Path, dataset, preprocessed: Path, configurati
     names = list(trainer.plans.landmarks)
     path = write_training_statistics(model_folder, dataset, modality, Path(preprocessed) / conf.data_identifier,
                                      names, dataset.cases("Tr", modality))
-    if getattr(conf, "stage", "single") == "refine":
+    if getattr(conf, "stage", Stage.SINGLE) == Stage.REFINE:
         widen_refine_offsets(path, conf, getattr(trainer, "refine_crop_offsets", None))
     val = list(getattr(trainer, "val_cases", []) or [])
     if val and str(trainer.fold) != "all":
@@ -159,7 +160,7 @@ def stage_prediction(predictor, fold: str, trainer_modules: Sequence[str] = (), 
     for that fold's validation cases), else a crop centred on the true centroid plus a random
     offset of up to the planned ``crop_jitter_mm`` per axis (seeded by the case name)."""
     conf = predictor.conf
-    if getattr(conf, "stage", "single") != "refine":
+    if getattr(conf, "stage", Stage.SINGLE) != Stage.REFINE:
         return (lambda image, truth, case: predictor.predict(image)), None
     trainer = predictor.model_folder.name.partition("__")[0]
     loc = predictor.model_folder.parent / f"{trainer}__{conf.previous_stage}"

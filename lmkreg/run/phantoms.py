@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Optional, Sequence
 
 from lmkreg.cli_utils import friendly_errors, make_parser
 from lmkreg.paths import raw_root
-from lmkreg.phantoms.presets import PRESETS
 from lmkreg.errors import ConfigurationError
 from lmkreg.phantoms.generator import generate_dataset
+from lmkreg.phantoms.presets import FAMILIES, PRESETS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,8 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-n", "--num-train", type=int, required=True, help="number of training cases (imagesTr)")
     parser.add_argument("--num-test", type=int, default=0, help="number of held-out test cases (imagesTs)")
     parser.add_argument("--name", default="Phantom", help="dataset name after DatasetNNN_ (default Phantom)")
-    parser.add_argument("--preset", default="mu_regpro", choices=sorted(PRESETS),
-                        help="voxel grids and acquisition ranges (default mu_regpro)")
+    parser.add_argument("--preset", default="mu_regpro", choices=sorted(PRESETS) + ["list"],
+                        help="voxel grids and acquisition ranges (default mu_regpro); protocol families: "
+                             f"{', '.join(FAMILIES)} (each also as NAME_small); 'list' prints every preset")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed; each case derives its own (default 0)")
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes (default: min(2, available CPUs))")
@@ -35,8 +37,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_presets() -> str:
+    """One line per preset: grids, and a protocol family's ranges (documentation/phantoms.md)."""
+    lines = []
+    for n, p in PRESETS.items():
+        line = (f"{n:28s} MR {'x'.join(map(str, p.mr_size_xyz))} @ {p.mr_spacing_xyz} mm, "
+                f"US {'x'.join(map(str, p.us_size_xyz))} @ {p.us_spacing_xyz} mm")
+        if p.family:
+            line += (f"\n{'':28s} family {p.family}: in-plane {p.mr_inplane_mm} mm, slices {p.mr_slice_mm} mm, "
+                     f"noise {p.mr_noise_fraction}, {p.mr_bias} bias x{p.mr_bias_amplitude}, gland {p.gland_volume_ml} mL, "
+                     f"median lobe {p.median_lobe_fraction:.0%}, calcifications {p.calcifications}, "
+                     f"speckle x{p.us_speckle_scale}, gain {p.us_gain_db} dB, depth {p.fan_depth_mm} mm, "
+                     f"partial views {p.partial_view_fraction:.0%} ({p.us_sweep_cut} cut), push {p.compression_mm} mm")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _asks_for_list(argv: Sequence[str]) -> bool:
+    return "--preset=list" in argv or any(a == "--preset" and b == "list" for a, b in zip(argv, argv[1:]))
+
+
 @friendly_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    if _asks_for_list(list(sys.argv[1:] if argv is None else argv)):
+        print(describe_presets())
+        return 0
     args = build_parser().parse_args(argv)
 
     if not 0 < args.dataset < 1000:

@@ -31,8 +31,10 @@ from lmkreg.trust.error_estimate import fold_all_trust_message
 DEFAULT_TRAINER = "LandmarkTrainer"
 
 
-def model_folder(dataset_name: str, trainer: str, modality: str) -> Path:
-    return results_root() / dataset_name / f"{trainer}__{modality}"
+def model_folder(dataset_name: str, trainer: str, configuration: str) -> Path:
+    """The results folder of `trainer` on `configuration` (MR, MR_localizer, MR_refine: a
+    single stage is named by its modality)."""
+    return results_root() / dataset_name / f"{trainer}__{configuration}"
 
 
 def configuration_name(plans: Plans, modality: str, configuration: Optional[str]) -> str:
@@ -59,22 +61,22 @@ def train(dataset_id: str, modality: str, fold: Union[int, str], trainer: str = 
     dataset = open_dataset(dataset_id)
     pre = preprocessed_folder(dataset)
     plans = Plans.load(pre / PLANS_FILE)
-    modality = configuration_name(plans, modality, configuration)  # the trainer only sees a configuration
+    configuration = configuration_name(plans, modality, configuration)  # the trainer only sees a configuration
     if not (pre / SPLITS_FILE).is_file():
         raise ConfigurationError(f"{pre / SPLITS_FILE} not found: run lmkreg_plan_and_preprocess -d {dataset_id}")
     splits = load_or_create_splits(pre, dataset.cases("Tr"))
     cls = find_trainer(trainer, trainer_modules)
-    out_root = model_folder(dataset.name, trainer, modality)
+    out_root = model_folder(dataset.name, trainer, configuration)
     out = out_root / (f"fold_{fold}")
     out.mkdir(parents=True, exist_ok=True)
     # the model folder is self-contained for inference: plans and dataset description travel with it
     atomic_write_text(out_root / PLANS_FILE, (pre / PLANS_FILE).read_text())
     shutil.copyfile(dataset.folder / "dataset.json", out_root / "dataset.json")
-    t = cls(plans, modality, fold, pre, out, splits, device=device, num_epochs=num_epochs,
+    t = cls(plans, configuration, fold, pre, out, splits, device=device, num_epochs=num_epochs,
             iterations_per_epoch=iterations_per_epoch, num_workers=num_workers, seed=seed, progress_bar=progress_bar,
             time_budget_s=time_budget_s, time_limit_s=time_limit_s)
     summary = t.run(resume=resume)  # a refine stage's crop offsets: the trainer's stage hook
-    store_trust_data(t, out_root, dataset, pre, modality, trainer_modules, device)
+    store_trust_data(t, out_root, dataset, pre, configuration, trainer_modules, device)
     if str(fold) == "all":  # issue 26: what trust fold all's predictions will have
         cal = Calibration.load(out_root)
         print(fold_all_trust_message(None if cal is None else cal.folds), flush=True)

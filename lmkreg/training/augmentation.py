@@ -25,10 +25,15 @@ preprocessed ultrasound 0 means "outside the ultrasound fan", not "dark tissue".
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
+from batchgenerators.transforms.color_transforms import (BrightnessMultiplicativeTransform,
+                                                         ContrastAugmentationTransform, GammaTransform)
+from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
+from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
 from scipy import ndimage
 
 from lmkreg.config.augmentation import augmentation_settings
@@ -453,6 +458,129 @@ class AcousticShadow(_Intensity):
         return image
 
 
+@dataclass
+class BiasField(_Intensity):
+    """Smooth multiplicative field of a receive coil: image * exp(s * g), g a random quadratic
+    polynomial of the normalised (z, y, x) position scaled to max |g| = 1, s drawn from
+    ``strength`` (max/min of the field up to exp(2 s)).  batchgenerators has no bias field."""
+
+    strength: Sequence[float] = (0.0, 0.4)
+
+    def apply(self, image: np.ndarray, rng: np.random.Generator, spacing: np.ndarray,
+              nonzero: Optional[np.ndarray]) -> np.ndarray:
+        s = _uniform(rng, self.strength)
+        coeffs = rng.standard_normal(9)
+        z, y, x = np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in image.shape[1:]],
+                              indexing="ij", sparse=True)
+        g = sum(c * t for c, t in zip(coeffs, (x, y, z, x * x, y * y, z * z, x * y, y * z, x * z)))
+        g = np.broadcast_to(g, image.shape[1:])
+        g = g / max(float(np.abs(g).max()), 1e-12)
+        image *= np.exp(np.float32(s) * g)[None]
+        return image
+
+
+# ---- nnU-Net's intensity transforms through batchgenerators ----------------------------------
+# batchgenerators draws from NumPy's global RandomState and from Python's `random` module.  Each
+# wrapper seeds both from the sample's Generator, calls the batchgenerators transform on a batch of
+# one, and restores the caller's states: samples stay reproducible from their seed (whatever else
+# the process draws) and nothing outside the sample moves.
+
+def _run_batchgenerators(transform: Any, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`transform` (a batchgenerators transform, p_per_sample=1) on the (C, Z, Y, X) image."""
+    seed = int(rng.integers(0, 2 ** 31 - 1))
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        np.random.seed(seed)
+        random.seed(seed)
+        out = transform(data=image[None])["data"][0]
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    return np.asarray(out, np.float32)
+
+
+@dataclass
+class NnGaussianNoise(_Intensity):
+    """batchgenerators GaussianNoiseTransform: additive noise, variance drawn from ``variance``."""
+
+    variance: Sequence[float] = (0.0, 0.1)
+
+    def apply(self, image: np.ndarray, rng: np.random.Generator, spacing: np.ndarray,
+              nonzero: Optional[np.ndarray]) -> np.ndarray:
+        return _run_batchgenerators(GaussianNoiseTransform(tuple(self.variance), p_per_sample=1), image, rng)
+
+
+@dataclass
+class NnGaussianBlur(_Intensity):
+    """batchgenerators GaussianBlurTransform: sigma in voxels (nnU-Net: 0.5-1), per channel."""
+
+    sigma_voxels: Sequence[float] = (0.5, 1.0)
+    p_per_channel: float = 0.5
+
+    def apply(self, image: np.ndarray, rng: np.random.Generator, spacing: np.ndarray,
+              nonzero: Optional[np.ndarray]) -> np.ndarray:
+        t = GaussianBlurTransform(tuple(self.sigma_voxels), different_sigma_per_channel=True,
+                                  p_per_channel=self.p_per_channel, p_per_sample=1)
+        return _run_batchgenerators(t, image, rng)
+
+
+@dataclass
+class NnBrightness(_Intensity):
+    """batchgenerators BrightnessMultiplicativeTransform."""
+
+    factor: Sequence[float] = (0.75, 1.25)
+
+    def apply(self, image: np.ndarray, rng: np.random.Generator, spacing: np.ndarray,
+              nonzero: Optional[np.ndarray]) -> np.ndarray:
+        return _run_batchgenerators(BrightnessMultiplicativeTransform(tuple(self.factor), p_per_sample=1), image,
+                                    rng)
+
+
+@dataclass
+class NnContrast(_Intensity):
+    """batchgenerators ContrastAugmentationTransform (clipped to the input range if preserve_range)."""
+
+    factor: Sequence[float] = (0.75, 1.25)
+    preserve_range: bool = True
+
+    def apply(self, image: np.ndarray, rng: np.random.Generator, spacing: np.ndarray,
+              nonzero: Optional[np.ndarray]) -> np.ndarray:
+        t = ContrastAugmentationTransform(tuple(self.factor), preserve_range=self.preserve_range, p_per_sample=1)
+        return _run_batchgenerators(t, image, rng)
+
+
+@dataclass
+class NnLowResolution(_Intensity):
+    """batchgenerators SimulateLowResolutionTransform: down-sample by a zoom in ``zoom`` (nearest),
+    up-sample back (cubic), as nnU-Net does; a thick-slice / coarse-scanner look."""
+
+    zoom: Sequence[float] = (0.5, 1.0)
+    p_per_channel: float = 0.5
+
+    def apply(self, image: np.ndarray, rng: np.random.Generator, spacing: np.ndarray,
+              nonzero: Optional[np.ndarray]) -> np.ndarray:
+        t = SimulateLowResolutionTransform(tuple(self.zoom), per_channel=True, p_per_channel=self.p_per_channel,
+                                           order_downsample=0, order_upsample=3, p_per_sample=1)
+        return _run_batchgenerators(t, image, rng)
+
+
+@dataclass
+class NnGamma(_Intensity):
+    """batchgenerators GammaTransform; with probability ``p_inverted`` on the inverted image
+    (nnU-Net applies both kinds)."""
+
+    gamma: Sequence[float] = (0.7, 1.5)
+    p_inverted: float = 0.27
+    retain_stats: bool = True
+
+    def apply(self, image: np.ndarray, rng: np.random.Generator, spacing: np.ndarray,
+              nonzero: Optional[np.ndarray]) -> np.ndarray:
+        invert = _happens(rng, self.p_inverted)
+        t = GammaTransform(tuple(self.gamma), invert_image=invert, per_channel=True, retain_stats=self.retain_stats,
+                           p_per_sample=1)
+        return _run_batchgenerators(t, image, rng)
+
+
 def _soft_step(distance_mm: np.ndarray, edge_mm: float) -> np.ndarray:
     """0 -> 1 as distance goes from -edge to +edge (smooth logistic edge)."""
     return 1.0 / (1.0 + np.exp(-4.0 * distance_mm / max(edge_mm, 1e-6)))
@@ -476,7 +604,9 @@ class Compose:
 TRANSFORMS: dict[str, type] = {
     "spatial": SpatialTransform, "mirror": MirrorLeftRight, "sweep_cut": SweepCut, "speckle": SpeckleNoise,
     "acoustic_shadow": AcousticShadow, "gaussian_blur": GaussianBlur, "brightness": Brightness,
-    "contrast": Contrast, "gamma": Gamma, "gaussian_noise": GaussianNoise,
+    "contrast": Contrast, "gamma": Gamma, "gaussian_noise": GaussianNoise, "bias_field": BiasField,
+    "nn_gaussian_noise": NnGaussianNoise, "nn_gaussian_blur": NnGaussianBlur, "nn_brightness": NnBrightness,
+    "nn_contrast": NnContrast, "nn_low_resolution": NnLowResolution, "nn_gamma": NnGamma,
 }
 
 
@@ -495,5 +625,6 @@ def build_augmentation(kind: str, params: Optional[dict] = None) -> Compose:
 
 
 __all__ = ["SpatialTransform", "MirrorLeftRight", "SweepCut", "GaussianNoise", "GaussianBlur", "Gamma", "Contrast",
-           "Brightness", "SpeckleNoise", "AcousticShadow", "Compose", "TRANSFORMS", "build_augmentation",
+           "Brightness", "SpeckleNoise", "AcousticShadow", "BiasField", "NnGaussianNoise", "NnGaussianBlur",
+           "NnBrightness", "NnContrast", "NnLowResolution", "NnGamma", "Compose", "TRANSFORMS", "build_augmentation",
            "rotation_matrix_zyx", "inside_grid", "Sample"]

@@ -1,4 +1,4 @@
-"""Audit of issues 5 and 7: requirements of prediction, registration and evaluation that the
+"""Prediction, registration and evaluation requirements that the
 other test files did not pin down, each against an independent reference (scipy, SimpleITK,
 duplicated landmarks, hand-computed geometry) or a hand-built case."""
 from __future__ import annotations

@@ -38,6 +38,8 @@ class Prediction:
     training_pair_rms_mm: Optional[dict] = None
     training_pair_rotation: Optional[dict] = None  # orientation prior of two-landmark registrations
     validation_median_mm: dict[str, Optional[float]] = field(default_factory=dict)
+    # where the error estimate comes from (lmkreg.trust.error_estimate.ErrorEstimate.to_json)
+    error_estimate: Optional[dict] = None
     # models with a segmentation head (lmkreg.inference.segmentation): the prostate mask on the
     # input image's grid (uint8 0/1) and its volume, from the probability layers on the network grids
     mask: Optional[sitk.Image] = None
@@ -63,7 +65,8 @@ class Prediction:
                 lm[n]["validation_median_error_mm"] = finite_or_none(self.validation_median_mm[n])
             if self.radius_mm.get(n) is None and self.radius_note.get(n):
                 lm[n]["radius_unavailable"] = self.radius_note[n]
-        return {"coverage": self.coverage, "landmarks": lm, "training_pair_rms_mm": self.training_pair_rms_mm,
+        return {"coverage": self.coverage, **(self.error_estimate or {}), "landmarks": lm,
+                "training_pair_rms_mm": self.training_pair_rms_mm,
                 **({"training_pair_rotation": self.training_pair_rotation} if self.training_pair_rotation else {})}
 
     def describe(self, name: str) -> str:

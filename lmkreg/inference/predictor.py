@@ -32,6 +32,7 @@ from lmkreg.io.landmarks import LandmarkSet
 from lmkreg.config.plans import PLANS_FILE, Plans, Stage
 from lmkreg.preprocessing.preprocessor import stage_input
 from lmkreg.trust.calibration import Calibration, signal_scale
+from lmkreg.trust.error_estimate import error_estimate
 from lmkreg.trust.image_support import not_imaged_flags
 from lmkreg.trust.plausibility import TrainingStatistics, crop_features, grid_centre_world, image_extent_lps
 from lmkreg.training.checkpoint import load_checkpoint
@@ -270,8 +271,9 @@ class LandmarkPredictor:
                                            f"heatmap spread {spread[i]:.1f} mm > {SPREAD_FLAG_MM} mm",
                                            spread[i], SPREAD_FLAG_MM, "mm"))
             if np.isfinite(disagreement[i]) and disagreement[i] > DISAGREEMENT_FLAG_MM:
+                what = "folds disagree" if len(self.networks) > 1 else "mirror prediction disagrees"  # one fold: TTA
                 flags.append(landmark_flag(PREDICTOR, n, "fold_disagreement_mm",
-                                           f"folds disagree by {disagreement[i]:.1f} mm > {DISAGREEMENT_FLAG_MM} mm",
+                                           f"{what} by {disagreement[i]:.1f} mm > {DISAGREEMENT_FLAG_MM} mm",
                                            disagreement[i], DISAGREEMENT_FLAG_MM, "mm"))
         pred = Prediction(LandmarkSet.from_array(self.names, mean), dict(zip(self.names, map(float, spread))),
                           dict(zip(self.names, map(float, disagreement))), flags)
@@ -304,6 +306,10 @@ class LandmarkPredictor:
         between = (np.sqrt(((fold_means - mean) ** 2).sum(-1).mean(0)) if len(fold_means) > 1
                    else np.full(len(self.names), np.nan))
         pred.coverage = self.calibration.coverage if self.calibration else None
+        cal = self.calibration  # issue 26: say where the error estimate comes from
+        pred.error_estimate = error_estimate(None if cal is None else cal.folds, self.folds, self.mirror_tta,
+                                             cal is not None and any(q is not None for q in cal.quantiles.values())
+                                             ).to_json()
         for i, n in enumerate(self.names):
             scale = (float(np.sqrt(np.mean([signal_scale(g, s) ** 2 for g, s in zip(gaps[:, i], spreads[:, i])])))
                      if self.mirror_tta else None)

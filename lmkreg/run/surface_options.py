@@ -22,6 +22,7 @@ from lmkreg.registration.predicted_masks import find_predicted_mask
 from lmkreg.registration.surface import refine_on_masks, refine_on_surfaces
 from lmkreg.registration.transform_files import not_refined_fields, refinement_fields
 from lmkreg.trust.flags import add_flags
+from lmkreg.trust.verdict import surface_distance_limit, surface_verdict
 
 
 REFINE_CHOICES = ("none", "surface")
@@ -126,6 +127,11 @@ class SurfaceRequest:
                             if result.accepted or result.rescued else []}
         if result.rescued:
             trust["surface"]["rescue"] = result.rescue.reason
+        # issue 26: after an accepted refinement the verdict comes from the surfaces' fit
+        trust = surface_verdict(trust, result.accepted, result.distance_surface_mm if result.accepted else
+                                None if result.beyond_bound or result.rescued else result.distance_landmarks_mm,
+                                (result.rotation_change_deg, result.shift_mm), result.landmark_residuals_mm,
+                                surface_distance_limit(mr_landmarks, us_landmarks))
         if result.flags:
             add_flags(trust, result.flags)
             trust["reliable"] = False

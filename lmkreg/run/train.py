@@ -27,6 +27,8 @@ from lmkreg.training.budget import DEFAULT_LIMIT_FACTOR
 from lmkreg.training.registry import find_trainer
 from lmkreg.run.calibrate import store_trust_data  # calibration and training statistics (issue 14)
 from lmkreg.training.runtime import select_device
+from lmkreg.trust.calibration import Calibration
+from lmkreg.trust.error_estimate import fold_all_trust_message
 
 DEFAULT_TRAINER = "LandmarkTrainer"
 
@@ -80,6 +82,9 @@ def train(dataset_id: str, modality: str, fold: Union[int, str], trainer: str = 
                 progress_bar=progress_bar, time_budget_s=time_budget_s, time_limit_s=time_limit_s)
         summary = t.run(resume=resume)  # a refine stage's crop offsets: the trainer's stage hook
     store_trust_data(t, out_root, dataset, pre, configuration, trainer_modules, device)
+    if str(fold) == "all":  # issue 26: what trust fold all's predictions will have
+        cal = Calibration.load(out_root)
+        print(fold_all_trust_message(None if cal is None else cal.folds), flush=True)
     return summary
 
 

@@ -17,6 +17,11 @@ error m: the median of a 3D isotropic Gaussian error is 1.538 sigma, so sigma = 
 inflate an RMS and with it the limit that is meant to catch such failures.  Only a file with
 neither counts no localisation error.
 
+Issue 26: the limit always counts the landmarks' error (without radii or a validation error:
+the literature default of lmkreg.trust.pair_checks, marked uncalibrated), the model-free checks
+(distances, triangle shape) run for any two files, and a file's landmark flags act through their
+consequence on the transform (lmkreg.trust.verdict), not by their existence.
+
 Transform uncertainty: Monte Carlo over the radii (each landmark moved by an isotropic Gaussian
 of its sigma, the fit repeated), reported as the 90th percentile of the rotation between the
 fitted and perturbed transforms (deg) and of the displacement of the gland centre (the MR
@@ -32,7 +37,9 @@ from scipy.stats import chi2
 
 from lmkreg.geometry.rigid import fit_rigid
 from lmkreg.io.landmarks import LandmarkSet
-from lmkreg.trust.flags import PAIR, Flag, flag_details, flag_texts, read_flags, scoped_flag
+from lmkreg.trust.flags import PAIR, Flag, flag_details, flag_texts, scoped_flag
+from lmkreg.trust.pair_checks import DEFAULT_DEFORMATION_MM, check_pair
+from lmkreg.trust.verdict import consequence_flag, estimate_notes, file_errors, gland_targets
 
 COVERAGE_SIGMA = math.sqrt(chi2.ppf(0.9, 3))  # 90 % radius of a 3D isotropic Gaussian / sigma
 MEDIAN_SIGMA = math.sqrt(chi2.ppf(0.5, 3))  # median length of a 3D isotropic Gaussian error / sigma (1.538)
@@ -93,12 +100,15 @@ def _rotation_deg(r: np.ndarray) -> float:
 
 def transform_uncertainty(mr_points: np.ndarray, us_points: np.ndarray, sigma_mr: np.ndarray, sigma_us: np.ndarray,
                           samples: int = MONTE_CARLO_SAMPLES, seed: int = 0) -> dict:
-    """90th percentiles of rotation (deg) and gland-centre displacement (mm) over perturbed fits."""
+    """90th percentiles of rotation (deg), gland-centre displacement (mm) and target error at
+    the gland (mean displacement of lmkreg.trust.verdict.gland_targets, mm) over perturbed fits."""
     base = fit_rigid(mr_points, us_points)
     centre = mr_points.mean(0)
     c0 = base.apply(centre[None])[0]
+    targets = gland_targets(mr_points)
+    t0 = base.apply(targets)
     rng = np.random.default_rng(seed)
-    rot, tre = [], []
+    rot, tre, gland = [], [], []
     for _ in range(samples):
         p = mr_points + rng.normal(size=mr_points.shape) * sigma_mr[:, None]
         q = us_points + rng.normal(size=us_points.shape) * sigma_us[:, None]
@@ -107,59 +117,55 @@ def transform_uncertainty(mr_points: np.ndarray, us_points: np.ndarray, sigma_mr
         except Exception:  # a perturbed triangle collapsed: that sample says "very uncertain"
             rot.append(180.0)
             tre.append(float("inf"))
+            gland.append(float("inf"))
             continue
         rot.append(_rotation_deg(t.rotation @ base.rotation.T))
         tre.append(float(np.linalg.norm(t.apply(centre[None])[0] - c0)))
+        gland.append(float(np.mean(np.linalg.norm(t.apply(targets) - t0, axis=1))))
     return {"rotation_deg_90": float(np.percentile(rot, 90)), "gland_centre_error_mm_90": float(np.percentile(tre, 90)),
-            "samples": samples}
+            "gland_target_error_mm_90": float(np.percentile(gland, 90)), "samples": samples}
 
 
 def assess_pair(mr: LandmarkSet, us: LandmarkSet, names: Sequence[str], rms_mm: float) -> dict:
-    """The ``trust`` block of a transform JSON: expected residual limit, whether the fit's RMS
-    residual exceeds it (``flags``), and the transform uncertainty when both files have an error
-    estimate (radii, or the uncalibrated median validation error; ``uncertainty.from`` says which)."""
+    """The ``trust`` block of a transform JSON (issue 26): the model-free checks
+    (lmkreg.trust.pair_checks: distances, triangle shape, RMS residual against a limit that
+    always counts the landmarks' error: calibrated radii, else the median validation error, else
+    the literature default), case-wide flags of either file, and the consequence of flagged
+    landmarks: their radius widened, the pair flagged when the transform's target error at the
+    gland exceeds its limit (lmkreg.trust.verdict), not because a file carries a flag."""
     names = list(names)
-    (s_mr, src_mr), (s_us, src_us) = sigmas_of(mr, names), sigmas_of(us, names)
+    e_mr, e_us = file_errors(mr, names), file_errors(us, names)
     training = training_pair_statistics(mr, us)
-    notes: list[str] = []
-    flags: list[Flag] = []
-    base = training["p95"] if training else None
-    if base is None:
-        notes.append(f"no training pair statistics in the landmark files: residual checked against the default "
-                     f"{DEFAULT_LIMIT_MM} mm")
-    for src, label in ((src_mr, "MR"), (src_us, "US")):
-        if src == "uncalibrated":
-            notes.append(f"the {label} file has no calibrated radii: its localisation error is counted from the model's "
-                         f"median validation error (uncalibrated)")
-        elif not src:
-            notes.append(f"the {label} file has neither radii nor a validation error: the residual limit does not count "
-                         f"its localisation error")
-    have_sigmas = s_mr is not None and s_us is not None
-    if not have_sigmas:
-        notes.append("the transform uncertainty needs an error estimate for both files: unavailable")
-    sigma2 = sum(float(np.mean(s ** 2)) for s in (s_mr, s_us) if s is not None)
-    limit = DEFAULT_LIMIT_MM if base is None else math.sqrt(base ** 2 + RMS_FACTOR_95 ** 2 * sigma2)
-    if rms_mm > limit:
-        flags.append(scoped_flag(PAIR, "pair", "rms_residual_mm",
-                                 f"RMS residual {rms_mm:.1f} mm > {limit:.1f} mm expected at most (by "
-                                 f"{rms_mm - limit:.1f} mm): a landmark is wrong or the files are not of the same "
-                                 f"patient", rms_mm, limit, "mm"))
-    doc = {"rms_residual_mm": rms_mm, "expected_rms_limit_mm": limit, "training_pair_rms_mm": training,
-           "reliable": not flags, "flags": [], "notes": notes}
-    for s, src in ((mr, "MR"), (us, "US")):
-        if isinstance(s.extras, dict) and s.extras.get("reliable") is False:
-            theirs = "; ".join(flag_texts(read_flags(s.extras, s.names)))
-            flags.append(scoped_flag(PAIR, "pair", f"{src}_landmarks_unreliable",
-                                     f"the {src} landmarks are flagged unreliable ({theirs})"))
-    doc["flags"], doc["flag_details"] = flag_texts(flags), flag_details(flags)
-    doc["reliable"] = not flags
-    if have_sigmas:
-        p = mr.to_array(names)
-        q = us.to_array(names)
-        doc["uncertainty"] = {**transform_uncertainty(p, q, s_mr, s_us),
-                              "from": "calibrated radii" if src_mr == src_us == "calibrated"
-                              else "median validation errors (uncalibrated) for " +
-                                   " and ".join(m for m, s in (("MR", src_mr), ("US", src_us)) if s == "uncalibrated")}
-    else:
-        doc["uncertainty"] = None
-    return doc
+    notes = estimate_notes(e_mr, e_us)
+    if training is None:
+        notes.append(f"no training pair statistics in the landmark files: the gland deformation between the scans is "
+                     f"taken as {DEFAULT_DEFORMATION_MM} mm")
+    p, q = mr.to_array(names), us.to_array(names)
+    checks = check_pair(names, p, q, e_mr.sigmas, e_us.sigmas, training["p95"] if training else None, rms_mm)
+    flags: list[Flag] = ([f for f in checks.flags if f.signal == "rms_residual_mm"]
+                         + [f for f in checks.flags if f.signal != "rms_residual_mm"])
+    for label, f in (("MR", e_mr), ("US", e_us)):
+        if f.case_flags:
+            flags.append(scoped_flag(PAIR, "pair", f"{label}_file_case_flags",
+                                     f"the {label} file is flagged for the whole case "
+                                     f"({'; '.join(flag_texts(f.case_flags))})"))
+    try:
+        uncertainty: Optional[dict] = transform_uncertainty(p, q, e_mr.sigmas, e_us.sigmas)
+    except Exception:  # a degenerate triangle: already flagged above
+        uncertainty = None
+    if uncertainty is not None:
+        words = {"calibrated": "calibrated radii", "uncalibrated": "median validation errors (uncalibrated)",
+                 "default": "literature default (uncalibrated)"}
+        srcs = {"MR": e_mr.source, "US": e_us.source}
+        uncertainty["from"] = ("calibrated radii" if set(srcs.values()) == {"calibrated"}
+                               else ", ".join(f"{m}: {words[s]}" for m, s in srcs.items()))
+        if e_mr.widened or e_us.widened:
+            uncertainty["widened"] = {**{f"MR {n}": w for n, w in e_mr.widened.items()},
+                                      **{f"US {n}": w for n, w in e_us.widened.items()}}
+    consequence = consequence_flag(uncertainty, e_mr, e_us)
+    if consequence is not None:
+        flags.append(consequence)
+    return {"rms_residual_mm": rms_mm, "expected_rms_limit_mm": checks.rms_limit_mm, "training_pair_rms_mm": training,
+            "error_estimate": {"MR": e_mr.source, "US": e_us.source}, "checks": checks.to_json(),
+            "reliable": not flags, "flags": flag_texts(flags), "flag_details": flag_details(flags), "notes": notes,
+            "uncertainty": uncertainty}

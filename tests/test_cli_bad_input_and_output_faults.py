@@ -184,10 +184,11 @@ def test_predict_rerun_skips_finished_cases_and_removes_temporaries_of_a_killed_
 
     ds, _ = model
     inp, out = _images(ds, tmp_path), tmp_path / "out"
-    out.mkdir()
-    done = LandmarkSet.from_array(NAMES, MR_POINTS)
-    write_landmarks(done, out / "toy000_MR.mrk.json")
-    write_lmkreg_json(done, out / "toy000_MR.json")
+    first = tmp_path / "first"  # the case the killed run finished: a real output, with its provenance
+    first.mkdir()
+    shutil.copy(inp / "toy000_MR.nii.gz", first / "toy000_MR.nii.gz")
+    assert _predict(first, out) == 0
+    capsys.readouterr()
     finished = {p.name: p.read_bytes() for p in out.iterdir()}
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -235,7 +235,11 @@ def test_predict_writes_marks_and_lists_unreliable_cases_and_strict_sets_the_exi
     inp = tmp_path / "in"
     inp.mkdir()
     good = ds.image_path(ds.cases("Ts", "MR")[0], "MR", "Ts")
-    bad = ds.image_path(ds.cases("Ts", "US")[1], "US", "Ts")  # the other modality
+    us = ds.image_path(ds.cases("Ts", "US")[1], "US", "Ts")
+    # the other modality under an MR name (a mislabelled file: a file named _US would be skipped by
+    # `-m MR`, issue 25), so that only the image checks can tell
+    bad = tmp_path / "Mislabelled_911_MR.nii.gz"
+    bad.write_bytes(us.read_bytes())
     for src in (good, bad):
         (inp / src.name).write_bytes(src.read_bytes())
     base = ["-i", str(inp), "-d", "3", "-m", "MR", "-tr", "HeatmapMatchingTrainer", "--no-optimize",

@@ -15,7 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "documentation"
 RESULTS = REPO / "benchmarks" / "results"
-MAX_BENCHMARKS_LINES = 250
+MAX_BENCHMARKS_LINES = 249  # issue 28: "under 250 lines"
 
 # [text](target) and ![alt](target); the target ends at whitespace (an optional "title" follows) or ")"
 INLINE_LINK = re.compile(r"!?\[(?:[^\]\\]|\\.)*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")

@@ -165,3 +165,71 @@ def test_modality_typo_lists_the_datasets_modalities(tmp_path, monkeypatch):
         with pytest.raises(ConfigurationError, match=r"-m %s: .*modalities are MR, US \(did you mean MR\?\)" % typo):
             check_modality(tmp_path / "Dataset001_X", typo)
     check_modality(tmp_path / "Dataset001_X", "US")
+
+
+@pytest.mark.parametrize("module, argv", [("lmkreg.run.train", ["-f", "0"]),
+                                          ("lmkreg.run.find_best_configuration", []),
+                                          ("lmkreg.run.predict", ["-i", "in", "-o", "out"])])
+@pytest.mark.parametrize("typo", ["mr", "MRI"])
+def test_every_command_with_m_lists_the_datasets_modalities(module, argv, typo, tmp_path, monkeypatch, capsys):
+    """Why: lmkreg_train -m MRI listed the plans' configurations (or left TRAINER__MRI/ behind) and
+    find_best_configuration -m mr found "no trainer": every -m names the dataset's own modalities."""
+    raw, results = tmp_path / "raw", tmp_path / "results"
+    (raw / "Dataset042_Typo").mkdir(parents=True)
+    results.mkdir()
+    (raw / "Dataset042_Typo" / "dataset.json").write_text(
+        '{"name": "Dataset042_Typo", "modalities": ["MR", "US"], "landmarks": ["base", "apex"], '
+        '"file_ending": ".nii.gz"}')
+    monkeypatch.setenv("LMKREG_raw", str(raw))
+    monkeypatch.setenv("LMKREG_results", str(results))
+    monkeypatch.setenv("LMKREG_preprocessed", str(tmp_path / "pre"))
+    main = importlib.import_module(module).main
+    assert main(["-d", "42", "-m", typo] + argv) == 2
+    err = capsys.readouterr().err
+    assert f"-m {typo}: not a modality of Dataset042_Typo; its modalities are MR, US (did you mean MR?)" in err
+    assert not any(results.rglob("*")), "a refused -m must leave nothing behind"
+
+
+def test_strict_help_is_the_same_in_predict_register_and_evaluate(monkeypatch):
+    from lmkreg.trust.summary import STRICT_HELP
+    for module in ("lmkreg.run.predict", "lmkreg.run.register", "lmkreg.run.evaluate"):
+        parser = _parser_of(module, "main", monkeypatch)
+        helps = [a.help for a in parser._actions if a.option_strings == ["--strict"]]
+        assert helps == [STRICT_HELP], module
+
+
+def test_demo_no_progress_reaches_the_bars_the_demo_turns_on(tmp_path, monkeypatch):
+    """Why: lmkreg_demo --no-progress still drew the phantom and training bars (passed on explicitly)."""
+    import types
+    import lmkreg.parallel
+    import lmkreg.run.demo as demo
+
+    monkeypatch.setenv("LMKREG_raw", str(tmp_path / "raw"))
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)  # hide_progress sets it: restored after the test
+    monkeypatch.setitem(lmkreg.parallel._HIDDEN, "progress", False)
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_generate(*args, progress=True, **kwargs):
+        seen["phantoms"] = progress
+        return tmp_path / "ds"
+
+    def fake_train(*args, progress_bar=True, **kwargs):
+        seen["training"] = progress_bar
+        raise Stop
+
+    monkeypatch.setattr(demo, "configure_threads", lambda workers: types.SimpleNamespace(describe=lambda: ""))
+    monkeypatch.setattr(demo, "generate_dataset", fake_generate)
+    monkeypatch.setattr(demo, "Dataset", lambda folder: None)
+    monkeypatch.setattr(demo, "plan_and_preprocess", lambda *a, **k: tmp_path)
+    monkeypatch.setattr(demo, "Plans", types.SimpleNamespace(load=lambda path: None))
+    monkeypatch.setattr(demo, "describe", lambda plans: "")
+    monkeypatch.setattr(demo, "train", fake_train)
+    with pytest.raises(Stop):
+        demo.main(["--quick", "--no-progress", "-o", str(tmp_path / "out"), "-d", "977"])
+    assert seen == {"phantoms": False, "training": False}
+    with pytest.raises(Stop):
+        demo.main(["--quick", "-o", str(tmp_path / "out"), "-d", "977"])
+    assert seen == {"phantoms": True, "training": True}

@@ -18,10 +18,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from lmkreg.errors import ConfigurationError, InputError
+from lmkreg.cli_utils import check_modality
+from lmkreg.errors import ConfigurationError, InputError, LmkregError
 from lmkreg.io.atomic import atomic_write_json
 from lmkreg.io.landmarks import DEFAULT_LANDMARK_NAMES, LMKREG_JSON_SUFFIX
-from lmkreg.paths import raw_root
+from lmkreg.paths import raw_root, results_root
 
 PathLike = Union[str, Path]
 SPLITS = ("Tr", "Ts")
@@ -187,3 +188,25 @@ def find_dataset(identifier: Union[int, str], root: Optional[PathLike] = None) -
 
 def open_dataset(identifier: Union[int, str], root: Optional[PathLike] = None) -> Dataset:
     return Dataset(find_dataset(identifier, root))
+
+
+def dataset_modalities(identifier: Union[int, str], root: Optional[PathLike] = None) -> list[str]:
+    """The modalities of the raw dataset's dataset.json ([] when the raw dataset is not here, e.g. a
+    machine holding only the trained models: check_modality then reads theirs)."""
+    try:
+        return list(open_dataset(identifier, root).spec.modalities)
+    except (LmkregError, OSError):
+        return []
+
+
+def check_dataset_modality(identifier: Union[int, str], modality: str) -> None:
+    """The one check of -m for every command that takes it (predict, train, find_best_configuration):
+    a typo such as ``-m mr`` or ``-m MRI`` is a ConfigurationError listing the dataset's modalities
+    (from its dataset.json, else from its trained models'), not a later "no trained MRI model" or a
+    list of the plans' configurations.  A dataset that cannot be found is left to the command's own
+    error."""
+    try:
+        name = find_dataset(identifier).name
+    except ConfigurationError:
+        return
+    check_modality(results_root() / name, modality, dataset_modalities(identifier))

@@ -72,7 +72,7 @@ def _done(t0: float, what: str = "") -> None:
     print(f"      done in {time.perf_counter() - t0:.0f} s{(': ' + what) if what else ''}", flush=True)
 
 
-def _ensure_dataset(settings: DemoSettings, dataset_id: int, seed: int) -> Path:
+def _ensure_dataset(settings: DemoSettings, dataset_id: int, seed: int, progress: bool = True) -> Path:
     """Generate the demo dataset unless an identical one is already there."""
 
     name = f"{DEMO_NAME}_{settings.preset}"
@@ -83,7 +83,7 @@ def _ensure_dataset(settings: DemoSettings, dataset_id: int, seed: int) -> Path:
             print(f"      reusing {folder}")
             return folder
     return generate_dataset(dataset_id, settings.num_train, settings.num_test, name=name, preset=settings.preset,
-                            seed=seed, root=raw_root(), overwrite=True, progress=True)
+                            seed=seed, root=raw_root(), overwrite=True, progress=progress)
 
 
 # the most accurate trainer of the accuracy benchmark at CPU training lengths (documentation/benchmarks.md:
@@ -165,9 +165,12 @@ def verdict_lines(verdict: dict, train_minutes: float) -> list[str]:
 
 def run_demo(quick: bool = False, output: Path = Path("lmkreg_demo"), dataset_id: Optional[int] = None,
              trainer: str = DEMO_TRAINER, train_minutes: Optional[float] = None, seed: int = 0,
-             workers: int = 2, settings: Optional[DemoSettings] = None, device: Optional[str] = None) -> dict:
+             workers: int = 2, settings: Optional[DemoSettings] = None, device: Optional[str] = None,
+             progress: bool = True) -> dict:
     """Run every stage; returns the evaluation summary (see lmkreg.evaluation).  `settings`
-    replaces the default/quick scale (tests use a smaller one)."""
+    replaces the default/quick scale (tests use a smaller one).  `progress` False (--no-progress)
+    hides every bar, also those the stages turn on explicitly (phantoms, training, prediction),
+    which the TQDM_DISABLE of hide_progress cannot reach."""
 
     settings = settings or SETTINGS["quick" if quick else "default"]
     dataset_id = DEMO_DATASET_ID["quick" if quick else "default"] if dataset_id is None else dataset_id
@@ -179,7 +182,7 @@ def run_demo(quick: bool = False, output: Path = Path("lmkreg_demo"), dataset_id
 
     t = _stage(1, n, f"generating {settings.num_train} training + {settings.num_test} test phantom pairs "
                      f"(preset {settings.preset})")
-    folder = _ensure_dataset(settings, dataset_id, seed)
+    folder = _ensure_dataset(settings, dataset_id, seed, progress)
     ds = Dataset(folder)
     _done(t, str(folder))
 
@@ -196,7 +199,7 @@ def run_demo(quick: bool = False, output: Path = Path("lmkreg_demo"), dataset_id
         summaries[modality] = train(str(dataset_id), modality, 0, trainer, device=device, num_workers=workers,
                                     seed=seed, iterations_per_epoch=settings.iterations_per_epoch,
                                     num_epochs=settings.num_epochs, time_budget_s=60 * minutes,
-                                    time_limit_s=DEFAULT_LIMIT_FACTOR * 60 * minutes)
+                                    time_limit_s=DEFAULT_LIMIT_FACTOR * 60 * minutes, progress_bar=progress)
         s = summaries[modality]
         print(f"      {modality}: validation MRE {s['mre_mm']:.2f} mm ({s['steps']} optimiser steps in "
               f"{s['epochs']} epochs)")
@@ -215,7 +218,7 @@ def run_demo(quick: bool = False, output: Path = Path("lmkreg_demo"), dataset_id
             if not dst.exists():
                 dst.symlink_to(src.resolve())
         predictions[modality] = predict_test_images(model_folder(ds.name, trainer, modality), images,
-                                                    output / "predictions" / modality)
+                                                    output / "predictions" / modality, progress)
     _done(t, str(output / "predictions"))
 
     surface = has_segmentation(trainer)
@@ -228,7 +231,7 @@ def run_demo(quick: bool = False, output: Path = Path("lmkreg_demo"), dataset_id
 
     rc = register_main(["--mr-dir", str(predictions["MR"]), "--us-dir", str(predictions["US"]), "-o",
                         str(transforms)] + (["--refine", "surface", "--landmark-weight", str(LANDMARKS_SURFACE_WEIGHT)]
-                                            if surface else []))
+                                            if surface else []) + ([] if progress else ["--no-progress"]))
     if rc != 0:
         print("      some pairs could not be registered (see above)")
     _done(t, str(transforms))
@@ -236,7 +239,8 @@ def run_demo(quick: bool = False, output: Path = Path("lmkreg_demo"), dataset_id
     t = _stage(6, n, "evaluation against the phantoms' ground truth")
     report_dir = output / "evaluation"
     rc = evaluate_main(["-d", str(dataset_id), "--mr-pred", str(predictions["MR"]), "--us-pred",
-                        str(predictions["US"]), "-o", str(report_dir), "--split", "Ts", "--qc", "3"])
+                        str(predictions["US"]), "-o", str(report_dir), "--split", "Ts", "--qc", "3"]
+                       + ([] if progress else ["--no-progress"]))
     if rc != 0:
         raise RuntimeError("evaluation failed (see above)")
     summary = json.loads((report_dir / "evaluation.json").read_text())["summary"]
@@ -283,7 +287,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.no_progress:
         hide_progress()
     run_demo(args.quick, args.output, args.dataset, args.trainer, args.train_minutes, args.seed, args.workers,
-             device=args.device)
+             device=args.device, progress=not args.no_progress)
     return 0
 
 

@@ -14,7 +14,10 @@ writes them, or ``CASE.json``; ``.mrk.json`` and ``.fcsv`` too).  Writes ``evalu
 ``evaluation.csv`` (one row per case), ``evaluation.json`` and ``histograms.png``, and for the
 ``--qc`` worst cases by SRE ``qc/CASE_landmarks_MR.png``, ``qc/CASE_landmarks_US.png`` and
 ``qc/CASE_fusion.png``.  A case without a prediction is listed in the report, not fatal; the
-exit status is 1 if no case could be evaluated.
+exit status is 1 if no case could be evaluated.  Unmatched cases are listed on the terminal and in
+evaluation.json ("unmatched"): prediction files (CASE_MR.*, CASE_US.*) without ground truth, cases
+with ground truth but no prediction, per modality, and cases predicted in one modality only.  With
+--strict they are problems: exit status 3, as a pair flagged unreliable is.
 """
 from __future__ import annotations
 
@@ -43,6 +46,8 @@ from lmkreg.evaluation.predicted_masks import VARIANTS
 from lmkreg.evaluation.report import REPORT_FILES
 import json
 from lmkreg.io.provenance import read_provenance
+from lmkreg.io.landmark_files import LANDMARK_SUFFIXES
+from lmkreg.trust.summary import STRICT_HELP, exit_status
 from lmkreg import __version__
 
 QC_FOLDER = "qc"
@@ -59,6 +64,7 @@ class EvaluationRun:
     missing: dict[str, str] = field(default_factory=dict)  # case -> why it was not evaluated
     failed: dict[str, str] = field(default_factory=dict)  # case -> error while evaluating it
     qc: dict[str, list[str]] = field(default_factory=dict)  # case -> QC pictures (relative to the report)
+    unmatched: dict = field(default_factory=dict)  # unmatched_cases(): predictions and ground truth without a partner
     paths: dict[str, Path] = field(default_factory=dict)
 
 
@@ -94,6 +100,62 @@ def select_cases(dataset: Dataset, split: str, predictions: dict[str, Path],
             continue
         todo.append(case)
     return todo, skipped
+
+
+def prediction_cases(folder: Path, modality: str) -> set[str]:
+    """Cases with a prediction file named for `modality` in `folder` (CASE_MR.json, .mrk.json, .fcsv).
+    A bare CASE.json names no modality and cannot be told from any other JSON file, so it is found
+    only for a case with ground truth (find_prediction)."""
+    found = set()
+    if Path(folder).is_dir():
+        for f in Path(folder).iterdir():
+            if f.name.startswith("."):
+                continue
+            for suffix in LANDMARK_SUFFIXES:
+                if f.name.endswith(f"_{modality}{suffix}") and len(f.name) > len(f"_{modality}{suffix}"):
+                    found.add(f.name[: -len(f"_{modality}{suffix}")])
+                    break
+    return found
+
+
+def unmatched_cases(dataset: Dataset, split: str, predictions: dict[str, Path],
+                    cases: Optional[Sequence[str]] = None) -> dict:
+    """What has no partner (issue 25: a case present on one side only is never dropped without a word):
+    {"predictions_without_ground_truth": {MOD: [case]}, "ground_truth_without_prediction": {MOD: [case]},
+    "one_modality_only": {MOD: [case predicted in MOD and not in the other]}}, each sorted; with
+    `cases`, only those cases are looked at.  "count" is the number of distinct cases listed."""
+    truth_any = ground_truth_cases(dataset, split)
+    truth = {m: {c for c in truth_any if dataset.landmarks_path(c, m, split).is_file()} for m in MODALITIES}
+    pred = {m: prediction_cases(predictions[m], m)
+            | {c for c in truth_any if find_prediction(predictions[m], c, m) is not None} for m in MODALITIES}
+    if cases is not None:
+        wanted = set(cases)
+        truth = {m: v & wanted for m, v in truth.items()}
+        pred = {m: v & wanted for m, v in pred.items()}
+    other = dict(zip(MODALITIES, MODALITIES[::-1]))
+    out = {"predictions_without_ground_truth": {m: sorted(pred[m] - truth[m]) for m in MODALITIES},
+           "ground_truth_without_prediction": {m: sorted(truth[m] - pred[m]) for m in MODALITIES},
+           "one_modality_only": {m: sorted(pred[m] - pred[other[m]]) for m in MODALITIES}}
+    out["count"] = len({c for block in list(out.values()) for v in block.values() for c in v})
+    return out
+
+
+def unmatched_lines(unmatched: dict, split: str, predictions: dict[str, Path]) -> list[str]:
+    """The terminal's lines for unmatched_cases() (none when everything has a partner)."""
+    lines = []
+    for m in MODALITIES:
+        if unmatched["predictions_without_ground_truth"][m]:
+            lines.append(f"unmatched: {m} prediction(s) in {predictions[m]} without {m} ground truth in "
+                         f"landmarks{split}: {', '.join(unmatched['predictions_without_ground_truth'][m])}")
+    for m in MODALITIES:
+        if unmatched["ground_truth_without_prediction"][m]:
+            lines.append(f"unmatched: {m} ground truth without a prediction in {predictions[m]}: "
+                         f"{', '.join(unmatched['ground_truth_without_prediction'][m])}")
+    for m, o in zip(MODALITIES, MODALITIES[::-1]):
+        if unmatched["one_modality_only"][m]:
+            lines.append(f"unmatched: predicted in {m} only (no {o} prediction in {predictions[o]}): "
+                         f"{', '.join(unmatched['one_modality_only'][m])}")
+    return lines
 
 
 def _qc_case(result: CaseResult, dataset_folder: str, split: str, predictions: dict[str, str], out_dir: str,
@@ -166,10 +228,11 @@ def evaluate_predictions(dataset_id: str, mr_pred: Path, us_pred: Path, out_dir:
         if not folder.is_dir():
             raise ConfigurationError(f"{folder}: {m} prediction folder not found")
     todo, missing = select_cases(dataset, split, predictions, cases)
+    unmatched = unmatched_cases(dataset, split, predictions, None if cases is None else [check_case_id(c) for c in cases])
     workers = default_workers() if workers is None else max(1, int(workers))
     results, failed = (evaluate_cases(dataset, todo, split, predictions, names, workers, progress, landmark_weight)
                        if todo else ([], {}))
-    run = EvaluationRun(dataset.name, split, results, summarize(results, names), missing, failed)
+    run = EvaluationRun(dataset.name, split, results, summarize(results, names), missing, failed, unmatched=unmatched)
     if out_dir is not None and results:
         out_dir = Path(out_dir)
         if qc > 0:
@@ -179,7 +242,7 @@ def evaluate_predictions(dataset_id: str, mr_pred: Path, us_pred: Path, out_dir:
                                  failed=failed, qc=run.qc,
                                  extra={"dataset": dataset.name, "split": split,
                                         "predictions": {m: str(p) for m, p in predictions.items()},
-                                        "landmarks": names,
+                                        "landmarks": names, "unmatched": unmatched,
                                         "provenance": prediction_provenance(predictions, todo)})
     return run
 
@@ -276,6 +339,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         f"{LANDMARKS_SURFACE_WEIGHT:g})")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: available cores, max 8)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--strict", action="store_true", help=STRICT_HELP)  # unmatched cases count as flagged (docstring)
     p.add_argument("--overwrite", action="store_true",
                    help="replace report files (evaluation.md, .csv, .json, histograms.png) lmkreg did not write")
     args = p.parse_args(argv)
@@ -289,6 +353,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"not evaluated: {case}: {why}", file=sys.stderr)
     for case, why in sorted(run.failed.items()):
         print(f"failed: {case}: {why}", file=sys.stderr)
+    for line in unmatched_lines(run.unmatched, run.split, {"MR": args.mr_pred, "US": args.us_pred}):
+        print(line, file=sys.stderr)
     if not run.results:
         print(f"error: no case could be evaluated ({len(run.missing)} without ground truth or prediction, "
               f"{len(run.failed)} failed)", file=sys.stderr)
@@ -300,7 +366,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"report: {run.paths['markdown']}")
     if run.qc:
         print(f"QC pictures of the {len(run.qc)} worst case(s): {Path(args.output) / QC_FOLDER}")
-    return 0
+    flagged = run.summary.get("pairs_flagged", 0)
+    print(f"{flagged} of {len(run.results)} pair(s) flagged unreliable, {run.unmatched['count']} unmatched case(s)")
+    # predict/register's rule (lmkreg.trust.summary): problems change the exit status only under --strict
+    return exit_status(0, flagged + run.unmatched["count"], args.strict)
 
 
 if __name__ == "__main__":

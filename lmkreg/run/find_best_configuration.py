@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 
 import lmkreg.evaluation.model_selection as model_selection
 from lmkreg.cli_utils import friendly_errors, make_parser
+from lmkreg.dataset.layout import check_dataset_modality
 from lmkreg.evaluation.model_selection import FOLDS, format_p, find_best_configuration
 from lmkreg.parallel import hide_progress
 
@@ -24,6 +25,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     if args.no_progress:  # issue 25: every command with a progress bar can hide it
         hide_progress()
+    check_dataset_modality(args.dataset, args.modality)  # -m mr lists the dataset's modalities
     doc = find_best_configuration(args.dataset, args.modality, args.trainers, args.folds)
     for trainer, why in doc["incomplete"].items():
         print(f"skipped {trainer}: {why}", file=sys.stderr)

@@ -31,9 +31,9 @@ from typing import Optional, Sequence, Union
 
 from tqdm import tqdm
 
-from lmkreg.cli_utils import (check_modality, check_unique, choose_trainer, error_line, fold_value, friendly_errors,
+from lmkreg.cli_utils import (check_unique, choose_trainer, error_line, fold_value, friendly_errors,
                                make_parser, positive_float, positive_int)
-from lmkreg.dataset.layout import find_dataset
+from lmkreg.dataset.layout import check_dataset_modality, find_dataset
 from lmkreg.errors import ConfigurationError, InputError, LmkregError
 from lmkreg.geometry import ImageGeometry
 from lmkreg.io.atomic import atomic_path, remove_stale_temporaries, split_suffix
@@ -52,7 +52,6 @@ from lmkreg.inference.cascade import build_predictor
 from lmkreg.inference.segmentation import mask_path_for, prostate_record, write_mask
 from lmkreg.io.landmark_files import write_landmarks
 from lmkreg.threads import configure_threads
-from lmkreg.dataset.layout import open_dataset
 
 
 @dataclass
@@ -246,7 +245,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     configure_threads()  # noqa: E702  (threads from the free cores)
     dataset_name = find_dataset(args.dataset).name
     results = results_root() / dataset_name
-    check_modality(results, args.modality, _dataset_modalities(args.dataset))  # -m mr lists the modalities
+    check_dataset_modality(args.dataset, args.modality)  # -m mr lists the modalities (dataset/layout.py)
     trainer = args.trainer or choose_trainer(results, args.modality, None, args.configuration)
     list_images(args.input, args.num_parts, args.part_id, args.series)  # bad input fails before models load
     predictor = build_predictor(results, trainer, args.modality, args.configuration,
@@ -264,14 +263,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name, msg in report.failed.items():
         print(f"  failed: {msg}", file=sys.stderr)  # msg names the file
     return exit_status(len(report.failed), len(report.unreliable), args.strict)
-
-
-def _dataset_modalities(dataset: str) -> list[str]:
-    """The modalities of the raw dataset's dataset.json ([] when only the trained models are here)."""
-    try:
-        return list(open_dataset(dataset).spec.modalities)
-    except (LmkregError, OSError):
-        return []
 
 
 def print_bookkeeping(report: FolderReport, modality: str) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from lmkreg.cli_utils import check_unique, friendly_errors, make_parser
-from lmkreg.dataset.layout import open_dataset
+from lmkreg.dataset.layout import check_dataset_modality, open_dataset
 from lmkreg.errors import ConfigurationError
 from lmkreg.io.atomic import atomic_write_text
 from lmkreg.paths import results_root
@@ -62,6 +62,7 @@ def train(dataset_id: str, modality: str, fold: Union[int, str], trainer: str = 
     validation summary (MRE per landmark in world mm)."""
     check_run_request(num_epochs, iterations_per_epoch, device)  # empty runs refused before any file is written
     dataset = open_dataset(dataset_id)
+    check_dataset_modality(dataset_id, modality)  # -m mr / -m MRI: the dataset's modalities, not the plans' configurations
     pre = preprocessed_folder(dataset)
     plans = Plans.load(pre / PLANS_FILE)
     configuration = configuration_name(plans, modality, configuration)  # the trainer only sees a configuration

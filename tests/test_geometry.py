@@ -134,3 +134,31 @@ def test_rigid_transform_json_round_trip(tmp_path):
 def test_rigid_transform_rejects_reflection():
     with pytest.raises(ValueError):
         RigidTransform(np.diag([1.0, 1.0, -1.0]), np.zeros(3))
+
+
+def test_batched_rigid_fit_equals_one_fit_at_a_time_and_marks_what_fit_rigid_refuses():
+    """fit_rigid_batch (the transform uncertainty's Monte Carlo) against fit_rigid, sample by sample,
+    on oblique triangles, a reflection-prone one, and sets that fit_rigid refuses (coincident points,
+    collinear points)."""
+    from lmkreg.errors import InputError
+    from lmkreg.geometry.rigid import fit_rigid, fit_rigid_batch
+
+    rng = np.random.default_rng(4)
+    base = np.array([[0.0, 0.0, -20.0], [0.0, 0.0, 20.0], [0.0, 15.0, 0.0]])
+    p = base[None] + rng.normal(scale=3.0, size=(50, 3, 3))
+    q = p @ rotation_direction((0.3, -0.2, 0.5)).T + [5.0, -2.0, 7.0] + rng.normal(scale=2.0, size=(50, 3, 3))
+    q[3] = p[3] * [1, 1, -1]  # a mirrored triangle: the best proper rotation, not a reflection
+    p[7, 1] = p[7, 0] + 0.1  # two points that coincide
+    q[9] = [[0, 0, 0], [0, 0, 10], [0, 0, 20.0]]  # collinear
+    r, t, valid = fit_rigid_batch(p, q)
+    for k in range(len(p)):
+        try:
+            ref = fit_rigid(p[k], q[k])
+        except InputError:
+            assert not valid[k]
+            continue
+        assert valid[k]
+        np.testing.assert_allclose(r[k], ref.rotation, atol=1e-10)
+        np.testing.assert_allclose(t[k], ref.translation, atol=1e-9)
+        assert np.linalg.det(r[k]) == pytest.approx(1.0)
+    assert not valid[7] and not valid[9] and valid.sum() == 48

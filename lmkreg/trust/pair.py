@@ -35,7 +35,7 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy.stats import chi2
 
-from lmkreg.geometry.rigid import fit_rigid
+from lmkreg.geometry.rigid import fit_rigid, fit_rigid_batch
 from lmkreg.io.landmarks import LandmarkSet
 from lmkreg.trust.flags import PAIR, Flag, flag_details, flag_texts, scoped_flag
 from lmkreg.trust.pair_checks import DEFAULT_DEFORMATION_MM, check_pair
@@ -94,10 +94,6 @@ def training_pair_statistics(mr: LandmarkSet, us: LandmarkSet) -> Optional[dict]
     return max(docs, key=lambda d: d.get("p95", 0.0)) if docs else None
 
 
-def _rotation_deg(r: np.ndarray) -> float:
-    return math.degrees(math.acos(max(-1.0, min(1.0, (np.trace(r) - 1) / 2))))
-
-
 def transform_uncertainty(mr_points: np.ndarray, us_points: np.ndarray, sigma_mr: np.ndarray, sigma_us: np.ndarray,
                           samples: int = MONTE_CARLO_SAMPLES, seed: int = 0) -> dict:
     """90th percentiles of rotation (deg), gland-centre displacement (mm) and target error at
@@ -108,20 +104,18 @@ def transform_uncertainty(mr_points: np.ndarray, us_points: np.ndarray, sigma_mr
     targets = gland_targets(mr_points)
     t0 = base.apply(targets)
     rng = np.random.default_rng(seed)
-    rot, tre, gland = [], [], []
-    for _ in range(samples):
-        p = mr_points + rng.normal(size=mr_points.shape) * sigma_mr[:, None]
-        q = us_points + rng.normal(size=us_points.shape) * sigma_us[:, None]
-        try:
-            t = fit_rigid(p, q)
-        except Exception:  # a perturbed triangle collapsed: that sample says "very uncertain"
-            rot.append(180.0)
-            tre.append(float("inf"))
-            gland.append(float("inf"))
-            continue
-        rot.append(_rotation_deg(t.rotation @ base.rotation.T))
-        tre.append(float(np.linalg.norm(t.apply(centre[None])[0] - c0)))
-        gland.append(float(np.mean(np.linalg.norm(t.apply(targets) - t0, axis=1))))
+    # the draws in the order of one sample after another, MR then US (as a loop of fits would take them)
+    noise = rng.normal(size=(samples, 2) + mr_points.shape)
+    p = mr_points[None] + noise[:, 0] * sigma_mr[None, :, None]
+    q = us_points[None] + noise[:, 1] * sigma_us[None, :, None]
+    r, t, valid = fit_rigid_batch(p, q)
+    cos = (np.trace(r @ base.rotation.T, axis1=1, axis2=2) - 1) / 2
+    rot = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    tre = np.linalg.norm(r @ centre + t - c0, axis=1)
+    moved = np.einsum("sij,kj->ski", r, targets) + t[:, None]
+    gland = np.linalg.norm(moved - t0[None], axis=2).mean(1)
+    # a perturbed triangle that collapsed says "very uncertain"
+    rot, tre, gland = np.where(valid, rot, 180.0), np.where(valid, tre, np.inf), np.where(valid, gland, np.inf)
     return {"rotation_deg_90": float(np.percentile(rot, 90)), "gland_centre_error_mm_90": float(np.percentile(tre, 90)),
             "gland_target_error_mm_90": float(np.percentile(gland, 90)), "samples": samples}
 

@@ -23,7 +23,7 @@ setup(
         "blosc2>=2.5",
         "threadpoolctl>=3",
     ],
-    extras_require={"test": ["pytest>=7", "pytest-timeout>=2"]},
+    extras_require={"test": ["pytest>=7", "pytest-timeout>=2", "pytest-xdist>=3"]},
     entry_points={
         "console_scripts": [
             "lmkreg_generate_phantoms=lmkreg.run.phantoms:main",

@@ -17,9 +17,9 @@ from lmkreg.threads import ENV_THREADS
 # model: tests/test_cascade.py's frame test passed idle (2 threads) and failed on a busy machine
 # (1 thread: 0.63 mm > 0.5 mm).  With the count fixed (and the seeds fixed in each test) a test that
 # trains computes the same numbers, so gives the same verdict, at any load and on any core count.
-# Two, not one: the count only has to be fixed, and two threads keep the suite's training time as it was on
-# CI's two cores (one thread would slow every training test).
-TEST_THREADS = 2
+# One thread per process: the suite runs in two pytest-xdist workers (pytest.ini: -n 2 --dist loadfile, a
+# file's tests and module fixtures in one worker), one per core of CI's machine.
+TEST_THREADS = 1
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -17,12 +17,10 @@ its name (a trailing ``_MR`` / ``_US``) second:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from lmkreg.errors import InputError
 from lmkreg.io.provenance import modality_of, read_provenance
 from lmkreg.trust.flags import PAIR, Flag, scoped_flag
-from lmkreg.io.twins import choose_twin  # noqa: F401  (re-exported: the rule lives in io)
 from lmkreg.io.landmark_files import read_landmarks
 
 

@@ -46,7 +46,7 @@ from lmkreg.io.landmarks import write_lmkreg_json
 from lmkreg.paths import results_root
 from lmkreg.inference.interface import Predictor, finish_prediction
 from lmkreg.inference.prediction import Prediction
-from lmkreg.inference.predictor import LandmarkPredictor, model_folder_for
+from lmkreg.inference.predictor import LandmarkPredictor
 from lmkreg.trust.summary import STRICT_HELP, exit_status, print_unreliable
 from lmkreg.inference.cascade import build_predictor
 from lmkreg.inference.segmentation import mask_path_for, prostate_record, write_mask

@@ -44,7 +44,8 @@ from lmkreg.registration.landmark_fit import LandmarkRegistration
 from lmkreg.io.ownership import LMKREG_RESAMPLED_NOTE, check_replaceable
 from lmkreg.io.provenance import add_provenance, pair_record, read_provenance
 from lmkreg.inference.reuse import one_shot_provenance
-from lmkreg.registration.pair_checks import check_pair, choose_twin, takes_role
+from lmkreg.io.twins import choose_twin
+from lmkreg.registration.pair_checks import check_pair, takes_role
 from lmkreg.run.surface_options import SurfaceRequest, add_surface_options, surface_request
 from lmkreg.io.inputs import CASE_SUFFIX
 from lmkreg.registration.transform_files import to_sitk_resampling_transform, write_itk_transform
@@ -62,7 +63,6 @@ from lmkreg.io.landmarks import write_lmkreg_json
 from lmkreg.paths import results_root
 from lmkreg.registration.predicted_masks import attach_mask
 from lmkreg.cli_utils import choose_trainer
-from lmkreg.io.ownership import check_replaceable
 from lmkreg.io.landmark_names import parse_landmark_map
 from lmkreg.dataset.layout import open_dataset
 from lmkreg.parallel import hide_progress

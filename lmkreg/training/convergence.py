@@ -18,7 +18,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from lmkreg.config.settings import DEFAULT_MIN_STEPS  # noqa: F401  (training.min_steps's default, re-exported)
 
 FALLING_FAST = 0.10  # relative drop of the best validation MRE over the last quarter of the steps
 TAIL_FRACTION = 0.25

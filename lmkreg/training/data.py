@@ -22,8 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lmkreg.errors import InputError, LmkregError
 from lmkreg.preprocessing.storage import ARRAY_SUFFIX, load_array
-from lmkreg.training.augmentation import (Compose, Sample,  # noqa: F401  (re-exported)
-                                          build_augmentation, inside_grid)
+from lmkreg.training.augmentation import build_augmentation, inside_grid
 
 PathLike = Union[str, Path]
 Augmentation = Any  # callable (sample, rng) -> sample, e.g. a Compose

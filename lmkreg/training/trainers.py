@@ -42,7 +42,7 @@ from lmkreg.training.losses import coordinate_loss, dsnt_loss, masked_mean
 from lmkreg.training.network import UNet3D
 from lmkreg.training.progress import TrainingLog
 from lmkreg.training.stage_offsets import StageHook, stage_hook
-from lmkreg.training.runtime import (Distributed, make_adam, average_across_processes, barrier, broadcast_int,
+from lmkreg.training.runtime import (make_adam, average_across_processes, barrier, broadcast_int,
                                      cpu_bf16_setting, init_distributed, seed_everything, select_device)
 from lmkreg.training.data import (WORKER_FAILURES, PreprocessedCases, build_augmentation, iterate_batches,
                                   make_train_loader)

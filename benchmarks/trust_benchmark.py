@@ -13,6 +13,9 @@ default).  Two stages, so that the slow one runs once:
   - ``all_alone``: fold ``all`` in a model folder without the fold_0..4 folders (a copy);
   - ``ensemble``: the 5-fold ensemble;
   - ``fold0_notta``: fold 0 without mirror TTA;
+  - ``cascade``: the planned two-stage cascade (localizer + refine, the cascade folds trained by
+    ``train --cascade-folds``) on a copy of the same phantoms planned with ``cascade=True``
+    (the tiny phantoms are framed alike, so the planner alone would not add one);
   - ``bare``: the ensemble's landmark files with the trust block stripped (a clinician's file);
 
   predicts the test set, registers every pair (lmkreg_register's own API) and measures the
@@ -48,6 +51,8 @@ RESULTS = REPO / "benchmarks" / "results" / "trust.json"
 REPORT = REPO / "documentation" / "benchmark_trust.md"
 DATASET_ID = 962
 NAME = "TrustBench"
+CASCADE_ID = 963  # the same phantoms (same preset and seed), planned with a cascade
+CASCADE_NAME = "TrustBenchCascade"
 TRAINER = "HeatmapMatchingTrainer"
 FOLDS = ["0", "1", "2", "3", "4", "all"]
 BAD_MM = 5.0
@@ -57,11 +62,42 @@ def dataset(args):
     return planned_phantoms(args.root, DATASET_ID, NAME, args.train, args.test, args.preset, args.seed, args.workers)
 
 
+def cascade_dataset(args):
+    """The test phantoms' twin dataset (same preset and seed: the same cases) planned with a cascade."""
+    from lmkreg.dataset.layout import Dataset, dataset_folder_name, open_dataset
+    from lmkreg.phantoms.generator import generate_dataset
+    from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
+
+    folder = args.root / "raw" / dataset_folder_name(CASCADE_ID, CASCADE_NAME)
+    if not (folder / "dataset.json").is_file() or len(Dataset(folder).cases("Tr")) != args.train:
+        log(f"generating the cascade twin: {args.train} + {args.test} phantom pairs")
+        generate_dataset(CASCADE_ID, args.train, args.test, name=CASCADE_NAME, preset=args.preset, seed=args.seed,
+                         root=args.root / "raw", overwrite=True, progress=False)
+    plan_and_preprocess(str(CASCADE_ID), workers=args.workers, cascade=True)
+    return open_dataset(CASCADE_ID)
+
+
 def stage_train(args) -> None:
-    """Train every fold of both modalities that is not trained yet (checkpoint_final.pth)."""
+    """Train every fold of both modalities that is not trained yet (checkpoint_final.pth), then
+    the cascade's stages for ``--cascade-folds``."""
     from lmkreg.run.train import model_folder, train
 
     ds = dataset(args)
+    if args.cascade_folds:
+        cds = cascade_dataset(args)
+        for fold in args.cascade_folds:
+            for modality in args.modalities:
+                for stage in ("localizer", "refine"):
+                    folder = model_folder(cds.name, TRAINER, f"{modality}_{stage}") / f"fold_{fold}"
+                    if (folder / "checkpoint_final.pth").is_file():
+                        continue
+                    t0 = time.perf_counter()
+                    log(f"training {TRAINER} {modality}_{stage} fold {fold} ({args.epochs} epochs x {args.iterations} steps)")
+                    s = train(str(CASCADE_ID), modality, fold if fold == "all" else int(fold), TRAINER,
+                              num_workers=args.workers, seed=args.seed, num_epochs=args.epochs,
+                              iterations_per_epoch=args.iterations, progress_bar=False, configuration=stage)
+                    log(f"  {modality}_{stage} fold {fold}: validation MRE {s['mre_mm']:.2f} mm in "
+                        f"{time.perf_counter() - t0:.0f} s")
     for modality in args.modalities:
         for fold in args.folds:
             folder = model_folder(ds.name, TRAINER, modality) / f"fold_{fold}"
@@ -233,6 +269,12 @@ def stage_evaluate(args) -> None:
     if all(trained(m, "all") for m in folders):
         configs["all_cv"] = (folders, ["all"], True)
         configs["all_alone"] = ({m: alone_folder(args.root, f) for m, f in folders.items()}, ["all"], True)
+    from lmkreg.dataset.layout import dataset_folder_name
+    from lmkreg.inference.cascade import cascade_folders
+
+    cascade_root = args.root / "res" / dataset_folder_name(CASCADE_ID, CASCADE_NAME)
+    if all(cascade_folders(cascade_root, TRAINER, m) for m in folders):
+        configs["cascade"] = ({m: cascade_root for m in folders}, None, True)
     if not configs:
         raise SystemExit("no configuration is trained yet: run the train stage")
     log(f"configurations: {', '.join(configs)}; {len(cases)} test pairs, corruptions on {len(corrupt_cases)}")
@@ -254,7 +296,13 @@ def stage_evaluate(args) -> None:
         case_rows: dict = {"clean": []}
         examples: dict = {}
         for m in ("MR", "US"):
-            predictor = LandmarkPredictor(fold_folders[m], folds, mirror_tta=tta)
+            if label == "cascade":  # lmkreg_predict's own choice: both stages trained -> the cascade
+                from lmkreg.inference.cascade import build_predictor
+
+                predictor = build_predictor(fold_folders[m], TRAINER, m, mirror_tta=tta)
+                folds = list(predictor.folds)
+            else:
+                predictor = LandmarkPredictor(fold_folders[m], folds, mirror_tta=tta)
             for c in cases:
                 p = predictor.predict(images[(c, m)])
                 preds[(c, m, "clean")] = p.with_extras()
@@ -398,7 +446,9 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1, help="data worker processes (default 1)")
     p.add_argument("--seed", type=int, default=2026, help="phantom and training seed (default 2026)")
     p.add_argument("--modalities", nargs="+", default=["MR", "US"], help="train stage: modalities (default MR US)")
-    p.add_argument("--folds", nargs="+", default=FOLDS, help="train stage: folds in this order (default 0-4 all)")
+    p.add_argument("--folds", nargs="*", default=FOLDS, help="train stage: folds in this order (default 0-4 all)")
+    p.add_argument("--cascade-folds", nargs="*", default=[],
+                   help="train stage: folds of the cascade's localizer and refine stages (default none)")
     p.add_argument("--corrupt-cases", type=int, default=10, help="test cases per corruption (default 10)")
     p.add_argument("--no-write", action="store_true", help="do not write the results and report files")
     args = p.parse_args()

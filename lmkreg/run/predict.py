@@ -31,27 +31,26 @@ from typing import Optional, Sequence, Union
 
 from tqdm import tqdm
 
-from lmkreg.cli_utils import (check_unique, choose_trainer, error_line, fold_value, friendly_errors,
-                               make_parser, positive_float, positive_int)
+from lmkreg.cli_utils import (check_unique, choose_trainer, error_line, fold_value, friendly_errors, make_parser,
+                              positive_float, positive_int)
 from lmkreg.dataset.layout import check_dataset_modality, find_dataset
 from lmkreg.errors import ConfigurationError, InputError, LmkregError
 from lmkreg.geometry import ImageGeometry
-from lmkreg.io.atomic import atomic_path, remove_stale_temporaries, split_suffix
-from lmkreg.io.inputs import InputImage, find_input_images
-from lmkreg.io.ownership import check_replaceable
-from lmkreg.io.inputs import split_by_modality
-from lmkreg.io.provenance import Provenance, add_provenance
-from lmkreg.inference.reuse import for_input, model_provenance, predictor_modality, recorded_flags, reuse_decision
-from lmkreg.io.landmarks import write_lmkreg_json
-from lmkreg.paths import results_root
+from lmkreg.inference.cascade import build_predictor
 from lmkreg.inference.interface import Predictor, finish_prediction
 from lmkreg.inference.prediction import Prediction
 from lmkreg.inference.predictor import LandmarkPredictor
-from lmkreg.trust.summary import STRICT_HELP, exit_status, print_unreliable
-from lmkreg.inference.cascade import build_predictor
+from lmkreg.inference.reuse import for_input, model_provenance, predictor_modality, recorded_flags, reuse_decision
 from lmkreg.inference.segmentation import mask_path_for, prostate_record, write_mask
+from lmkreg.io.atomic import atomic_path, remove_stale_temporaries, split_suffix
+from lmkreg.io.inputs import InputImage, find_input_images, split_by_modality
 from lmkreg.io.landmark_files import write_landmarks
+from lmkreg.io.landmarks import write_lmkreg_json
+from lmkreg.io.ownership import check_replaceable
+from lmkreg.io.provenance import Provenance, add_provenance
+from lmkreg.paths import results_root
 from lmkreg.threads import configure_threads
+from lmkreg.trust.summary import STRICT_HELP, exit_status, print_unreliable
 
 
 @dataclass

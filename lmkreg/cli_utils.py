@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import re
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from lmkreg.errors import ConfigurationError, FileError, LmkregError
 from lmkreg import __version__
-import json
+from lmkreg.errors import ConfigurationError, FileError, LmkregError
 
 _MARKUP = re.compile(r"``(.+?)``", re.DOTALL)
 

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from lmkreg.cli_utils import dataset_number, friendly_errors, make_parser
-from lmkreg.errors import ConfigurationError
-from lmkreg.io.landmark_names import parse_landmark_map
-from lmkreg.io.landmarks import DEFAULT_LANDMARK_NAMES
 from lmkreg.dataset.importer import ModalitySource, import_dataset
 from lmkreg.dataset.layout import open_dataset
 from lmkreg.dataset.verify import verify_dataset
+from lmkreg.errors import ConfigurationError
+from lmkreg.io.landmark_names import parse_landmark_map
+from lmkreg.io.landmarks import DEFAULT_LANDMARK_NAMES
 
 
 def _modality_paths(values: Optional[Sequence[str]], option: str) -> dict[str, Path]:

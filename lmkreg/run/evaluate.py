@@ -22,33 +22,28 @@ with ground truth but no prediction, per modality, and cases predicted in one mo
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+from lmkreg import __version__
 from lmkreg.cli_utils import friendly_errors, make_parser
 from lmkreg.dataset.layout import Dataset, check_case_id, open_dataset
 from lmkreg.errors import ConfigurationError, OutputError
 from lmkreg.evaluation.evaluate import MODALITIES, CaseResult, evaluate_cases, find_prediction, summarize
-from lmkreg.evaluation.predicted_masks import LANDMARKS_SURFACE_WEIGHT
+from lmkreg.evaluation.predicted_masks import LANDMARKS_SURFACE_WEIGHT, VARIANTS
 from lmkreg.evaluation.qc import fusion_figure, landmark_figure
+from lmkreg.evaluation.report import REPORT_FILES, worst_cases, write_report
 from lmkreg.geometry.rigid import RigidTransform
 from lmkreg.io.images import read_image
-from lmkreg.io.landmark_files import read_landmarks
+from lmkreg.io.landmark_files import LANDMARK_SUFFIXES, read_landmarks
 from lmkreg.io.landmarks import read_lmkreg_json
-from lmkreg.evaluation.report import worst_cases
-from lmkreg.parallel import parallel_map
-from lmkreg.evaluation.report import write_report
-from lmkreg.parallel import default_workers
-from lmkreg.evaluation.predicted_masks import VARIANTS
-from lmkreg.evaluation.report import REPORT_FILES
-import json
 from lmkreg.io.provenance import read_provenance
-from lmkreg.io.landmark_files import LANDMARK_SUFFIXES
+from lmkreg.parallel import default_workers, parallel_map
 from lmkreg.trust.summary import STRICT_HELP, exit_status
-from lmkreg import __version__
 
 QC_FOLDER = "qc"
 

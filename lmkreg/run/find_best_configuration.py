@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 import lmkreg.evaluation.model_selection as model_selection
 from lmkreg.cli_utils import friendly_errors, make_parser
 from lmkreg.dataset.layout import check_dataset_modality
-from lmkreg.evaluation.model_selection import FOLDS, format_p, find_best_configuration
+from lmkreg.evaluation.model_selection import FOLDS, find_best_configuration, format_p
 from lmkreg.parallel import hide_progress
 
 

@@ -7,8 +7,8 @@ import time
 from typing import Optional, Sequence
 
 from lmkreg.cli_utils import dataset_number, friendly_errors, make_parser
-from lmkreg.paths import raw_root
 from lmkreg.errors import ConfigurationError
+from lmkreg.paths import raw_root
 from lmkreg.phantoms.generator import generate_dataset
 from lmkreg.phantoms.presets import FAMILIES, PRESETS
 

@@ -9,10 +9,10 @@ import lmkreg.planning.plan_and_preprocess as planning_module
 from lmkreg.cli_utils import friendly_errors, make_parser
 from lmkreg.config.plans import PLANS_FILE, Plans
 from lmkreg.errors import ConfigurationError
+from lmkreg.parallel import hide_progress
 from lmkreg.planning.plan_and_preprocess import describe, plan_and_preprocess
 from lmkreg.planning.planner import Budget
 from lmkreg.threads import configure_threads
-from lmkreg.parallel import hide_progress
 
 
 @friendly_errors

@@ -16,16 +16,15 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from lmkreg.cli_utils import check_unique, friendly_errors, make_parser
+from lmkreg.config.plans import PLANS_FILE, Plans
+from lmkreg.config.splits import SPLITS_FILE, load_or_create_splits
 from lmkreg.dataset.layout import check_dataset_modality, open_dataset
 from lmkreg.errors import ConfigurationError
 from lmkreg.io.atomic import atomic_write_text
-from lmkreg.paths import results_root
-from lmkreg.paths import preprocessed_folder
-from lmkreg.config.plans import PLANS_FILE, Plans
-from lmkreg.config.splits import SPLITS_FILE, load_or_create_splits
+from lmkreg.paths import preprocessed_folder, results_root
+from lmkreg.run.calibrate import store_trust_data  # calibration and training statistics (issue 14)
 from lmkreg.training.budget import DEFAULT_LIMIT_FACTOR
 from lmkreg.training.registry import find_trainer
-from lmkreg.run.calibrate import store_trust_data  # calibration and training statistics (issue 14)
 from lmkreg.training.runtime import select_device
 from lmkreg.trust.calibration import Calibration
 from lmkreg.trust.error_estimate import fold_all_trust_message

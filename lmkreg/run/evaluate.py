@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from lmkreg import __version__
-from lmkreg.cli_utils import friendly_errors, make_parser
+from lmkreg.cli_utils import add_progress_option, add_strict_option, friendly_errors, make_parser
 from lmkreg.dataset.layout import Dataset, check_case_id, open_dataset
 from lmkreg.errors import ConfigurationError, OutputError
 from lmkreg.evaluation.evaluate import MODALITIES, CaseResult, evaluate_cases, find_prediction, summarize
@@ -333,8 +333,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         f"row, as lmkreg_register --refine surface --landmark-weight (default "
                         f"{LANDMARKS_SURFACE_WEIGHT:g})")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: available cores, max 8)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--strict", action="store_true", help=STRICT_HELP)  # unmatched cases count as flagged (docstring)
+    add_progress_option(p)
+    add_strict_option(p, STRICT_HELP)  # unmatched cases count as flagged (docstring)
     p.add_argument("--overwrite", action="store_true",
                    help="replace report files (evaluation.md, .csv, .json, histograms.png) lmkreg did not write")
     args = p.parse_args(argv)

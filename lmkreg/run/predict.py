@@ -31,8 +31,8 @@ from typing import Optional, Sequence, Union
 
 from tqdm import tqdm
 
-from lmkreg.cli_utils import (check_unique, choose_trainer, error_line, fold_value, friendly_errors, make_parser,
-                              positive_float, positive_int)
+from lmkreg.cli_utils import (add_device_option, add_progress_option, add_strict_option, check_unique, choose_trainer,
+                              error_line, fold_value, friendly_errors, make_parser, positive_float, positive_int)
 from lmkreg.dataset.layout import check_dataset_modality, find_dataset
 from lmkreg.errors import ConfigurationError, InputError, LmkregError
 from lmkreg.geometry import ImageGeometry
@@ -222,17 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no mirrored predictions: half the time, but no calibrated error radius")
     p.add_argument("--max-radius", type=positive_float, default=5.0, metavar="MM",
                    help="flag a landmark whose calibrated error radius is larger than this many mm (default 5)")
-    p.add_argument("--strict", action="store_true", help=STRICT_HELP)
+    add_strict_option(p, STRICT_HELP)
     p.add_argument("--overwrite", action="store_true",
                    help="predict again cases whose outputs exist, and replace same-named files lmkreg did not write")
     p.add_argument("--num-parts", type=positive_int, default=1, help="split the folder into this many parts")
     p.add_argument("--part-id", type=int, default=0, help="which part this process predicts")
-    p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"],
-                   help="where the networks run (default: cuda if available)")
+    add_device_option(p, "where the networks run (default: cuda if available)")
     p.add_argument("--no-optimize", action="store_true",
                    help="on CPU, run the networks in eager mode instead of as optimised TorchScript modules")
     p.add_argument("--trainer-module", action="append", default=[], help="module (file.py or dotted) with a custom trainer")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_progress_option(p)
     return p
 
 

@@ -33,7 +33,8 @@ from typing import Optional, Sequence
 
 import SimpleITK as sitk
 
-from lmkreg.cli_utils import check_unique, choose_trainer, fold_value, friendly_errors, make_parser
+from lmkreg.cli_utils import (add_progress_option, add_strict_option, check_unique, choose_trainer, fold_value,
+                              friendly_errors, make_parser)
 from lmkreg.dataset.layout import check_case_id, find_dataset, open_dataset
 from lmkreg.errors import ConfigurationError, InputError, LmkregError, OutputError
 from lmkreg.inference.cascade import build_predictor
@@ -326,8 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace same-named output files lmkreg did not write (NAME_MR_to_US.json/.tfm, "
                         "NAME_MR_in_US.nii.gz; one shot also NAME_MR.json / NAME_US.json and .mrk.json)")
-    p.add_argument("--strict", action="store_true", help=STRICT_HELP)
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_strict_option(p, STRICT_HELP)
+    add_progress_option(p)
     add_surface_options(p)
     return p
 

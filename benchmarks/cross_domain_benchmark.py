@@ -350,15 +350,16 @@ def write_report(results: dict) -> None:
          "(shared with other jobs; training length is fixed in epochs x iterations, not in time).", "",
          f"Data: {s.get('train_per_family')} training + {s.get('test_per_family')} test cases per family, "
          f"families {', '.join(results.get('families', []))} (documentation/phantoms.md). Each model: "
-         f"{s.get('epochs')} epochs x {s.get('iterations')} iterations, fold 'all' of the held-in families' "
+         "the table's optimiser steps (epochs x iterations of batch 2), fold 'all' of the held-in families' "
          "training cases; plans made on those cases only.", "",
          "## MRE (mm) per held-out family", "",
-         "| held out | trainer | variant | MR in | MR cross | ratio | US in | US cross | ratio | SRE in | SRE cross | "
-         "Dice in | Dice cross |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+         "| held out | trainer | variant | steps | MR in | MR cross | ratio | US in | US cross | ratio | SRE in | "
+         "SRE cross | Dice in | Dice cross |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, r in runs.items():
         fam, trainer, variant = key.split("|")
         i, c = r["in_domain"], r["cross_domain"]
-        L.append(f"| {fam} | {trainer} | {variant} | {i['MR']['mre_mm']:.2f} | {c['MR']['mre_mm']:.2f} | "
+        steps = r["epochs"] * r["iterations"] if r.get("epochs") and r.get("iterations") else "?"
+        L.append(f"| {fam} | {trainer} | {variant} | {steps} | {i['MR']['mre_mm']:.2f} | {c['MR']['mre_mm']:.2f} | "
                  f"{r['ratio_MR']:.2f} | {i['US']['mre_mm']:.2f} | {c['US']['mre_mm']:.2f} | {r['ratio_US']:.2f} | "
                  f"{i['sre_mm']:.2f} | {c['sre_mm']:.2f} | {i['dice']:.3f} | {c['dice']:.3f} |")
     L += ["", "## Per landmark, cross-domain (mm)", "", "| held out | trainer | variant | modality | apex | "

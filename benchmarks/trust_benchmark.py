@@ -79,6 +79,23 @@ def cascade_dataset(args):
     return open_dataset(CASCADE_ID)
 
 
+def trained_epochs(folder: Path) -> int:
+    """Epochs in a fold's checkpoint_latest.pth (0 when there is none)."""
+    import torch
+
+    path = folder / "checkpoint_latest.pth"
+    return int(torch.load(path, map_location="cpu", weights_only=False).get("epoch", 0)) if path.is_file() else 0
+
+
+def needs_training(folder: Path, epochs: int) -> tuple[bool, bool]:
+    """(train, resume): a fold trained for fewer epochs than asked continues from its last epoch
+    (the trainer starts a new learning-rate segment), so a longer benchmark reuses a shorter one."""
+    if not (folder / "checkpoint_final.pth").is_file():
+        return True, (folder / "checkpoint_latest.pth").is_file()
+    done = trained_epochs(folder)
+    return done < epochs, done < epochs
+
+
 def stage_train(args) -> None:
     """Train every fold of both modalities that is not trained yet (checkpoint_final.pth), then
     the cascade's stages for ``--cascade-folds``."""
@@ -91,25 +108,28 @@ def stage_train(args) -> None:
             for modality in args.modalities:
                 for stage in ("localizer", "refine"):
                     folder = model_folder(cds.name, TRAINER, f"{modality}_{stage}") / f"fold_{fold}"
-                    if (folder / "checkpoint_final.pth").is_file():
+                    todo, resume = needs_training(folder, args.epochs)
+                    if not todo:
                         continue
                     t0 = time.perf_counter()
                     log(f"training {TRAINER} {modality}_{stage} fold {fold} ({args.epochs} epochs x {args.iterations} steps)")
                     s = train(str(CASCADE_ID), modality, fold if fold == "all" else int(fold), TRAINER,
                               num_workers=args.workers, seed=args.seed, num_epochs=args.epochs,
-                              iterations_per_epoch=args.iterations, progress_bar=False, configuration=stage)
+                              iterations_per_epoch=args.iterations, progress_bar=False, configuration=stage,
+                              resume=resume)
                     log(f"  {modality}_{stage} fold {fold}: validation MRE {s['mre_mm']:.2f} mm in "
                         f"{time.perf_counter() - t0:.0f} s")
     for modality in args.modalities:
         for fold in args.folds:
             folder = model_folder(ds.name, TRAINER, modality) / f"fold_{fold}"
-            if (folder / "checkpoint_final.pth").is_file():
+            todo, resume = needs_training(folder, args.epochs)
+            if not todo:
                 continue
             t0 = time.perf_counter()
             log(f"training {TRAINER} {modality} fold {fold} ({args.epochs} epochs x {args.iterations} steps)")
             s = train(str(DATASET_ID), modality, fold if fold == "all" else int(fold), TRAINER,
                       num_workers=args.workers, seed=args.seed, num_epochs=args.epochs,
-                      iterations_per_epoch=args.iterations, progress_bar=False)
+                      iterations_per_epoch=args.iterations, progress_bar=False, resume=resume)
             log(f"  {modality} fold {fold}: validation MRE {s['mre_mm']:.2f} mm in {time.perf_counter() - t0:.0f} s")
 
 

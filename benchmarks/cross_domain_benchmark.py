@@ -53,6 +53,7 @@ LOFO_ID = 980  # + held-out index (+ 10 per variant after the first)
 VARIANT_OFFSET = {"default": 0, "nnunet_intensity": 10}
 MODALITIES = ("MR", "US")
 TARGET_RATIO = 1.5
+OWN_RUNS: set = set()  # runs this process scored (they replace the file's; the file's others are kept)
 TARGET_MRE = {"MR": 1.5, "US": 2.0}
 
 
@@ -302,9 +303,11 @@ def run(args, results: dict) -> None:
                     if not done.is_file():
                         log(f"{key}: training {m} ({args.epochs} x {args.iterations} iterations)")
                         t0 = time.perf_counter()
+                        # an interrupted run continues from its last epoch (same seed, same length)
+                        resume = (done.parent / "checkpoint_latest.pth").is_file()
                         s = train(str(ds.spec.dataset_id), m, "all", trainer, num_workers=args.workers,
                                   seed=args.seed, num_epochs=args.epochs, iterations_per_epoch=args.iterations,
-                                  progress_bar=False)
+                                  progress_bar=False, resume=resume)
                         seconds[m] = round(time.perf_counter() - t0, 1)
                         seconds[f"{m}_summary"] = {k: v for k, v in (s or {}).items()
                                                    if isinstance(v, (int, float, str))}
@@ -317,6 +320,7 @@ def run(args, results: dict) -> None:
                     "train_seconds"), epochs=args.epochs, iterations=args.iterations,
                     n_train_cases=len(ds.cases("Tr")), commit=git_commit())
                 results["runs"][key] = summary
+                OWN_RUNS.add(key)
                 log(f"{key}: MR in {summary['in_domain']['MR']['mre_mm']:.2f} / cross "
                     f"{summary['cross_domain']['MR']['mre_mm']:.2f} mm; US in {summary['in_domain']['US']['mre_mm']:.2f}"
                     f" / cross {summary['cross_domain']['US']['mre_mm']:.2f} mm")
@@ -334,6 +338,14 @@ def save(results: dict, args, started: float) -> None:
         results["commands"].append(cmd)
     results["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     results["last_wall_minutes"] = (time.perf_counter() - started) / 60
+    # several processes (e.g. --held-out 0 1 and --held-out 2 3) share the file: keep the runs the
+    # others saved meanwhile, this process's own runs win
+    if RESULTS.is_file():
+        on_disk = json.loads(RESULTS.read_text()).get("runs", {})
+        results["runs"] = {**on_disk, **{k: v for k, v in results["runs"].items() if k in OWN_RUNS}}
+        for c in json.loads(RESULTS.read_text()).get("commands", []):
+            if c not in results["commands"]:
+                results["commands"].insert(0, c)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     tmp = RESULTS.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=2, default=str))
@@ -350,15 +362,16 @@ def write_report(results: dict) -> None:
          "(shared with other jobs; training length is fixed in epochs x iterations, not in time).", "",
          f"Data: {s.get('train_per_family')} training + {s.get('test_per_family')} test cases per family, "
          f"families {', '.join(results.get('families', []))} (documentation/phantoms.md). Each model: "
-         f"{s.get('epochs')} epochs x {s.get('iterations')} iterations, fold 'all' of the held-in families' "
+         "the table's optimiser steps (epochs x iterations of batch 2), fold 'all' of the held-in families' "
          "training cases; plans made on those cases only.", "",
          "## MRE (mm) per held-out family", "",
-         "| held out | trainer | variant | MR in | MR cross | ratio | US in | US cross | ratio | SRE in | SRE cross | "
-         "Dice in | Dice cross |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+         "| held out | trainer | variant | steps | MR in | MR cross | ratio | US in | US cross | ratio | SRE in | "
+         "SRE cross | Dice in | Dice cross |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, r in runs.items():
         fam, trainer, variant = key.split("|")
         i, c = r["in_domain"], r["cross_domain"]
-        L.append(f"| {fam} | {trainer} | {variant} | {i['MR']['mre_mm']:.2f} | {c['MR']['mre_mm']:.2f} | "
+        steps = r["epochs"] * r["iterations"] if r.get("epochs") and r.get("iterations") else "?"
+        L.append(f"| {fam} | {trainer} | {variant} | {steps} | {i['MR']['mre_mm']:.2f} | {c['MR']['mre_mm']:.2f} | "
                  f"{r['ratio_MR']:.2f} | {i['US']['mre_mm']:.2f} | {c['US']['mre_mm']:.2f} | {r['ratio_US']:.2f} | "
                  f"{i['sre_mm']:.2f} | {c['sre_mm']:.2f} | {i['dice']:.3f} | {c['dice']:.3f} |")
     L += ["", "## Per landmark, cross-domain (mm)", "", "| held out | trainer | variant | modality | apex | "

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import re
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from lmkreg.errors import ConfigurationError, FileError, LmkregError
 from lmkreg import __version__
-import json
+from lmkreg.errors import ConfigurationError, FileError, LmkregError
 
 _MARKUP = re.compile(r"``(.+?)``", re.DOTALL)
 
@@ -42,6 +42,28 @@ def add_version(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=version_text(parser.prog),
                         help="print the lmkreg version and exit")
     return parser
+
+
+# ---- options several commands share: one spelling, dest, default and (where it says the same) help text ----
+
+DEVICE_CHOICES = ("cpu", "cuda", "auto")
+
+
+def add_device_option(parser: argparse.ArgumentParser, help_text: str) -> argparse.Action:
+    """``--device cpu|cuda|auto`` (default None: the command picks cuda if available).  The help
+    text is the command's own: it says what runs there (training, the networks)."""
+    return parser.add_argument("--device", default=None, choices=list(DEVICE_CHOICES), help=help_text)
+
+
+def add_progress_option(parser: argparse.ArgumentParser) -> argparse.Action:
+    """``--no-progress`` (dest no_progress): every command with a progress bar can hide it (issue 25)."""
+    return parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def add_strict_option(parser: argparse.ArgumentParser, help_text: str) -> argparse.Action:
+    """``--strict`` (dest strict, default False).  The help text says what becomes an error, which
+    differs between commands (warnings of a dataset check, results flagged unreliable)."""
+    return parser.add_argument("--strict", action="store_true", help=help_text)
 
 
 # ---- value checks with one message style: "OPTION: VALUE is not ...; give ..." (issue 25) -------

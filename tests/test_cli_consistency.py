@@ -233,3 +233,56 @@ def test_demo_no_progress_reaches_the_bars_the_demo_turns_on(tmp_path, monkeypat
     with pytest.raises(Stop):
         demo.main(["--quick", "-o", str(tmp_path / "out"), "-d", "977"])
     assert seen == {"phantoms": True, "training": True}
+
+
+# --device, --no-progress and --strict as each command had them before cli_utils' add_*_option
+# helpers, written out: the commands that have each, its destination, default, value given, choices and
+# help text (the texts of --device and of verify's --strict differ on purpose: they say what the option does there)
+_STRICT_RESULTS = ("exit with status 3 when any result is flagged unreliable (flagged results are still written and "
+                   "listed; without this option they do not change the exit status)")
+_SHARED_OPTIONS = {
+    "--device": {
+        "lmkreg_train": ("where training runs (default: cuda if available)", "cuda"),
+        "lmkreg_predict": ("where the networks run (default: cuda if available)", "cuda"),
+        "lmkreg_demo": ("where to train (default: cuda if available, else cpu)", "cuda"),
+    },
+    "--no-progress": {command: ("hide the progress bar", True) for command, _, _ in COMMANDS},
+    "--strict": {
+        "lmkreg_verify_dataset": ("treat warnings as errors (exit 1)", True),
+        "lmkreg_predict": (_STRICT_RESULTS, True),
+        "lmkreg_register": (_STRICT_RESULTS, True),
+        "lmkreg_evaluate": (_STRICT_RESULTS, True),
+    },
+}
+_SHARED_SHAPE = {"--device": ("device", None, ["cpu", "cuda", "auto"]), "--no-progress": ("no_progress", False, None),
+                 "--strict": ("strict", False, None)}
+
+
+@pytest.mark.parametrize("command, module, function", COMMANDS)
+def test_shared_options_keep_their_destination_default_and_help(command, module, function, monkeypatch):
+    parser = _parser_of(module, function, monkeypatch)
+    monkeypatch.undo()
+    # parse only the shared options: the command's own required options are switched off on this parser
+    for action in parser._actions:
+        action.required = False
+    for group in parser._mutually_exclusive_groups:
+        group.required = False
+    defaults, argv, expected = parser.parse_args([]), [], {}
+    for option, users in _SHARED_OPTIONS.items():
+        actions = [a for a in parser._actions if option in a.option_strings]
+        if command not in users:
+            assert not actions, f"{command} gained {option}"
+            continue
+        (action,) = actions
+        dest, default, choices = _SHARED_SHAPE[option]
+        help_text, given = users[command]
+        assert (action.option_strings, action.dest, action.default, action.choices, action.help, action.required) \
+            == ([option], dest, default, choices, help_text, False), (command, option)
+        assert getattr(defaults, dest) == default and type(getattr(defaults, dest)) is type(default), (command, option)
+        argv += [option] + ([] if given is True else [given])
+        expected[dest] = given
+    parsed = vars(parser.parse_args(argv))
+    assert {dest: parsed[dest] for dest in expected} == expected, command
+    if command in _SHARED_OPTIONS["--device"]:  # the choices are still checked
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--device", "gpu"])

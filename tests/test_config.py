@@ -113,6 +113,70 @@ def test_settings_merge_overrides_and_refuse_unknown_names():
         augmentation_settings("MR", {"elastic": {}})
 
 
+
+# DEFAULT_AUGMENTATION written out by hand (as it stood before its nnU-Net entries were defined once
+# for both kinds): the defaults are stored in every plans.json, so they must not drift silently.
+_NN_OFF_LITERAL = {"nn_gaussian_noise": None, "nn_gaussian_blur": None, "nn_brightness": None, "nn_contrast": None,
+                   "nn_low_resolution": None, "nn_gamma": None}
+DEFAULT_AUGMENTATION_LITERAL = {
+    "MR": {
+        "spatial": {"rotation_deg": [[-10.0, 10.0], [-10.0, 10.0], [-15.0, 15.0]], "scale": [0.85, 1.15],
+                    "translation_mm": 10.0, "p_rotation": 0.5, "p_scale": 0.5, "p_translation": 0.5,
+                    "isotropic_scale": True, "elastic_alpha_mm": 0.0, "elastic_sigma_mm": 12.0, "p_elastic": 0.0},
+        "mirror": {"p": 0.5},
+        "sweep_cut": None,
+        "speckle": None,
+        "acoustic_shadow": None,
+        "gaussian_blur": {"p": 0.15, "sigma_mm": [0.5, 1.5], "keep_zero": False},
+        "brightness": {"p": 0.15, "factor": [0.75, 1.25], "keep_zero": False},
+        "contrast": {"p": 0.15, "factor": [0.75, 1.25], "keep_zero": False},
+        "gamma": {"p": 0.15, "gamma": [0.7, 1.5], "keep_zero": False},
+        "gaussian_noise": {"p": 0.15, "std": [0.0, 0.1], "keep_zero": False},
+        "bias_field": None,
+        "nn_gaussian_noise": None,
+        "nn_gaussian_blur": None,
+        "nn_brightness": None,
+        "nn_contrast": None,
+        "nn_low_resolution": None,
+        "nn_gamma": None,
+    },
+    "US": {
+        "spatial": {"rotation_deg": [[-15.0, 15.0], [-15.0, 15.0], [-30.0, 30.0]], "scale": [0.85, 1.15],
+                    "translation_mm": 10.0, "p_rotation": 0.6, "p_scale": 0.5, "p_translation": 0.5,
+                    "isotropic_scale": True, "elastic_alpha_mm": 0.0, "elastic_sigma_mm": 12.0, "p_elastic": 0.0},
+        "mirror": {"p": 0.5},
+        "sweep_cut": {"p": 0.2, "beyond_mm": [-2.0, 6.0]},
+        "speckle": {"p": 0.3, "std": [0.05, 0.25], "correlation_mm": 1.0, "keep_zero": True},
+        "acoustic_shadow": {"p": 0.2, "attenuation": [0.3, 0.7], "width_mm": [4.0, 15.0],
+                            "height_mm": [10.0, 40.0], "keep_zero": True},
+        "gaussian_blur": {"p": 0.15, "sigma_mm": [0.5, 1.5], "keep_zero": True},
+        "brightness": {"p": 0.15, "factor": [0.75, 1.25], "keep_zero": True},
+        "contrast": {"p": 0.15, "factor": [0.75, 1.25], "keep_zero": True},
+        "gamma": {"p": 0.15, "gamma": [0.7, 1.5], "keep_zero": True},
+        "gaussian_noise": {"p": 0.15, "std": [0.0, 0.05], "keep_zero": True},
+        "bias_field": None,
+        "nn_gaussian_noise": None,
+        "nn_gaussian_blur": None,
+        "nn_brightness": None,
+        "nn_contrast": None,
+        "nn_low_resolution": None,
+        "nn_gamma": None,
+    },
+}
+
+
+def test_default_augmentation_equals_its_literal_copy():
+    # == alone would take 10 for 10.0 and 1 for True and ignore the key order (the order the
+    # transforms are applied); the JSON text as plans.json stores it tells them apart
+    assert DEFAULT_AUGMENTATION == DEFAULT_AUGMENTATION_LITERAL
+    assert json.dumps(DEFAULT_AUGMENTATION) == json.dumps(DEFAULT_AUGMENTATION_LITERAL)
+    for kind in ("MR", "US"):
+        assert {k: v for k, v in DEFAULT_AUGMENTATION[kind].items() if k.startswith("nn_")} == _NN_OFF_LITERAL
+        assert augmentation_settings(kind) == DEFAULT_AUGMENTATION_LITERAL[kind]
+    # the two kinds share no mutable object: changing one kind's settings leaves the other alone
+    assert all(a is None or a is not b for a, b in zip(DEFAULT_AUGMENTATION["MR"].values(),
+                                                       DEFAULT_AUGMENTATION["US"].values()))
+
 @pytest.mark.parametrize("name,kind", [("MR", "MR"), ("T2", "MR"), ("US", "US"), ("TRUS", "US"),
                                        ("trus_bmode", "US"), ("3D-Ultrasound", "US"), ("CT", "MR")])
 def test_modality_kind(name, kind):

@@ -53,6 +53,10 @@ AUGMENTATION_PARAMETERS: dict[str, dict[str, str]] = {
 }
 AUGMENTATIONS: tuple[str, ...] = tuple(AUGMENTATION_PARAMETERS)
 
+# nnU-Net's intensity transforms are off by default in both kinds (nnunet_intensity_override
+# switches them on); one definition, in AUGMENTATION_PARAMETERS' order, spread into each kind.
+_NNUNET_INTENSITY_OFF: dict[str, None] = {name: None for name in AUGMENTATION_PARAMETERS if name.startswith("nn_")}
+
 # Plain JSON-able defaults (stored in plans.json under training.augmentation).  Keys are applied
 # in this order; a key set to null (None) is switched off.
 DEFAULT_AUGMENTATION: dict[str, dict[str, Optional[dict[str, Any]]]] = {
@@ -70,12 +74,7 @@ DEFAULT_AUGMENTATION: dict[str, dict[str, Optional[dict[str, Any]]]] = {
         "gamma": {"p": 0.15, "gamma": [0.7, 1.5], "keep_zero": False},
         "gaussian_noise": {"p": 0.15, "std": [0.0, 0.1], "keep_zero": False},
         "bias_field": None,
-        "nn_gaussian_noise": None,
-        "nn_gaussian_blur": None,
-        "nn_brightness": None,
-        "nn_contrast": None,
-        "nn_low_resolution": None,
-        "nn_gamma": None,
+        **_NNUNET_INTENSITY_OFF,
     },
     "US": {
         "spatial": {"rotation_deg": [[-15.0, 15.0], [-15.0, 15.0], [-30.0, 30.0]], "scale": [0.85, 1.15],
@@ -93,12 +92,7 @@ DEFAULT_AUGMENTATION: dict[str, dict[str, Optional[dict[str, Any]]]] = {
         "gamma": {"p": 0.15, "gamma": [0.7, 1.5], "keep_zero": True},
         "gaussian_noise": {"p": 0.15, "std": [0.0, 0.05], "keep_zero": True},
         "bias_field": None,
-        "nn_gaussian_noise": None,
-        "nn_gaussian_blur": None,
-        "nn_brightness": None,
-        "nn_contrast": None,
-        "nn_low_resolution": None,
-        "nn_gamma": None,
+        **_NNUNET_INTENSITY_OFF,
     },
 }
 

@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from lmkreg.cli_utils import dataset_number, friendly_errors, make_parser
-from lmkreg.errors import ConfigurationError
-from lmkreg.io.landmark_names import parse_landmark_map
-from lmkreg.io.landmarks import DEFAULT_LANDMARK_NAMES
+from lmkreg.cli_utils import add_progress_option, add_strict_option, dataset_number, friendly_errors, make_parser
 from lmkreg.dataset.importer import ModalitySource, import_dataset
 from lmkreg.dataset.layout import open_dataset
 from lmkreg.dataset.verify import verify_dataset
+from lmkreg.errors import ConfigurationError
+from lmkreg.io.landmark_names import parse_landmark_map
+from lmkreg.io.landmarks import DEFAULT_LANDMARK_NAMES
 
 
 def _modality_paths(values: Optional[Sequence[str]], option: str) -> dict[str, Path]:
@@ -78,7 +78,7 @@ def build_import_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-incomplete", action="store_true",
                         help="import the complete cases and list the incomplete ones (default: refuse)")
     parser.add_argument("--description", default="", help="free text for dataset.json")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_progress_option(parser)
     return parser
 
 
@@ -129,8 +129,8 @@ def build_verify_parser() -> argparse.ArgumentParser:
                     "stray files) and print one report. Exit status 0 = no errors, 1 = errors found "
                     "(with --strict also warnings), 2 = the dataset could not be opened.")
     parser.add_argument("-d", "--dataset", required=True, help="dataset number or full name (DatasetNNN_Name)")
-    parser.add_argument("--strict", action="store_true", help="treat warnings as errors (exit 1)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_strict_option(parser, "treat warnings as errors (exit 1)")
+    add_progress_option(parser)
     return parser
 
 

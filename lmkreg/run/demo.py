@@ -21,23 +21,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from lmkreg.cli_utils import dataset_number, friendly_errors, make_parser
-from lmkreg.training.budget import DEFAULT_LIMIT_FACTOR
+from lmkreg.cli_utils import add_device_option, add_progress_option, dataset_number, friendly_errors, make_parser
+from lmkreg.config.plans import Plans
 from lmkreg.dataset.layout import Dataset, dataset_folder_name
+from lmkreg.evaluation.predicted_masks import LANDMARKS_SURFACE_WEIGHT
+from lmkreg.inference.predictor import LandmarkPredictor
+from lmkreg.io.atomic import atomic_write_json
+from lmkreg.parallel import hide_progress
 from lmkreg.paths import raw_root
 from lmkreg.phantoms.generator import generate_dataset
-from lmkreg.run.predict import predict_folder
-from lmkreg.inference.predictor import LandmarkPredictor
-from lmkreg.training.registry import find_trainer
-from lmkreg.run.evaluate import main as evaluate_main
 from lmkreg.planning.plan_and_preprocess import describe, plan_and_preprocess
-from lmkreg.config.plans import Plans
-from lmkreg.io.atomic import atomic_write_json
+from lmkreg.run.evaluate import main as evaluate_main
+from lmkreg.run.predict import predict_folder
 from lmkreg.run.register import main as register_main
-from lmkreg.threads import configure_threads
 from lmkreg.run.train import model_folder, train
-from lmkreg.evaluation.predicted_masks import LANDMARKS_SURFACE_WEIGHT
-from lmkreg.parallel import hide_progress
+from lmkreg.threads import configure_threads
+from lmkreg.training.budget import DEFAULT_LIMIT_FACTOR
+from lmkreg.training.registry import find_trainer
 
 
 @dataclass(frozen=True)
@@ -280,9 +280,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         f"{DEFAULT_LIMIT_FACTOR:g} times as long")
     p.add_argument("--seed", type=int, default=0, help="seed of the phantoms and the training (default 0)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"],
-                   help="where to train (default: cuda if available, else cpu)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_device_option(p, "where to train (default: cuda if available, else cpu)")
+    add_progress_option(p)
     args = p.parse_args(argv)
     if args.no_progress:
         hide_progress()

@@ -22,33 +22,28 @@ with ground truth but no prediction, per modality, and cases predicted in one mo
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from lmkreg.cli_utils import friendly_errors, make_parser
+from lmkreg import __version__
+from lmkreg.cli_utils import add_progress_option, add_strict_option, friendly_errors, make_parser
 from lmkreg.dataset.layout import Dataset, check_case_id, open_dataset
 from lmkreg.errors import ConfigurationError, OutputError
 from lmkreg.evaluation.evaluate import MODALITIES, CaseResult, evaluate_cases, find_prediction, summarize
-from lmkreg.evaluation.predicted_masks import LANDMARKS_SURFACE_WEIGHT
+from lmkreg.evaluation.predicted_masks import LANDMARKS_SURFACE_WEIGHT, VARIANTS
 from lmkreg.evaluation.qc import fusion_figure, landmark_figure
+from lmkreg.evaluation.report import REPORT_FILES, worst_cases, write_report
 from lmkreg.geometry.rigid import RigidTransform
 from lmkreg.io.images import read_image
-from lmkreg.io.landmark_files import read_landmarks
+from lmkreg.io.landmark_files import LANDMARK_SUFFIXES, read_landmarks
 from lmkreg.io.landmarks import read_lmkreg_json
-from lmkreg.evaluation.report import worst_cases
-from lmkreg.parallel import parallel_map
-from lmkreg.evaluation.report import write_report
-from lmkreg.parallel import default_workers
-from lmkreg.evaluation.predicted_masks import VARIANTS
-from lmkreg.evaluation.report import REPORT_FILES
-import json
 from lmkreg.io.provenance import read_provenance
-from lmkreg.io.landmark_files import LANDMARK_SUFFIXES
+from lmkreg.parallel import default_workers, parallel_map
 from lmkreg.trust.summary import STRICT_HELP, exit_status
-from lmkreg import __version__
 
 QC_FOLDER = "qc"
 
@@ -338,8 +333,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         f"row, as lmkreg_register --refine surface --landmark-weight (default "
                         f"{LANDMARKS_SURFACE_WEIGHT:g})")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: available cores, max 8)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--strict", action="store_true", help=STRICT_HELP)  # unmatched cases count as flagged (docstring)
+    add_progress_option(p)
+    add_strict_option(p, STRICT_HELP)  # unmatched cases count as flagged (docstring)
     p.add_argument("--overwrite", action="store_true",
                    help="replace report files (evaluation.md, .csv, .json, histograms.png) lmkreg did not write")
     args = p.parse_args(argv)

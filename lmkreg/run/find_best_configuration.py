@@ -6,9 +6,9 @@ import sys
 from typing import Optional, Sequence
 
 import lmkreg.evaluation.model_selection as model_selection
-from lmkreg.cli_utils import friendly_errors, make_parser
+from lmkreg.cli_utils import add_progress_option, friendly_errors, make_parser
 from lmkreg.dataset.layout import check_dataset_modality
-from lmkreg.evaluation.model_selection import FOLDS, format_p, find_best_configuration
+from lmkreg.evaluation.model_selection import FOLDS, find_best_configuration, format_p
 from lmkreg.parallel import hide_progress
 
 
@@ -21,7 +21,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="trainers to compare (default: every trained TRAINER__MODALITY folder)")
     p.add_argument("-f", "--folds", nargs="+", type=int, default=list(FOLDS),
                    help="folds that must all be present (default 0 1 2 3 4)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_progress_option(p)
     args = p.parse_args(argv)
     if args.no_progress:  # issue 25: every command with a progress bar can hide it
         hide_progress()

@@ -6,9 +6,9 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from lmkreg.cli_utils import dataset_number, friendly_errors, make_parser
-from lmkreg.paths import raw_root
+from lmkreg.cli_utils import add_progress_option, dataset_number, friendly_errors, make_parser
 from lmkreg.errors import ConfigurationError
+from lmkreg.paths import raw_root
 from lmkreg.phantoms.generator import generate_dataset
 from lmkreg.phantoms.presets import FAMILIES, PRESETS
 
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes (default: min(2, available CPUs))")
     parser.add_argument("--overwrite", action="store_true", help="replace existing case files of this dataset")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_progress_option(parser)
     return parser
 
 

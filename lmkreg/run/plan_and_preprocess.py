@@ -6,13 +6,13 @@ import sys
 from typing import Optional, Sequence
 
 import lmkreg.planning.plan_and_preprocess as planning_module
-from lmkreg.cli_utils import friendly_errors, make_parser
+from lmkreg.cli_utils import add_progress_option, friendly_errors, make_parser
 from lmkreg.config.plans import PLANS_FILE, Plans
 from lmkreg.errors import ConfigurationError
+from lmkreg.parallel import hide_progress
 from lmkreg.planning.plan_and_preprocess import describe, plan_and_preprocess
 from lmkreg.planning.planner import Budget
 from lmkreg.threads import configure_threads
-from lmkreg.parallel import hide_progress
 
 
 @friendly_errors
@@ -25,7 +25,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--num-folds", type=int, default=5, help="number of cross-validation folds (default 5)")
     parser.add_argument("--overwrite-plans", action="store_true", help="plan again even if plans.json exists")
     parser.add_argument("--plan-only", action="store_true", help="write plans and splits, do not preprocess")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_progress_option(parser)
     parser.add_argument("--cascade", choices=["auto", "yes", "no"], default="auto",
                         help="plan a localizer and refine stage per modality besides the single stage: auto (where "
                              "the framing varies or a crop allows a finer spacing), yes or no (default auto)")

@@ -31,27 +31,26 @@ from typing import Optional, Sequence, Union
 
 from tqdm import tqdm
 
-from lmkreg.cli_utils import (check_unique, choose_trainer, error_line, fold_value, friendly_errors,
-                               make_parser, positive_float, positive_int)
+from lmkreg.cli_utils import (add_device_option, add_progress_option, add_strict_option, check_unique, choose_trainer,
+                              error_line, fold_value, friendly_errors, make_parser, positive_float, positive_int)
 from lmkreg.dataset.layout import check_dataset_modality, find_dataset
 from lmkreg.errors import ConfigurationError, InputError, LmkregError
 from lmkreg.geometry import ImageGeometry
-from lmkreg.io.atomic import atomic_path, remove_stale_temporaries, split_suffix
-from lmkreg.io.inputs import InputImage, find_input_images
-from lmkreg.io.ownership import check_replaceable
-from lmkreg.io.inputs import split_by_modality
-from lmkreg.io.provenance import Provenance, add_provenance
-from lmkreg.inference.reuse import for_input, model_provenance, predictor_modality, recorded_flags, reuse_decision
-from lmkreg.io.landmarks import write_lmkreg_json
-from lmkreg.paths import results_root
+from lmkreg.inference.cascade import build_predictor
 from lmkreg.inference.interface import Predictor, finish_prediction
 from lmkreg.inference.prediction import Prediction
 from lmkreg.inference.predictor import LandmarkPredictor
-from lmkreg.trust.summary import STRICT_HELP, exit_status, print_unreliable
-from lmkreg.inference.cascade import build_predictor
+from lmkreg.inference.reuse import for_input, model_provenance, predictor_modality, recorded_flags, reuse_decision
 from lmkreg.inference.segmentation import mask_path_for, prostate_record, write_mask
+from lmkreg.io.atomic import atomic_path, remove_stale_temporaries, split_suffix
+from lmkreg.io.inputs import InputImage, find_input_images, split_by_modality
 from lmkreg.io.landmark_files import write_landmarks
+from lmkreg.io.landmarks import write_lmkreg_json
+from lmkreg.io.ownership import check_replaceable
+from lmkreg.io.provenance import Provenance, add_provenance
+from lmkreg.paths import results_root
 from lmkreg.threads import configure_threads
+from lmkreg.trust.summary import STRICT_HELP, exit_status, print_unreliable
 
 
 @dataclass
@@ -223,17 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no mirrored predictions: half the time, but no calibrated error radius")
     p.add_argument("--max-radius", type=positive_float, default=5.0, metavar="MM",
                    help="flag a landmark whose calibrated error radius is larger than this many mm (default 5)")
-    p.add_argument("--strict", action="store_true", help=STRICT_HELP)
+    add_strict_option(p, STRICT_HELP)
     p.add_argument("--overwrite", action="store_true",
                    help="predict again cases whose outputs exist, and replace same-named files lmkreg did not write")
     p.add_argument("--num-parts", type=positive_int, default=1, help="split the folder into this many parts")
     p.add_argument("--part-id", type=int, default=0, help="which part this process predicts")
-    p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"],
-                   help="where the networks run (default: cuda if available)")
+    add_device_option(p, "where the networks run (default: cuda if available)")
     p.add_argument("--no-optimize", action="store_true",
                    help="on CPU, run the networks in eager mode instead of as optimised TorchScript modules")
     p.add_argument("--trainer-module", action="append", default=[], help="module (file.py or dotted) with a custom trainer")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_progress_option(p)
     return p
 
 

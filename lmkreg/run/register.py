@@ -33,41 +33,32 @@ from typing import Optional, Sequence
 
 import SimpleITK as sitk
 
-from lmkreg.cli_utils import check_unique, fold_value, friendly_errors, make_parser
-from lmkreg.dataset.layout import check_case_id
+from lmkreg.cli_utils import (add_progress_option, add_strict_option, check_unique, choose_trainer, fold_value,
+                              friendly_errors, make_parser)
+from lmkreg.dataset.layout import check_case_id, find_dataset, open_dataset
 from lmkreg.errors import ConfigurationError, InputError, LmkregError, OutputError
+from lmkreg.inference.cascade import build_predictor
+from lmkreg.inference.reuse import one_shot_provenance
 from lmkreg.io.atomic import atomic_path, atomic_write_json, split_suffix
 from lmkreg.io.dicom import read_image_or_series
 from lmkreg.io.images import write_image
-from lmkreg.io.landmarks import LandmarkSet
-from lmkreg.registration.landmark_fit import LandmarkRegistration
-from lmkreg.io.ownership import LMKREG_RESAMPLED_NOTE, check_replaceable
-from lmkreg.io.provenance import add_provenance, pair_record, read_provenance
-from lmkreg.inference.reuse import one_shot_provenance
-from lmkreg.io.twins import choose_twin
-from lmkreg.registration.pair_checks import check_pair, takes_role
-from lmkreg.run.surface_options import SurfaceRequest, add_surface_options, surface_request
 from lmkreg.io.inputs import CASE_SUFFIX
-from lmkreg.registration.transform_files import to_sitk_resampling_transform, write_itk_transform
-from lmkreg.trust.summary import STRICT_HELP, exit_status, print_unreliable
-from lmkreg.io.landmarks import DEFAULT_LANDMARK_NAMES
-from lmkreg.io.ownership import written_by_lmkreg
-from lmkreg.io.landmark_files import read_landmarks
-from lmkreg.io.landmark_names import rename_landmarks
-from lmkreg.registration.pair_fit import fit_pair
-from lmkreg.io.landmark_files import LANDMARK_SUFFIXES
-from lmkreg.dataset.layout import find_dataset
-from lmkreg.inference.cascade import build_predictor
-from lmkreg.io.landmark_files import write_landmarks
-from lmkreg.io.landmarks import write_lmkreg_json
-from lmkreg.paths import results_root
-from lmkreg.registration.predicted_masks import attach_mask
-from lmkreg.cli_utils import choose_trainer
-from lmkreg.io.landmark_names import parse_landmark_map
-from lmkreg.dataset.layout import open_dataset
+from lmkreg.io.landmark_files import LANDMARK_SUFFIXES, read_landmarks, write_landmarks
+from lmkreg.io.landmark_names import parse_landmark_map, rename_landmarks
+from lmkreg.io.landmarks import DEFAULT_LANDMARK_NAMES, LandmarkSet, write_lmkreg_json
+from lmkreg.io.ownership import LMKREG_RESAMPLED_NOTE, check_replaceable, written_by_lmkreg
+from lmkreg.io.provenance import add_provenance, pair_record, read_provenance
+from lmkreg.io.twins import choose_twin
 from lmkreg.parallel import hide_progress
+from lmkreg.paths import results_root
+from lmkreg.registration.landmark_fit import LandmarkRegistration
+from lmkreg.registration.pair_checks import check_pair, takes_role
+from lmkreg.registration.pair_fit import fit_pair
+from lmkreg.registration.predicted_masks import attach_mask
+from lmkreg.registration.transform_files import to_sitk_resampling_transform, write_itk_transform
+from lmkreg.run.surface_options import SurfaceRequest, add_surface_options, surface_request
 from lmkreg.trust.flags import add_flags
-
+from lmkreg.trust.summary import STRICT_HELP, exit_status, print_unreliable
 
 
 def case_name(path: Path) -> str:
@@ -336,8 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace same-named output files lmkreg did not write (NAME_MR_to_US.json/.tfm, "
                         "NAME_MR_in_US.nii.gz; one shot also NAME_MR.json / NAME_US.json and .mrk.json)")
-    p.add_argument("--strict", action="store_true", help=STRICT_HELP)
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_strict_option(p, STRICT_HELP)
+    add_progress_option(p)
     add_surface_options(p)
     return p
 

@@ -15,17 +15,16 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from lmkreg.cli_utils import check_unique, friendly_errors, make_parser
+from lmkreg.cli_utils import add_device_option, add_progress_option, check_unique, friendly_errors, make_parser
+from lmkreg.config.plans import PLANS_FILE, Plans
+from lmkreg.config.splits import SPLITS_FILE, load_or_create_splits
 from lmkreg.dataset.layout import check_dataset_modality, open_dataset
 from lmkreg.errors import ConfigurationError
 from lmkreg.io.atomic import atomic_write_text
-from lmkreg.paths import results_root
-from lmkreg.paths import preprocessed_folder
-from lmkreg.config.plans import PLANS_FILE, Plans
-from lmkreg.config.splits import SPLITS_FILE, load_or_create_splits
+from lmkreg.paths import preprocessed_folder, results_root
+from lmkreg.run.calibrate import store_trust_data  # calibration and training statistics (issue 14)
 from lmkreg.training.budget import DEFAULT_LIMIT_FACTOR
 from lmkreg.training.registry import find_trainer
-from lmkreg.run.calibrate import store_trust_data  # calibration and training statistics (issue 14)
 from lmkreg.training.runtime import select_device
 from lmkreg.trust.calibration import Calibration
 from lmkreg.trust.error_estimate import fold_all_trust_message
@@ -149,8 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the single-stage configuration named by the modality)")
     p.add_argument("-tr", "--trainer", default=DEFAULT_TRAINER, help=f"trainer class (default {DEFAULT_TRAINER})")
     p.add_argument("--trainer-module", action="append", default=[], help="extra module (file.py or dotted) with trainers")
-    p.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"],
-                   help="where training runs (default: cuda if available)")
+    add_device_option(p, "where training runs (default: cuda if available)")
     p.add_argument("--c", dest="resume", action="store_true", help="continue from checkpoint_latest.pth")
     p.add_argument("--epochs", type=int, default=None, help="override the planned number of epochs")
     p.add_argument("--iterations", type=int, default=None, help="override iterations per epoch")
@@ -162,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"with --time-budget: a model not yet fit for use when the budget ends trains on, a quarter "
                         f"of the budget at a time, up to this many minutes (default {DEFAULT_LIMIT_FACTOR:g} times "
                         f"the budget; give the budget itself to stop exactly at the budget)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_progress_option(p)
     return p
 
 

@@ -60,7 +60,7 @@ def test_register_refines_on_the_masks_named_in_the_landmark_jsons(tmp_path, pha
 
     out = tmp_path / "out"
     assert register_main(["--mr", str(files["mr"]), "--us", str(files["us"]), "-o", str(out),
-                          "--refine", "surface"]) == 0
+                          "--refine", "surface", "--landmark-weight", "0"]) == 0  # exact masks: surfaces alone
     assert "surface refinement accepted" in capsys.readouterr().out
     doc = json.loads((out / "case1_MR_to_US.json").read_text())
     record = read_transform_record(out / "case1_MR_to_US.json")

@@ -211,14 +211,17 @@ def test_landmarks_as_extra_pairs_pull_towards_them(phantom):
     start = _perturbed_start(mr.centre)
     lm_mr = phantom["landmarks_mr"]
     wrong_us = start.apply(lm_mr)  # landmarks agreeing with the wrong start
-    free = refine_on_surfaces(start, mr, us, landmarks=(lm_mr, wrong_us))
+    free = refine_on_surfaces(start, mr, us, SurfaceSettings(landmark_weight=0.0), landmarks=(lm_mr, wrong_us))
     tied = refine_on_surfaces(start, mr, us, SurfaceSettings(landmark_weight=100.0), landmarks=(lm_mr, wrong_us))
+    default = refine_on_surfaces(start, mr, us, landmarks=(lm_mr, wrong_us))  # weight 0.2 (issue 27)
 
     def rms(result) -> float:  # landmark misfit of the ICP result, computed here
         return float(np.sqrt(np.mean(np.sum((result.surface_transform.apply(lm_mr) - wrong_us) ** 2, axis=1))))
 
     assert rms(free) > 3.0  # the surfaces alone leave the wrong landmarks ...
     assert rms(tied) < 0.3 * rms(free)  # ... heavily weighted landmarks hold the transform near them
+    assert SurfaceSettings().landmark_weight == 0.2
+    assert rms(tied) < rms(default) < rms(free)  # ... and the default weight pulls part of the way
 
 
 def test_empty_mask_is_refused_naming_the_file(tmp_path, phantom):
@@ -246,8 +249,9 @@ def _write_case(folder, phantom, name="case1"):
 def test_cli_refines_and_writes_both_transforms(tmp_path, phantom, capsys):
     files, lm_mr, lm_us = _write_case(tmp_path / "in", phantom)
     out = tmp_path / "out"
+    # exact masks: surfaces alone (--landmark-weight 0) recover the map; the default 0.2 is for predicted masks
     args = ["--mr", str(files["mr"]), "--us", str(files["us"]), "-o", str(out), "--refine", "surface",
-            "--mr-mask", str(files["mr_mask"]), "--us-mask", str(files["us_mask"])]
+            "--mr-mask", str(files["mr_mask"]), "--us-mask", str(files["us_mask"]), "--landmark-weight", "0"]
     assert register_main(args) == 0
     assert "surface refinement accepted" in capsys.readouterr().out
     doc = json.loads((out / "case1_MR_to_US.json").read_text())

@@ -11,7 +11,7 @@ For a case whose predicted landmark JSONs name a predicted mask (``"prostate": {
   lmkreg_register would give, computed here with the same call (refine_on_surfaces on the
   predicted masks, started from the predicted-landmark transform):
 
-  - ``surface``: ``--refine surface`` (surfaces only, landmark weight 0);
+  - ``surface``: ``--refine surface --landmark-weight 0`` (surfaces only);
   - ``landmarks_surface``: ``--refine surface --landmark-weight W`` (default
     LANDMARKS_SURFACE_WEIGHT);
 

@@ -56,7 +56,10 @@ from lmkreg.io.images import read_image
 DEFAULT_TRIM_FRACTION = 0.8  # share of MR->US pairs kept per iteration (partial TRUS views)
 MAX_ROTATION_DEG = 20.0  # the refinement may rotate this far from the landmark transform ...
 MAX_SHIFT_MM = 10.0  # ... and move the MR gland centre this far; beyond: surfaces and landmarks disagree
-DEFAULT_LANDMARK_WEIGHT = 0.0  # landmarks as extra pairs: weight of their mean squared error vs the surface's
+# landmarks as extra pairs: weight of their mean squared error vs the surface's.  0.2 was chosen on the four
+# protocol families (benchmarks/surface_weight_benchmark.py, documentation/inference.md): with masks of a
+# segmentation network's quality (Dice 0.90-0.93) surfaces alone (0) turned the gland by 12-45 deg on average
+DEFAULT_LANDMARK_WEIGHT = 0.2
 SOURCE_POINTS = 3000  # MR surface points (ICP and the reported distance)
 TARGET_POINTS = 30000  # US surface samples for the correspondence search (about 0.4 mm apart on a gland)
 MAX_ITERATIONS = 60

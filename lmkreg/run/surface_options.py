@@ -50,8 +50,8 @@ def add_surface_options(p: argparse.ArgumentParser) -> None:
                         f"from the landmark transform (default {MAX_SHIFT_MM:g})")
     p.add_argument("--landmark-weight", type=float, default=DEFAULT_LANDMARK_WEIGHT, metavar="W",
                    help="--refine surface: also fit the landmarks as point pairs; the ICP minimises the mean "
-                        "squared surface distance plus W times the mean squared landmark distance (default 0: "
-                        "surfaces only; W = 0.1 lets the landmarks pull about a third as hard as the surfaces)")
+                        f"squared surface distance plus W times the mean squared landmark distance (default "
+                        f"{DEFAULT_LANDMARK_WEIGHT:g}, chosen across protocol families; 0: surfaces only)")
 
 
 @dataclass

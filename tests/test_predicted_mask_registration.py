@@ -247,7 +247,7 @@ def test_evaluate_scores_predicted_masks_and_the_three_registrations(mask_predic
     assert first["sre_surface_mm"] < first["sre_predicted_mm"]
     assert first["sre_predicted_mm"] > 1.0 and first["sre_surface_mm"] < 1.0
     assert first["sre_landmarks_surface_mm"] < first["sre_predicted_mm"]
-    assert first["refinement"]["surface"]["accepted"] and first["refinement"]["landmarks_surface"]["landmark_weight"] == 0.1
+    assert first["refinement"]["surface"]["accepted"] and first["refinement"]["landmarks_surface"]["landmark_weight"] == 0.2
     assert second["sre_surface_mm"] is None  # no US mask: no refined rows (NaN -> null)
     var = doc["summary"]["registration_variants"]
     assert doc["summary"]["registration_variants_cases"] == 1

@@ -34,14 +34,14 @@ from lmkreg.evaluation.segmentation import segmentation_metrics
 from lmkreg.io.images import read_image
 from lmkreg.evaluation.metrics import registration_dice, residual_rotation_deg, surface_registration_error
 from lmkreg.registration.surface import refine_on_surfaces
-from lmkreg.registration.icp import SurfaceSettings, gland_surface
+from lmkreg.registration.icp import DEFAULT_LANDMARK_WEIGHT, SurfaceSettings, gland_surface
 from lmkreg.evaluation.segmentation import SEGMENTATION_KEYS, summary_with_worst
 
 VARIANTS = {"landmarks": "landmark-only", "surface": "surface-refined", "landmarks_surface": "landmarks+surface"}
 # landmarks+surface: W times the mean squared landmark distance next to the mean squared surface
-# distance.  Fixed before any benchmark: the surface term resists a shift with about 1/3 per mm
-# (mean n n^T of a closed surface), so 0.1 lets the landmarks pull about a third as hard.
-LANDMARKS_SURFACE_WEIGHT = 0.1
+# distance; the same value as lmkreg_register's default (one default per key), chosen on the four
+# protocol families (benchmarks/surface_weight_benchmark.py, documentation/inference.md).
+LANDMARKS_SURFACE_WEIGHT = DEFAULT_LANDMARK_WEIGHT
 VARIANT_KEYS = ("sre_surface_mm", "rotation_surface_deg", "dice_surface", "sre_landmarks_surface_mm",
                 "rotation_landmarks_surface_deg", "dice_landmarks_surface")
 

@@ -341,7 +341,7 @@ def main() -> None:
     from lmkreg.dataset.layout import Dataset, dataset_folder_name
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--root", type=Path, default=Path("/work/xd2"), help="cross-domain benchmark root (raw/, outputs/)")
+    p.add_argument("--root", type=Path, default=Path.home() / "lmkreg_xdomain", help="the cross-domain benchmark's --root (raw/, outputs/; default ~/lmkreg_xdomain, as that benchmark)")
     p.add_argument("--draws", type=int, default=1, help="simulated landmark draws per case")
     p.add_argument("--weights", type=float, nargs="+", default=list(WEIGHTS))
     p.add_argument("--cases", type=int, default=None, help="at most this many cases per family (a quick look)")

@@ -319,6 +319,8 @@ def stage_evaluate(args) -> None:
     cascade_root = args.root / "res" / dataset_folder_name(CASCADE_ID, CASCADE_NAME)
     if all(cascade_folders(cascade_root, TRAINER, m) for m in folders):
         configs["cascade"] = ({m: cascade_root for m in folders}, None, True)
+    if args.only:  # re-score some configurations; the others (and the bare files) stay as the results file has them
+        configs = {k: v for k, v in configs.items() if k in args.only}
     if not configs:
         raise SystemExit("no configuration is trained yet: run the train stage")
     log(f"configurations: {', '.join(configs)}; {len(cases)} test pairs, corruptions on {len(corrupt_cases)}")
@@ -397,7 +399,7 @@ def stage_evaluate(args) -> None:
                               block["cases"]["clean"]["bad_n"])
     # bare files: the best configuration's clean predictions, stripped; and a 15 mm error on one landmark
     source, clean = last_landmarks[:2] if last_landmarks else (None, None)
-    if clean:
+    if clean and not args.only:
         bare_clean = [pair_row(strip(clean[(c, "MR", "clean")]), strip(clean[(c, "US", "clean")]), names, refs[c])
                       for c in cases]
         erred = []
@@ -419,6 +421,12 @@ def stage_evaluate(args) -> None:
             "clean_pair_flags": [r["flags"] for r in bare_clean if r["flagged"]]}
         log(f"bare: {results['configurations']['bare']['pairs']}")
     results["seconds"] = time.perf_counter() - started
+    if args.only and RESULTS.is_file():
+        old = json.loads(RESULTS.read_text())
+        old["configurations"].update(results["configurations"])
+        old["rescored"] = {**old.get("rescored", {}), **{k: {"command": results["command"], "commit": results["commit"]}
+                                                         for k in results["configurations"]}}
+        results = {**old, "notes": NOTES}
     results["notes"] = NOTES
     if args.no_write:  # a scratch copy under --root, the repository's files untouched
         scratch = args.root / "outputs" / "trust_scratch.json"
@@ -460,6 +468,8 @@ def report(res: dict) -> str:
              f"measured error; corrupted inputs are listed by kind (all of them, then those whose error is > 5 mm).", ""]
     for label, b in res["configurations"].items():
         lines += [f"## {label}", ""]
+        if label in res.get("rescored", {}):
+            lines += [f"Re-scored: `{res['rescored'][label]['command']}`, commit {res['rescored'][label]['commit']}.", ""]
         if label == "bare":
             lines.append(f"{b['from']}.")
             lines.append("")
@@ -514,6 +524,8 @@ def main() -> None:
     p.add_argument("--families", type=Path, default=None, metavar="RAW",
                    help="the cross-domain benchmark's raw folder (e.g. ~/lmkreg_xdomain/raw): score its four protocol "
                         "families' test pairs as domain-shifted inputs")
+    p.add_argument("--only", nargs="+", default=None, metavar="CONFIG",
+                   help="evaluate: re-score only these configurations (e.g. cascade) into the existing results file")
     p.add_argument("--no-write", action="store_true", help="do not write the results and report files")
     args = p.parse_args()
     use_root(args.root)

@@ -38,3 +38,22 @@ def planned_phantoms(root: Path, dataset_id: int, name: str, n_train: int, n_tes
                          progress=False)
     plan_and_preprocess(str(dataset_id), workers=workers)
     return open_dataset(dataset_id)
+
+
+def icp_reference(mr_mesh, us_mesh, mr_truth, us_truth, names=None):
+    """lmkreg_evaluate's reference transform of one case (MR world LPS mm -> US world LPS mm): ICP
+    between the true gland meshes, started from the least-squares fit of the true landmarks (or
+    without it when fewer than three are in both files).  `names`: the landmarks to use, default
+    the MR file's; the trust and surface-weight benchmarks share it."""
+    from lmkreg.errors import InputError
+    from lmkreg.evaluation.evaluate import reference_registration
+    from lmkreg.registration.landmark_fit import register_landmarks
+
+    names = list(names) if names is not None else list(mr_truth.names)
+    common = [n for n in names if mr_truth.points.get(n) is not None and us_truth.points.get(n) is not None]
+    try:
+        manual = register_landmarks(mr_truth, us_truth, names).transform
+    except InputError:  # fewer than three landmarks in both files: ICP from the identity
+        manual = None
+    ref, _ = reference_registration(mr_mesh, us_mesh, manual, mr_truth.to_array(common), us_truth.to_array(common))
+    return ref

@@ -341,9 +341,9 @@ def save(results: dict, args, started: float) -> None:
     # several processes (e.g. --held-out 0 1 and --held-out 2 3) share the file: keep the runs the
     # others saved meanwhile, this process's own runs win
     if RESULTS.is_file():
-        on_disk = json.loads(RESULTS.read_text()).get("runs", {})
-        results["runs"] = {**on_disk, **{k: v for k, v in results["runs"].items() if k in OWN_RUNS}}
-        for c in json.loads(RESULTS.read_text()).get("commands", []):
+        on_disk = json.loads(RESULTS.read_text())
+        results["runs"] = {**on_disk.get("runs", {}), **{k: v for k, v in results["runs"].items() if k in OWN_RUNS}}
+        for c in on_disk.get("commands", []):
             if c not in results["commands"]:
                 results["commands"].insert(0, c)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

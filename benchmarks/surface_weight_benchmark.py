@@ -53,7 +53,9 @@ import lmkreg  # noqa: F401  (first: the OpenMP thread policy must be set before
 import numpy as np
 import SimpleITK as sitk
 
-from _common import log  # benchmarks/_common.py (run as a script: on sys.path)
+from lmkreg.evaluation.metrics import dice as mask_dice
+
+from _common import icp_reference, log  # benchmarks/_common.py (run as a script: on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "surface_weight.json"
@@ -90,10 +92,6 @@ def simulate_landmark_errors(points: np.ndarray, rms_mm: float, rng: np.random.G
     return pts + err
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum()))
-
-
 def perturb_mask(mask: sitk.Image, target_dice: float, seed: int, smoothing_mm: float = SMOOTHING_MM,
                  bias_sd: float = BIAS_SD) -> sitk.Image:
     """A segmentation network's kind of error on a true gland mask: the surface moved in or out by a
@@ -126,7 +124,7 @@ def perturb_mask(mask: sitk.Image, target_dice: float, seed: int, smoothing_mm: 
 
     def dice_at(s: float) -> tuple[float, np.ndarray]:
         out = dist < s * field
-        return _dice(out, truth), out
+        return mask_dice(out, truth), out
 
     lo, hi = 0.0, 1.0
     while dice_at(hi)[0] > target_dice and hi < 64:
@@ -206,20 +204,10 @@ def share_surface_samples() -> None:
 
 def reference(mr_mask: sitk.Image, us_mask: sitk.Image, truth: dict, names: list[str]):
     """lmkreg_evaluate's reference and the 5000 true MR surface points SRE is measured on."""
-    from lmkreg.errors import InputError
-    from lmkreg.evaluation.evaluate import reference_registration
     from lmkreg.geometry.mesh import mask_to_mesh, surface_points
-    from lmkreg.registration.landmark_fit import register_landmarks
 
     mr_mesh, us_mesh = mask_to_mesh(mr_mask), mask_to_mesh(us_mask)
-    common = [n for n in names if truth["MR"].points.get(n) is not None and truth["US"].points.get(n) is not None]
-    try:
-        manual = register_landmarks(truth["MR"], truth["US"], names).transform
-    except InputError:
-        manual = None
-    ref, _ = reference_registration(mr_mesh, us_mesh, manual, truth["MR"].to_array(common),
-                                    truth["US"].to_array(common))
-    return ref, surface_points(mr_mesh, 5000)
+    return icp_reference(mr_mesh, us_mesh, truth["MR"], truth["US"], names), surface_points(mr_mesh, 5000)
 
 
 def score_source(lm: dict, names: list[str], surfaces: dict, ref, pts, weights) -> dict:
@@ -265,7 +253,7 @@ def run_case(ds, case: str, split: str, fam: int, draws: int, weights, pred_dirs
     rng = np.random.default_rng(base_seed)
     target = {m: float(rng.uniform(*DICE_RANGE)) for m in ("MR", "US")}
     perturbed = {m: perturb_mask(masks[m], target[m], base_seed + i) for i, m in enumerate(("MR", "US"))}
-    dice = {m: _dice(sitk.GetArrayFromImage(perturbed[m]) > 0, sitk.GetArrayFromImage(masks[m]) > 0)
+    dice = {m: mask_dice(sitk.GetArrayFromImage(perturbed[m]) > 0, sitk.GetArrayFromImage(masks[m]) > 0)
             for m in ("MR", "US")}
     surfaces = {"perturbed": (gland_surface(perturbed["MR"], "perturbed MR"), gland_surface(perturbed["US"], "perturbed US")),
                 "true": (gland_surface(masks["MR"], "true MR"), gland_surface(masks["US"], "true US"))}

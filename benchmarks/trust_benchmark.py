@@ -42,11 +42,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import lmkreg  # noqa: F401  (first: the OpenMP thread policy must be set before numpy/torch load)
 import numpy as np
 
-from _common import log, planned_phantoms, use_root  # benchmarks/_common.py (run as a script: on sys.path)
+from _common import icp_reference, log, planned_phantoms, use_root  # benchmarks/_common.py (run as a script: on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "trust.json"
@@ -97,9 +98,8 @@ def needs_training(folder: Path, epochs: int) -> tuple[bool, bool]:
 
 
 def stage_train(args) -> None:
-    """Train every fold of both modalities that is not trained yet (checkpoint_final.pth), then
-    the cascade's stages for ``--cascade-folds``."""
-    from lmkreg.run.train import model_folder, train
+    """The cascade's stages for ``--cascade-folds``, then every fold of both modalities that is not
+    trained for ``--epochs`` yet."""
 
     ds = dataset(args)
     if args.cascade_folds:
@@ -107,30 +107,27 @@ def stage_train(args) -> None:
         for fold in args.cascade_folds:
             for modality in args.modalities:
                 for stage in ("localizer", "refine"):
-                    folder = model_folder(cds.name, TRAINER, f"{modality}_{stage}") / f"fold_{fold}"
-                    todo, resume = needs_training(folder, args.epochs)
-                    if not todo:
-                        continue
-                    t0 = time.perf_counter()
-                    log(f"training {TRAINER} {modality}_{stage} fold {fold} ({args.epochs} epochs x {args.iterations} steps)")
-                    s = train(str(CASCADE_ID), modality, fold if fold == "all" else int(fold), TRAINER,
-                              num_workers=args.workers, seed=args.seed, num_epochs=args.epochs,
-                              iterations_per_epoch=args.iterations, progress_bar=False, configuration=stage,
-                              resume=resume)
-                    log(f"  {modality}_{stage} fold {fold}: validation MRE {s['mre_mm']:.2f} mm in "
-                        f"{time.perf_counter() - t0:.0f} s")
+                    train_fold(args, cds, CASCADE_ID, modality, fold, stage)
     for modality in args.modalities:
         for fold in args.folds:
-            folder = model_folder(ds.name, TRAINER, modality) / f"fold_{fold}"
-            todo, resume = needs_training(folder, args.epochs)
-            if not todo:
-                continue
-            t0 = time.perf_counter()
-            log(f"training {TRAINER} {modality} fold {fold} ({args.epochs} epochs x {args.iterations} steps)")
-            s = train(str(DATASET_ID), modality, fold if fold == "all" else int(fold), TRAINER,
-                      num_workers=args.workers, seed=args.seed, num_epochs=args.epochs,
-                      iterations_per_epoch=args.iterations, progress_bar=False, resume=resume)
-            log(f"  {modality} fold {fold}: validation MRE {s['mre_mm']:.2f} mm in {time.perf_counter() - t0:.0f} s")
+            train_fold(args, ds, DATASET_ID, modality, fold, None)
+
+
+def train_fold(args, ds, dataset_id: int, modality: str, fold: str, stage: Optional[str]) -> None:
+    """One fold of one configuration (the modality's single stage, or its cascade `stage`), unless
+    it is trained for args.epochs already; a shorter run continues from its last epoch."""
+    from lmkreg.run.train import model_folder, train
+
+    configuration = modality if stage is None else f"{modality}_{stage}"
+    todo, resume = needs_training(model_folder(ds.name, TRAINER, configuration) / f"fold_{fold}", args.epochs)
+    if not todo:
+        return
+    t0 = time.perf_counter()
+    log(f"training {TRAINER} {configuration} fold {fold} ({args.epochs} epochs x {args.iterations} steps)")
+    s = train(str(dataset_id), modality, fold if fold == "all" else int(fold), TRAINER, num_workers=args.workers,
+              seed=args.seed, num_epochs=args.epochs, iterations_per_epoch=args.iterations, progress_bar=False,
+              configuration=stage, resume=resume)
+    log(f"  {configuration} fold {fold}: validation MRE {s['mre_mm']:.2f} mm in {time.perf_counter() - t0:.0f} s")
 
 
 # -- evaluation ------------------------------------------------------------------------------------
@@ -216,12 +213,10 @@ def alone_folder(root: Path, folder: Path) -> Path:
 def references(ds, cases, root: Path) -> dict:
     """Per test case: the ICP reference transform (lmkreg_evaluate's ground truth) and MR surface
     points, cached on disk (the matrices)."""
-    from lmkreg.evaluation.evaluate import reference_registration
     from lmkreg.geometry.mesh import mask_to_mesh, surface_points
     from lmkreg.geometry.rigid import RigidTransform
     from lmkreg.io.images import read_image
     from lmkreg.io.landmarks import read_lmkreg_json
-    from lmkreg.registration.landmark_fit import register_landmarks
 
     cache_file = root / "outputs" / "references.json"
     cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
@@ -231,13 +226,7 @@ def references(ds, cases, root: Path) -> dict:
         if c not in cache:
             us_mesh = mask_to_mesh(read_image(ds.mask_path(c, "US", "Ts"), is_mask=True))
             t = {m: read_lmkreg_json(ds.landmarks_path(c, m, "Ts")) for m in ("MR", "US")}
-            try:
-                manual = register_landmarks(t["MR"], t["US"]).transform
-            except Exception:
-                manual = None
-            names = [n for n in t["MR"].names if t["MR"].points.get(n) is not None and t["US"].points.get(n) is not None]
-            ref, _ = reference_registration(mr_mesh, us_mesh, manual, t["MR"].to_array(names), t["US"].to_array(names))
-            cache[c] = ref.matrix().tolist()
+            cache[c] = icp_reference(mr_mesh, us_mesh, t["MR"], t["US"]).matrix().tolist()
         m = np.asarray(cache[c])
         out[c] = (RigidTransform(m[:3, :3], m[:3, 3]), surface_points(mr_mesh, 3000))
     cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -328,6 +317,8 @@ def stage_evaluate(args) -> None:
     families = protocol_families(args)  # kind -> (dataset, cases): another scanner's images, true answers known
     for kind, (fds, fcases) in families.items():
         refs.update({(kind, c): r for c, r in references(fds, fcases, args.root).items()})
+    family_inputs = {(kind, c, m): (read_image(fds.image_path(c, m, "Ts")), read_lmkreg_json(fds.landmarks_path(c, m, "Ts")))
+                     for kind, (fds, fcases) in families.items() for c in fcases for m in ("MR", "US")}
     truth = {(c, m): read_lmkreg_json(ds.landmarks_path(c, m, "Ts")) for c in cases for m in ("MR", "US")}
     images = {(c, m): read_image(ds.image_path(c, m, "Ts")) for c in cases for m in ("MR", "US")}
     rng = np.random.default_rng(args.seed)
@@ -358,12 +349,13 @@ def stage_evaluate(args) -> None:
                 case_rows["clean"].append(case_row(p, truth[(c, m)], names))
                 if p.error_estimate and (m, "clean") not in examples:
                     examples[(m, "clean")] = p.error_estimate.get("calibration_source")
-            for kind, (fds, fcases) in families.items():
+            for kind, (_, fcases) in families.items():
                 case_rows.setdefault(kind, [])
                 for c in fcases:
-                    p = predictor.predict(read_image(fds.image_path(c, m, "Ts")))
+                    image, family_truth = family_inputs[(kind, c, m)]
+                    p = predictor.predict(image)
                     preds[(c, m, kind)] = p.with_extras()
-                    case_rows[kind].append(case_row(p, read_lmkreg_json(fds.landmarks_path(c, m, "Ts")), names))
+                    case_rows[kind].append(case_row(p, family_truth, names))
             for k in CORRUPTIONS:
                 case_rows.setdefault(k, [])
                 for c in corrupt_cases:

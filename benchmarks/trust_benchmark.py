@@ -200,6 +200,23 @@ def strip(landmarks):
     return LandmarkSet(dict(landmarks.points))
 
 
+def refresh_statistics(folder: Path, ds) -> None:
+    """A model trained before the padding-near-the-gland range (issue 26) gets it from its own
+    preprocessed training cases (lmkreg.run.calibrate.refresh_image_statistics); the rest of its
+    statistics stays as trained."""
+    from lmkreg.config.plans import Plans
+    from lmkreg.paths import preprocessed_folder
+    from lmkreg.run.calibrate import refresh_image_statistics
+    from lmkreg.trust.plausibility import STATISTICS_FILE
+
+    path = folder / STATISTICS_FILE
+    if not path.is_file() or "near_landmarks" in json.loads(path.read_text()).get("image", {}):
+        return
+    conf = Plans.load(folder / "plans.json").configuration(folder.name.partition("__")[2])
+    refresh_image_statistics(folder, preprocessed_folder(ds) / conf.data_identifier, ds.cases("Tr", conf.modality))
+    log(f"{folder.name}: training statistics given the near-landmark padding range")
+
+
 def alone_folder(root: Path, folder: Path) -> Path:
     """A copy of the model folder as a user who trained only fold all has it."""
     dst = root / "alone" / folder.name
@@ -310,6 +327,14 @@ def stage_evaluate(args) -> None:
         configs["cascade"] = ({m: cascade_root for m in folders}, None, True)
     if args.only:  # re-score some configurations; the others (and the bare files) stay as the results file has them
         configs = {k: v for k, v in configs.items() if k in args.only}
+    cds = cascade_dataset(args) if "cascade" in configs else None
+    for label, (fold_folders, _, _) in configs.items():
+        for m, f in fold_folders.items():
+            if label == "cascade":
+                for stage in cascade_folders(cascade_root, TRAINER, m):
+                    refresh_statistics(stage, cds)
+            else:
+                refresh_statistics(f, ds)
     if not configs:
         raise SystemExit("no configuration is trained yet: run the train stage")
     log(f"configurations: {', '.join(configs)}; {len(cases)} test pairs, corruptions on {len(corrupt_cases)}")

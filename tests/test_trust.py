@@ -92,6 +92,31 @@ def test_training_stores_calibration_and_training_statistics(models, monkeypatch
         assert Calibration.load(folder).quantiles["apex"] == pytest.approx(conformal_quantile(scores, 0.9)[0])
 
 
+def test_older_statistics_get_the_near_landmark_padding_range_and_keep_the_rest(env, tmp_path):
+    """A training_statistics.json written before the padding-near-the-gland range (issue 26) gets
+    it from the same preprocessed cases, equal to what training now writes; nothing else changes
+    (a copy of the model folder: the module's model stays as trained)."""
+    import shutil
+
+    from lmkreg.config.plans import Plans
+    from lmkreg.paths import preprocessed_folder
+    from lmkreg.run.calibrate import refresh_image_statistics
+    from lmkreg.trust.plausibility import NEAR_ZERO
+
+    folder = tmp_path / env["trained"].name
+    shutil.copytree(env["trained"], folder)
+    written = json.loads((folder / STATISTICS_FILE).read_text())
+    assert written["image"]["near_landmarks"][NEAR_ZERO]["n"] == 10
+    old = json.loads(json.dumps(written))
+    del old["image"]["near_landmarks"]
+    (folder / STATISTICS_FILE).write_text(json.dumps(old))
+    ds = open_dataset(3)
+    conf = Plans.load(folder / "plans.json").configuration("MR")
+    refresh_image_statistics(folder, preprocessed_folder(ds) / conf.data_identifier, ds.cases("Tr", "MR"))
+    assert json.loads((folder / STATISTICS_FILE).read_text()) == written
+    assert refresh_image_statistics(tmp_path / "no_model", tmp_path, []) is None
+
+
 def test_error_radius_is_q_times_the_signal_scale_and_written_everywhere(env, tmp_path):
     from lmkreg.run.predict import main as predict_main
 

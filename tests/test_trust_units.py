@@ -260,3 +260,95 @@ def test_pair_limit_counts_the_validation_error_when_there_are_no_radii():
     doc = assess_pair(a, a, NAMES, 0.1)
     expected = math.sqrt(0.2 ** 2 + RMS_FACTOR_95 ** 2 * 2 * (2.5 / COVERAGE_SIGMA) ** 2)
     assert doc["expected_rms_limit_mm"] == pytest.approx(expected) and doc["uncertainty"]["from"] == "calibrated radii"
+
+
+def _oblique_grid():
+    from lmkreg.geometry import ImageGeometry
+    from lmkreg.geometry.spaces import rotation_direction
+
+    return ImageGeometry.create((20, 30, 26), spacing_xyz=(1.5, 1.2, 2.5), origin_xyz=(-20.0, -25.0, -30.0),
+                                direction=rotation_direction((20.0, -10.0, 35.0)))
+
+
+def test_near_landmarks_zero_fraction_matches_simpleitk_physical_points():
+    """The sphere over the gland on an oblique, anisotropic grid, against a brute force that
+    places every voxel with SimpleITK's own index->physical mapping (outside voxels: zero)."""
+    from lmkreg.trust.plausibility import GLAND_MARGIN_MM, near_landmarks_zero_fraction
+
+    grid = _oblique_grid()
+    array = np.random.default_rng(3).normal(size=grid.shape_zyx).astype(np.float32) + 5.0
+    array[:, :, :9] = 0.0  # padding along one side of the crop
+    centre_index = (np.asarray(grid.shape_zyx, float) - 1) / 2
+    points = grid.index_to_world(centre_index) + np.array([[0.0, 0, -14], [3, 2, 12], [1, 9, 0]])
+    got = near_landmarks_zero_fraction(array[None], grid, points)
+
+    image = grid.make_image(array)
+    c = points.mean(0)
+    r = float(np.linalg.norm(points - c, axis=1).max()) + GLAND_MARGIN_MM
+    zeros = total = 0
+    size = np.asarray(grid.shape_zyx)
+    span = int(np.ceil(r / min(grid.spacing_xyz))) + 2
+    ci = np.round(grid.world_to_index(c)).astype(int)
+    for z in range(ci[0] - span, ci[0] + span + 1):
+        for y in range(ci[1] - span, ci[1] + span + 1):
+            for x in range(ci[2] - span, ci[2] + span + 1):
+                # SimpleITK maps indices beyond the image the same affine way
+                w = np.asarray(image.TransformIndexToPhysicalPoint((x, y, z)), float) if (
+                    0 <= x < size[2] and 0 <= y < size[1] and 0 <= z < size[0]) else (
+                    np.asarray(image.GetOrigin()) + np.asarray(image.GetDirection()).reshape(3, 3)
+                    @ (np.asarray(image.GetSpacing()) * [x, y, z]))
+                if np.linalg.norm(w - c) <= r:
+                    total += 1
+                    inside = 0 <= x < size[2] and 0 <= y < size[1] and 0 <= z < size[0]
+                    zeros += (not inside) or image[x, y, z] == 0.0
+    assert total > 1000 and got == pytest.approx(zeros / total, abs=1e-12)
+    assert 0.05 < got < 0.95  # the sphere straddles the padding and the crop's edge
+    assert near_landmarks_zero_fraction(array, grid, np.full((3, 3), np.nan)) is None
+
+
+def _padding_statistics(with_near: bool) -> TrainingStatistics:
+    from lmkreg.trust.plausibility import CROP_ZERO, NEAR_ZERO
+
+    doc = {"landmark_names": NAMES, "landmarks": {"scalars": {}, "directions": {}, "offset": None},
+           "image": {"crop": {CROP_ZERO: {"n": 30, "min": 0.05, "max": 0.07, "mean": 0.06, "sd": 0.005}}}}
+    if with_near:
+        doc["image"]["near_landmarks"] = {NEAR_ZERO: {"n": 30, "min": 0.0, "max": 0.01, "mean": 0.002, "sd": 0.003}}
+    return TrainingStatistics(doc)
+
+
+def test_padding_beyond_training_is_flagged_only_where_it_reaches_the_gland():
+    """Issue 26: another protocol's tight field of view pads the crop's edges (0.20 zero vs
+    training 0.05-0.07, allowed to 0.17) while the gland is fully imaged: no flag.  The same
+    padding over the gland (0.30 near the landmarks, allowed to 0.11) is flagged with both
+    numbers.  Statistics written before the near-landmark range: flagged as before."""
+    from lmkreg.trust.plausibility import CROP_ZERO, NEAR_ZERO
+
+    stats = _padding_statistics(with_near=True)
+    assert stats.check_image({CROP_ZERO: 0.20}, near_landmarks_zero=0.02) == []
+    flags = stats.check_image({CROP_ZERO: 0.20}, near_landmarks_zero=0.30)
+    assert [f.signal for f in flags] == [NEAR_ZERO]
+    assert flags[0].value == pytest.approx(0.30) and flags[0].limit == pytest.approx(0.11)
+    assert "whole crop 0.2" in flags[0].text and "reaches the gland" in flags[0].text
+    assert stats.check_image({CROP_ZERO: 0.06}, near_landmarks_zero=0.30) == []  # the crop itself looks like training
+    old = _padding_statistics(with_near=False)
+    assert [f.signal for f in old.check_image({CROP_ZERO: 0.20}, near_landmarks_zero=0.02)] == [CROP_ZERO]
+    assert [f.signal for f in stats.check_image({CROP_ZERO: 0.20})] == [CROP_ZERO]  # no near figure: as before
+
+
+def test_training_statistics_store_the_near_landmark_padding_of_the_true_landmarks():
+    from lmkreg.trust.plausibility import NEAR_ZERO, near_landmarks_zero_fraction, training_statistics
+
+    grid = _oblique_grid()
+    centre = grid.index_to_world((np.asarray(grid.shape_zyx, float) - 1) / 2)
+    cases, expected = [], []
+    for shift in (0.0, 6.0, 12.0):
+        pts = centre + TRIANGLE * 0.5 + [shift, 0.0, 0.0]
+        array = np.ones((1, *grid.shape_zyx), np.float32)
+        array[..., :6] = 0.0
+        meta = {"geometry": grid.to_json(), "source_geometry": grid.to_json(), "landmarks_world_lps": pts.tolist()}
+        cases.append((meta, array))
+        expected.append(near_landmarks_zero_fraction(array, grid, pts))
+    doc = training_statistics("MR", NAMES, cases, [], None)
+    s = doc["image"]["near_landmarks"][NEAR_ZERO]
+    assert s["n"] == 3 and s["min"] == pytest.approx(min(expected)) and s["max"] == pytest.approx(max(expected))
+    assert max(expected) > min(expected)  # the shift moves the sphere relative to the padding

@@ -38,6 +38,9 @@ class Prediction:
     training_pair_rms_mm: Optional[dict] = None
     training_pair_rotation: Optional[dict] = None  # orientation prior of two-landmark registrations
     validation_median_mm: dict[str, Optional[float]] = field(default_factory=dict)
+    # the input's padding figures the image check judged (lmkreg.trust.plausibility: whole crop and
+    # near the landmarks), written as trust.image so a user can check a cleared or fired check
+    image_signals: dict[str, Optional[float]] = field(default_factory=dict)
     # where the error estimate comes from (lmkreg.trust.error_estimate.ErrorEstimate.to_json)
     error_estimate: Optional[dict] = None
     # models with a segmentation head (lmkreg.inference.segmentation): the prostate mask on the
@@ -67,7 +70,9 @@ class Prediction:
                 lm[n]["radius_unavailable"] = self.radius_note[n]
         return {"coverage": self.coverage, **(self.error_estimate or {}), "landmarks": lm,
                 "training_pair_rms_mm": self.training_pair_rms_mm,
-                **({"training_pair_rotation": self.training_pair_rotation} if self.training_pair_rotation else {})}
+                **({"training_pair_rotation": self.training_pair_rotation} if self.training_pair_rotation else {}),
+                **({"image": {k: finite_or_none(v) for k, v in self.image_signals.items()}}
+                   if self.image_signals else {})}
 
     def describe(self, name: str) -> str:
         """One line for a landmark (the Slicer control point description)."""

@@ -34,7 +34,8 @@ from lmkreg.preprocessing.preprocessor import stage_input
 from lmkreg.trust.calibration import Calibration, signal_scale
 from lmkreg.trust.error_estimate import error_estimate
 from lmkreg.trust.image_support import not_imaged_flags
-from lmkreg.trust.plausibility import TrainingStatistics, crop_features, grid_centre_world, image_extent_lps
+from lmkreg.trust.plausibility import (CROP_ZERO, NEAR_ZERO, TrainingStatistics, crop_features, grid_centre_world,
+                                      image_extent_lps, near_landmarks_zero_fraction)
 from lmkreg.training.checkpoint import load_checkpoint
 from lmkreg.training.dsnt import flat_softmax
 from lmkreg.training.registry import find_trainer
@@ -338,7 +339,10 @@ class LandmarkPredictor:
             pred.training_pair_rotation = self.statistics.pair_rotation()
             if not np.isnan(mean).any():
                 pred.flags += self.statistics.check_landmarks(mean, grid_centre_world(grid))
-            pred.flags += self.statistics.check_image(crop_features(array))
+            crop = crop_features(array)
+            near = None if np.isnan(mean).any() else near_landmarks_zero_fraction(array, grid, mean)
+            pred.image_signals = {CROP_ZERO: crop[CROP_ZERO], NEAR_ZERO: near}
+            pred.flags += self.statistics.check_image(crop, near_landmarks_zero=near)
 
     def predict(self, image: sitk.Image) -> Prediction:
         """Preprocess, predict and finish one image (lmkreg.inference.interface.finish_prediction)."""

@@ -36,6 +36,14 @@ ABS_TOLERANCE = {"distance": 4.0, "angle": 12.0, "orientation": 15.0, "offset": 
                  "fraction": 0.1}
 EXTENT_FACTOR = 2.0  # an image more than twice as large (or half as small) as any seen, per axis
 
+# the whole crop's share of exactly-zero voxels (padding beyond the image, outside a TRUS fan)
+# says the input is framed unlike training; whether that matters for the answer is decided
+# near the landmarks (issue 26: another protocol's tighter field of view pads the crop's edges,
+# far from an accurately found gland, and flagged every such case)
+CROP_ZERO = "crop fraction exactly zero"
+NEAR_ZERO = "fraction exactly zero near the landmarks"
+GLAND_MARGIN_MM = 5.0  # the sphere over the gland: its landmarks' farthest distance from their centroid + this
+
 
 def _direction_angle_deg(u: np.ndarray, v: np.ndarray) -> float:
     c = float(np.dot(u, v) / (np.linalg.norm(u) * np.linalg.norm(v) + 1e-12))
@@ -72,6 +80,33 @@ def crop_features(array: np.ndarray) -> dict[str, float]:
     return {"crop mean": float(a.mean()), "crop sd": float(a.std()), "crop 1st percentile": float(p1),
             "crop median": float(p50), "crop 99th percentile": float(p99),
             "crop fraction exactly zero": float(np.mean(a == 0))}
+
+
+def near_landmarks_zero_fraction(array: np.ndarray, grid: ImageGeometry, points: np.ndarray) -> Optional[float]:
+    """Share of the network input's voxels that are exactly zero inside the sphere over the
+    gland the landmarks outline (centre: their centroid; radius: the farthest landmark's distance
+    from it + ``GLAND_MARGIN_MM``).  Voxels of the sphere outside the array count as zero: the
+    network did not see them either.  `array`: the input on `grid` (a leading channel axis of
+    size 1 allowed); `points` (L, 3) world LPS mm.  None when a landmark is missing."""
+    p = np.asarray(points, float)
+    if p.ndim != 2 or not len(p) or np.isnan(p).any():
+        return None
+    a = np.asarray(array)
+    a = a.reshape(a.shape[-3:])
+    centre = p.mean(0)
+    radius = float(np.linalg.norm(p - centre, axis=1).max()) + GLAND_MARGIN_MM
+    c = grid.world_to_index(centre)
+    s = np.asarray(grid.spacing_zyx, float)
+    # the direction matrix is orthonormal: the world sphere is an axis-aligned ellipsoid in index space
+    lo, hi = np.floor(c - radius / s).astype(int), np.ceil(c + radius / s).astype(int)
+    zz, yy, xx = np.meshgrid(*[np.arange(lo[i], hi[i] + 1) for i in range(3)], indexing="ij")
+    idx = np.stack([zz, yy, xx], -1)
+    ball = idx[np.sum(((idx - c) * s) ** 2, axis=-1) <= radius ** 2]
+    if not len(ball):
+        return None
+    inside = np.all((ball >= 0) & (ball < np.asarray(a.shape)), axis=1)
+    values = a[tuple(ball[inside].T)]
+    return float((np.count_nonzero(values == 0) + np.count_nonzero(~inside)) / len(ball))
 
 
 def image_extent_lps(geometry: ImageGeometry) -> np.ndarray:
@@ -198,13 +233,26 @@ class TrainingStatistics:
                                             f"{limit:.1f} mm; by {d - limit:.1f} mm)", d, limit, "mm"))
         return problems
 
-    def check_image(self, crop: dict[str, float], extent_lps: Optional[np.ndarray] = None) -> list[Flag]:
+    def check_image(self, crop: dict[str, float], extent_lps: Optional[np.ndarray] = None,
+                    near_landmarks_zero: Optional[float] = None) -> list[Flag]:
         """Failed image checks ("image: ..." flags): crop intensity features and the image's extent
-        per world axis."""
+        per world axis.  A whole-crop zero fraction beyond training is judged by its consequence
+        when `near_landmarks_zero` (``near_landmarks_zero_fraction`` of the predicted landmarks)
+        and its training range are known: padding that stays away from the gland is no flag; padding
+        over it is flagged with both numbers.  Older statistics without that range: flagged as before."""
         problems = []
+        near_range = (self.doc["image"].get("near_landmarks") or {}).get(NEAR_ZERO, {"n": 0})
         for k, v in crop.items():
             c = _range_check(k, v, self.doc["image"]["crop"].get(k, {"n": 0}))
-            if c:
+            if c and k == CROP_ZERO and near_landmarks_zero is not None and near_range.get("n", 0):
+                near = _range_check(NEAR_ZERO, near_landmarks_zero, near_range)
+                if near is None:
+                    continue  # more padding than training, none of it over the gland: no consequence
+                problems.append(scoped_flag(PLAUSIBILITY, "image", NEAR_ZERO,
+                                            f"{near.message()}: the padding reaches the gland the landmarks outline "
+                                            f"(whole crop {v:.3g}, training range widened to {c.low:.3g}..{c.high:.3g})",
+                                            near.value, near.limit))
+            elif c:
                 problems.append(c.flag("image"))
         ext = self.doc["image"].get("extent_lps_mm")
         if extent_lps is not None and ext:
@@ -220,6 +268,19 @@ class TrainingStatistics:
                                                 f"the smallest seen in training ({s['min']:.0f} mm)", v,
                                                 s["min"] / EXTENT_FACTOR, "mm"))
         return problems
+
+
+def near_landmarks_statistics(cases: Sequence[tuple[dict, np.ndarray]]) -> dict:
+    """``{NEAR_ZERO: summary}`` of the training cases' padding near their true landmarks, on
+    each stored array's own grid (a refine box's margin included: the sphere is placed in world
+    space).  `cases` as for ``training_statistics``."""
+    values = []
+    for meta, array in cases:
+        pts = np.array([p if p is not None else [np.nan] * 3 for p in meta["landmarks_world_lps"]], float)
+        v = near_landmarks_zero_fraction(array, ImageGeometry.from_json(meta["geometry"]), pts)
+        if v is not None:
+            values.append(v)
+    return {NEAR_ZERO: _summary(values)}
 
 
 def training_statistics(modality: str, names: Sequence[str], cases: Sequence[tuple[dict, np.ndarray]],
@@ -266,5 +327,6 @@ def training_statistics(modality: str, names: Sequence[str], cases: Sequence[tup
             "landmarks": {"scalars": {k: _summary(v) for k, v in scalars.items()}, "directions": dir_doc,
                           "offset": off_doc},
             "image": {"crop": {k: _summary(v) for k, v in crops.items()},
+                      "near_landmarks": near_landmarks_statistics(cases),
                       "extent_lps_mm": [_summary(ext[:, i]) for i in range(3)] if len(ext) else None},
             "pair_rms_residual_mm": pair_doc, "pair_rotation": pair_rotation}

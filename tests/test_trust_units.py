@@ -330,6 +330,12 @@ def test_padding_beyond_training_is_flagged_only_where_it_reaches_the_gland():
     assert flags[0].value == pytest.approx(0.30) and flags[0].limit == pytest.approx(0.11)
     assert "whole crop 0.2" in flags[0].text and "reaches the gland" in flags[0].text
     assert stats.check_image({CROP_ZERO: 0.06}, near_landmarks_zero=0.30) == []  # the crop itself looks like training
+    # fewer zeros than training is no padding question (an MR image given to a TRUS model has no
+    # fan): flagged whatever the gland region shows
+    trus = _padding_statistics(with_near=True)
+    trus.doc["image"]["crop"][CROP_ZERO] = {"n": 30, "min": 0.50, "max": 0.55, "mean": 0.52, "sd": 0.01}
+    low = trus.check_image({CROP_ZERO: 0.06}, near_landmarks_zero=0.0)
+    assert [f.signal for f in low] == [CROP_ZERO] and low[0].limit == pytest.approx(0.40)
     old = _padding_statistics(with_near=False)
     assert [f.signal for f in old.check_image({CROP_ZERO: 0.20}, near_landmarks_zero=0.02)] == [CROP_ZERO]
     assert [f.signal for f in stats.check_image({CROP_ZERO: 0.20})] == [CROP_ZERO]  # no near figure: as before

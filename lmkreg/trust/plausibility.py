@@ -236,15 +236,17 @@ class TrainingStatistics:
     def check_image(self, crop: dict[str, float], extent_lps: Optional[np.ndarray] = None,
                     near_landmarks_zero: Optional[float] = None) -> list[Flag]:
         """Failed image checks ("image: ..." flags): crop intensity features and the image's extent
-        per world axis.  A whole-crop zero fraction beyond training is judged by its consequence
+        per world axis.  A whole-crop zero fraction above training is judged by its consequence
         when `near_landmarks_zero` (``near_landmarks_zero_fraction`` of the predicted landmarks)
         and its training range are known: padding that stays away from the gland is no flag; padding
-        over it is flagged with both numbers.  Older statistics without that range: flagged as before."""
+        over it is flagged with both numbers.  A share below training is no padding question (a TRUS
+        model given an image without a fan: the other modality) and is flagged as it always was, as
+        is any share when the statistics predate the near-landmark range."""
         problems = []
         near_range = (self.doc["image"].get("near_landmarks") or {}).get(NEAR_ZERO, {"n": 0})
         for k, v in crop.items():
             c = _range_check(k, v, self.doc["image"]["crop"].get(k, {"n": 0}))
-            if c and k == CROP_ZERO and near_landmarks_zero is not None and near_range.get("n", 0):
+            if c and k == CROP_ZERO and c.value > c.high and near_landmarks_zero is not None and near_range.get("n", 0):
                 near = _range_check(NEAR_ZERO, near_landmarks_zero, near_range)
                 if near is None:
                     continue  # more padding than training, none of it over the gland: no consequence

@@ -201,7 +201,7 @@ def strip(landmarks):
 
 
 def refresh_statistics(folder: Path, ds) -> None:
-    """A model trained before the padding-near-the-gland range (issue 26) gets it from its own
+    """A model trained before the padding ranges (issue 26) gets them from its own
     preprocessed training cases (lmkreg.run.calibrate.refresh_image_statistics); the rest of its
     statistics stays as trained."""
     from lmkreg.config.plans import Plans
@@ -210,11 +210,11 @@ def refresh_statistics(folder: Path, ds) -> None:
     from lmkreg.trust.plausibility import STATISTICS_FILE
 
     path = folder / STATISTICS_FILE
-    if not path.is_file() or "near_landmarks" in json.loads(path.read_text()).get("image", {}):
+    if not path.is_file() or "padding" in json.loads(path.read_text()).get("image", {}):
         return
     conf = Plans.load(folder / "plans.json").configuration(folder.name.partition("__")[2])
     refresh_image_statistics(folder, preprocessed_folder(ds) / conf.data_identifier, ds.cases("Tr", conf.modality))
-    log(f"{folder.name}: training statistics given the near-landmark padding range")
+    log(f"{folder.name}: training statistics given the padding ranges")
 
 
 def alone_folder(root: Path, folder: Path) -> Path:

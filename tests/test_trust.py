@@ -93,22 +93,22 @@ def test_training_stores_calibration_and_training_statistics(models, monkeypatch
 
 
 def test_older_statistics_get_the_near_landmark_padding_range_and_keep_the_rest(env, tmp_path):
-    """A training_statistics.json written before the padding-near-the-gland range (issue 26) gets
-    it from the same preprocessed cases, equal to what training now writes; nothing else changes
+    """A training_statistics.json written before the padding ranges (issue 26) gets them from the
+    same preprocessed cases, equal to what training now writes; nothing else changes
     (a copy of the model folder: the module's model stays as trained)."""
     import shutil
 
     from lmkreg.config.plans import Plans
     from lmkreg.paths import preprocessed_folder
     from lmkreg.run.calibrate import refresh_image_statistics
-    from lmkreg.trust.plausibility import NEAR_ZERO
+    from lmkreg.trust.plausibility import IMAGED_CONSTANT, NEAR_ZERO
 
     folder = tmp_path / env["trained"].name
     shutil.copytree(env["trained"], folder)
     written = json.loads((folder / STATISTICS_FILE).read_text())
-    assert written["image"]["near_landmarks"][NEAR_ZERO]["n"] == 10
+    assert written["image"]["padding"][NEAR_ZERO]["n"] == written["image"]["padding"][IMAGED_CONSTANT]["n"] == 10
     old = json.loads(json.dumps(written))
-    del old["image"]["near_landmarks"]
+    del old["image"]["padding"]
     (folder / STATISTICS_FILE).write_text(json.dumps(old))
     ds = open_dataset(3)
     conf = Plans.load(folder / "plans.json").configuration("MR")

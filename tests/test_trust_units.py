@@ -306,13 +306,53 @@ def test_near_landmarks_zero_fraction_matches_simpleitk_physical_points():
     assert near_landmarks_zero_fraction(array, grid, np.full((3, 3), np.nan)) is None
 
 
-def _padding_statistics(with_near: bool) -> TrainingStatistics:
-    from lmkreg.trust.plausibility import CROP_ZERO, NEAR_ZERO
+def test_imaged_constant_share_counts_only_voxels_inside_the_source_image():
+    """A crop reaching beyond its (oblique, anisotropic) source image, with a constant region (a
+    fan's outside as another modality's normalisation leaves it: -2.5, not 0): the largest
+    one-value share among the voxels inside the image, against a brute force that asks
+    SimpleITK's physical-to-index mapping of the source image whether each crop voxel lies inside
+    it and counts the values with collections.Counter."""
+    from collections import Counter
 
+    import SimpleITK as sitk
+
+    from lmkreg.geometry import ImageGeometry
+    from lmkreg.trust.plausibility import imaged_constant_share
+
+    grid = _oblique_grid()
+    source = ImageGeometry.create((14, 22, 20), spacing_xyz=(1.0, 1.4, 2.0), origin_xyz=(-12.0, -20.0, -24.0),
+                                  direction=np.eye(3))
+    array = np.random.default_rng(5).normal(size=grid.shape_zyx).astype(np.float32) + 5.0
+    array[:, :8] = -2.5  # a constant region on one side: some of it inside the source image, some beyond
+    got = imaged_constant_share(array[None], grid, source)
+    src = sitk.Image([int(n) for n in source.shape_zyx[::-1]], sitk.sitkUInt8)
+    source.apply_to(src)
+    crop = grid.make_image(array)
+    values = []
+    for z in range(grid.shape_zyx[0]):
+        for y in range(grid.shape_zyx[1]):
+            for x in range(grid.shape_zyx[2]):
+                i = src.TransformPhysicalPointToContinuousIndex(crop.TransformIndexToPhysicalPoint((x, y, z)))
+                if all(-0.5 <= i[k] <= src.GetSize()[k] - 0.5 for k in range(3)):
+                    values.append(float(array[z, y, x]))
+    assert 100 < len(values) < array.size
+    assert got == pytest.approx(Counter(values).most_common(1)[0][1] / len(values), abs=1e-12)
+    assert 0.02 < got < 0.98
+    noise = np.random.default_rng(6).normal(size=grid.shape_zyx).astype(np.float32)  # an MR image: no constant region
+    assert imaged_constant_share(noise, grid, source) < 0.01
+    far = ImageGeometry.create((4, 4, 4), origin_xyz=(500.0, 500.0, 500.0))
+    assert imaged_constant_share(array, grid, far) is None
+
+
+def _padding_statistics(with_ranges: bool, crop_zero=(0.05, 0.07)) -> TrainingStatistics:
+    from lmkreg.trust.plausibility import CROP_ZERO, IMAGED_CONSTANT, NEAR_ZERO
+
+    lo, hi = crop_zero
     doc = {"landmark_names": NAMES, "landmarks": {"scalars": {}, "directions": {}, "offset": None},
-           "image": {"crop": {CROP_ZERO: {"n": 30, "min": 0.05, "max": 0.07, "mean": 0.06, "sd": 0.005}}}}
-    if with_near:
-        doc["image"]["near_landmarks"] = {NEAR_ZERO: {"n": 30, "min": 0.0, "max": 0.01, "mean": 0.002, "sd": 0.003}}
+           "image": {"crop": {CROP_ZERO: {"n": 30, "min": lo, "max": hi, "mean": (lo + hi) / 2, "sd": 0.005}}}}
+    if with_ranges:
+        doc["image"]["padding"] = {NEAR_ZERO: {"n": 30, "min": 0.0, "max": 0.01, "mean": 0.002, "sd": 0.003},
+                                   IMAGED_CONSTANT: {"n": 30, "min": 0.0, "max": 0.004, "mean": 0.001, "sd": 0.001}}
     return TrainingStatistics(doc)
 
 
@@ -320,41 +360,48 @@ def test_padding_beyond_training_is_flagged_only_where_it_reaches_the_gland():
     """Issue 26: another protocol's tight field of view pads the crop's edges (0.20 zero vs
     training 0.05-0.07, allowed to 0.17) while the gland is fully imaged: no flag.  The same
     padding over the gland (0.30 near the landmarks, allowed to 0.11) is flagged with both
-    numbers.  Statistics written before the near-landmark range: flagged as before."""
-    from lmkreg.trust.plausibility import CROP_ZERO, NEAR_ZERO
+    numbers.  A constant region inside the image itself (a TRUS fan given to an MR model) is flagged
+    whatever the gland region shows, and so is a share below training.  Statistics written before the
+    padding ranges, or a missing figure: flagged as before."""
+    from lmkreg.trust.plausibility import CROP_ZERO, IMAGED_CONSTANT, NEAR_ZERO
 
-    stats = _padding_statistics(with_near=True)
-    assert stats.check_image({CROP_ZERO: 0.20}, near_landmarks_zero=0.02) == []
-    flags = stats.check_image({CROP_ZERO: 0.20}, near_landmarks_zero=0.30)
+    stats = _padding_statistics(with_ranges=True)
+    assert stats.check_image({CROP_ZERO: 0.20}, near_landmarks_zero=0.02, imaged_constant=0.0) == []
+    flags = stats.check_image({CROP_ZERO: 0.20}, near_landmarks_zero=0.30, imaged_constant=0.0)
     assert [f.signal for f in flags] == [NEAR_ZERO]
     assert flags[0].value == pytest.approx(0.30) and flags[0].limit == pytest.approx(0.11)
     assert "whole crop 0.2" in flags[0].text and "reaches the gland" in flags[0].text
-    assert stats.check_image({CROP_ZERO: 0.06}, near_landmarks_zero=0.30) == []  # the crop itself looks like training
-    # fewer zeros than training is no padding question (an MR image given to a TRUS model has no
-    # fan): flagged whatever the gland region shows
-    trus = _padding_statistics(with_near=True)
-    trus.doc["image"]["crop"][CROP_ZERO] = {"n": 30, "min": 0.50, "max": 0.55, "mean": 0.52, "sd": 0.01}
-    low = trus.check_image({CROP_ZERO: 0.06}, near_landmarks_zero=0.0)
+    fan = stats.check_image({CROP_ZERO: 0.50}, near_landmarks_zero=0.02, imaged_constant=0.45)
+    assert [f.signal for f in fan] == [IMAGED_CONSTANT] and fan[0].limit == pytest.approx(0.104)
+    assert "inside the image itself" in fan[0].text
+    assert stats.check_image({CROP_ZERO: 0.06}, near_landmarks_zero=0.30, imaged_constant=0.3) == []  # crop like training
+    trus = _padding_statistics(with_ranges=True, crop_zero=(0.50, 0.55))
+    low = trus.check_image({CROP_ZERO: 0.06}, near_landmarks_zero=0.0, imaged_constant=0.0)
     assert [f.signal for f in low] == [CROP_ZERO] and low[0].limit == pytest.approx(0.40)
-    old = _padding_statistics(with_near=False)
-    assert [f.signal for f in old.check_image({CROP_ZERO: 0.20}, near_landmarks_zero=0.02)] == [CROP_ZERO]
-    assert [f.signal for f in stats.check_image({CROP_ZERO: 0.20})] == [CROP_ZERO]  # no near figure: as before
+    old = _padding_statistics(with_ranges=False)
+    assert [f.signal for f in old.check_image({CROP_ZERO: 0.20}, near_landmarks_zero=0.02, imaged_constant=0.0)] == [CROP_ZERO]
+    assert [f.signal for f in stats.check_image({CROP_ZERO: 0.20}, near_landmarks_zero=0.02)] == [CROP_ZERO]
 
 
-def test_training_statistics_store_the_near_landmark_padding_of_the_true_landmarks():
-    from lmkreg.trust.plausibility import NEAR_ZERO, near_landmarks_zero_fraction, training_statistics
+def test_training_statistics_store_the_padding_of_the_true_landmarks_and_the_image():
+    from lmkreg.geometry import ImageGeometry
+    from lmkreg.trust.plausibility import (IMAGED_CONSTANT, NEAR_ZERO, imaged_constant_share, near_landmarks_zero_fraction,
+                                           training_statistics)
 
     grid = _oblique_grid()
+    source = ImageGeometry.create((14, 22, 20), spacing_xyz=(1.0, 1.4, 2.0), origin_xyz=(-12.0, -20.0, -24.0))
     centre = grid.index_to_world((np.asarray(grid.shape_zyx, float) - 1) / 2)
-    cases, expected = [], []
+    cases, near, imaged = [], [], []
     for shift in (0.0, 6.0, 12.0):
         pts = centre + TRIANGLE * 0.5 + [shift, 0.0, 0.0]
         array = np.ones((1, *grid.shape_zyx), np.float32)
         array[..., :6] = 0.0
-        meta = {"geometry": grid.to_json(), "source_geometry": grid.to_json(), "landmarks_world_lps": pts.tolist()}
+        meta = {"geometry": grid.to_json(), "source_geometry": source.to_json(), "landmarks_world_lps": pts.tolist()}
         cases.append((meta, array))
-        expected.append(near_landmarks_zero_fraction(array, grid, pts))
+        near.append(near_landmarks_zero_fraction(array, grid, pts))
+        imaged.append(imaged_constant_share(array, grid, source))
     doc = training_statistics("MR", NAMES, cases, [], None)
-    s = doc["image"]["near_landmarks"][NEAR_ZERO]
-    assert s["n"] == 3 and s["min"] == pytest.approx(min(expected)) and s["max"] == pytest.approx(max(expected))
-    assert max(expected) > min(expected)  # the shift moves the sphere relative to the padding
+    s = doc["image"]["padding"][NEAR_ZERO]
+    assert s["n"] == 3 and s["min"] == pytest.approx(min(near)) and s["max"] == pytest.approx(max(near))
+    assert max(near) > min(near)  # the shift moves the sphere relative to the padding
+    assert doc["image"]["padding"][IMAGED_CONSTANT]["mean"] == pytest.approx(imaged[0])

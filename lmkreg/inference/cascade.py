@@ -172,7 +172,8 @@ class CascadePredictor:
         """The refine prediction for an image prepared by ``preprocess`` (`array`: the image and the
         localizer's input; `grid`: the localizer's grid), before the source image checks."""
         staged = array
-        stage1 = self.localizer.predict_array(staged.array, grid)
+        stage1 = self.localizer.predict_array(staged.array, grid,
+                                              source_geometry=ImageGeometry.from_image(staged.image))
         anchor = landmark_anchor(stage1.landmarks.to_array(self.names))
         if anchor is None:  # pragma: no cover - the localizer always gives every landmark
             anchor = ImageGeometry.from_image(staged.image).index_to_world(
@@ -211,6 +212,7 @@ class CascadePredictor:
         base = np.floor(centre / spacing) * spacing
         frac = np.clip((centre - base) / spacing, 0.0, 1.0)
         preds, weights, centres = [], [], []
+        source = ImageGeometry.from_image(image)  # for the padding check of each crop
         for corner in itertools.product((0, 1), repeat=3):
             c = np.asarray(corner)
             w = float(np.prod(np.where(c == 1, frac, 1 - frac)))
@@ -218,7 +220,7 @@ class CascadePredictor:
                 continue
             lattice_point = base + c * spacing
             array, crop = self.refiner.preprocess(image, lattice_point - offset)
-            preds.append(self.refiner.predict_array(array, crop))
+            preds.append(self.refiner.predict_array(array, crop, source_geometry=source))
             weights.append(w)
             centres.append(lattice_point)
         wts = np.asarray(weights) / np.sum(weights)

@@ -34,8 +34,9 @@ from lmkreg.preprocessing.preprocessor import stage_input
 from lmkreg.trust.calibration import Calibration, signal_scale
 from lmkreg.trust.error_estimate import error_estimate
 from lmkreg.trust.image_support import not_imaged_flags
-from lmkreg.trust.plausibility import (CROP_ZERO, NEAR_ZERO, TrainingStatistics, crop_features, grid_centre_world,
-                                      image_extent_lps, near_landmarks_zero_fraction)
+from lmkreg.trust.plausibility import (CROP_ZERO, IMAGED_CONSTANT, NEAR_ZERO, TrainingStatistics, crop_features,
+                                      grid_centre_world, image_extent_lps, imaged_constant_share,
+                                      near_landmarks_zero_fraction)
 from lmkreg.training.checkpoint import load_checkpoint
 from lmkreg.training.dsnt import flat_softmax
 from lmkreg.training.registry import find_trainer
@@ -214,14 +215,17 @@ class LandmarkPredictor:
 
     @torch.inference_mode()
     def predict_array(self, array: np.ndarray, grid: ImageGeometry,
-                      image_geometry: Optional[ImageGeometry] = None, image: Optional[sitk.Image] = None) -> Prediction:
+                      image_geometry: Optional[ImageGeometry] = None, image: Optional[sitk.Image] = None,
+                      source_geometry: Optional[ImageGeometry] = None) -> Prediction:
         """Run every fold (and mirror) on a preprocessed array and ensemble in world space.
 
         The optimised modules are traced for the planned input size; an array of any other
         size (not produced by ``preprocess``) goes through the eager networks.  The mirrored
         input has the same shape, so it uses the optimised module too.  ``image_geometry`` (the
         source image's grid) lets a landmark outside the image be flagged, and ``image`` itself
-        one where the image recorded nothing (see ``check_image``)."""
+        one where the image recorded nothing (see ``check_image``).  ``source_geometry`` (default:
+        ``image_geometry``) is the grid `array` was resampled from, for the padding check only
+        (a cascade's refine crops: the image checks come once, for the blend)."""
         x = torch.from_numpy(np.ascontiguousarray(array[None])).to(self.device)
         planned = tuple(x.shape) == self.input_shape
         spacing = list(self.conf.spacing_zyx)
@@ -278,7 +282,8 @@ class LandmarkPredictor:
                                            disagreement[i], DISAGREEMENT_FLAG_MM, "mm"))
         pred = Prediction(LandmarkSet.from_array(self.names, mean), dict(zip(self.names, map(float, spread))),
                           dict(zip(self.names, map(float, disagreement))), flags)
-        self._assess(pred, array, grid, np.stack(per_fold_mean), np.stack(per_fold_gap), np.stack(per_fold_spread))
+        self._assess(pred, array, grid, np.stack(per_fold_mean), np.stack(per_fold_gap), np.stack(per_fold_spread),
+                     source_geometry or image_geometry)
         if borders:
             for n, share in zip(self.names, np.mean(borders, axis=0)):
                 pred.signals[n]["crop_border_mass"] = float(share)
@@ -301,7 +306,7 @@ class LandmarkPredictor:
             pred.flags += self.statistics.check_image({}, image_extent_lps(image_geometry))
 
     def _assess(self, pred: Prediction, array: np.ndarray, grid: ImageGeometry, fold_means: np.ndarray,
-                gaps: np.ndarray, spreads: np.ndarray) -> None:
+                gaps: np.ndarray, spreads: np.ndarray, source: Optional[ImageGeometry] = None) -> None:
         """Signals, calibrated radii and plausibility checks of one prediction (adds flags)."""
         mean = pred.landmarks.to_array(self.names)
         between = (np.sqrt(((fold_means - mean) ** 2).sum(-1).mean(0)) if len(fold_means) > 1
@@ -341,8 +346,9 @@ class LandmarkPredictor:
                 pred.flags += self.statistics.check_landmarks(mean, grid_centre_world(grid))
             crop = crop_features(array)
             near = None if np.isnan(mean).any() else near_landmarks_zero_fraction(array, grid, mean)
-            pred.image_signals = {CROP_ZERO: crop[CROP_ZERO], NEAR_ZERO: near}
-            pred.flags += self.statistics.check_image(crop, near_landmarks_zero=near)
+            imaged = None if source is None else imaged_constant_share(array, grid, source)
+            pred.image_signals = {CROP_ZERO: crop[CROP_ZERO], IMAGED_CONSTANT: imaged, NEAR_ZERO: near}
+            pred.flags += self.statistics.check_image(crop, near_landmarks_zero=near, imaged_constant=imaged)
 
     def predict(self, image: sitk.Image) -> Prediction:
         """Preprocess, predict and finish one image (lmkreg.inference.interface.finish_prediction)."""

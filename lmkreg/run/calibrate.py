@@ -35,7 +35,7 @@ from lmkreg.preprocessing.storage import load_array
 from lmkreg.registration.landmark_fit import register_landmarks
 from lmkreg.registration.two_landmarks import RotationPrior
 from lmkreg.trust.calibration import FOLD_CASES_FILE, SIGNAL_DEFINITION, Calibration, pool_calibration
-from lmkreg.trust.plausibility import STATISTICS_FILE, near_landmarks_statistics, training_statistics
+from lmkreg.trust.plausibility import STATISTICS_FILE, padding_statistics, training_statistics
 
 
 def store_trust_data(trainer, model_folder: Path, dataset, preprocessed: Path, configuration: str,
@@ -125,10 +125,10 @@ def write_training_statistics(model_folder: Path, dataset, modality: str, prepro
 
 
 def refresh_image_statistics(model_folder: Path, preprocessed_data: Path, cases: Sequence[str]) -> Optional[Path]:
-    """Add the padding range near the true landmarks (``image.near_landmarks``, see
-    lmkreg.trust.plausibility.near_landmarks_statistics) to a ``training_statistics.json``
-    written before it existed, from the same preprocessed training cases, and leave every other
-    entry as it is (a refine stage's widened offsets came from its training run).  Without it the
+    """Add the padding ranges (``image.padding``: zeros near the true landmarks and inside the
+    image, see lmkreg.trust.plausibility.padding_statistics) to a ``training_statistics.json``
+    written before they existed, from the same preprocessed training cases, and leave every other
+    entry as it is (a refine stage's widened offsets came from its training run).  Without them the
     whole-crop padding check flags as before.  Returns the file, or None when the model has none."""
     path = Path(model_folder) / STATISTICS_FILE
     if not path.is_file():
@@ -140,7 +140,7 @@ def refresh_image_statistics(model_folder: Path, preprocessed_data: Path, cases:
         if meta_path.is_file():
             records.append((json.loads(meta_path.read_text(encoding="utf-8")),
                             load_array(Path(preprocessed_data) / f"{case}.b2nd")))
-    doc.setdefault("image", {})["near_landmarks"] = near_landmarks_statistics(records)
+    doc.setdefault("image", {})["padding"] = padding_statistics(records)
     atomic_write_json(path, doc)
     return path
 

@@ -42,6 +42,7 @@ EXTENT_FACTOR = 2.0  # an image more than twice as large (or half as small) as a
 # far from an accurately found gland, and flagged every such case)
 CROP_ZERO = "crop fraction exactly zero"
 NEAR_ZERO = "fraction exactly zero near the landmarks"
+IMAGED_CONSTANT = "largest share of one value inside the image"  # a fan's outside, not padding beyond the image
 GLAND_MARGIN_MM = 5.0  # the sphere over the gland: its landmarks' farthest distance from their centroid + this
 
 
@@ -109,6 +110,24 @@ def near_landmarks_zero_fraction(array: np.ndarray, grid: ImageGeometry, points:
     return float((np.count_nonzero(values == 0) + np.count_nonzero(~inside)) / len(ball))
 
 
+def imaged_constant_share(array: np.ndarray, grid: ImageGeometry, source: ImageGeometry) -> Optional[float]:
+    """Largest share of one single value among the input's voxels whose centres lie inside the
+    source image (its extent: half a voxel beyond its outer voxel centres): the constant regions
+    the scan itself holds — the outside of a TRUS fan, 0 for a US model, or whatever value another
+    modality's normalisation gives it — not the padding beyond a smaller field of view.  An MR
+    image's noise makes it near 0.  `array` on `grid` (a leading channel axis of size 1 allowed);
+    `source`: the image the input was resampled from.  None when no voxel lies inside it."""
+    a = np.asarray(array)
+    a = a.reshape(a.shape[-3:])
+    idx = np.indices(a.shape, dtype=np.float32).reshape(3, -1).T
+    inside = source.contains_world(grid.index_to_world(idx))
+    n = int(np.count_nonzero(inside))
+    if not n:
+        return None
+    _, counts = np.unique(a.reshape(-1)[inside], return_counts=True)
+    return float(counts.max() / n)
+
+
 def image_extent_lps(geometry: ImageGeometry) -> np.ndarray:
     """Size (mm) of the image's world bounding box along L, P, S."""
     shape = np.asarray(geometry.shape_zyx, float)
@@ -135,7 +154,7 @@ def _kind(feature: str) -> str:
         return "distance"
     if feature.startswith("angle"):
         return "angle"
-    return "fraction" if "fraction" in feature else "crop"
+    return "fraction" if "fraction" in feature or "share" in feature else "crop"
 
 
 @dataclass
@@ -234,26 +253,36 @@ class TrainingStatistics:
         return problems
 
     def check_image(self, crop: dict[str, float], extent_lps: Optional[np.ndarray] = None,
-                    near_landmarks_zero: Optional[float] = None) -> list[Flag]:
+                    near_landmarks_zero: Optional[float] = None, imaged_constant: Optional[float] = None) -> list[Flag]:
         """Failed image checks ("image: ..." flags): crop intensity features and the image's extent
-        per world axis.  A whole-crop zero fraction above training is judged by its consequence
-        when `near_landmarks_zero` (``near_landmarks_zero_fraction`` of the predicted landmarks)
-        and its training range are known: padding that stays away from the gland is no flag; padding
-        over it is flagged with both numbers.  A share below training is no padding question (a TRUS
-        model given an image without a fan: the other modality) and is flagged as it always was, as
-        is any share when the statistics predate the near-landmark range."""
+        per world axis.
+
+        A whole-crop zero share above training is judged by its consequence when the input's two
+        padding figures and their training ranges are known (``image.padding``): a constant region
+        inside the image itself beyond training (`imaged_constant`, ``imaged_constant_share``: a
+        fan where the model knows none — the other modality) is flagged; zeros beyond the image (a
+        smaller field of view) are flagged only when they reach the gland the predicted landmarks outline
+        (`near_landmarks_zero`, ``near_landmarks_zero_fraction``), else they are no flag.  A share
+        below training, a missing figure, or statistics that predate the ranges: flagged as before."""
         problems = []
-        near_range = (self.doc["image"].get("near_landmarks") or {}).get(NEAR_ZERO, {"n": 0})
+        pad = self.doc["image"].get("padding") or {}
+        near_range, imaged_range = pad.get(NEAR_ZERO, {"n": 0}), pad.get(IMAGED_CONSTANT, {"n": 0})
         for k, v in crop.items():
             c = _range_check(k, v, self.doc["image"]["crop"].get(k, {"n": 0}))
-            if c and k == CROP_ZERO and c.value > c.high and near_landmarks_zero is not None and near_range.get("n", 0):
+            if (c and k == CROP_ZERO and c.value > c.high and near_landmarks_zero is not None
+                    and imaged_constant is not None and near_range.get("n", 0) and imaged_range.get("n", 0)):
+                whole = f"(whole crop {v:.3g}, training range widened to {c.low:.3g}..{c.high:.3g})"
+                inside = _range_check(IMAGED_CONSTANT, imaged_constant, imaged_range)
                 near = _range_check(NEAR_ZERO, near_landmarks_zero, near_range)
-                if near is None:
-                    continue  # more padding than training, none of it over the gland: no consequence
-                problems.append(scoped_flag(PLAUSIBILITY, "image", NEAR_ZERO,
-                                            f"{near.message()}: the padding reaches the gland the landmarks outline "
-                                            f"(whole crop {v:.3g}, training range widened to {c.low:.3g}..{c.high:.3g})",
-                                            near.value, near.limit))
+                if inside:
+                    problems.append(scoped_flag(PLAUSIBILITY, "image", IMAGED_CONSTANT,
+                                                f"{inside.message()}: a constant region inside the image itself (the "
+                                                f"outside of an ultrasound fan?), not padding beyond it {whole}", inside.value, inside.limit))
+                elif near:
+                    problems.append(scoped_flag(PLAUSIBILITY, "image", NEAR_ZERO,
+                                                f"{near.message()}: the padding reaches the gland the landmarks "
+                                                f"outline {whole}", near.value, near.limit))
+                continue  # else: padding beyond a smaller field of view, away from the gland: no consequence
             elif c:
                 problems.append(c.flag("image"))
         ext = self.doc["image"].get("extent_lps_mm")
@@ -272,17 +301,22 @@ class TrainingStatistics:
         return problems
 
 
-def near_landmarks_statistics(cases: Sequence[tuple[dict, np.ndarray]]) -> dict:
-    """``{NEAR_ZERO: summary}`` of the training cases' padding near their true landmarks, on
-    each stored array's own grid (a refine box's margin included: the sphere is placed in world
-    space).  `cases` as for ``training_statistics``."""
-    values = []
+def padding_statistics(cases: Sequence[tuple[dict, np.ndarray]]) -> dict:
+    """``{NEAR_ZERO: summary, IMAGED_CONSTANT: summary}`` of the training cases: the zero share near
+    their true landmarks and the largest one-value share inside their source image, each on the stored array's own grid (a
+    refine box's margin included: both are placed in world space).  `cases` as for
+    ``training_statistics``."""
+    near, imaged = [], []
     for meta, array in cases:
+        grid = ImageGeometry.from_json(meta["geometry"])
         pts = np.array([p if p is not None else [np.nan] * 3 for p in meta["landmarks_world_lps"]], float)
-        v = near_landmarks_zero_fraction(array, ImageGeometry.from_json(meta["geometry"]), pts)
+        v = near_landmarks_zero_fraction(array, grid, pts)
         if v is not None:
-            values.append(v)
-    return {NEAR_ZERO: _summary(values)}
+            near.append(v)
+        w = imaged_constant_share(array, grid, ImageGeometry.from_json(meta["source_geometry"]))
+        if w is not None:
+            imaged.append(w)
+    return {NEAR_ZERO: _summary(near), IMAGED_CONSTANT: _summary(imaged)}
 
 
 def training_statistics(modality: str, names: Sequence[str], cases: Sequence[tuple[dict, np.ndarray]],
@@ -329,6 +363,6 @@ def training_statistics(modality: str, names: Sequence[str], cases: Sequence[tup
             "landmarks": {"scalars": {k: _summary(v) for k, v in scalars.items()}, "directions": dir_doc,
                           "offset": off_doc},
             "image": {"crop": {k: _summary(v) for k, v in crops.items()},
-                      "near_landmarks": near_landmarks_statistics(cases),
+                      "padding": padding_statistics(cases),
                       "extent_lps_mm": [_summary(ext[:, i]) for i in range(3)] if len(ext) else None},
             "pair_rms_residual_mm": pair_doc, "pair_rotation": pair_rotation}

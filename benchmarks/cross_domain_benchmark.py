@@ -94,11 +94,15 @@ more confidently at the wrong place. The trust layer sees it: every US landmark,
 and 5 of 6 pairs are flagged. Not measured: a planning margin for glands larger than the training set's,
 or the cascade's whole-image localizer (planned for these datasets, not trained here).
 
-**nnU-Net intensity recipe (batchgenerators) vs the default augmentation.** Only at 150 steps (the rows
-marked 150 below, held-out B and D; the 150-step default rows they were compared with were replaced by
+**nnU-Net intensity recipe (batchgenerators) vs the default augmentation.** At 150 steps (the rows
+marked 150 above, held-out B and D; the 150-step default rows they were compared with were replaced by
 the 400-step run and are in git history, `git show c6ac1b7:benchmarks/results/cross_domain.json`):
-B MR 3.48 -> 3.39, US 4.45 -> 3.52 mm; D MR 7.22 -> 6.65, US 28.6 -> 27.1 mm. Not made the default:
-one seed, 150 steps, and no held-out C, the family it should help most. AUG_C_PLACEHOLDER
+B MR 3.48 -> 3.39, US 4.45 -> 3.52 mm; D MR 7.22 -> 6.65, US 28.6 -> 27.1 mm: too short to decide. At 400 steps, held out
+C (`--held-out 2 --variants nnunet_intensity`, 16:12-16:56): MR 4.98 -> 4.69 mm cross-domain (apex 6.91 ->
+5.73, posterior median 5.25 -> 5.77), US 2.89 -> 2.64, SRE 4.90 -> 4.70 mm; in-domain MR 2.49 -> 2.52, US
+5.51 -> 5.80. A small cross-domain gain that leaves C's MR gap (ratio 1.86) in place, one seed, 6 test
+pairs: within what a second seed could move. Still not the default; what it needs is the same comparison
+on all four families with two seeds.
 
 **Targets (issue 27), best trainer, 400 steps:** cross/in-domain ratio <= 1.5 met for A (0.99 MR, 0.46
 US), B (1.01, 0.66) and C's US (0.52); missed for C's MR (2.00, by 0.50x) and D (4.76 MR, 17.4 US). MRE

@@ -92,7 +92,7 @@ def test_training_stores_calibration_and_training_statistics(models, monkeypatch
         assert Calibration.load(folder).quantiles["apex"] == pytest.approx(conformal_quantile(scores, 0.9)[0])
 
 
-def test_older_statistics_get_the_near_landmark_padding_range_and_keep_the_rest(env, tmp_path):
+def test_older_statistics_get_the_padding_ranges_and_keep_the_rest(env, tmp_path):
     """A training_statistics.json written before the padding ranges (issue 26) gets them from the
     same preprocessed cases, equal to what training now writes; nothing else changes
     (a copy of the model folder: the module's model stays as trained)."""

@@ -92,11 +92,9 @@ def widen_refine_offsets(path: Path, conf, offsets) -> None:
     atomic_write_json(path, doc)
 
 
-def write_training_statistics(model_folder: Path, dataset, modality: str, preprocessed_data: Path,
-                              names: Sequence[str], cases: Sequence[str]) -> Path:
-    """Write ``training_statistics.json`` of `cases` (training cases of `modality`): their
-    preprocessed files (``CASE.json`` and ``CASE.b2nd`` in `preprocessed_data`) and, for the
-    pair statistics, the rigid fit of each case's landmarks onto the first other modality's."""
+def _training_records(preprocessed_data: Path, cases: Sequence[str]) -> tuple[list[tuple[dict, np.ndarray]], list[str]]:
+    """(metadata, stored array) of every case preprocessed in `preprocessed_data` (``CASE.json``
+    and ``CASE.b2nd``), and the cases found; cases without files are skipped."""
     records, used = [], []
     for case in cases:
         meta_path = Path(preprocessed_data) / f"{case}.json"
@@ -105,6 +103,15 @@ def write_training_statistics(model_folder: Path, dataset, modality: str, prepro
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         records.append((meta, load_array(Path(preprocessed_data) / f"{case}.b2nd")))
         used.append(case)
+    return records, used
+
+
+def write_training_statistics(model_folder: Path, dataset, modality: str, preprocessed_data: Path,
+                              names: Sequence[str], cases: Sequence[str]) -> Path:
+    """Write ``training_statistics.json`` of `cases` (training cases of `modality`): their
+    preprocessed files (``CASE.json`` and ``CASE.b2nd`` in `preprocessed_data`) and, for the
+    pair statistics, the rigid fit of each case's landmarks onto the first other modality's."""
+    records, used = _training_records(preprocessed_data, cases)
     pair_rms, pair_rotvecs = [], []
     others = [m for m in dataset.spec.modalities if m != modality]
     for case in used:
@@ -134,13 +141,7 @@ def refresh_image_statistics(model_folder: Path, preprocessed_data: Path, cases:
     if not path.is_file():
         return None
     doc = json.loads(path.read_text(encoding="utf-8"))
-    records = []
-    for case in cases:
-        meta_path = Path(preprocessed_data) / f"{case}.json"
-        if meta_path.is_file():
-            records.append((json.loads(meta_path.read_text(encoding="utf-8")),
-                            load_array(Path(preprocessed_data) / f"{case}.b2nd")))
-    doc.setdefault("image", {})["padding"] = padding_statistics(records)
+    doc.setdefault("image", {})["padding"] = padding_statistics(_training_records(preprocessed_data, cases)[0])
     atomic_write_json(path, doc)
     return path
 

@@ -269,7 +269,9 @@ class TrainingStatistics:
         near_range, imaged_range = pad.get(NEAR_ZERO, {"n": 0}), pad.get(IMAGED_CONSTANT, {"n": 0})
         for k, v in crop.items():
             c = _range_check(k, v, self.doc["image"]["crop"].get(k, {"n": 0}))
-            if (c and k == CROP_ZERO and c.value > c.high and near_landmarks_zero is not None
+            if not c:
+                continue
+            if (k == CROP_ZERO and c.value > c.high and near_landmarks_zero is not None
                     and imaged_constant is not None and near_range.get("n", 0) and imaged_range.get("n", 0)):
                 whole = f"(whole crop {v:.3g}, training range widened to {c.low:.3g}..{c.high:.3g})"
                 inside = _range_check(IMAGED_CONSTANT, imaged_constant, imaged_range)
@@ -277,14 +279,15 @@ class TrainingStatistics:
                 if inside:
                     problems.append(scoped_flag(PLAUSIBILITY, "image", IMAGED_CONSTANT,
                                                 f"{inside.message()}: a constant region inside the image itself (the "
-                                                f"outside of an ultrasound fan?), not padding beyond it {whole}", inside.value, inside.limit))
+                                                f"outside of an ultrasound fan?), not padding beyond it {whole}",
+                                                inside.value, inside.limit))
                 elif near:
                     problems.append(scoped_flag(PLAUSIBILITY, "image", NEAR_ZERO,
                                                 f"{near.message()}: the padding reaches the gland the landmarks "
                                                 f"outline {whole}", near.value, near.limit))
-                continue  # else: padding beyond a smaller field of view, away from the gland: no consequence
-            elif c:
-                problems.append(c.flag("image"))
+                # else: padding beyond a smaller field of view, away from the gland: no consequence
+                continue
+            problems.append(c.flag("image"))
         ext = self.doc["image"].get("extent_lps_mm")
         if extent_lps is not None and ext:
             for axis, v, s in zip("LPS", extent_lps, ext):
@@ -301,16 +304,21 @@ class TrainingStatistics:
         return problems
 
 
+def _true_landmarks(meta: dict) -> np.ndarray:
+    """A preprocessed case's true landmarks (L, 3) world LPS mm from its ``CASE.json``; NaN rows
+    where one is missing."""
+    return np.array([p if p is not None else [np.nan] * 3 for p in meta["landmarks_world_lps"]], float)
+
+
 def padding_statistics(cases: Sequence[tuple[dict, np.ndarray]]) -> dict:
     """``{NEAR_ZERO: summary, IMAGED_CONSTANT: summary}`` of the training cases: the zero share near
-    their true landmarks and the largest one-value share inside their source image, each on the stored array's own grid (a
-    refine box's margin included: both are placed in world space).  `cases` as for
+    their true landmarks and the largest one-value share inside their source image, each on the
+    stored array's own grid (a refine box's margin included: both are placed in world space).  `cases` as for
     ``training_statistics``."""
     near, imaged = [], []
     for meta, array in cases:
         grid = ImageGeometry.from_json(meta["geometry"])
-        pts = np.array([p if p is not None else [np.nan] * 3 for p in meta["landmarks_world_lps"]], float)
-        v = near_landmarks_zero_fraction(array, grid, pts)
+        v = near_landmarks_zero_fraction(array, grid, _true_landmarks(meta))
         if v is not None:
             near.append(v)
         w = imaged_constant_share(array, grid, ImageGeometry.from_json(meta["source_geometry"]))
@@ -336,7 +344,7 @@ def training_statistics(modality: str, names: Sequence[str], cases: Sequence[tup
         array = array[..., m[0]:array.shape[-3] - m[0], m[1]:array.shape[-2] - m[1], m[2]:array.shape[-1] - m[2]]
         for k, v in crop_features(array).items():  # a refine box without its margin: the crop the network sees
             crops.setdefault(k, []).append(v)
-        pts = np.array([p if p is not None else [np.nan] * 3 for p in meta["landmarks_world_lps"]], float)
+        pts = _true_landmarks(meta)
         if np.isnan(pts).any():
             continue
         f = landmark_features(pts, names, grid_centre_world(grid))

@@ -522,7 +522,7 @@ def test_reading_the_next_volume_overlaps_the_network_of_the_current_one(tmp_pat
             started[k].set()
             return np.zeros((2, 2, 2), np.float32), k
 
-        def predict_array(self, array, k):
+        def predict_array(self, array, k, image=None):
             if k + 1 < len(started):
                 overlapped.append(started[k + 1].wait(timeout=10))
             return Prediction(k)

@@ -316,7 +316,73 @@ def test_a_landmark_outside_the_image_is_flagged(env):
     predictor = _predictor(env["trained"], max_radius_mm=1e9)
     array, grid = predictor.preprocess(image)
     small = ImageGeometry.create((3, 3, 3), (1.0, 1.0, 1.0), (500.0, 500.0, 500.0))  # far from every landmark
-    pred = predictor.predict_array(array, grid, small)
+    pred = predictor.predict_array(array, grid, image_geometry=small)
     assert {f"{n}: outside the image" for n in pred.landmarks.names} <= {f.text for f in pred.flags}
     assert not any("outside the image" in f.text
-                   for f in predictor.predict_array(array, grid, ImageGeometry.from_image(image)).flags)
+                   for f in predictor.predict_array(array, grid, image_geometry=ImageGeometry.from_image(image)).flags)
+
+
+def _superior_padded(image: sitk.Image, mm: float) -> sitk.Image:
+    """`image` extended `mm` on its superior side by repeating its edge (world geometry kept)."""
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    axis = int(np.argmax(np.abs(direction[2])))  # image axis closest to S
+    pad = [0, 0, 0]
+    pad[axis] = int(round(mm / image.GetSpacing()[axis]))
+    return sitk.ZeroFluxNeumannPad(image, pad if direction[2, axis] > 0 else [0, 0, 0],
+                                   [0, 0, 0] if direction[2, axis] > 0 else pad)
+
+
+def _centre_of(grid) -> np.ndarray:
+    """The world centre of a grid, by SimpleITK's index-to-physical mapping (independent of lmkreg's)."""
+    img = grid.make_image(np.zeros(grid.shape_zyx, np.uint8))
+    return np.asarray(img.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in img.GetSize()]))
+
+
+def test_an_off_centre_answer_is_predicted_again_on_a_crop_centred_where_training_had_the_gland(env, monkeypatch):
+    """A scan framed 30 mm off: the first answer lies beyond the training cases' place for the gland
+    in the crop, so the predictor runs again on a crop whose centre puts that answer's centroid at
+    the training mean place (checked with SimpleITK's geometry), and says so in the output."""
+    from lmkreg.trust.plausibility import TrainingStatistics
+
+    ds = open_dataset(3)
+    image = _superior_padded(read_image(ds.image_path(ds.cases("Ts", "MR")[0], "MR", "Ts")), 60)
+    predictor = _predictor(env["trained"], max_radius_mm=1e9)
+    grids = []
+    one_pass = predictor._one_pass
+    monkeypatch.setattr(predictor, "_one_pass", lambda array, grid, source=None: grids.append(grid) or one_pass(array, grid, source))
+    first = _predictor(env["trained"], max_radius_mm=1e9, recentre=False).predict(image)
+    stats = TrainingStatistics.load(env["trained"])
+    offset = stats.centre_offset(first.landmarks.to_array(predictor.names), _centre_of(predictor.preprocess(image)[1]))
+    assert offset.beyond, offset  # the premise: 30 mm off is beyond what training saw
+    pred = predictor.predict(image)
+    assert len(grids) == 2
+    np.testing.assert_allclose(_centre_of(grids[0]), _centre_of(predictor.preprocess(image)[1]), atol=1e-6)
+    wanted = first.landmarks.to_array(predictor.names).mean(0) - np.asarray(stats.doc["landmarks"]["offset"]["mean"])
+    np.testing.assert_allclose(_centre_of(grids[1]), wanted, atol=1e-4)
+    rec = pred.with_extras().extras["trust"]["recentred"]
+    assert rec["first_centre_offset_mm"] == pytest.approx(offset.distance_mm)
+    assert rec["crop_moved_mm"] == pytest.approx(float(np.linalg.norm(_centre_of(grids[1]) - _centre_of(grids[0]))), abs=1e-4)
+    for n in predictor.names:
+        moved = float(np.linalg.norm(pred.landmarks.points[n] - first.landmarks.points[n]))
+        assert rec["landmarks_moved_mm"][n] == pytest.approx(moved, abs=1e-6)
+        assert any(f.signal == "recentred_move_mm" and f.landmark == n for f in pred.flags) == (moved > 5.0)
+
+
+def test_an_answer_where_training_had_the_gland_is_not_predicted_again(env):
+    """Clean test cases whose first answer lies within the training place: the output is the one
+    pass, identical to the predictor without re-centring."""
+    from lmkreg.trust.plausibility import TrainingStatistics
+
+    ds = open_dataset(3)
+    stats = TrainingStatistics.load(env["trained"])
+    on, off = _predictor(env["trained"]), _predictor(env["trained"], recentre=False)
+    checked = 0
+    for case in ds.cases("Ts", "MR"):
+        image = read_image(ds.image_path(case, "MR", "Ts"))
+        a, b = on.predict(image), off.predict(image)
+        if stats.centre_offset(b.landmarks.to_array(on.names), _centre_of(on.preprocess(image)[1])).beyond:
+            continue
+        checked += 1
+        np.testing.assert_array_equal(a.landmarks.to_array(on.names), b.landmarks.to_array(on.names))
+        assert a.recentring is None and "recentred" not in a.with_extras().extras["trust"]
+    assert checked >= 4

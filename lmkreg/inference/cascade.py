@@ -168,9 +168,11 @@ class CascadePredictor:
         array, grid = self.localizer.preprocess(image)
         return StagedInput(image, array), grid
 
-    def predict_array(self, array: StagedInput, grid: ImageGeometry) -> CascadePrediction:
+    def predict_array(self, array: StagedInput, grid: ImageGeometry,
+                      image: Optional[sitk.Image] = None) -> CascadePrediction:
         """The refine prediction for an image prepared by ``preprocess`` (`array`: the image and the
-        localizer's input; `grid`: the localizer's grid), before the source image checks."""
+        localizer's input; `grid`: the localizer's grid), before the source image checks.  `image`
+        is not needed: the staged input carries it, and the refine stage centres its crops itself."""
         staged = array
         stage1 = self.localizer.predict_array(staged.array, grid,
                                               source_geometry=ImageGeometry.from_image(staged.image))

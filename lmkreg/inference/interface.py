@@ -54,8 +54,9 @@ class Predictor(Protocol):
         """(what ``predict_array`` takes, the grid it lies on) for one source image."""
         ...
 
-    def predict_array(self, array: Any, grid: ImageGeometry) -> Prediction:
-        """The prediction for a preprocessed input, before the source image checks."""
+    def predict_array(self, array: Any, grid: ImageGeometry, image: Optional[sitk.Image] = None) -> Prediction:
+        """The prediction for a preprocessed input, before the source image checks; `image`, the
+        source image, lets a single-stage model predict again on a re-centred crop."""
         ...
 
     def check_image(self, pred: Prediction, image_geometry: ImageGeometry,

@@ -43,6 +43,9 @@ class Prediction:
     image_signals: dict[str, Optional[float]] = field(default_factory=dict)
     # where the error estimate comes from (lmkreg.trust.error_estimate.ErrorEstimate.to_json)
     error_estimate: Optional[dict] = None
+    # a single-stage model's second pass on a crop re-centred on its first answer (what it moved;
+    # lmkreg.inference.predictor.LandmarkPredictor._recentred), written as trust.recentred
+    recentring: Optional[dict] = None
     # models with a segmentation head (lmkreg.inference.segmentation): the prostate mask on the
     # input image's grid (uint8 0/1) and its volume, from the probability layers on the network grids
     mask: Optional[sitk.Image] = None
@@ -72,7 +75,8 @@ class Prediction:
                 "training_pair_rms_mm": self.training_pair_rms_mm,
                 **({"training_pair_rotation": self.training_pair_rotation} if self.training_pair_rotation else {}),
                 **({"image": {k: finite_or_none(v) for k, v in self.image_signals.items()}}
-                   if self.image_signals else {})}
+                   if self.image_signals else {}),
+                **({"recentred": self.recentring} if self.recentring else {})}
 
     def describe(self, name: str) -> str:
         """One line for a landmark (the Slicer control point description)."""

@@ -42,7 +42,10 @@ def model_provenance(predictor: Any) -> Provenance:
     last = stages[-1]
     options = {"tta": bool(getattr(last, "mirror_tta", False)), "folds": list(getattr(last, "folds", []) or []),
                "cascade": len(stages) == 2, "checkpoint": checkpoint,
-               "max_radius_mm": getattr(last, "max_radius_mm", None)}
+               "max_radius_mm": getattr(last, "max_radius_mm", None),
+               # a single-stage model's second pass on an off-centre answer changes answers: an output
+               # predicted without it is predicted again
+               "recentre": len(stages) == 1 and bool(getattr(last, "recentre", False))}
     return Provenance(predictor_modality(predictor), None, model, options)
 
 

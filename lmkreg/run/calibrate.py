@@ -201,7 +201,7 @@ def stage_prediction(predictor, fold: str, trainer_modules: Sequence[str] = (), 
         if anchor is None:
             anchor = geometry.index_to_world((np.asarray(geometry.shape_zyx, float) - 1) / 2)
         array, grid = predictor.preprocess(image, anchor + rng.uniform(-jitter, jitter, 3))
-        return predictor.predict_array(array, grid, geometry)
+        return predictor.predict_array(array, grid, image_geometry=geometry)
 
     return jittered, (f"planned jitter: the crop centred on the true landmark centroid offset by a random "
                       f"+-{jitter:.1f} mm per axis ({loc.name} has no trained fold {fold}); the radius does not "

@@ -182,7 +182,7 @@ def predict_folder(predictor: Predictor, input_folder: Path, output_folder: Path
             try:
                 array, grid, image_geometry, source, provenance = current.result()
                 # image checks (outside the image or its signal, image extent) and the mask on the input grid
-                pred = finish_prediction(predictor, predictor.predict_array(array, grid), image_geometry, source)
+                pred = finish_prediction(predictor, predictor.predict_array(array, grid, image=source), image_geometry, source)
                 json_path, mrk_path = output_paths(image, output_folder)
                 write_case_outputs(pred, json_path, mrk_path,
                                    mask_path_for(json_path) if predictor.has_segmentation else None, provenance)

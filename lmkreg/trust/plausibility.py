@@ -194,6 +194,23 @@ def _range_check(feature: str, value: float, s: dict, unit: str = "") -> Optiona
     return Check(feature, value, lo, hi, unit) if not lo <= value <= hi else None
 
 
+@dataclass(frozen=True)
+class CentreOffset:
+    """The landmarks' centre against the training cases' place for it in the crop: its distance
+    (mm) from their mean place (`training_mean_lps`: centre minus grid centre, world LPS mm), the
+    largest distance a training case had, and the allowed limit (that largest widened like every
+    range here)."""
+
+    distance_mm: float
+    training_max_mm: float
+    limit_mm: float
+    training_mean_lps: np.ndarray
+
+    @property
+    def beyond(self) -> bool:
+        return self.distance_mm > self.limit_mm
+
+
 class TrainingStatistics:
     """The training distribution of landmark geometry, crop intensities and image extents for
     one modality, and of the true landmarks' MR->US rigid-fit residuals of the training pairs."""
@@ -241,16 +258,26 @@ class TrainingStatistics:
                                             f"{k} turned {angle:.0f} deg from the training mean (training at most "
                                             f"{ref['max_angle_deg']:.0f} deg, allowed {limit:.0f} deg; by "
                                             f"{angle - limit:.0f} deg)", angle, limit, "deg"))
-        off = self.doc["landmarks"].get("offset")
-        if off and "offset" in f:
-            d = float(np.linalg.norm(np.asarray(f["offset"]) - np.asarray(off["mean"])))
-            limit = off["max_distance_mm"] + max(RANGE_SHARE * off["max_distance_mm"], ABS_TOLERANCE["offset"])
-            if d > limit:
-                problems.append(scoped_flag(PLAUSIBILITY, "case", "landmark_centre_offset_mm",
-                                            f"landmarks' centre {d:.1f} mm from where training cases had it in the "
-                                            f"crop (training at most {off['max_distance_mm']:.1f} mm, allowed "
-                                            f"{limit:.1f} mm; by {d - limit:.1f} mm)", d, limit, "mm"))
+        off = self.centre_offset(points, grid_centre)
+        if off is not None and off.beyond:
+            problems.append(scoped_flag(PLAUSIBILITY, "case", "landmark_centre_offset_mm",
+                                        f"landmarks' centre {off.distance_mm:.1f} mm from where training cases had it "
+                                        f"in the crop (training at most {off.training_max_mm:.1f} mm, allowed "
+                                        f"{off.limit_mm:.1f} mm; by {off.distance_mm - off.limit_mm:.1f} mm)",
+                                        off.distance_mm, off.limit_mm, "mm"))
         return problems
+
+    def centre_offset(self, points: np.ndarray, grid_centre: Optional[np.ndarray]) -> Optional["CentreOffset"]:
+        """How far the landmarks' centre lies from where the training cases had it in their crop
+        (`points` (L, 3) and `grid_centre` world LPS mm); None without the training figure, a grid
+        centre or a complete set of landmarks."""
+        off = self.doc["landmarks"].get("offset")
+        p = np.asarray(points, float)
+        if not off or grid_centre is None or np.isnan(p).any():
+            return None
+        d = float(np.linalg.norm(p.mean(0) - np.asarray(grid_centre, float) - np.asarray(off["mean"])))
+        limit = off["max_distance_mm"] + max(RANGE_SHARE * off["max_distance_mm"], ABS_TOLERANCE["offset"])
+        return CentreOffset(d, float(off["max_distance_mm"]), float(limit), np.asarray(off["mean"], float))
 
     def check_image(self, crop: dict[str, float], extent_lps: Optional[np.ndarray] = None,
                     near_landmarks_zero: Optional[float] = None, imaged_constant: Optional[float] = None) -> list[Flag]:

@@ -202,7 +202,8 @@ def lofo_dataset(root: Path, pools: list, held: int, variant: str, workers: int)
 
 
 def predict(ds, trainer: str, modality: str, out: Path) -> Path:
-    """lmkreg JSON (with the trust extras) for every test volume of the modality."""
+    """lmkreg JSON (with the trust extras) for every test volume of the modality, predicted anew
+    each run (seconds per model): a run after a change to prediction measures that change."""
     from lmkreg.inference.predictor import LandmarkPredictor
     from lmkreg.io.images import read_image
     from lmkreg.io.landmarks import write_lmkreg_json
@@ -210,10 +211,8 @@ def predict(ds, trainer: str, modality: str, out: Path) -> Path:
     pred_dir = out / "pred" / ds.name / f"{trainer}__{modality}"
     predictor = LandmarkPredictor(_model_folder(ds.name, trainer, modality), folds=["all"])
     for case in ds.cases("Ts", modality):
-        f = pred_dir / f"{case}_{modality}.json"
-        if not f.is_file():
-            pred = predictor.predict(read_image(ds.image_path(case, modality, "Ts")))
-            write_lmkreg_json(pred.with_extras(), f)
+        pred = predictor.predict(read_image(ds.image_path(case, modality, "Ts")))
+        write_lmkreg_json(pred.with_extras(), pred_dir / f"{case}_{modality}.json")
     return pred_dir
 
 

@@ -169,6 +169,25 @@ def test_plausibility_names_the_failed_quantity_and_the_excess():
     assert (big[0].signal, big[0].value, big[0].limit) == ("extent_S_mm", 300.0, pytest.approx(2.0 * 110.0))
 
 
+def test_centre_offset_is_the_distance_from_the_training_place_and_its_widened_limit():
+    """Hand-computed: training mean place m = the triangle's centroid (grid centre at 0), largest
+    training distance 2 mm, so the limit is 2 + max(0.5 x 2, 8) = 10 mm; a centroid 9 mm off is
+    within it, 11 mm off beyond it (the distance the flag and the predictor's second pass use)."""
+    stats = _statistics()
+    m = TRIANGLE.mean(0)
+    for shift, beyond in ((np.array([0.0, 9.0, 0.0]), False), (np.array([6.0, 0.0, -8.0 - 1.0 / 3.0]), True)):
+        grid_centre = np.array([5.0, -3.0, 2.0])
+        off = stats.centre_offset(TRIANGLE + grid_centre + shift, grid_centre)
+        assert off.distance_mm == pytest.approx(float(np.linalg.norm(shift)))
+        assert (off.training_max_mm, off.limit_mm) == (2.0, pytest.approx(10.0))
+        np.testing.assert_allclose(off.training_mean_lps, m)
+        assert off.beyond is beyond
+        flagged = any(f.signal == "landmark_centre_offset_mm" for f in stats.check_landmarks(TRIANGLE + grid_centre + shift, grid_centre))
+        assert flagged is beyond
+    assert stats.centre_offset(TRIANGLE, None) is None
+    assert stats.centre_offset(np.full((3, 3), np.nan), np.zeros(3)) is None
+
+
 def test_evaluation_calibration_summary_counts_coverage_and_auc():
     results = []
     errors = [1.0, 2.0, 6.0, 8.0, 1.5, 7.0]

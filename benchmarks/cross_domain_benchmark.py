@@ -58,56 +58,52 @@ TARGET_MRE = {"MR": 1.5, "US": 2.0}
 
 
 NOTES = """
-## Reading (written by hand after the run of 2026-12-07, 15:07-16:16)
+## Reading (written by hand after the runs of 2026-12-07: trained 15:07-18:41, every row re-predicted at 18:30-18:45)
 
 **Scale, and what limits every number here.** All four families held out, HeatmapMatchingTrainer,
 400 optimiser steps per model (8 epochs x 50 iterations of batch 2; the project's minimum for a usable
-model) on the held-in families' 36 training cases, 6 test pairs per family: `python
-benchmarks/cross_domain_benchmark.py --root ROOT --epochs 8 --iterations 50` (held-out A's MR model
-continued a 350-step model of an interrupted run to 400). The 2 cores were shared with the trust
-benchmark's training (load 3-5); lengths are fixed in steps, so the result does not depend on it.
-In-domain MRE is 2.4-2.7 mm MR at this length (the demo's longer-trained models reach about 1.1 mm), so
-the absolute targets cannot be met by any family; the cross/in-domain ratios and the per-family table
-are the informative part. The in-domain US mean includes family D's test cases (9.5-10.4 mm even with D
-in training): read the per-family table.
+model) on the held-in families' 36 training cases, 6 test pairs per family, for the default augmentation
+and the nnU-Net intensity recipe: `python benchmarks/cross_domain_benchmark.py --root ROOT --epochs 8
+--iterations 50 [--variants nnunet_intensity]` (held-out A's default MR model continued a 350-step model
+of an interrupted run to 400). Every row was predicted again with the code of commit 7570e88 (single-stage
+re-centring; the benchmark predicts anew on every run), without mirror TTA. The 2 cores were shared
+(load 3-5); lengths are fixed in steps, so the result does not depend on it. In-domain MRE is 2.4-2.7 mm
+MR at this length (the demo's longer-trained models reach about 1.1 mm), so the absolute targets cannot be
+met by any family; the ratios and the per-family table are the informative part. The in-domain US mean
+includes family D's test cases (9.4-10.6 mm even with D in training): read the per-family table.
 
 **Held out A (3 T, thin slices) and B (1.5 T, thick slices): no domain gap.** A: MR 2.65 mm cross vs
-2.69 in-domain, US 2.31 (in-domain families A-C: 2.17-3.46). B: MR 2.76 vs 2.74, US 3.24. The plan
-resamples every family to about 3 x 2 x 2 mm (z, y, x) voxels, so slice thickness is what the network
-always sees.
+2.69 in-domain, US 2.31. B: MR 2.76 vs 2.74, US 3.25. The plan resamples every family to about 3 x 2 x 2
+mm (z, y, x) voxels, so slice thickness is what the network always sees.
 
 **Held out C (endorectal coil: strong bias field): an MR gap, and the trust layer does not see it.**
 MR 4.98 mm cross vs 2.49 in-domain (ratio 2.00; apex 6.91, posterior median 5.25 mm); US 2.89 mm, no
-gap (the coil changes the MR only). Not one of C's MR landmarks was flagged: these fold-'all' models
-have no calibration cases (no error radius) and C's images pass the plausibility checks. A smooth
-intensity change the network never saw moves the landmarks without changing the checked statistics:
-the same blind spot as the trust benchmark's bias-field recall (40-60 %) and the real multi-centre MR
-of issue 27. The candidate fix is in the design: nnU-Net's intensity recipe through batchgenerators
-includes bias-field-like multiplicative and contrast changes (variant `nnunet_intensity`).
+gap (the coil changes the MR only). Not one of C's MR landmarks was flagged: fold-'all' models have no
+calibration cases (no error radius) and C's images pass the plausibility checks. An intensity-trend check
+was tried against the trust benchmark's bias fields and dropped (benchmark_log.md: it flagged accurate
+thick-slice scans as often).
 
-**Held out D (80-150 mL glands, whole-pelvis MR, deep 5 MHz TRUS, base cuts): not found.** MR 11.38 mm
-(4.8x in-domain), US 39.1 mm (17x), SRE 37.5 mm, mean rotation 80 deg, Dice 0.45; longer training made it
-worse than at 150 steps (7.2 / 28.6 mm). Planned from A-C (20-60 mL glands), the network's field of view
-(about 98 x 67 x 45 mm MR and 86 x 72 x 50 mm US, z, y, x) is smaller than such a gland with its
-surroundings: the apex or the bladder neck lies outside the grid, and a better-trained model places them
-more confidently at the wrong place. The trust layer sees it: every US landmark, half the MR landmarks
-and 5 of 6 pairs are flagged. Not measured: a planning margin for glands larger than the training set's,
-or the cascade's whole-image localizer (planned for these datasets, not trained here).
+**Held out D (80-150 mL glands, whole-pelvis MR, deep 5 MHz TRUS, base cuts): not found.** MR 8.33 mm
+(3.5x in-domain), US 33.8 mm. Planned from A-C (20-60 mL glands), the network's field of view (about
+98 x 67 x 45 mm MR and 86 x 72 x 50 mm US, z, y, x) is smaller than such a gland with its surroundings.
+Re-centring the crop on an off-centre first answer (commit 7570e88) brought MR from 11.38 and US from
+39.1 mm; the rest of the gap is the field of view itself (a prototype that fed a 1.5x larger crop to the
+same networks reached 5.4 / 15.7 mm: not in the code, not measured on the other families). The trust layer
+sees D: every US landmark and most pairs are flagged. Not measured: a planning margin for glands larger
+than the training set's, and the cascade's whole-image localizer on these datasets.
 
-**nnU-Net intensity recipe (batchgenerators) vs the default augmentation.** At 150 steps (the rows
-marked 150 above, held-out B and D; the 150-step default rows they were compared with were replaced by
-the 400-step run and are in git history, `git show c6ac1b7:benchmarks/results/cross_domain.json`):
-B MR 3.48 -> 3.39, US 4.45 -> 3.52 mm; D MR 7.22 -> 6.65, US 28.6 -> 27.1 mm: too short to decide. At 400 steps, held out
-C (`--held-out 2 --variants nnunet_intensity`, 16:12-16:56): MR 4.98 -> 4.69 mm cross-domain (apex 6.91 ->
-5.73, posterior median 5.25 -> 5.77), US 2.89 -> 2.64, SRE 4.90 -> 4.70 mm; in-domain MR 2.49 -> 2.52, US
-5.51 -> 5.80. A small cross-domain gain that leaves C's MR gap (ratio 1.86) in place, one seed, 6 test
-pairs: within what a second seed could move. Still not the default; what it needs is the same comparison
-on all four families with two seeds.
+**nnU-Net intensity recipe (batchgenerators) vs the default augmentation, 400 steps, one seed.**
+Cross-domain MR / US: A 2.65 / 2.31 -> 2.51 / 2.38 mm, B 2.76 / 3.25 -> 2.81 / 3.76, C 4.98 / 2.89 ->
+4.69 / 2.64, D 8.33 / 33.8 -> 4.44 / 41.2. In-domain MR / US: A 2.69 / 5.09 -> 2.72 / 5.08, B 2.74 / 4.62 ->
+2.64 / 4.70, C 2.49 / 5.50 -> 2.52 / 5.91, D 2.39 / 2.29 -> 2.59 / 2.71. MR cross-domain better in three
+families of four (D by half), US cross-domain worse in three of four, in-domain US worse in C and D:
+no change that holds for both modalities, on one seed and 6 test pairs per family. Not the default. A
+per-modality default (the recipe for MR only) would need a second seed first.
 
-**Targets (issue 27), best trainer, 400 steps:** cross/in-domain ratio <= 1.5 met for A (0.99 MR, 0.46
-US), B (1.01, 0.66) and C's US (0.52); missed for C's MR (2.00, by 0.50x) and D (4.76 MR, 17.4 US). MRE
-<= 1.5 mm MR / 2.0 mm US on the unseen family: missed for every family (MR 2.65 / 2.76 / 4.98 / 11.38,
-US 2.31 / 3.24 / 2.89 / 39.1 mm). Limits: the training length (in-domain is no better), C's coil bias
+**Targets (issue 27), best trainer, 400 steps:** cross/in-domain ratio <= 1.5 met for A (0.99 MR, 0.45
+US), B (1.01, 0.70) and C's US (0.52); missed for C's MR (2.00, by 0.50x) and D (3.49 MR, 14.7 US). MRE
+<= 1.5 mm MR / 2.0 mm US on the unseen family: missed for every family (MR 2.65 / 2.76 / 4.98 / 8.33,
+US 2.31 / 3.25 / 2.89 / 33.8 mm). Limits: the training length (in-domain is no better), C's coil bias
 field, D's planned field of view.
 
 **Trust layer.** The 90 % radius coverage is n/a: fold-'all' models have no calibration cases. The

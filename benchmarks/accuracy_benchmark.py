@@ -255,8 +255,10 @@ def main() -> None:
                           num_epochs=args.epochs, progress_bar=False)
                 epochs = s["epochs"]
                 train_seconds = time.perf_counter() - t0
-            else:
-                epochs, train_seconds = None, None
+            else:  # trained by an earlier run of this benchmark: keep what that run measured of the training
+                earlier = (json.loads(results_file.read_text()).get("trainers", {}).get(trainer, {}).get(modality, {})
+                           if results_file.is_file() else {})
+                epochs, train_seconds = earlier.get("epochs"), earlier.get("train_seconds")
             preds[(trainer, modality)] = predict_test_set(ds, trainer, modality, work, ["all"],
                                                           args.masks_as_predicted)
             mre = per_case_mre(ds, preds[(trainer, modality)], modality, names)

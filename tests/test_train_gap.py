@@ -1,6 +1,7 @@
 """The training verdict reports the train/validation gap (issue 27): the summary's training-set
-MRE equals what the inference pipeline (LandmarkPredictor on the raw training images) measures
-with the final weights, independently of the trainer's own code."""
+MRE equals what the inference pipeline (LandmarkPredictor on the raw training images, one pass on
+the planned crop like the validation MRE) measures with the final weights, independently of the
+trainer's own code."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,7 +31,8 @@ def test_summary_reports_training_mre_and_gap(tmp_path, monkeypatch):
     assert summary["training_mre_cases"] == len(train_cases)
     from lmkreg.inference.predictor import LandmarkPredictor
 
-    predictor = LandmarkPredictor(model_folder(ds.name, "HeatmapMatchingTrainer", "MR"), folds=["0"])
+    # one pass on the planned crop, like the validation MRE beside it (no re-centring second pass)
+    predictor = LandmarkPredictor(model_folder(ds.name, "HeatmapMatchingTrainer", "MR"), folds=["0"], recentre=False)
     errors = []
     for case in sorted(train_cases):
         pred = predictor.predict(read_image(ds.image_path(case, "MR"))).landmarks

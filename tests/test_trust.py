@@ -332,6 +332,13 @@ def _superior_padded(image: sitk.Image, mm: float) -> sitk.Image:
                                    [0, 0, 0] if direction[2, axis] > 0 else pad)
 
 
+def _anisotropic(image: sitk.Image, spacing_xyz=(1.5, 1.8, 3.2)) -> sitk.Image:
+    """`image` resampled (linear) onto anisotropic voxels, same origin and (oblique) direction."""
+    size = [int(round(n * s / t)) for n, s, t in zip(image.GetSize(), image.GetSpacing(), spacing_xyz)]
+    return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), spacing_xyz,
+                         image.GetDirection(), 0.0, image.GetPixelID())
+
+
 def _centre_of(grid) -> np.ndarray:
     """The world centre of a grid, by SimpleITK's index-to-physical mapping (independent of lmkreg's)."""
     img = grid.make_image(np.zeros(grid.shape_zyx, np.uint8))
@@ -339,13 +346,15 @@ def _centre_of(grid) -> np.ndarray:
 
 
 def test_an_off_centre_answer_is_predicted_again_on_a_crop_centred_where_training_had_the_gland(env, monkeypatch):
-    """A scan framed 30 mm off: the first answer lies beyond the training cases' place for the gland
-    in the crop, so the predictor runs again on a crop whose centre puts that answer's centroid at
-    the training mean place (checked with SimpleITK's geometry), and says so in the output."""
+    """A scan framed 30 mm off (oblique direction, anisotropic voxels): the first answer lies beyond
+    the training cases' place for the gland in the crop, so the predictor runs again on a crop whose
+    centre puts that answer's centroid at the training mean place (checked with SimpleITK's
+    geometry), and says so in the output."""
     from lmkreg.trust.plausibility import TrainingStatistics
 
     ds = open_dataset(3)
-    image = _superior_padded(read_image(ds.image_path(ds.cases("Ts", "MR")[0], "MR", "Ts")), 60)
+    image = _anisotropic(_superior_padded(read_image(ds.image_path(ds.cases("Ts", "MR")[0], "MR", "Ts")), 60))
+    assert np.abs(np.asarray(image.GetDirection()).reshape(3, 3) - np.eye(3)).max() > 0.05  # oblique
     predictor = _predictor(env["trained"], max_radius_mm=1e9)
     grids = []
     one_pass = predictor._one_pass

@@ -18,7 +18,7 @@ from lmkreg.dataset.layout import open_dataset
 from lmkreg.inference.predictor import LandmarkPredictor
 from lmkreg.io.images import read_image
 from lmkreg.io.landmark_files import read_landmarks
-from lmkreg.io.landmarks import read_lmkreg_json, write_lmkreg_json
+from lmkreg.io.landmarks import LandmarkSet, read_lmkreg_json, write_lmkreg_json
 from lmkreg.registration.landmark_fit import register_landmarks
 from lmkreg.trust.calibration import CALIBRATION_FILE, FOLD_CASES_FILE, Calibration, conformal_quantile
 from lmkreg.run.calibrate import calibrate_fold
@@ -376,6 +376,37 @@ def test_an_off_centre_answer_is_predicted_again_on_a_crop_centred_where_trainin
         assert rec["landmarks_moved_mm"][n] == pytest.approx(moved, abs=1e-6)
         assert any(f.signal == "recentred_move_mm" and f.landmark == n for f in pred.flags) == (moved > 5.0)
 
+
+
+def test_a_landmark_that_moves_when_the_crop_is_re_centred_is_flagged_with_its_move(env, monkeypatch):
+    """The second pass is made to answer 8 mm away for the apex and 1 mm away for the other
+    landmarks (a framing-dependent answer): the apex, and only the apex, is flagged with the move
+    measured against the first pass's landmarks (8.0 mm against the 5 mm limit)."""
+    ds = open_dataset(3)
+    image = _superior_padded(read_image(ds.image_path(ds.cases("Ts", "MR")[0], "MR", "Ts")), 60)
+    predictor = _predictor(env["trained"], max_radius_mm=1e9)
+    shifts = {"apex": np.array([0.0, 8.0, 0.0]), "bladder_neck": np.array([1.0, 0.0, 0.0]),
+              "posterior_median": np.array([0.0, 0.0, -1.0])}
+    firsts = []
+    one_pass = predictor._one_pass
+
+    def forced(array, grid, source=None):
+        pred = one_pass(array, grid, source)
+        if not firsts:
+            firsts.append(pred.landmarks.to_array(predictor.names))
+            return pred
+        moved = firsts[0] + np.stack([shifts[n] for n in predictor.names])  # the first answer, moved
+        pred.landmarks = LandmarkSet.from_array(predictor.names, moved)
+        return pred
+
+    monkeypatch.setattr(predictor, "_one_pass", forced)
+    pred = predictor.predict(image)
+    assert pred.recentring is not None  # the premise: the framing triggers a second pass
+    moves = {f.landmark: f for f in pred.flags if f.signal == "recentred_move_mm"}
+    assert set(moves) == {"apex"}
+    assert moves["apex"].value == pytest.approx(8.0) and moves["apex"].limit == 5.0
+    assert pred.recentring["landmarks_moved_mm"] == pytest.approx({"apex": 8.0, "bladder_neck": 1.0,
+                                                                   "posterior_median": 1.0})
 
 def test_an_answer_where_training_had_the_gland_is_not_predicted_again(env):
     """Clean test cases whose first answer lies within the training place: the output is the one

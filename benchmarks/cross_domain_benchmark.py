@@ -17,7 +17,9 @@ reference, the 90 % error radii and flags).
 
 Variants (``--variants``): ``default`` = the plans' augmentation as planned; ``nnunet_intensity``
 = the same plans with the nnU-Net intensity recipe through batchgenerators switched on
-(lmkreg.config.augmentation.NNUNET_INTENSITY_RECIPE) instead of lmkreg's own intensity transforms.
+(lmkreg.config.augmentation.NNUNET_INTENSITY_RECIPE) instead of lmkreg's own intensity transforms;
+``nnunet_scale`` = the plans with nnU-Net's scaling range 0.7-1.4 instead of lmkreg's 0.85-1.15
+(a gland up to 1.4x larger or smaller than any in training is seen in training).
 
     python benchmarks/cross_domain_benchmark.py [--train-per-family 12] [--test-per-family 6]
         [--epochs 8] [--iterations 25] [--trainers HeatmapMatchingTrainer LandmarkTrainer_Variance]
@@ -50,7 +52,9 @@ FAMILIES = ("family_a_3T_thin_small", "family_b_1.5T_thick_small", "family_c_end
             "family_d_large_gland_small")
 POOL_ID = 970  # + family index: each family's generated cases
 LOFO_ID = 980  # + held-out index (+ 10 per variant after the first)
-VARIANT_OFFSET = {"default": 0, "nnunet_intensity": 10}
+VARIANT_OFFSET = {"default": 0, "nnunet_intensity": 10, "nnunet_scale": -20}
+VARIANT_SUFFIX = {"default": "", "nnunet_intensity": "Aug", "nnunet_scale": "Scale"}
+NNUNET_SCALE = [0.7, 1.4]  # nnU-Net's default scaling range (lmkreg's default: 0.85-1.15)
 MODALITIES = ("MR", "US")
 TARGET_RATIO = 1.5
 OWN_RUNS: set = set()  # runs this process scored (they replace the file's; the file's others are kept)
@@ -169,7 +173,7 @@ def lofo_dataset(root: Path, pools: list, held: int, variant: str, workers: int)
     from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
 
     did = LOFO_ID + held + VARIANT_OFFSET[variant]
-    name = f"XDomain{letter(held)}{'' if variant == 'default' else 'Aug'}"
+    name = f"XDomain{letter(held)}{VARIANT_SUFFIX[variant]}"
     folder = root / "raw" / dataset_folder_name(did, name)
     tr = [(p, c) for i, p in enumerate(pools) if i != held for c in p.cases("Tr")]
     ts = [(p, c) for p in pools for c in p.cases("Ts")]
@@ -193,6 +197,15 @@ def lofo_dataset(root: Path, pools: list, held: int, variant: str, workers: int)
         for cfg in plans["configurations"].values():
             aug = cfg["training"].get("augmentation") or {}
             cfg["training"]["augmentation"] = {**aug, **nnunet_intensity_override(modality_kind(cfg["modality"]))}
+        atomic_write_json(plans_file, plans)
+    if variant == "nnunet_scale":  # one spatial parameter, merged per transform into the defaults
+        from lmkreg.io.atomic import atomic_write_json
+
+        plans_file = pre / "plans.json"
+        plans = json.loads(plans_file.read_text())
+        for cfg in plans["configurations"].values():
+            aug = cfg["training"].get("augmentation") or {}
+            cfg["training"]["augmentation"] = {**aug, "spatial": {**(aug.get("spatial") or {}), "scale": NNUNET_SCALE}}
         atomic_write_json(plans_file, plans)
     return open_dataset(did)
 

@@ -251,14 +251,14 @@ def references(ds, cases, root: Path) -> dict:
     return out
 
 
-def case_row(pred, truth, names) -> dict:
-    """Flag, largest landmark error and radius coverage of one predicted case."""
+def case_row(pred, truth, names, modality: str) -> dict:
+    """Flag, landmark errors (their largest) and radius coverage of one predicted case."""
     errs = [float(np.linalg.norm(pred.landmarks.points[n] - truth.points[n])) for n in names
             if truth is not None and truth.points.get(n) is not None and pred.landmarks.points.get(n) is not None]
     radii = [pred.radius_mm.get(n) for n in names]
     covered = [e <= r for e, r in zip(errs, radii) if r is not None] if truth is not None else []
     return {"flagged": bool(pred.flags), "max_error_mm": max(errs) if errs else None, "covered": covered,
-            "flags": list(pred.flags)}
+            "errors_mm": errs, "modality": modality, "flags": list(pred.flags)}
 
 
 def pair_row(mr, us, names, ref) -> dict:
@@ -278,7 +278,9 @@ def summarise_cases(rows: list[dict]) -> dict:
     bad = [r for r in rows if r["max_error_mm"] is None or r["max_error_mm"] > BAD_MM]
     good = [r for r in rows if r not in bad]
     cov = [c for r in rows for c in r["covered"]]
+    mre = {m: [e for r in rows if r["modality"] == m for e in r["errors_mm"]] for m in ("MR", "US")}
     return {"n": len(rows), "flagged": sum(r["flagged"] for r in rows),
+            "mre_mm": {m: float(np.mean(e)) if e else None for m, e in mre.items()},
             "clean_n": len(good), "clean_flagged": sum(r["flagged"] for r in good),
             "bad_n": len(bad), "bad_flagged": sum(r["flagged"] for r in bad),
             "coverage": (float(np.mean(cov)) if cov else None), "coverage_n": len(cov)}
@@ -371,7 +373,7 @@ def stage_evaluate(args) -> None:
             for c in cases:
                 p = predictor.predict(images[(c, m)])
                 preds[(c, m, "clean")] = p.with_extras()
-                case_rows["clean"].append(case_row(p, truth[(c, m)], names))
+                case_rows["clean"].append(case_row(p, truth[(c, m)], names, m))
                 if p.error_estimate and (m, "clean") not in examples:
                     examples[(m, "clean")] = p.error_estimate.get("calibration_source")
             for kind, (_, fcases) in families.items():
@@ -380,13 +382,13 @@ def stage_evaluate(args) -> None:
                     image, family_truth = family_inputs[(kind, c, m)]
                     p = predictor.predict(image)
                     preds[(c, m, kind)] = p.with_extras()
-                    case_rows[kind].append(case_row(p, family_truth, names))
+                    case_rows[kind].append(case_row(p, family_truth, names, m))
             for k in CORRUPTIONS:
                 case_rows.setdefault(k, [])
                 for c in corrupt_cases:
                     p = predictor.predict(variants[(c, m, k)])
                     preds[(c, m, k)] = p.with_extras()
-                    case_rows[k].append(case_row(p, None if k == "other_modality" else truth[(c, m)], names))
+                    case_rows[k].append(case_row(p, None if k == "other_modality" else truth[(c, m)], names, m))
         pair_rows: dict = {"clean": [pair_row(preds[(c, "MR", "clean")], preds[(c, "US", "clean")], names, refs[c])
                                      for c in cases]}
         pair_rows["other_patient"] = [pair_row(preds[(c, "MR", "clean")],
@@ -474,6 +476,31 @@ def _miss_bad(k: int, n: int) -> str:
     return "" if not n or k / n >= TARGET_BAD else f" **missed by {100 * (TARGET_BAD - k / n):.0f} pp**"
 
 
+def _mre(summary: Optional[dict]) -> str:
+    """A case summary's mean landmark error, or blank (other-modality inputs; rows scored before
+    the error was recorded)."""
+    mre = (summary or {}).get("mre_mm") or {}
+    return " / ".join("-" if mre.get(m) is None else f"{mre[m]:.2f}" for m in ("MR", "US")) if mre else ""
+
+
+def accuracy_table(res: dict) -> list[str]:
+    """Mean landmark error per configuration on the clean test cases and on the protocol families
+    the models never saw: the issue-27 comparison of a single fold with the ensemble (and fold
+    `all`), on the same cases."""
+    labels = [k for k, b in res["configurations"].items() if k != "bare"]
+    inputs = ["clean", *[f for f in FAMILY_DATASETS if any(f in res["configurations"][k]["cases"] for k in labels)]]
+    if not any(_mre(res["configurations"][k]["cases"].get(i)) for k in labels for i in inputs):
+        return []
+    out = ["## Accuracy per configuration", "",
+           "Mean landmark error (mm, MR / US) of each configuration on the same inputs: the clean "
+           "test cases (the training generator) and the protocol families no configuration was trained on "
+           "(single fold vs 5-fold ensemble vs fold `all`).  Blank: the row was scored before errors were "
+           "recorded.", "", "| input | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    for i in inputs:
+        out.append(f"| {i} | " + " | ".join(_mre(res["configurations"][k]["cases"].get(i)) for k in labels) + " |")
+    return out + [""]
+
+
 def report(res: dict) -> str:
     lines = ["# Trust benchmark (issue 26)", "",
              f"Command: `{res['command']}`; commit {res['commit']}; {res['seconds'] / 60:.1f} min for the evaluation "
@@ -483,6 +510,7 @@ def report(res: dict) -> str:
              f"and pairs (SRE > {BAD_MM:g} mm) at least {TARGET_BAD:.0%} flagged; coverage of the 90 % radii "
              f"{TARGET_COVERAGE[0]:.0%}-{TARGET_COVERAGE[1]:.0%}.  'clean' / 'bad' split each input by its own "
              f"measured error; corrupted inputs are listed by kind (all of them, then those whose error is > 5 mm).", ""]
+    lines += accuracy_table(res)
     for label, b in res["configurations"].items():
         lines += [f"## {label}", ""]
         if label in res.get("rescored", {}):
@@ -499,8 +527,8 @@ def report(res: dict) -> str:
             continue
         lines.append(f"Folds {', '.join(b['folds'])}, mirror TTA {'on' if b['mirror_tta'] else 'off'}; error estimate: "
                      f"MR: {b['calibration_source']['MR']}; US: {b['calibration_source']['US']}.")
-        lines += ["", "| input | cases flagged | clean cases flagged | bad cases flagged | coverage | pairs flagged | "
-                      "clean pairs flagged | bad pairs flagged |", "|---|---|---|---|---|---|---|---|"]
+        lines += ["", "| input | cases flagged | clean cases flagged | bad cases flagged | coverage | MRE MR / US (mm) | pairs flagged | "
+                      "clean pairs flagged | bad pairs flagged |", "|---|---|---|---|---|---|---|---|---|"]
         for k in ["clean", *CORRUPTIONS, "other_patient", *[f for f in FAMILY_DATASETS if f in b["cases"]]]:
             c, p = b["cases"].get(k), b["pairs"].get(k)
             cov = "" if not c or c["coverage"] is None else f"{100 * c['coverage']:.0f} % of {c['coverage_n']}"
@@ -508,8 +536,9 @@ def report(res: dict) -> str:
                 cov += " **outside target**"
             cells = ([_share(c["flagged"], c["n"]),
                       _share(c["clean_flagged"], c["clean_n"]) + (_miss_clean(c["clean_flagged"], c["clean_n"]) if k == "clean" else ""),
-                      _share(c["bad_flagged"], c["bad_n"]) + _miss_bad(c["bad_flagged"], c["bad_n"]), cov] if c
-                     else ["", "", "", ""])
+                      _share(c["bad_flagged"], c["bad_n"]) + _miss_bad(c["bad_flagged"], c["bad_n"]), cov,
+                      _mre(c)] if c
+                     else ["", "", "", "", ""])
             cells += ([_share(p["flagged"], p["n"]),  # targets: clean and bad columns (a corrupted input may stay accurate)
                        _share(p["clean_flagged"], p["clean_n"]) + (_miss_clean(p["clean_flagged"], p["clean_n"]) if k == "clean" else ""),
                        _share(p["bad_flagged"], p["bad_n"]) + _miss_bad(p["bad_flagged"], p["bad_n"])] if p

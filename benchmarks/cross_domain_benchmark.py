@@ -115,6 +115,12 @@ flag fractions come from the predictions' trust extras, via lmkreg_evaluate.
 """
 
 
+def _key_parts(key: str) -> tuple[str, str, str]:
+    """held-out family, trainer and variant of a results key; a folds row's variant names its folds."""
+    fam, trainer, variant, *folds = key.split("|")
+    return fam, trainer, variant + (f", {folds[0]}" if folds else "")
+
+
 def letter(i: int) -> str:
     return "ABCDEFGH"[i]
 
@@ -210,15 +216,18 @@ def lofo_dataset(root: Path, pools: list, held: int, variant: str, workers: int)
     return open_dataset(did)
 
 
-def predict(ds, trainer: str, modality: str, out: Path) -> Path:
+def predict(ds, trainer: str, modality: str, out: Path, folds: tuple[str, ...] = ("all",),
+            mirror_tta: bool = False) -> Path:
     """lmkreg JSON (with the trust extras) for every test volume of the modality, predicted anew
-    each run (seconds per model): a run after a change to prediction measures that change."""
+    each run (seconds per model): a run after a change to prediction measures that change.
+    `folds`: fold 'all' (the default rows) or the cross-validation folds to ensemble."""
     from lmkreg.inference.predictor import LandmarkPredictor
     from lmkreg.io.images import read_image
     from lmkreg.io.landmarks import write_lmkreg_json
 
-    pred_dir = out / "pred" / ds.name / f"{trainer}__{modality}"
-    predictor = LandmarkPredictor(_model_folder(ds.name, trainer, modality), folds=["all"])
+    label = "" if tuple(folds) == ("all",) else f"_folds{''.join(folds)}{'_tta' if mirror_tta else ''}"
+    pred_dir = out / "pred" / ds.name / f"{trainer}__{modality}{label}"
+    predictor = LandmarkPredictor(_model_folder(ds.name, trainer, modality), folds=list(folds), mirror_tta=mirror_tta)
     for case in ds.cases("Ts", modality):
         pred = predictor.predict(read_image(ds.image_path(case, modality, "Ts")))
         write_lmkreg_json(pred.with_extras(), pred_dir / f"{case}_{modality}.json")
@@ -268,6 +277,38 @@ def summarise(results, names: list[str], held: int) -> dict:
     return out
 
 
+def run_folds(args, results: dict, ds, held: int, trainer: str, variant: str, work: Path, started: float) -> None:
+    """Single fold vs ensemble (issue 27): train the cross-validation folds of `args.modalities`
+    (same length as the fold-'all' rows), then score fold 0 alone and the ensemble of every fold
+    given, both with mirror TTA (the configuration whose calibrated radii exist).  The other
+    modality's predictions come from its fold-'all' model, so the pair figures mix the two."""
+    from lmkreg.evaluation.evaluate import evaluate_cases
+
+    train = _train_fn()
+    names = ds.spec.landmarks
+    for m in args.modalities:
+        for f in args.folds:
+            done = _model_folder(ds.name, trainer, m) / f"fold_{f}" / "checkpoint_final.pth"
+            if not done.is_file():
+                log(f"{FAMILIES[held]}|{trainer}|{variant}: training {m} fold {f} ({args.epochs} x {args.iterations})")
+                train(str(ds.spec.dataset_id), m, f, trainer, num_workers=args.workers, seed=args.seed,
+                      num_epochs=args.epochs, iterations_per_epoch=args.iterations, progress_bar=False,
+                      resume=(done.parent / "checkpoint_latest.pth").is_file())
+    for label, folds in ((f"fold {args.folds[0]}", args.folds[:1]), (f"folds {'-'.join(args.folds)}", args.folds)):
+        key = f"{FAMILIES[held]}|{trainer}|{variant}|{label} (TTA; {'+'.join(args.modalities)})"
+        preds = {m: (predict(ds, trainer, m, work, tuple(folds), mirror_tta=True) if m in args.modalities
+                     else predict(ds, trainer, m, work)) for m in MODALITIES}
+        cases, failed = evaluate_cases(ds, ds.cases("Ts"), "Ts", preds, names, workers=args.workers, progress=False)
+        summary = summarise(cases, names, held)
+        summary.update(failed=failed, epochs=args.epochs, iterations=args.iterations, folds=list(folds),
+                       n_train_cases=len(ds.cases("Tr")), commit=git_commit())
+        results["runs"][key] = summary
+        OWN_RUNS.add(key)
+        log(f"{key}: " + "; ".join(f"{m} in {summary['in_domain'][m]['mre_mm']:.2f} / cross "
+                                   f"{summary['cross_domain'][m]['mre_mm']:.2f} mm" for m in args.modalities))
+        save(results, args, started)
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -286,6 +327,10 @@ def main() -> None:
     p.add_argument("--held-out", nargs="+", type=int, default=[0, 1, 2, 3],
                    help="indices of the families to hold out (default all four)")
     p.add_argument("--variants", nargs="+", default=["default"], choices=sorted(VARIANT_OFFSET))
+    p.add_argument("--folds", nargs="+", default=["all"],
+                   help="'all' (default) or cross-validation folds, e.g. 0 1 2 3 4: fold 0 vs their ensemble")
+    p.add_argument("--modalities", nargs="+", default=list(MODALITIES), choices=MODALITIES,
+                   help="with --folds: the modalities whose folds are trained (the other uses fold 'all')")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=2027)
     p.add_argument("--root", type=Path, default=Path.home() / "lmkreg_xdomain")
@@ -311,6 +356,9 @@ def run(args, results: dict) -> None:
             ds = lofo_dataset(args.root, pools, held, variant, args.workers)
             names = ds.spec.landmarks
             for trainer in args.trainers:
+                if args.folds != ["all"]:
+                    run_folds(args, results, ds, held, trainer, variant, work, started)
+                    continue
                 key = f"{FAMILIES[held]}|{trainer}|{variant}"
                 preds, seconds = {}, {}
                 for m in MODALITIES:
@@ -383,7 +431,7 @@ def write_report(results: dict) -> None:
          "| held out | trainer | variant | steps | MR in | MR cross | ratio | US in | US cross | ratio | SRE in | "
          "SRE cross | Dice in | Dice cross |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, r in runs.items():
-        fam, trainer, variant = key.split("|")
+        fam, trainer, variant = _key_parts(key)
         i, c = r["in_domain"], r["cross_domain"]
         steps = r["epochs"] * r["iterations"] if r.get("epochs") and r.get("iterations") else "?"
         L.append(f"| {fam} | {trainer} | {variant} | {steps} | {i['MR']['mre_mm']:.2f} | {c['MR']['mre_mm']:.2f} | "
@@ -392,7 +440,7 @@ def write_report(results: dict) -> None:
     L += ["", "## Per landmark, cross-domain (mm)", "", "| held out | trainer | variant | modality | apex | "
           "bladder_neck | posterior_median | flagged | 90 % radius covers |", "|---|---|---|---|---|---|---|---|---|"]
     for key, r in runs.items():
-        fam, trainer, variant = key.split("|")
+        fam, trainer, variant = _key_parts(key)
         for m in MODALITIES:
             d = r["cross_domain"][m]
             cov = "n/a" if d["radius90_coverage"] is None else f"{d['radius90_coverage']:.0%} of {d['radius_available']}"
@@ -407,7 +455,7 @@ def write_report(results: dict) -> None:
     for key, r in runs.items():
         if "per_family" not in r:
             continue
-        fam, trainer, variant = key.split("|")
+        fam, trainer, variant = _key_parts(key)
         cells = [(f"{'*' if f == fam else ''}{r['per_family'][f]['MR']:.2f} / {r['per_family'][f]['US']:.2f}"
                   if f in r["per_family"] else "–") for f in results.get("families", [])]
         L.append(f"| {fam} | {trainer} | {variant} | " + " | ".join(cells) + " |")
@@ -420,7 +468,7 @@ def write_report(results: dict) -> None:
         return f"met ({value:.2f})" if value <= bound else f"missed by {value - bound:.2f}{unit} ({value:.2f})"
 
     for key, r in runs.items():
-        fam, trainer, variant = key.split("|")
+        fam, trainer, variant = _key_parts(key)
         L.append(f"| {fam} | {trainer} | {variant} | {verdict(r['ratio_MR'], TARGET_RATIO, 'x')} | "
                  f"{verdict(r['ratio_US'], TARGET_RATIO, 'x')} | "
                  f"{verdict(r['cross_domain']['MR']['mre_mm'], TARGET_MRE['MR'], ' mm')} | "

@@ -171,6 +171,18 @@ def _copy_case(src, dst, case: str, split: str) -> None:
             shutil.copyfile(a, b)
 
 
+def variant_override(variant: str, modality: str, augmentation: dict) -> dict:
+    """The transforms a variant replaces in one configuration's training.augmentation."""
+    from lmkreg.config.augmentation import nnunet_intensity_override
+    from lmkreg.config.modality import modality_kind
+
+    if variant == "nnunet_intensity":
+        return nnunet_intensity_override(modality_kind(modality))
+    if variant == "nnunet_scale":  # one spatial parameter; the others as planned
+        return {"spatial": {**(augmentation.get("spatial") or {}), "scale": NNUNET_SCALE}}
+    raise ValueError(f"unknown variant {variant!r}")
+
+
 def lofo_dataset(root: Path, pools: list, held: int, variant: str, workers: int):
     """Raw dataset: training = other families' Tr cases, test = every family's Ts cases; planned and
     preprocessed on its own training cases.  The nnunet_intensity variant edits the plans'
@@ -193,25 +205,14 @@ def lofo_dataset(root: Path, pools: list, held: int, variant: str, workers: int)
         for p, c in ts:
             _copy_case(p, ds, c, "Ts")
     pre = plan_and_preprocess(str(did), workers=workers)
-    if variant == "nnunet_intensity":  # the override a user writes into plans.json (training.augmentation)
-        from lmkreg.config.augmentation import nnunet_intensity_override
-        from lmkreg.config.modality import modality_kind
+    if variant != "default":  # the override a user writes into plans.json (training.augmentation)
         from lmkreg.io.atomic import atomic_write_json
 
         plans_file = pre / "plans.json"
         plans = json.loads(plans_file.read_text())
         for cfg in plans["configurations"].values():
             aug = cfg["training"].get("augmentation") or {}
-            cfg["training"]["augmentation"] = {**aug, **nnunet_intensity_override(modality_kind(cfg["modality"]))}
-        atomic_write_json(plans_file, plans)
-    if variant == "nnunet_scale":  # one spatial parameter, merged per transform into the defaults
-        from lmkreg.io.atomic import atomic_write_json
-
-        plans_file = pre / "plans.json"
-        plans = json.loads(plans_file.read_text())
-        for cfg in plans["configurations"].values():
-            aug = cfg["training"].get("augmentation") or {}
-            cfg["training"]["augmentation"] = {**aug, "spatial": {**(aug.get("spatial") or {}), "scale": NNUNET_SCALE}}
+            cfg["training"]["augmentation"] = {**aug, **variant_override(variant, cfg["modality"], aug)}
         atomic_write_json(plans_file, plans)
     return open_dataset(did)
 

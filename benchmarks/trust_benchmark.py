@@ -36,6 +36,7 @@ the test set.
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import shutil
 import subprocess
@@ -218,9 +219,11 @@ def refresh_statistics(folder: Path, ds) -> None:
 
 
 def alone_folder(root: Path, folder: Path) -> Path:
-    """A copy of the model folder as a user who trained only fold all has it."""
+    """A copy of the model folder as a user who trained only fold all has it; copied again when the
+    model's fold `all` changed since (continued training: an old copy scored an older network)."""
     dst = root / "alone" / folder.name
-    if not (dst / "fold_all" / "checkpoint_final.pth").is_file():
+    ckpt = Path("fold_all") / "checkpoint_final.pth"
+    if not (dst / ckpt).is_file() or not filecmp.cmp(folder / ckpt, dst / ckpt, shallow=False):
         shutil.rmtree(dst, ignore_errors=True)
         shutil.copytree(folder, dst, ignore=shutil.ignore_patterns("fold_0", "fold_1", "fold_2", "fold_3", "fold_4",
                                                                    "calibration.json"))

@@ -446,7 +446,7 @@ def save(results: dict, args, started: float) -> None:
 
 
 def write_report(results: dict) -> None:
-    runs = results.get("runs", {})
+    runs = dict(sorted(results.get("runs", {}).items()))  # held-out family, trainer, variant
     s = results.get("settings", {})
     L = ["# Cross-domain benchmark (leave one protocol family out)", "",
          f"Commands: " + "; ".join(f"`{c}`" for c in results.get("commands", [])) + "  ",

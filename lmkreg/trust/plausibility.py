@@ -70,8 +70,14 @@ def landmark_features(points: np.ndarray, names: Sequence[str], grid_centre: Opt
         directions["triangle normal"] = n / (np.linalg.norm(n) + 1e-12)
     out = {"scalars": scalars, "directions": {k: v.tolist() for k, v in directions.items()}}
     if grid_centre is not None:
-        out["offset"] = (p.mean(0) - np.asarray(grid_centre, float)).tolist()
+        out["offset"] = centroid_offset(p, grid_centre).tolist()
     return out
+
+
+def centroid_offset(points: np.ndarray, grid_centre: np.ndarray) -> np.ndarray:
+    """The landmarks' centroid minus the crop's centre (both world LPS mm): where the gland sits
+    in the crop, as training statistics store it and the checks compare it."""
+    return np.asarray(points, float).mean(0) - np.asarray(grid_centre, float)
 
 
 def crop_features(array: np.ndarray) -> dict[str, float]:
@@ -240,7 +246,7 @@ class TrainingStatistics:
         """Failed landmark-geometry checks ("case: ..." flags); `points` (L, 3) world LPS in ``names`` order."""
         if np.isnan(points).any():
             return []
-        f = landmark_features(points, self.names, grid_centre)
+        f = landmark_features(points, self.names)  # the centre offset: centre_offset below
         problems = []
         for k, v in f["scalars"].items():
             c = _range_check(k, v, self.doc["landmarks"]["scalars"].get(k, {"n": 0}),
@@ -275,7 +281,7 @@ class TrainingStatistics:
         p = np.asarray(points, float)
         if not off or grid_centre is None or np.isnan(p).any():
             return None
-        d = float(np.linalg.norm(p.mean(0) - np.asarray(grid_centre, float) - np.asarray(off["mean"])))
+        d = float(np.linalg.norm(centroid_offset(p, grid_centre) - np.asarray(off["mean"])))
         limit = off["max_distance_mm"] + max(RANGE_SHARE * off["max_distance_mm"], ABS_TOLERANCE["offset"])
         return CentreOffset(d, float(off["max_distance_mm"]), float(limit), np.asarray(off["mean"], float))
 

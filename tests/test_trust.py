@@ -377,7 +377,6 @@ def test_an_off_centre_answer_is_predicted_again_on_a_crop_centred_where_trainin
         assert any(f.signal == "recentred_move_mm" and f.landmark == n for f in pred.flags) == (moved > 5.0)
 
 
-
 def test_a_landmark_that_moves_when_the_crop_is_re_centred_is_flagged_with_its_move(env, monkeypatch):
     """The second pass is made to answer 8 mm away for the apex and 1 mm away for the other
     landmarks (a framing-dependent answer): the apex, and only the apex, is flagged with the move
@@ -407,6 +406,7 @@ def test_a_landmark_that_moves_when_the_crop_is_re_centred_is_flagged_with_its_m
     assert moves["apex"].value == pytest.approx(8.0) and moves["apex"].limit == 5.0
     assert pred.recentring["landmarks_moved_mm"] == pytest.approx({"apex": 8.0, "bladder_neck": 1.0,
                                                                    "posterior_median": 1.0})
+
 
 def test_an_answer_where_training_had_the_gland_is_not_predicted_again(env):
     """Clean test cases whose first answer lies within the training place: the output is the one

@@ -38,6 +38,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional, Sequence
 
 import lmkreg  # noqa: F401  (first: the OpenMP thread policy must be set before numpy/torch load)
 import numpy as np
@@ -307,36 +308,53 @@ def summarise(results, names: list[str], held: int) -> dict:
     return out
 
 
+def train_missing(args, ds, trainer: str, modality: str, fold: str, key: str) -> Optional[dict]:
+    """Train one fold unless its final checkpoint exists (an interrupted run continues from its last
+    epoch: same seed, same length); its seconds and validation summary, or None if it was trained."""
+    done = _model_folder(ds.name, trainer, modality) / f"fold_{fold}" / "checkpoint_final.pth"
+    if done.is_file():
+        return None
+    log(f"{key}: training {modality} fold {fold} ({args.epochs} x {args.iterations} iterations)")
+    t0 = time.perf_counter()
+    s = _train_fn()(str(ds.spec.dataset_id), modality, fold, trainer, num_workers=args.workers, seed=args.seed,
+                    num_epochs=args.epochs, iterations_per_epoch=args.iterations, progress_bar=False,
+                    resume=(done.parent / "checkpoint_latest.pth").is_file())
+    return {"seconds": round(time.perf_counter() - t0, 1),
+            "summary": {k: v for k, v in (s or {}).items() if isinstance(v, (int, float, str))}}
+
+
+def score(args, results: dict, ds, held: int, key: str, preds: dict, started: float,
+          modalities: Sequence[str] = MODALITIES, **extra) -> None:
+    """Evaluate one row's predictions (lmkreg_evaluate's evaluate_cases), record it under `key`
+    with `extra` and save the results file."""
+    from lmkreg.evaluation.evaluate import evaluate_cases
+
+    names = ds.spec.landmarks
+    log(f"{key}: evaluating {len(ds.cases('Ts'))} test pairs")
+    cases, failed = evaluate_cases(ds, ds.cases("Ts"), "Ts", preds, names, workers=args.workers, progress=False)
+    summary = summarise(cases, names, held)
+    summary.update(failed=failed, **extra, epochs=args.epochs, iterations=args.iterations,
+                   n_train_cases=len(ds.cases("Tr")), commit=git_commit())
+    results["runs"][key] = summary
+    OWN_RUNS.add(key)
+    log(f"{key}: " + "; ".join(f"{m} in {summary['in_domain'][m]['mre_mm']:.2f} / cross "
+                               f"{summary['cross_domain'][m]['mre_mm']:.2f} mm" for m in modalities))
+    save(results, args, started)
+
+
 def run_folds(args, results: dict, ds, held: int, trainer: str, variant: str, work: Path, started: float) -> None:
     """Single fold vs ensemble (issue 27): train the cross-validation folds of `args.modalities`
     (same length as the fold-'all' rows), then score fold 0 alone and the ensemble of every fold
     given, both with mirror TTA (the configuration whose calibrated radii exist).  The other
     modality's predictions come from its fold-'all' model, so the pair figures mix the two."""
-    from lmkreg.evaluation.evaluate import evaluate_cases
-
-    train = _train_fn()
-    names = ds.spec.landmarks
     for m in args.modalities:
         for f in args.folds:
-            done = _model_folder(ds.name, trainer, m) / f"fold_{f}" / "checkpoint_final.pth"
-            if not done.is_file():
-                log(f"{FAMILIES[held]}|{trainer}|{variant}: training {m} fold {f} ({args.epochs} x {args.iterations})")
-                train(str(ds.spec.dataset_id), m, f, trainer, num_workers=args.workers, seed=args.seed,
-                      num_epochs=args.epochs, iterations_per_epoch=args.iterations, progress_bar=False,
-                      resume=(done.parent / "checkpoint_latest.pth").is_file())
+            train_missing(args, ds, trainer, m, f, f"{FAMILIES[held]}|{trainer}|{variant}")
     for label, folds in ((f"fold {args.folds[0]}", args.folds[:1]), (f"folds {'-'.join(args.folds)}", args.folds)):
         key = f"{FAMILIES[held]}|{trainer}|{variant}|{label} (TTA; {'+'.join(args.modalities)})"
         preds = {m: (predict(ds, trainer, m, work, tuple(folds), mirror_tta=True) if m in args.modalities
                      else predict(ds, trainer, m, work)) for m in MODALITIES}
-        cases, failed = evaluate_cases(ds, ds.cases("Ts"), "Ts", preds, names, workers=args.workers, progress=False)
-        summary = summarise(cases, names, held)
-        summary.update(failed=failed, epochs=args.epochs, iterations=args.iterations, folds=list(folds),
-                       n_train_cases=len(ds.cases("Tr")), commit=git_commit())
-        results["runs"][key] = summary
-        OWN_RUNS.add(key)
-        log(f"{key}: " + "; ".join(f"{m} in {summary['in_domain'][m]['mre_mm']:.2f} / cross "
-                                   f"{summary['cross_domain'][m]['mre_mm']:.2f} mm" for m in args.modalities))
-        save(results, args, started)
+        score(args, results, ds, held, key, preds, started, args.modalities, folds=list(folds))
 
 
 def git_commit() -> str:
@@ -375,16 +393,12 @@ def main() -> None:
 
 
 def run(args, results: dict) -> None:
-    from lmkreg.evaluation.evaluate import evaluate_cases
-
     started = time.perf_counter()
-    train = _train_fn()
     pools = generate_pools(args.root, args.train_per_family, args.test_per_family, args.seed, args.workers)
     work = args.root / "outputs"
     for variant in args.variants:
         for held in args.held_out:
             ds = lofo_dataset(args.root, pools, held, variant, args.workers)
-            names = ds.spec.landmarks
             for trainer in args.trainers:
                 if args.folds != ["all"]:
                     run_folds(args, results, ds, held, trainer, variant, work, started)
@@ -392,32 +406,12 @@ def run(args, results: dict) -> None:
                 key = f"{FAMILIES[held]}|{trainer}|{variant}"
                 preds, seconds = {}, {}
                 for m in MODALITIES:
-                    done = _model_folder(ds.name, trainer, m) / "fold_all" / "checkpoint_final.pth"
-                    if not done.is_file():
-                        log(f"{key}: training {m} ({args.epochs} x {args.iterations} iterations)")
-                        t0 = time.perf_counter()
-                        # an interrupted run continues from its last epoch (same seed, same length)
-                        resume = (done.parent / "checkpoint_latest.pth").is_file()
-                        s = train(str(ds.spec.dataset_id), m, "all", trainer, num_workers=args.workers,
-                                  seed=args.seed, num_epochs=args.epochs, iterations_per_epoch=args.iterations,
-                                  progress_bar=False, resume=resume)
-                        seconds[m] = round(time.perf_counter() - t0, 1)
-                        seconds[f"{m}_summary"] = {k: v for k, v in (s or {}).items()
-                                                   if isinstance(v, (int, float, str))}
+                    trained = train_missing(args, ds, trainer, m, "all", key)
+                    if trained:
+                        seconds[m], seconds[f"{m}_summary"] = trained["seconds"], trained["summary"]
                     preds[m] = predict(ds, trainer, m, work)
-                log(f"{key}: evaluating {len(ds.cases('Ts'))} test pairs")
-                cases, failed = evaluate_cases(ds, ds.cases("Ts"), "Ts", preds, names, workers=args.workers,
-                                               progress=False)
-                summary = summarise(cases, names, held)
-                summary.update(failed=failed, train_seconds=seconds or results["runs"].get(key, {}).get(
-                    "train_seconds"), epochs=args.epochs, iterations=args.iterations,
-                    n_train_cases=len(ds.cases("Tr")), commit=git_commit())
-                results["runs"][key] = summary
-                OWN_RUNS.add(key)
-                log(f"{key}: MR in {summary['in_domain']['MR']['mre_mm']:.2f} / cross "
-                    f"{summary['cross_domain']['MR']['mre_mm']:.2f} mm; US in {summary['in_domain']['US']['mre_mm']:.2f}"
-                    f" / cross {summary['cross_domain']['US']['mre_mm']:.2f} mm")
-                save(results, args, started)
+                score(args, results, ds, held, key, preds, started,
+                      train_seconds=seconds or results["runs"].get(key, {}).get("train_seconds"))
     save(results, args, started)
 
 
@@ -450,7 +444,7 @@ def write_report(results: dict) -> None:
     s = results.get("settings", {})
     L = ["# Cross-domain benchmark (leave one protocol family out)", "",
          f"Commands: " + "; ".join(f"`{c}`" for c in results.get("commands", [])) + "  ",
-         f"Commit of the last run: {next((r['commit'] for r in reversed(list(runs.values()))), '?')}. "
+         f"Commit of the last run: {next((r['commit'] for r in reversed(list(results.get('runs', {}).values()))), '?')}. "
          f"Machine: {results.get('machine', {}).get('platform')}, {results.get('machine', {}).get('cpus')} CPUs "
          "(shared with other jobs; training length is fixed in epochs x iterations, not in time).", "",
          f"Data: {s.get('train_per_family')} training + {s.get('test_per_family')} test cases per family, "

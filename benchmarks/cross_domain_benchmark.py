@@ -60,6 +60,7 @@ MODALITIES = ("MR", "US")
 TARGET_RATIO = 1.5
 OWN_RUNS: set = set()  # runs this process scored (they replace the file's; the file's others are kept)
 TARGET_MRE = {"MR": 1.5, "US": 2.0}
+DEFAULT_SEED = 2027
 
 
 NOTES = """
@@ -146,9 +147,16 @@ flag fractions come from the predictions' trust extras, via lmkreg_evaluate.
 
 
 def _key_parts(key: str) -> tuple[str, str, str]:
-    """held-out family, trainer and variant of a results key; a folds row's variant names its folds."""
-    fam, trainer, variant, *folds = key.split("|")
-    return fam, trainer, variant + (f", {folds[0]}" if folds else "")
+    """held-out family, trainer and variant of a results key; a folds row's or another seed's variant
+    names its folds / seed."""
+    fam, trainer, variant, *more = key.split("|")
+    return fam, trainer, ", ".join([variant, *more])
+
+
+def run_key(held: int, trainer: str, variant: str, seed: int, *more: str) -> str:
+    """Results key: the first seed's rows keep their short keys; another seed (its own phantoms and
+    training seed, under its own --root) is a separate row."""
+    return "|".join([FAMILIES[held], trainer, variant, *more] + ([f"seed {seed}"] if seed != DEFAULT_SEED else []))
 
 
 def letter(i: int) -> str:
@@ -351,7 +359,7 @@ def run_folds(args, results: dict, ds, held: int, trainer: str, variant: str, wo
         for f in args.folds:
             train_missing(args, ds, trainer, m, f, f"{FAMILIES[held]}|{trainer}|{variant}")
     for label, folds in ((f"fold {args.folds[0]}", args.folds[:1]), (f"folds {'-'.join(args.folds)}", args.folds)):
-        key = f"{FAMILIES[held]}|{trainer}|{variant}|{label} (TTA; {'+'.join(args.modalities)})"
+        key = run_key(held, trainer, variant, args.seed, f"{label} (TTA; {'+'.join(args.modalities)})")
         preds = {m: (predict(ds, trainer, m, work, tuple(folds), mirror_tta=True) if m in args.modalities
                      else predict(ds, trainer, m, work)) for m in MODALITIES}
         score(args, results, ds, held, key, preds, started, args.modalities, folds=list(folds))
@@ -380,7 +388,8 @@ def main() -> None:
     p.add_argument("--modalities", nargs="+", default=list(MODALITIES), choices=MODALITIES,
                    help="with --folds: the modalities whose folds are trained (the other uses fold 'all')")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=2027)
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                   help="phantoms and training; another seed needs its own --root (models are reused by path)")
     p.add_argument("--root", type=Path, default=Path.home() / "lmkreg_xdomain")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from the results file")
     args = p.parse_args()
@@ -403,7 +412,7 @@ def run(args, results: dict) -> None:
                 if args.folds != ["all"]:
                     run_folds(args, results, ds, held, trainer, variant, work, started)
                     continue
-                key = f"{FAMILIES[held]}|{trainer}|{variant}"
+                key = run_key(held, trainer, variant, args.seed)
                 preds, seconds = {}, {}
                 for m in MODALITIES:
                     trained = train_missing(args, ds, trainer, m, "all", key)

@@ -306,6 +306,10 @@ def summarise(results, names: list[str], held: int) -> dict:
         i, c = out["in_domain"][m]["mre_mm"], out["cross_domain"][m]["mre_mm"]
         out[f"ratio_{m}"] = c / i if i > 0 else float("nan")
     out["ratio_sre"] = out["cross_domain"]["sre_mm"] / out["in_domain"]["sre_mm"]
+    # per test pair (paired tests between rows on the same cases): MRE per modality, SRE
+    out["per_case"] = {r.case: {**{m: (float(np.nanmean([v for v in r.errors_mm[m].values() if v is not None]))
+                                       if m in r.errors_mm else None) for m in MODALITIES},
+                                "sre_mm": float(r.sre_predicted_mm)} for r in results}
     out["per_family"] = {}  # test MRE per family and modality: which in-domain family weighs on the mean
     for f in sorted({family_of(r.case) for r in results}):
         rs = [r for r in results if family_of(r.case) == f]
@@ -448,6 +452,84 @@ def save(results: dict, args, started: float) -> None:
     tmp.replace(RESULTS)
 
 
+def variant_comparison(runs: dict) -> list[str]:
+    """Each variant against the default rows of the same trainer and seed, family by family (the
+    decision table for a default change: it must hold on every unseen family and on a second seed)."""
+    rows: dict = {}
+    for key, r in runs.items():
+        fam, trainer, variant, *more = key.split("|")
+        if any(not m.startswith("seed ") for m in more):
+            continue  # folds rows: compared in their own rows
+        seed = int(more[0].split()[1]) if more else DEFAULT_SEED
+        rows[(trainer, seed, variant, fam)] = r
+    pairs = sorted({(t, s, v) for t, s, v, _ in rows if v != "default"})
+    if not pairs:
+        return []
+    cols = (("MR cross", "cross_domain", "MR"), ("US cross", "cross_domain", "US"), ("SRE cross", "cross_domain", None),
+            ("MR in", "in_domain", "MR"), ("US in", "in_domain", "US"), ("SRE in", "in_domain", None))
+
+    def value(r: dict, domain: str, m: Optional[str]) -> float:
+        return r[domain][m]["mre_mm"] if m else r[domain]["sre_mm"]
+
+    L = ["", "## Each variant against the default (same trainer and seed; mm, default -> variant)", "",
+         "| trainer | variant | seed | held out | " + " | ".join(c[0] for c in cols) + " |",
+         "|---|---|---|---|" + "---|" * len(cols)]
+    summary = []
+    for t, seed, v in pairs:
+        better = {c[0]: [] for c in cols}
+        for fam in FAMILIES:
+            a, b = rows.get((t, seed, "default", fam)), rows.get((t, seed, v, fam))
+            if a is None or b is None:
+                continue
+            cells = []
+            for name, domain, m in cols:
+                x, y = value(a, domain, m), value(b, domain, m)
+                better[name].append(y < x)
+                cells.append(f"{x:.2f} -> {y:.2f}")
+            L.append(f"| {t} | {v} | {seed} | {fam} | " + " | ".join(cells) + " |")
+        if better["MR cross"]:
+            summary.append(f"- {t}, {v}, seed {seed}: better on " + ", ".join(
+                f"{name} {sum(b)}/{len(b)}" for name, b in better.items()) + " held-out families.")
+    return L + [""] + summary + paired_tests(rows, pairs)
+
+
+def paired_tests(rows: dict, pairs: list) -> list[str]:
+    """Wilcoxon signed-rank test, variant vs default on the same unseen-family test pairs (each
+    held-out family's own test cases, pooled over the four families; both seeds pooled when both
+    exist): a per-family count says where, this says whether the change is more than noise."""
+    from scipy.stats import wilcoxon
+
+    L = []
+    for v in sorted({p[2] for p in pairs}):
+        for t in sorted({p[0] for p in pairs if p[2] == v}):
+            seeds = sorted({s for tt, s, vv in pairs if tt == t and vv == v})
+            for label, use in [(f"seed {s}", [s]) for s in seeds] + ([("seeds pooled", seeds)] if len(seeds) > 1 else []):
+                diffs: dict = {"MR": [], "US": [], "sre_mm": []}
+                for seed in use:
+                    for held, fam in enumerate(FAMILIES):
+                        a, b = rows.get((t, seed, "default", fam)), rows.get((t, seed, v, fam))
+                        if a is None or b is None or "per_case" not in a or "per_case" not in b:
+                            continue
+                        for case, x in a["per_case"].items():
+                            y = b["per_case"].get(case)
+                            if family_of(case) != held or y is None:
+                                continue
+                            for k in diffs:
+                                if x.get(k) is not None and y.get(k) is not None and np.isfinite(x[k]) and np.isfinite(y[k]):
+                                    diffs[k].append(y[k] - x[k])
+                cells = []
+                for k, name in (("MR", "MR MRE"), ("US", "US MRE"), ("sre_mm", "SRE")):
+                    d = np.asarray(diffs[k])
+                    if len(d) < 6:
+                        continue
+                    pval = wilcoxon(d).pvalue if np.any(d != 0) else 1.0
+                    cells.append(f"{name} median change {np.median(d):+.2f} mm, better on {int(np.sum(d < 0))}/{len(d)}, "
+                                 f"p = {pval:.3f}")
+                if cells:
+                    L.append(f"- {t}, {v}, {label}, cross-domain test pairs (Wilcoxon): " + "; ".join(cells) + ".")
+    return ["", "Paired over the unseen families' test pairs:", ""] + L if L else []
+
+
 def write_report(results: dict) -> None:
     runs = dict(sorted(results.get("runs", {}).items()))  # held-out family, trainer, variant
     s = results.get("settings", {})
@@ -492,6 +574,7 @@ def write_report(results: dict) -> None:
         cells = [(f"{'*' if f == fam else ''}{r['per_family'][f]['MR']:.2f} / {r['per_family'][f]['US']:.2f}"
                   if f in r["per_family"] else "–") for f in results.get("families", [])]
         L.append(f"| {fam} | {trainer} | {variant} | " + " | ".join(cells) + " |")
+    L += variant_comparison(runs)
     L += ["", "## Targets (issue 27), per held-out family", "",
           f"Cross-domain MRE within {TARGET_RATIO}x in-domain per modality; MRE <= {TARGET_MRE['MR']} mm MR / "
           f"{TARGET_MRE['US']} mm US on the unseen family. 'missed by' = how far over the bound.", "",

@@ -4,25 +4,14 @@ same test cases of the held-out family only, with a Wilcoxon p-value checked aga
 hand-computed value."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from benchscripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))  # the script imports benchmarks/_common.py
-    try:
-        spec = importlib.util.spec_from_file_location("cross_domain_benchmark", BENCH / "cross_domain_benchmark.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+    return load_benchmark("cross_domain_benchmark")
 
 
 def test_second_seed_is_its_own_row(bench):

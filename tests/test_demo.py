@@ -68,13 +68,9 @@ def test_demo_registers_on_surfaces_only_with_a_segmentation_head():
 def test_demo_twice_benchmark_reads_the_training_stage_time():
     """benchmarks/demo_twice_benchmark.py takes the training seconds from the demo's own output:
     the "done in" of the training stage, not of the stages around it."""
-    import importlib.util
-    from pathlib import Path
+    from benchscripts import load_benchmark
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_twice_benchmark.py"
-    spec = importlib.util.spec_from_file_location("demo_twice_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("demo_twice_benchmark")
     output = ("[2/6] fingerprint, plans and preprocessing\n      done in 12 s: /x/plans.json\n\n"
               "[3/6] training HeatmapMatchingTrainer for MR and US, fold 0, about 5 min each\n"
               "MR: epoch 3 ... done in 4 epochs\n      done in 756 s\n\n[4/6] predicting\n      done in 4 s: /x\n")

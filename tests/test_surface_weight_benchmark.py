@@ -4,27 +4,16 @@ helper's Dice), be smooth and regional rather than voxel noise, and the decision
 its docstring says."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from benchscripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))  # the script imports benchmarks/_common.py
-    try:
-        spec = importlib.util.spec_from_file_location("surface_weight_benchmark", BENCH / "surface_weight_benchmark.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+    return load_benchmark("surface_weight_benchmark")
 
 
 def ellipsoid(spacing=(0.8, 0.8, 2.5), radii=(22.0, 17.0, 20.0)) -> sitk.Image:

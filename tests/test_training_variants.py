@@ -4,7 +4,6 @@ and benchmarks/convergence_study.py turns runs into idle-equivalent seconds and 
 reach-and-stay step by the stated formula."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,9 +16,9 @@ from lmkreg.config.splits import load_or_create_splits
 from lmkreg.planning.plan_and_preprocess import plan_and_preprocess
 from lmkreg.training.trainers import HeatmapMatchingTrainer
 
+from benchscripts import load_benchmark
 from toydata import folders_under, make_toy_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -120,10 +119,7 @@ def test_the_log_says_which_precision_trained(toy, tmp_path):
 # ---- benchmarks/convergence_study.py --summarize -------------------------------------------
 
 def _study_module():
-    spec = importlib.util.spec_from_file_location("convergence_study", ROOT / "benchmarks" / "convergence_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("convergence_study")
 
 
 def test_first_stay_below():

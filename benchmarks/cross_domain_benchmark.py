@@ -136,7 +136,9 @@ MR 1.20 -> 1.32, US 1.34 -> 1.67, SRE 1.69 -> 2.09 mm, MR / US worse on 26 / 32 
 p = 0.02 / < 0.001). The decision rule written before these runs (benchmark_log.md) fails on (2) and (3):
 **the default stays 0.85-1.15**. The first seed's gain was mostly seed-to-seed variation. What this
 benchmark can resolve: a change must show on both seeds and in the paired test; one seed and a family
-count are not enough.
+count are not enough. Swapping test sets between the two seeds' models (benchmark_log.md, stop 34) splits
+the spread: for C's MR about half is the training draw and half the 6-case test draw; C's US 6.58 and D's
+means are carried by single cases of 24-77 mm. More test cases per family would cut the test half cheaply.
 
 **The paper's trainer (LandmarkTrainer_Variance: DSNT with the variance regulariser), 400 steps**
 (`--trainers LandmarkTrainer_Variance`, started at 42e6e59). Cross-domain MR / US: A 2.80 / 3.20, B 4.19 /

@@ -19,7 +19,8 @@ Variants (``--variants``): ``default`` = the plans' augmentation as planned; ``n
 = the same plans with the nnU-Net intensity recipe through batchgenerators switched on
 (lmkreg.config.augmentation.NNUNET_INTENSITY_RECIPE) instead of lmkreg's own intensity transforms;
 ``nnunet_scale`` = the plans with nnU-Net's scaling range 0.7-1.4 instead of lmkreg's 0.85-1.15
-(a gland up to 1.4x larger or smaller than any in training is seen in training).
+(a gland up to 1.4x larger or smaller than any in training is seen in training); ``nnunet_scaling`` =
+that range drawn for 20 % of the samples, as nnU-Net does (lmkreg scales 50 %).
 
     python benchmarks/cross_domain_benchmark.py [--train-per-family 12] [--test-per-family 6]
         [--epochs 8] [--iterations 25] [--trainers HeatmapMatchingTrainer LandmarkTrainer_Variance]
@@ -53,9 +54,10 @@ FAMILIES = ("family_a_3T_thin_small", "family_b_1.5T_thick_small", "family_c_end
             "family_d_large_gland_small")
 POOL_ID = 970  # + family index: each family's generated cases
 LOFO_ID = 980  # + held-out index (+ 10 per variant after the first)
-VARIANT_OFFSET = {"default": 0, "nnunet_intensity": 10, "nnunet_scale": -20}
-VARIANT_SUFFIX = {"default": "", "nnunet_intensity": "Aug", "nnunet_scale": "Scale"}
+VARIANT_OFFSET = {"default": 0, "nnunet_intensity": 10, "nnunet_scale": -20, "nnunet_scaling": -30}
+VARIANT_SUFFIX = {"default": "", "nnunet_intensity": "Aug", "nnunet_scale": "Scale", "nnunet_scaling": "Scaling"}
 NNUNET_SCALE = [0.7, 1.4]  # nnU-Net's default scaling range (lmkreg's default: 0.85-1.15)
+NNUNET_P_SCALE = 0.2  # the share of samples nnU-Net scales (lmkreg's default: 0.5)
 MODALITIES = ("MR", "US")
 TARGET_RATIO = 1.5
 OWN_RUNS: set = set()  # runs this process scored (they replace the file's; the file's others are kept)
@@ -239,6 +241,8 @@ def variant_override(variant: str, modality: str, augmentation: dict) -> dict:
         return nnunet_intensity_override(modality_kind(modality))
     if variant == "nnunet_scale":  # one spatial parameter; the others as planned
         return {"spatial": {**(augmentation.get("spatial") or {}), "scale": NNUNET_SCALE}}
+    if variant == "nnunet_scaling":  # nnU-Net's range with nnU-Net's probability
+        return {"spatial": {**(augmentation.get("spatial") or {}), "scale": NNUNET_SCALE, "p_scale": NNUNET_P_SCALE}}
     raise ValueError(f"unknown variant {variant!r}")
 
 

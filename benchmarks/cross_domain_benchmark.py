@@ -142,6 +142,12 @@ count are not enough. Swapping test sets between the two seeds' models (benchmar
 the spread: for C's MR about half is the training draw and half the 6-case test draw; C's US 6.58 and D's
 means are carried by single cases of 24-77 mm. More test cases per family would cut the test half cheaply.
 
+**nnU-Net's scaling as nnU-Net applies it** (`--variants nnunet_scaling`: 0.7-1.4 drawn for 20 % of the
+samples; seed 1, held-out C and D so far, 00:23-00:57). Cross-domain MR / US: C 4.98 -> 5.04 / 2.89 -> 2.83,
+D 8.33 -> 7.66 / 33.75 -> 34.92 mm (paired over their 12 test pairs: MR p = 0.34, US p = 0.97). In-domain it
+costs little (accuracy benchmark MR 1.27, US 1.36 mm against 1.20 / 1.34), but so far it does not help
+across domains either; A, B and a second seed are not run.
+
 **The paper's trainer (LandmarkTrainer_Variance: DSNT with the variance regulariser), 400 steps**
 (`--trainers LandmarkTrainer_Variance`, started at 42e6e59). Cross-domain MR / US: A 2.80 / 3.20, B 4.19 /
 9.00, C 7.58 / 4.97, D 12.46 / 32.35 mm; in-domain MR 3.16-7.38, US 3.58-11.68 mm (HeatmapMatchingTrainer:

@@ -315,8 +315,7 @@ def summarise(results, names: list[str], held: int) -> dict:
         rs = [r for r in results if pick(family_of(r.case))]
         d: dict = {"cases": len(rs)}
         for m in MODALITIES:
-            per_case = [np.nanmean([r.errors_mm[m][n] for n in names if n in r.errors_mm.get(m, {})
-                                    and r.errors_mm[m][n] is not None]) for r in rs if m in r.errors_mm]
+            per_case = [r.mre_mm(m) for r in rs if m in r.errors_mm]
             per_lm = {n: float(np.nanmean([r.errors_mm[m].get(n, np.nan) for r in rs if m in r.errors_mm]))
                       for n in names}
             radii = [(r.errors_mm[m][n], (r.radii_mm.get(m) or {}).get(n)) for r in rs if m in r.errors_mm
@@ -338,8 +337,7 @@ def summarise(results, names: list[str], held: int) -> dict:
         out[f"ratio_{m}"] = c / i if i > 0 else float("nan")
     out["ratio_sre"] = out["cross_domain"]["sre_mm"] / out["in_domain"]["sre_mm"]
     # per test pair (paired tests between rows on the same cases): MRE per modality, SRE
-    out["per_case"] = {r.case: {**{m: (float(np.nanmean([v for v in r.errors_mm[m].values() if v is not None]))
-                                       if m in r.errors_mm else None) for m in MODALITIES},
+    out["per_case"] = {r.case: {**{m: (r.mre_mm(m) if m in r.errors_mm else None) for m in MODALITIES},
                                 "sre_mm": float(r.sre_predicted_mm)} for r in results}
     out["per_family"] = {}  # test MRE per family and modality: which in-domain family weighs on the mean
     for f in sorted({family_of(r.case) for r in results}):

@@ -175,17 +175,25 @@ flag fractions come from the predictions' trust extras, via lmkreg_evaluate.
 """
 
 
-def _key_parts(key: str) -> tuple[str, str, str]:
-    """held-out family, trainer and variant of a results key; a folds row's or another seed's variant
-    names its folds / seed."""
-    fam, trainer, variant, *more = key.split("|")
-    return fam, trainer, ", ".join([variant, *more])
-
-
 def run_key(held: int, trainer: str, variant: str, seed: int, *more: str) -> str:
     """Results key: the first seed's rows keep their short keys; another seed (its own phantoms and
     training seed, under its own --root) is a separate row."""
     return "|".join([FAMILIES[held], trainer, variant, *more] + ([f"seed {seed}"] if seed != DEFAULT_SEED else []))
+
+
+def parse_key(key: str) -> tuple[str, str, str, list[str], int]:
+    """run_key's inverse: held-out family, trainer, variant, the other parts (a folds row's label) and
+    the seed."""
+    fam, trainer, variant, *more = key.split("|")
+    seed = int(more.pop()[len("seed "):]) if more and more[-1].startswith("seed ") else DEFAULT_SEED
+    return fam, trainer, variant, more, seed
+
+
+def _key_parts(key: str) -> tuple[str, str, str]:
+    """held-out family, trainer and variant of a results key; a folds row's or another seed's variant
+    names its folds / seed."""
+    fam, trainer, variant, more, seed = parse_key(key)
+    return fam, trainer, ", ".join([variant, *more] + ([f"seed {seed}"] if seed != DEFAULT_SEED else []))
 
 
 def letter(i: int) -> str:
@@ -390,7 +398,7 @@ def run_folds(args, results: dict, ds, held: int, trainer: str, variant: str, wo
     modality's predictions come from its fold-'all' model, so the pair figures mix the two."""
     for m in args.modalities:
         for f in args.folds:
-            train_missing(args, ds, trainer, m, f, f"{FAMILIES[held]}|{trainer}|{variant}")
+            train_missing(args, ds, trainer, m, f, run_key(held, trainer, variant, args.seed))
     for label, folds in ((f"fold {args.folds[0]}", args.folds[:1]), (f"folds {'-'.join(args.folds)}", args.folds)):
         key = run_key(held, trainer, variant, args.seed, f"{label} (TTA; {'+'.join(args.modalities)})")
         preds = {m: (predict(ds, trainer, m, work, tuple(folds), mirror_tta=True) if m in args.modalities
@@ -486,11 +494,9 @@ def variant_comparison(runs: dict) -> list[str]:
     decision table for a default change: it must hold on every unseen family and on a second seed)."""
     rows: dict = {}
     for key, r in runs.items():
-        fam, trainer, variant, *more = key.split("|")
-        if any(not m.startswith("seed ") for m in more):
-            continue  # folds rows: compared in their own rows
-        seed = int(more[0].split()[1]) if more else DEFAULT_SEED
-        rows[(trainer, seed, variant, fam)] = r
+        fam, trainer, variant, more, seed = parse_key(key)
+        if not more:  # folds rows: compared in their own rows
+            rows[(trainer, seed, variant, fam)] = r
     pairs = sorted({(t, s, v) for t, s, v, _ in rows if v != "default"})
     if not pairs:
         return []
@@ -506,10 +512,7 @@ def variant_comparison(runs: dict) -> list[str]:
     summary = []
     for t, seed, v in pairs:
         better = {c[0]: [] for c in cols}
-        for fam in FAMILIES:
-            a, b = rows.get((t, seed, "default", fam)), rows.get((t, seed, v, fam))
-            if a is None or b is None:
-                continue
+        for _, fam, a, b in matched_rows(rows, t, seed, v):
             cells = []
             for name, domain, m in cols:
                 x, y = value(a, domain, m), value(b, domain, m)
@@ -520,6 +523,14 @@ def variant_comparison(runs: dict) -> list[str]:
             summary.append(f"- {t}, {v}, seed {seed}: better on " + ", ".join(
                 f"{name} {sum(b)}/{len(b)}" for name, b in better.items()) + " held-out families.")
     return L + [""] + summary + paired_tests(rows, pairs)
+
+
+def matched_rows(rows: dict, trainer: str, seed: int, variant: str):
+    """(held-out index, family, default row, variant row) for each family that has both rows."""
+    for held, fam in enumerate(FAMILIES):
+        a, b = rows.get((trainer, seed, "default", fam)), rows.get((trainer, seed, variant, fam))
+        if a is not None and b is not None:
+            yield held, fam, a, b
 
 
 def paired_tests(rows: dict, pairs: list) -> list[str]:
@@ -535,9 +546,8 @@ def paired_tests(rows: dict, pairs: list) -> list[str]:
             for label, use in [(f"seed {s}", [s]) for s in seeds] + ([("seeds pooled", seeds)] if len(seeds) > 1 else []):
                 diffs: dict = {"MR": [], "US": [], "sre_mm": []}
                 for seed in use:
-                    for held, fam in enumerate(FAMILIES):
-                        a, b = rows.get((t, seed, "default", fam)), rows.get((t, seed, v, fam))
-                        if a is None or b is None or "per_case" not in a or "per_case" not in b:
+                    for held, _, a, b in matched_rows(rows, t, seed, v):
+                        if "per_case" not in a or "per_case" not in b:
                             continue
                         for case, x in a["per_case"].items():
                             y = b["per_case"].get(case)

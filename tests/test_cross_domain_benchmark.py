@@ -22,6 +22,8 @@ def test_second_seed_is_its_own_row(bench):
     assert bench._key_parts(second) == ("family_c_endorectal_small", "HeatmapMatchingTrainer", "nnunet_scale, seed 3027")
     folds = bench.run_key(2, "T", "default", 3027, "fold 0 (TTA; MR)")
     assert bench._key_parts(folds)[2] == "default, fold 0 (TTA; MR), seed 3027"
+    assert bench.parse_key(folds) == ("family_c_endorectal_small", "T", "default", ["fold 0 (TTA; MR)"], 3027)
+    assert bench.parse_key(first)[3:] == ([], bench.DEFAULT_SEED)
 
 
 def _row(per_case: dict, mr: float = 2.0) -> dict:

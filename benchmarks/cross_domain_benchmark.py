@@ -143,7 +143,7 @@ the spread: for C's MR about half is the training draw and half the 6-case test 
 means are carried by single cases of 24-77 mm. More test cases per family would cut the test half cheaply.
 
 **nnU-Net's scaling as nnU-Net applies it** (`--variants nnunet_scaling`: 0.7-1.4 drawn for 20 % of the
-samples; seed 1, held-out C and D so far, 00:23-00:57). Cross-domain MR / US: C 4.98 -> 5.04 / 2.89 -> 2.83,
+samples; seed 1, held-out C and D so far, 00:23-00:43). Cross-domain MR / US: C 4.98 -> 5.04 / 2.89 -> 2.83,
 D 8.33 -> 7.66 / 33.75 -> 34.92 mm (paired over their 12 test pairs: MR p = 0.34, US p = 0.97). In-domain it
 costs little (accuracy benchmark MR 1.27, US 1.36 mm against 1.20 / 1.34), but so far it does not help
 across domains either; A, B and a second seed are not run.

@@ -44,6 +44,7 @@ from typing import Optional, Sequence
 import lmkreg  # noqa: F401  (first: the OpenMP thread policy must be set before numpy/torch load)
 import numpy as np
 import torch
+from scipy.stats import wilcoxon
 
 from _common import log, use_root  # benchmarks/_common.py (run as a script: on sys.path)
 
@@ -537,8 +538,6 @@ def paired_tests(rows: dict, pairs: list) -> list[str]:
     """Wilcoxon signed-rank test, variant vs default on the same unseen-family test pairs (each
     held-out family's own test cases, pooled over the four families; both seeds pooled when both
     exist): a per-family count says where, this says whether the change is more than noise."""
-    from scipy.stats import wilcoxon
-
     L = []
     for v in sorted({p[2] for p in pairs}):
         for t in sorted({p[0] for p in pairs if p[2] == v}):
